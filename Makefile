@@ -1,0 +1,48 @@
+# torchkiln: `make demo` and `make test` work on a fresh machine; both create .venv when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KILN := $(VENV)/bin/kiln
+STAMP := $(VENV)/.torchkiln-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: install test lint demo fashion-mnist clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: on this machine pip takes it from local disk (see DEVELOPERS.md)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: lint
+	$(PY) -m pytest -q
+
+# Fashion-MNIST comes from the Debian package when the machine has apt (no download needed);
+# otherwise torchkiln downloads it from the canonical source with SHA-256 checks.
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || true; \
+	fi
+
+demo: $(STAMP) fashion-mnist
+	@test -d data/fashion-mnist || $(KILN) datasets fetch fashion-mnist --to data/fashion-mnist
+	$(KILN) train examples/fashion-mnist.yaml --set runs_dir=$(DEMO_DIR) | tee .demo-run
+	$(KILN) evaluate $$(tail -1 .demo-run)
+	@echo
+	@echo "Try a prediction on images the model never saw:"
+	@echo "  $(KILN) predict $$(tail -1 .demo-run)/bundle data/fashion-mnist/test/Sneaker/00000.png data/fashion-mnist/test/Bag/00000.png --top-k 3"
+	@$(KILN) predict $$(tail -1 .demo-run)/bundle $$(ls data/fashion-mnist/test/Sneaker/*.png | head -1) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3
+	@rm -f .demo-run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

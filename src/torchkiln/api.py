@@ -1,0 +1,98 @@
+"""The public Python API. Each CLI command is a thin wrapper over one of these functions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from torchkiln.config import RunConfig, dump_config, load_config, validate
+from torchkiln.engine.trainer import fit
+from torchkiln.errors import CheckpointError
+from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
+from torchkiln.tasks import get_task
+from torchkiln.tasks.bundle import load_bundle
+from torchkiln.tasks.predictor import Predictor, load_predictor
+
+__all__ = ["EvalResult", "Predictor", "evaluate", "load_config", "load_predictor", "resolve", "train"]
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The config with every data-dependent default filled in from the data (what a run saves).
+
+    Example:
+        >>> resolve(load_config("kiln.yaml")).data.classes
+    """
+    return get_task(cfg.task.kind).prepare(cfg)[0]
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    base = Path(cfg.runs_dir) / cfg.run_name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base / stamp, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | None = None) -> Path:
+    """Train a model; returns the run directory (``runs/<name>/<timestamp>/``).
+
+    Args:
+        cfg: a config, or a YAML path. Not needed with ``resume``.
+        resume: a run directory to continue from its last checkpoint (same config, same data).
+
+    Returns:
+        The run directory; the bundle is ``run_dir / "bundle"``.
+
+    Raises:
+        ConfigError, DataError: before any compute, if the config or data is bad.
+        CheckpointError: ``resume`` has no usable checkpoint.
+
+    Example:
+        >>> run_dir = train(load_config("kiln.yaml", ["train.epochs=2"]))
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(
+                f"'{run_dir}' is not a run directory (no config.yaml). Pass the directory that "
+                f"'kiln train' printed as its last line."
+            )
+        resolved = validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+        task = get_task(resolved.task.kind)
+        _, data = task.prepare(resolved)
+        fit(resolved, task, data, run_dir, resume=True)
+        return run_dir
+    if cfg is None:
+        raise TypeError("train() needs a config or resume=RUN_DIR")
+    if not isinstance(cfg, RunConfig):
+        cfg = load_config(cfg)
+    task = get_task(cfg.task.kind)
+    resolved, data = task.prepare(cfg)  # all data checks happen here, before any compute
+    run_dir = new_run_dir(resolved)
+    (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
+    if data.problems:
+        lines = [f"{item}\t{reason}" for item, reason in data.problems]
+        (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    fit(resolved, task, data, run_dir)
+    return run_dir
+
+
+def evaluate(path: str | Path, *, split: str = "test", out_dir: str | Path | None = None) -> EvalResult:
+    """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
+
+    Returns:
+        The metrics and the report path; by default under ``RUN_DIR/eval/<split>/``.
+
+    Example:
+        >>> evaluate("runs/fashion-mnist-cnn/20261124-101500").metrics.accuracy
+    """
+    bundle = load_bundle(path)
+    if out_dir is None:
+        run_dir = bundle.path.parent if bundle.path.name == "bundle" else bundle.path
+        out_dir = run_dir / "eval" / split
+    return evaluate_bundle(bundle, split=split, out_dir=Path(out_dir))

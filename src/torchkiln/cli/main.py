@@ -1,0 +1,170 @@
+"""`kiln`: thin wrappers over :mod:`torchkiln.api`. Parse arguments, call one function, print the result."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from torchkiln.errors import KilnError
+
+app = typer.Typer(
+    name="kiln",
+    help="torchkiln: train, evaluate and package PyTorch models from data and a short YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect run configs.", no_args_is_help=True)
+datasets_app = typer.Typer(help="The built-in dataset catalog.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(datasets_app, name="datasets")
+
+out = Console()
+err = Console(stderr=True)
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting: --set train.epochs=5 (repeatable)."),
+]
+
+
+def _fail(exc: KilnError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="Run config YAML.")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+) -> None:
+    """Train a model. The last line printed is the run directory."""
+    from torchkiln import api
+
+    try:
+        if resume is not None:
+            run_dir = api.train(resume=resume)
+        elif config is None:
+            err.print("error: give a CONFIG file, or --resume RUN_DIR. Example: kiln train kiln.yaml")
+            raise typer.Exit(code=2)
+        else:
+            run_dir = api.train(api.load_config(config, set_ or []))
+    except KilnError as exc:
+        _fail(exc)
+    summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
+    err.print(f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)")
+    err.print(f"bundle: {run_dir / 'bundle'}")
+    print(run_dir)
+
+
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="A run directory or a bundle.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
+) -> None:
+    """Evaluate on a split: metrics.json and an HTML report with plots and the worst mistakes."""
+    from torchkiln import api
+
+    try:
+        result = api.evaluate(path, split=split, out_dir=out_dir)
+    except KilnError as exc:
+        _fail(exc)
+    m = result.metrics
+    out.print(
+        f"{split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  macro-AUC {m.macro_auc:.4f}  "
+        f"ECE {m.ece:.4f}  (n={m.num_samples})"
+    )
+    out.print(f"metrics: {result.metrics_file}")
+    out.print(f"report:  {result.report}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle or run directory.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Predict the class of each input with the bundle's own preprocessing."""
+    from torchkiln import api
+
+    try:
+        predictor = api.load_predictor(bundle)
+        results = predictor.predict([str(p) for p in inputs], top_k=top_k)
+    except KilnError as exc:
+        _fail(exc)
+    for path, res in zip(inputs, results, strict=True):
+        if as_json:
+            print(json.dumps({"input": str(path), **res}))
+        else:
+            alts = ", ".join(f"{t['label']} {t['score']:.3f}" for t in res["top_k"])
+            out.print(
+                f"{path}: [bold]{res['label']}[/] ({res['score']:.3f})   top-{top_k}: {alts}", highlight=False
+            )
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path, typer.Argument(help="Run config YAML.")],
+    set_: SetOpt = None,
+    raw: Annotated[
+        bool, typer.Option(help="Skip resolving data-dependent defaults (no data access).")
+    ] = False,
+) -> None:
+    """Print the resolved config: every default filled in, data-dependent ones from the data."""
+    from torchkiln import api
+    from torchkiln.config import dump_config
+
+    try:
+        cfg = api.load_config(config, set_ or [])
+        print(dump_config(cfg if raw else api.resolve(cfg)), end="")
+    except KilnError as exc:
+        _fail(exc)
+
+
+class Kind(StrEnum):
+    datasets = "datasets"
+    models = "models"
+    tasks = "tasks"
+
+
+@app.command("list")
+def list_(kind: Annotated[Kind, typer.Argument(help="datasets, models or tasks.")]) -> None:
+    """List what is registered."""
+    from torchkiln.data.catalog import DATASETS
+    from torchkiln.models import MODELS
+    from torchkiln.tasks import TASKS
+
+    table = Table(title=kind.value)
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    registry = {"datasets": DATASETS, "models": MODELS, "tasks": TASKS}[kind.value]
+    for entry in registry:
+        table.add_row(entry.name, entry.summary)
+    out.print(table)
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(
+    name: Annotated[str, typer.Argument(help="A catalog name (kiln list datasets).")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the image folder into.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write a catalog dataset out as an image folder (the layout you would bring yourself)."""
+    from torchkiln.data.catalog import load_catalog, write_image_folder
+
+    try:
+        path = write_image_folder(load_catalog(name), to, overwrite=overwrite)
+    except KilnError as exc:
+        _fail(exc)
+    n = sum(1 for p in path.rglob("*.png"))
+    out.print(f"wrote {n} images to {path}")

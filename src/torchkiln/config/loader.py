@@ -1,0 +1,156 @@
+"""Load a YAML run config, apply ``--set`` overrides and turn pydantic errors into plain ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from torchkiln.config.schema import RunConfig
+from torchkiln.errors import ConfigError, did_you_mean
+
+
+def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a run config.
+
+    Args:
+        source: a YAML file path, or an already-parsed mapping.
+        overrides: ``key.path=value`` strings; each value is parsed as YAML, then validated
+            together with the file, so a bad value gets the same error as in the file.
+
+    Returns:
+        The validated, frozen :class:`RunConfig` (data-dependent fields still unset).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, or a value is invalid.
+
+    Example:
+        >>> cfg = load_config("kiln.yaml", ["train.epochs=3"])
+    """
+    raw = _read(source) if isinstance(source, str | Path) else dict(source)
+    for item in overrides:
+        raw = apply_override(raw, item)
+    return validate(raw)
+
+
+def validate(raw: Mapping[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, RunConfig)) from None
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file '{path}' does not exist. Expected a YAML file such as:\n"
+            "  task: image-classification\n  data: {path: data/digits}\n"
+            "Check the path, or run 'kiln datasets fetch digits --to data/digits' for sample data."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"Config file '{path}' is not valid YAML: {exc}. Fix the syntax and retry."
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"Config file '{path}' must hold a mapping of settings (task, data, model, train); "
+            f"got {type(raw).__name__}. Start from the example in the README."
+        )
+    return raw
+
+
+def apply_override(raw: Mapping[str, Any], item: str) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.path=value`` set; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"Override '{item}' is not of the form key.path=value. Example: --set train.epochs=5"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    out: dict[str, Any] = _deep_copy(raw)
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part in ("task", "data"):
+            child = {"kind": child} if part == "task" else {"path": child}
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = [f"The run config is invalid ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1])
+            hint = did_you_mean(loc[-1], allowed)
+            lines.append(f"  - unknown key '{where}'.{hint} Valid keys here: {', '.join(sorted(allowed))}.")
+        elif err["type"] == "missing":
+            lines.append(f"  - '{where}' is required but missing. Add it to the config.")
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+            lines.append(f"  - '{where}': {err['msg']}. Got {shown}.")
+    lines.append(
+        "Fix the config file or the --set value; 'kiln config show CONFIG' prints what was understood."
+    )
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the sub-model at ``loc`` (best effort through unions and lists)."""
+    current: Any = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        sub = _submodel(current, part)
+        if sub is None:
+            return []
+        current = sub
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _submodel(model: Any, name: str) -> Any:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        field = model.model_fields.get(name)
+        if field is None:
+            # A tag of a discriminated union (e.g. augment.0.rotation): pick the member.
+            return None
+        return _unwrap(field.annotation)
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _unwrap(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The config as YAML, in field order, ready to be saved or printed."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

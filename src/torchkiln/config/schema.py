@@ -1,0 +1,243 @@
+"""The run config: pydantic v2 models with ``extra="forbid"``.
+
+The smallest config a user writes works as written; every other setting has a default, and the
+data-dependent ones (classes, image size, channels, normalization) are filled in from the data by
+:func:`torchkiln.config.resolve`, which returns a *new* config. Code never mutates a loaded config.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- task ---------------------------------------------------------------------------------------
+class ImageClassificationTaskConfig(Strict):
+    kind: Literal["image-classification"] = "image-classification"
+    top_k: Annotated[int, Field(ge=1)] = 5
+
+
+# One member today; text, forecasting and detection join this union on ``kind``.
+TaskConfig = ImageClassificationTaskConfig
+
+
+# --- data ---------------------------------------------------------------------------------------
+class SplitConfig(Strict):
+    """Fractions used only when the data brings no split of its own."""
+
+    val: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    test: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _leave_some_train(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must be < 0.9 so training keeps data; got {self.val + self.test}")
+        return self
+
+
+class RandomCrop(Strict):
+    name: Literal["random_crop"]
+    padding: Annotated[int, Field(ge=0)] = 4
+
+
+class RandomResizedCrop(Strict):
+    name: Literal["random_resized_crop"]
+    scale: tuple[float, float] = (0.6, 1.0)
+
+
+class HorizontalFlip(Strict):
+    name: Literal["horizontal_flip"]
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class VerticalFlip(Strict):
+    name: Literal["vertical_flip"]
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class Rotation(Strict):
+    name: Literal["rotation"]
+    degrees: Annotated[float, Field(ge=0, le=180)] = 10.0
+
+
+class ColorJitter(Strict):
+    name: Literal["color_jitter"]
+    brightness: Annotated[float, Field(ge=0)] = 0.2
+    contrast: Annotated[float, Field(ge=0)] = 0.2
+    saturation: Annotated[float, Field(ge=0)] = 0.2
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
+class TrivialAugment(Strict):
+    name: Literal["trivial_augment"]
+
+
+class RandAugment(Strict):
+    name: Literal["rand_augment"]
+    num_ops: Annotated[int, Field(ge=1)] = 2
+    magnitude: Annotated[int, Field(ge=0, le=30)] = 9
+
+
+class RandomErasing(Strict):
+    name: Literal["random_erasing"]
+    p: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
+AugmentStep = Annotated[
+    RandomCrop
+    | RandomResizedCrop
+    | HorizontalFlip
+    | VerticalFlip
+    | Rotation
+    | ColorJitter
+    | TrivialAugment
+    | RandAugment
+    | RandomErasing,
+    Field(discriminator="name"),
+]
+
+
+class DataConfig(Strict):
+    path: str = Field(description="An image folder, a CSV manifest, an .npz/.idx file, or a catalog name.")
+    format: Literal["auto", "folder", "csv", "npz", "idx", "catalog"] = "auto"
+    split: SplitConfig = SplitConfig()
+    classes: list[str] | None = None
+    image_size: Annotated[int, Field(ge=4, le=4096)] | None = None
+    channels: Literal[1, 3] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: list[AugmentStep] = []
+    limit_per_class: Annotated[int, Field(ge=1)] | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+    cache: Literal["auto", "memory", "none"] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _stats_match(self) -> DataConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and self.channels is not None and len(values) != self.channels:
+                raise ValueError(f"data.{name} needs {self.channels} values (one per channel); got {values}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"data.std values must be > 0; got {self.std}")
+        return self
+
+
+# --- model --------------------------------------------------------------------------------------
+class ModelConfig(Strict):
+    name: str = "cnn"
+    args: dict[str, Any] = {}
+    pretrained: bool | str = Field(
+        default=False,
+        description="true: the weights packaged with the model; a path: a local .safetensors/.pth file.",
+    )
+    freeze_backbone: bool = False
+    unfreeze_last: Annotated[int, Field(ge=0)] = 0
+    backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+# --- training -----------------------------------------------------------------------------------
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(Strict):
+    name: Literal["none", "step", "multistep", "cosine", "onecycle", "plateau"] = "onecycle"
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    step_size: Annotated[int, Field(ge=1)] = 10
+    milestones: list[int] = [30, 60, 90]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    patience: Annotated[int, Field(ge=0)] = 3
+
+
+class EarlyStoppingConfig(Strict):
+    patience: Annotated[int, Field(ge=1)] | None = None
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainConfig(Strict):
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    accumulate: Annotated[int, Field(ge=1)] = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    monitor: str = Field(default="val/accuracy", description="Metric that picks the best checkpoint.")
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200
+    log_every: Annotated[int, Field(ge=1)] = 50
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
+    deterministic: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got '{v}'")
+        return v
+
+
+class TrackingConfig(Strict):
+    tensorboard: bool = True
+    mlflow: bool = True
+    mlflow_uri: str | None = Field(
+        default=None, description="Any MLflow tracking URI; default: sqlite:///<runs_dir>/mlflow.db"
+    )
+    experiment: str | None = None
+    histograms: bool = True
+
+
+class EvaluateConfig(Strict):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    mistakes: Annotated[int, Field(ge=0, le=200)] = 24
+
+
+# --- the run ------------------------------------------------------------------------------------
+class RunConfig(Strict):
+    task: TaskConfig
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    seed: int = 0
+    name: str | None = None
+    runs_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        # `task: image-classification` is shorthand for `task: {kind: image-classification}`.
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if isinstance(raw.get("task"), str):
+                raw["task"] = {"kind": raw["task"]}
+            if isinstance(raw.get("data"), str):
+                raw["data"] = {"path": raw["data"]}
+        return raw
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = self.data.path.rstrip("/").split("/")[-1].split(".")[0] or "data"
+        return f"{stem}-{self.model.name}"

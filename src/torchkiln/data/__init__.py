@@ -1,0 +1,1 @@
+"""Data: scanning, validation, splits, preprocessing, loaders and the dataset catalog."""

@@ -1,0 +1,361 @@
+"""The built-in data set catalog (``kiln list datasets``) and a writer to image folders.
+
+Each entry loads a real data set into an :class:`~torchkiln.data.arrays.ArrayData`. Loading happens only
+when asked: importing this module registers small entries and reads nothing.
+
+Fashion-MNIST is looked for, in order, in the cache (``$TORCHKILN_CACHE/fashion-mnist``, default
+``~/.cache/torchkiln/fashion-mnist``), then in the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``), and is otherwise downloaded into the cache with SHA-256 checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torchkiln.data.arrays import ArrayData, read_idx_pair
+from torchkiln.errors import DataError
+from torchkiln.registry import Registry
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A built-in data set: how to load it, and what to show in ``kiln list datasets``."""
+
+    load: Callable[[], ArrayData]
+    summary: str
+    source: str
+    license: str
+
+
+DATASETS: Registry[CatalogEntry] = Registry("dataset")
+
+
+def load_catalog(name: str) -> ArrayData:
+    """Load a built-in data set by name.
+
+    Args:
+        name: a name from ``kiln list datasets``, e.g. "fashion-mnist" or "digits".
+
+    Returns:
+        The data set as an :class:`ArrayData`.
+
+    Raises:
+        RegistryError: the name is unknown (the message lists close matches).
+        DataError: the data cannot be found, downloaded or read.
+
+    Example:
+        >>> data = load_catalog("digits")
+        >>> data.images.shape
+        (1797, 8, 8)
+    """
+    return DATASETS.get(name).load()
+
+
+def cache_dir() -> Path:
+    """Return the download cache: ``$TORCHKILN_CACHE``, or ``~/.cache/torchkiln`` when unset."""
+    return Path(os.environ.get("TORCHKILN_CACHE") or Path.home() / ".cache" / "torchkiln").expanduser()
+
+
+def download(url: str, dest: Path, *, sha256: str | Sequence[str], timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` and check its SHA-256; ``dest`` appears only once the check passed.
+
+    The bytes go to a temporary file beside ``dest``, which is renamed on success and deleted on any
+    failure, so a cache never holds a partial or unverified file.
+
+    Args:
+        url: what to fetch (http, https or file).
+        dest: where to put it; its folder is created.
+        sha256: the expected hex digest, or several accepted digests.
+        timeout: seconds to wait for the server.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataError: the download failed or the digest does not match.
+
+    Example:
+        >>> download(base + "t10k-labels-idx1-ubyte.gz", cache_dir() / "t10k-labels-idx1-ubyte.gz",
+        ...          sha256="67da17c7...")  # doctest: +SKIP
+    """
+    accepted = (sha256,) if isinstance(sha256, str) else tuple(sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() not in accepted:
+            raise DataError(
+                f"{url} downloaded with SHA-256 {digest.hexdigest()}, expected {' or '.join(accepted)}; "
+                f"the file was deleted. Fix: retry (the transfer may have been cut or altered), or check "
+                f"that the URL points at the original file."
+            )
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"Downloading {url} failed ({type(e).__name__}: {e}). Fix: check the network and the URL."
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+# ---- Fashion-MNIST -------------------------------------------------------------------------------------
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Searched after the cache; a module-level tuple so tests can replace it.
+FASHION_MNIST_SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+# Accepted SHA-256 per file. First: Zalando's canonical .gz (sizes 26421880, 29515, 4422102, 5148 bytes;
+# their MD5s match the upstream README). Second: Debian's repack of the same files, whose gzip header lost
+# the file name and got a new mtime (strip-nondeterminism); the compressed data is byte-identical.
+FASHION_MNIST_SHA256: dict[str, tuple[str, ...]] = {
+    "train-images-idx3-ubyte.gz": (
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    ),
+}
+
+
+def _find_files(folder: Path, names: Sequence[str]) -> dict[str, Path] | None:
+    """Return ``{name: path}`` when ``folder`` holds every file, gzip or unpacked; else ``None``."""
+    found = {}
+    for name in names:
+        hits = [p for p in (folder / name, folder / name.removesuffix(".gz")) if p.is_file()]
+        if not hits:
+            return None
+        found[name] = hits[0]
+    return found
+
+
+def fashion_mnist_files() -> dict[str, Path]:
+    """Find the four Fashion-MNIST files (cache, then Debian package), downloading them if needed.
+
+    Returns:
+        ``{"train-images-idx3-ubyte.gz": path, ...}`` (a path may be the unpacked file).
+
+    Raises:
+        DataError: the files are nowhere on disk and the download failed; the message says how to
+            install them.
+    """
+    names = list(FASHION_MNIST_SHA256)
+    cache = cache_dir() / "fashion-mnist"
+    for folder in (cache, *FASHION_MNIST_SYSTEM_DIRS):
+        if found := _find_files(folder, names):
+            return found
+    base = os.environ.get("TORCHKILN_FASHION_MNIST_URL") or FASHION_MNIST_URL
+    try:
+        for name in names:
+            if _find_files(cache, [name]) is None:
+                download(base.rstrip("/") + "/" + name, cache / name, sha256=FASHION_MNIST_SHA256[name])
+    except DataError as e:
+        searched = ", ".join(str(p) for p in (cache, *FASHION_MNIST_SYSTEM_DIRS))
+        raise DataError(
+            f"Fashion-MNIST was not found in {searched}, and the download failed: {e} "
+            f"Fix: install the Debian package (`apt-get install dataset-fashion-mnist`), or put "
+            f"{', '.join(names)} in {cache}."
+        ) from None
+    found = _find_files(cache, names)
+    assert found is not None  # every missing file was just downloaded
+    return found
+
+
+def load_fashion_mnist() -> ArrayData:
+    """Fashion-MNIST: 70,000 28x28 grayscale clothing images, 10 classes, splits train (60k) / test (10k).
+
+    Returns:
+        An :class:`ArrayData` with the train images first, labels in Zalando's order
+        (``FASHION_MNIST_CLASSES``) and ``splits`` "train" / "test".
+
+    Raises:
+        DataError: the files cannot be found, downloaded or read.
+
+    Example:
+        >>> data = load_fashion_mnist()
+        >>> data.images.shape, data.classes[0]
+        ((70000, 28, 28), 'T-shirt/top')
+    """
+    files = fashion_mnist_files()
+    xs, ys = [], []
+    for part in ("train", "t10k"):
+        x, y = read_idx_pair(files[f"{part}-images-idx3-ubyte.gz"], files[f"{part}-labels-idx1-ubyte.gz"])
+        if x.shape[1:] != (28, 28) or x.dtype != np.uint8 or (len(y) and y.max() >= 10):
+            raise DataError(
+                f"The Fashion-MNIST {part} files hold {x.dtype} images of shape {x.shape} with labels up to "
+                f"{y.max()}; expected uint8 (N, 28, 28) and labels 0..9. Fix: delete them and load again "
+                f"to download the originals."
+            )
+        xs.append(x)
+        ys.append(y)
+    splits = np.concatenate([np.full(len(ys[0]), "train"), np.full(len(ys[1]), "test")])
+    return ArrayData(np.concatenate(xs), np.concatenate(ys), list(FASHION_MNIST_CLASSES), splits)
+
+
+# ---- scikit-learn digits -------------------------------------------------------------------------------
+
+
+def load_digits() -> ArrayData:
+    """scikit-learn's digits: 1,797 real 8x8 handwritten digits, classes "0".."9", no split.
+
+    Returns:
+        An :class:`ArrayData`; pixel values 0..16 are scaled to 0..255.
+
+    Example:
+        >>> load_digits().images.shape
+        (1797, 8, 8)
+    """
+    from sklearn.datasets import load_digits as sk_load_digits  # imported late: sklearn is slow to import
+
+    bunch = sk_load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    return ArrayData(images, bunch.target.astype(np.int64), [str(i) for i in range(10)], None)
+
+
+DATASETS.add(
+    "fashion-mnist",
+    CatalogEntry(
+        load=load_fashion_mnist,
+        summary="Zalando Fashion-MNIST: 70k 28x28 grayscale clothing images, 10 classes (train/test)",
+        source=f"{FASHION_MNIST_SYSTEM_DIRS[0]} (Debian dataset-fashion-mnist), else {FASHION_MNIST_URL}",
+        license="MIT",
+    ),
+    summary="Zalando Fashion-MNIST: 70k 28x28 grayscale clothing images, 10 classes (train/test)",
+)
+DATASETS.add(
+    "digits",
+    CatalogEntry(
+        load=load_digits,
+        summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",
+        source="sklearn.datasets.load_digits (bundled with scikit-learn)",
+        license="BSD-3-Clause",
+    ),
+    summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",
+)
+
+
+# ---- writing image folders -----------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def safe_folder_name(name: str) -> str:
+    """Turn a class name into a folder name: ``/ \\ : * ? " < > |`` and control characters become "_".
+
+    Example:
+        >>> safe_folder_name("T-shirt/top")
+        'T-shirt_top'
+    """
+    safe = _UNSAFE.sub("_", name).strip().rstrip(".")
+    return safe if safe not in ("", ".", "..") else "_"
+
+
+def write_image_folder(data: ArrayData, to: Path, *, overwrite: bool = False) -> Path:
+    """Write a data set as PNG files: ``to/<split>/<class>/<index>.png``, or ``to/<class>/<index>.png``.
+
+    Class folders use :func:`safe_folder_name` ("T-shirt/top" -> "T-shirt_top"); ``to/classes.txt``
+    lists the original class names in label order. The file name is the sample's index in ``data``.
+    Everything is written to a temporary folder beside ``to`` and renamed at the end, so an interrupted
+    run leaves no half-written folder.
+
+    Args:
+        data: the data set.
+        to: the target folder; it must not exist or be empty, unless ``overwrite``.
+        overwrite: replace an existing non-empty ``to``.
+
+    Returns:
+        ``to``.
+
+    Raises:
+        DataError: ``to`` is a file or is not empty, or two class names give the same folder name.
+
+    Example:
+        >>> write_image_folder(load_catalog("digits"), Path("data/digits"))
+        PosixPath('data/digits')
+    """
+    to = Path(to)
+    if to.is_file() or (to.is_dir() and any(to.iterdir()) and not overwrite):
+        raise DataError(
+            f"{to} already exists and is not an empty folder; expected a new or empty folder. "
+            f"Fix: choose another path, delete it, or pass overwrite=True."
+        )
+    folders = [safe_folder_name(c) for c in data.classes]
+    if len(set(folders)) != len(folders):
+        raise DataError(
+            f"The class names {data.classes} give the folder names {folders}, which repeat; expected one "
+            f"folder per class. Fix: rename the classes so they differ after '/' and such become '_'."
+        )
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".{to.name}.tmp-"))
+    try:
+        _write_pngs(data, tmp, folders)
+        (tmp / "classes.txt").write_text("".join(c + "\n" for c in data.classes), encoding="utf-8")
+        _replace_dir(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return to
+
+
+def _write_pngs(data: ArrayData, root: Path, folders: list[str]) -> None:
+    from PIL import Image  # imported late: only this function needs Pillow
+
+    width = max(5, len(str(len(data.labels) - 1)))
+    splits = data.splits if data.splits is not None else np.full(len(data.labels), "")
+    paths = [
+        root / str(s) / folders[y] / f"{i:0{width}d}.png"
+        for i, (s, y) in enumerate(zip(splits.tolist(), data.labels.tolist(), strict=True))
+    ]
+    for folder in {p.parent for p in paths}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(chunk: range) -> None:
+        for i in chunk:
+            Image.fromarray(data.images[i]).save(paths[i], compress_level=1)
+
+    # PNG encoding and file writes release the GIL, so threads help on many small files.
+    step = 2048
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(write, [range(a, min(a + step, len(paths))) for a in range(0, len(paths), step)]))
+
+
+def _replace_dir(new: Path, to: Path) -> None:
+    """Move ``new`` to ``to``; an existing ``to`` is moved aside first and deleted after."""
+    if not to.exists():
+        os.replace(new, to)
+        return
+    old = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".{to.name}.old-"))
+    os.replace(to, old / "x")
+    os.replace(new, to)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,236 @@
+"""From ``data.path`` to validated, split, preprocessed image data, with statistics from train only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from torchkiln.config.schema import DataConfig
+from torchkiln.data import arrays, catalog
+from torchkiln.data.images import FileItems, decode_all, image_header, scan_csv, scan_folder
+from torchkiln.data.splits import SPLITS, carve_val, limit_per_class, stratified_split
+from torchkiln.errors import DataError, did_you_mean
+
+MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split: decoded images in memory, or file paths decoded on demand."""
+
+    labels: torch.Tensor  # (N,) int64
+    images: torch.Tensor | None = None  # (N, C, S, S) uint8
+    paths: tuple[Path, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Everything the image task needs from the data, resolved once before training."""
+
+    classes: list[str]
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    splits: dict[str, SplitData]
+    problems: list[tuple[str, str]]  # (item, reason) left out under on_error: skip
+    source: str
+
+
+def detect_format(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        return "folder"
+    if p.is_file():
+        suffixes = "".join(p.suffixes).lower()
+        if suffixes.endswith(".csv"):
+            return "csv"
+        if suffixes.endswith(".npz"):
+            return "npz"
+        if "idx" in p.name or "ubyte" in p.name:
+            return "idx"
+        raise DataError(
+            f"Cannot tell the format of '{path}'. Expected an image folder, a .csv manifest, an .npz file or "
+            f"an IDX file. Set data.format explicitly."
+        )
+    if path in catalog.DATASETS:
+        return "catalog"
+    raise DataError(
+        f"data.path '{path}' is neither an existing file or folder nor a catalog dataset."
+        f"{did_you_mean(path, catalog.DATASETS.names())} Run 'kiln list datasets' for the catalog, "
+        f"or 'kiln datasets fetch NAME --to DIR' to write one out as an image folder."
+    )
+
+
+def load_image_data(
+    cfg: DataConfig, *, seed: int, default_size: int | None = None, need_channels: int | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> ImageData:
+    """Scan, validate, split and preprocess the images named by ``cfg``.
+
+    Args:
+        cfg: the ``data`` section.
+        seed: makes the split (when the data has none) deterministic.
+        default_size: size to use when the config gives none and image sizes vary (the model's).
+        need_channels: channel count the model requires (3 for ImageNet weights), if any.
+        stats: normalization (mean, std) the pretrained weights expect, used unless the config sets one.
+
+    Raises:
+        DataError: with the file and the fix, before any training happens.
+    """
+    fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt in ("folder", "csv"):
+        files = scan_folder(Path(cfg.path)) if fmt == "folder" else scan_csv(Path(cfg.path), on_error=cfg.on_error)
+        return _from_files(cfg, files, seed, default_size, need_channels, stats)
+    if fmt == "catalog":
+        data = catalog.load_catalog(cfg.path)
+    elif fmt == "npz":
+        data = arrays.load_npz(cfg.path)
+    else:
+        data = arrays.load_idx_dataset(cfg.path)
+    return _from_arrays(cfg, data, seed, default_size, need_channels, stats)
+
+
+def _class_list(cfg: DataConfig, labels: list[str], splits: np.ndarray | None, where: str) -> list[str]:
+    train_labels = [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
+    if cfg.classes is not None:
+        unknown = sorted(set(labels) - set(cfg.classes))
+        if unknown:
+            raise DataError(
+                f"{where} has label '{unknown[0]}' ({len(unknown)} unknown label(s) in all), which is not in "
+                f"data.classes {cfg.classes}.{did_you_mean(unknown[0], cfg.classes)} Add it to data.classes "
+                f"or fix the label."
+            )
+        return list(cfg.classes)
+    seen = set(train_labels)
+    for split in ("val", "test"):
+        extra = sorted({lab for lab, s in zip(labels, splits, strict=True) if s == split} - seen) if splits is not None else []
+        if extra:
+            raise DataError(
+                f"{where}: the {split} split has class '{extra[0]}', which never appears in train. "
+                f"A model cannot learn a class it never sees. Add training images of '{extra[0]}', or remove it "
+                f"from {split}."
+            )
+    return sorted(seen)
+
+
+def _resolve_channels(cfg: DataConfig, modes: list[str] | None, array_channels: int | None, need: int | None) -> int:
+    if cfg.channels is not None:
+        return cfg.channels
+    if need is not None:
+        return need
+    if array_channels is not None:
+        return array_channels
+    assert modes is not None
+    gray = {"1", "L", "LA", "I", "I;16", "F", "P"}  # P is checked after conversion below
+    return 1 if all(m in gray - {"P"} for m in modes) else 3
+
+
+def _resolve_size(cfg: DataConfig, sizes: list[tuple[int, int]], default: int | None) -> int:
+    if cfg.image_size is not None:
+        return cfg.image_size
+    common = Counter(sizes).most_common(2)
+    if len(common) == 1 and common[0][0][0] == common[0][0][1]:
+        return common[0][0][0]
+    if default is not None:
+        return default
+    return int(min(224, max(32, np.median([min(w, h) for w, h in sizes]))))
+
+
+def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats) -> ImageData:
+    where = f"Data '{cfg.path}'"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        headers = list(pool.map(_safe_header, files.paths))
+    bad = [(str(p), h) for p, h in zip(files.paths, headers, strict=True) if isinstance(h, str)]
+    if bad and cfg.on_error == "raise":
+        raise DataError(bad[0][1] + f" ({len(bad)} bad image(s) in all.)")
+    keep = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    paths = [files.paths[i] for i in keep]
+    labels = [files.labels[i] for i in keep]
+    splits_in = np.array([files.splits[i] for i in keep]) if files.splits is not None else None
+    classes = _class_list(cfg, labels, splits_in, where)
+    modes = [headers[i][2] for i in keep]  # type: ignore[index]
+    channels = _resolve_channels(cfg, modes, None, need_channels)
+    size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
+    label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+    splits = _make_splits(cfg, label_idx, splits_in, seed)
+    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET)
+    # Every file is fully decoded now, so a corrupt image fails before training, not in epoch 7.
+    images, ok, problems = decode_all(paths, size=size, channels=channels, on_error=cfg.on_error)
+    ok_mask = np.zeros(len(paths), dtype=bool)
+    ok_mask[ok] = True
+    out: dict[str, SplitData] = {}
+    pos = np.cumsum(ok_mask) - 1  # index into `images` for decoded files
+    for split in SPLITS:
+        sel = np.flatnonzero((splits == split) & ok_mask)
+        labels_t = torch.from_numpy(label_idx[sel])
+        if in_memory:
+            out[split] = SplitData(labels_t, images=images[torch.from_numpy(pos[sel])])
+        else:
+            out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
+    mean, std = _stats(cfg, out["train"], stats, images[torch.from_numpy(pos[np.flatnonzero((splits == "train") & ok_mask)])])
+    return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
+
+
+def _safe_header(p: Path) -> tuple[int, int, str] | str:
+    try:
+        return image_header(p)
+    except DataError as exc:
+        return str(exc)
+
+
+def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels, stats) -> ImageData:
+    imgs = torch.from_numpy(np.ascontiguousarray(data.images))
+    imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
+    labels = [data.classes[i] for i in data.labels]
+    classes = _class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'")
+    label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+    channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
+    size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
+    if imgs.shape[1] != channels:
+        imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
+    if imgs.shape[-2:] != (size, size):
+        imgs = torch.cat([TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)])
+    imgs = imgs.contiguous()
+    splits = _make_splits(cfg, label_idx, data.splits, seed)
+    out = {}
+    for split in SPLITS:
+        sel = torch.from_numpy(np.flatnonzero(splits == split))
+        out[split] = SplitData(torch.from_numpy(label_idx)[sel], images=imgs[sel])
+    mean, std = _stats(cfg, out["train"], stats, out["train"].images)
+    return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path))
+
+
+def _make_splits(cfg: DataConfig, labels: np.ndarray, given: np.ndarray | None, seed: int) -> np.ndarray:
+    if given is None or not (given == "train").any():
+        splits = stratified_split(labels, val=cfg.split.val, test=cfg.split.test, seed=seed)
+    elif not (given == "val").any() and cfg.split.val > 0:
+        splits = carve_val(labels, given, val=cfg.split.val, seed=seed)
+    else:
+        splits = given.astype(str)
+    if cfg.limit_per_class is not None:
+        keep = limit_per_class(labels, splits, limit=cfg.limit_per_class, seed=seed)
+        splits = np.where(keep, splits, "unused")
+    return splits
+
+
+def _stats(cfg, train: SplitData, pretrained, train_images: torch.Tensor | None):
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std)
+    if pretrained is not None:
+        return tuple(pretrained[0]), tuple(pretrained[1])
+    if train_images is None or len(train_images) == 0:
+        raise DataError("The train split is empty; there is nothing to learn from. Add training images.")
+    x = train_images[:20000].to(torch.float64).div_(255)  # (N, C, S, S); a 20k sample is plenty for stats
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

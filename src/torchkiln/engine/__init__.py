@@ -1,0 +1,1 @@
+"""The training engine: plain PyTorch loop, optimizers, schedulers, checkpoints, logging."""

@@ -1,0 +1,93 @@
+"""Optimizers and learning-rate schedules from the config."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from torchkiln.config.schema import OptimizerConfig, SchedulerConfig
+from torchkiln.tasks.base import ParamGroup
+
+
+def split_decay(groups: list[ParamGroup], model: nn.Module) -> list[dict]:
+    """Torch param groups; weight decay is kept off biases and norm weights (all 1-D tensors)."""
+    out = []
+    for g in groups:
+        decay = [p for p in g.params if p.ndim > 1]
+        no_decay = [p for p in g.params if p.ndim <= 1]
+        for params, wd in ((decay, True), (no_decay, False)):
+            if params:
+                out.append(
+                    {
+                        "params": params,
+                        "lr_mult": g.lr_mult,
+                        "decay": wd,
+                        "name": f"{g.name}/{'decay' if wd else 'no_decay'}",
+                    }
+                )
+    if not out:
+        raise ValueError(
+            "No trainable parameters: every parameter is frozen. Unfreeze some (model.unfreeze_last)."
+        )
+    return out
+
+
+def build_optimizer(
+    groups: list[ParamGroup], model: nn.Module, cfg: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam, AdamW or RMSprop over the task's parameter groups."""
+    torch_groups = [
+        {
+            "params": g["params"],
+            "lr": cfg.lr * g["lr_mult"],
+            "weight_decay": cfg.weight_decay if g["decay"] else 0.0,
+        }
+        for g in split_decay(groups, model)
+    ]
+    match cfg.name:
+        case "sgd":
+            return torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        case "adam":
+            return torch.optim.Adam(torch_groups, lr=cfg.lr, betas=cfg.betas)
+        case "adamw":
+            return torch.optim.AdamW(torch_groups, lr=cfg.lr, betas=cfg.betas)
+        case "rmsprop":
+            return torch.optim.RMSprop(torch_groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise AssertionError(cfg.name)  # unreachable: the config schema lists the names
+
+
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: SchedulerConfig, *, epochs: int, steps_per_epoch: int, mode: str = "max"
+) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None:
+    """Schedulers step once per optimizer step, except ``plateau``, which steps per epoch."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    match cfg.name:
+        case "none":
+            return None
+        case "step":
+            return lr_scheduler.StepLR(opt, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+        case "multistep":
+            return lr_scheduler.MultiStepLR(
+                opt, [m * steps_per_epoch for m in cfg.milestones], gamma=cfg.gamma
+            )
+        case "onecycle":
+            max_lr = [g["lr"] for g in opt.param_groups]
+            return lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start)
+        case "plateau":
+            return lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience)
+        case "cosine":
+            base = opt.param_groups[0]["lr"]
+            floor = cfg.min_lr / base if base else 0.0
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                t = (step - warmup) / max(1, total - warmup)
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+            return lr_scheduler.LambdaLR(opt, factor)
+    raise AssertionError(cfg.name)

@@ -1,0 +1,56 @@
+"""Rich progress bars: loss, metric, throughput and ETA, updated only when the loop logs."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    def __init__(self, *, epochs: int, describe: str, console: Console | None = None) -> None:
+        self.epochs = epochs
+        self.console = console or Console(stderr=True)
+        self.console.print(f"[bold]training[/] on {describe}")
+        self.bar = RichProgress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[throughput]:.0f} samples/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task_id: int | None = None
+
+    def __enter__(self) -> Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.bar.stop()
+
+    def start_epoch(self, epoch: int, total: int, *, done: int = 0) -> None:
+        if self.task_id is not None:
+            self.bar.remove_task(self.task_id)
+        self.task_id = self.bar.add_task(
+            "train",
+            total=total,
+            completed=done,
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            loss=float("nan"),
+            throughput=0.0,
+        )
+
+    def update(self, completed: int, *, loss: float, throughput: float) -> None:
+        if self.task_id is not None:
+            self.bar.update(self.task_id, completed=completed, loss=loss, throughput=throughput)
+
+    def end_epoch(self, results: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "epoch")
+        self.console.print(f"epoch {int(results['epoch']) + 1}/{self.epochs}  {shown}")

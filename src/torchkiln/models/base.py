@@ -1,0 +1,186 @@
+"""The model registry and the one shape every classifier takes: ordered backbone blocks, then a head.
+
+Keeping ``blocks`` ordered from input to output is what makes transfer learning uniform:
+freeze the backbone, unfreeze the last N blocks, give the backbone a smaller learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchkiln.errors import ConfigError
+from torchkiln.registry import Registry, check_kwargs
+
+
+class Classifier(nn.Module):
+    """``head(blocks(x))``; ``blocks`` is the backbone, ordered from input to output.
+
+    Args:
+        blocks: backbone stages; ``x: (B, C, H, W) -> features``.
+        head: features -> logits ``(B, num_classes)``.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x))
+
+
+ModelBuilder = Callable[..., Classifier]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model.
+
+    Attributes:
+        builder: ``builder(*, num_classes, in_channels, image_size, pretrained, **args) -> Classifier``.
+        summary: one line for ``kiln list models``.
+        default_image_size: input size used when the config gives none and the data sizes vary.
+        pretrained_stats: (mean, std) the packaged weights were trained with, if any.
+        packaged_weights: whether ``pretrained: true`` works without a file.
+        in_channels: channel count the architecture needs (3 for ImageNet models), or None if any.
+    """
+
+    builder: ModelBuilder
+    summary: str
+    default_image_size: int | None = None
+    pretrained_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    packaged_weights: bool = False
+    in_channels: int | None = None
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(
+    name: str,
+    *,
+    summary: str,
+    default_image_size: int | None = None,
+    pretrained_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    packaged_weights: bool = False,
+    in_channels: int | None = None,
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register a builder under ``name`` in :data:`MODELS`."""
+
+    def deco(builder: ModelBuilder) -> ModelBuilder:
+        spec = ModelSpec(
+            builder, summary, default_image_size, pretrained_stats, packaged_weights, in_channels
+        )
+        MODELS.add(name, spec, summary=summary)
+        return builder
+
+    return deco
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    pretrained: bool | str = False,
+    args: dict[str, Any] | None = None,
+) -> Classifier:
+    """Build a registered model; the single typed entry point.
+
+    Args:
+        name: a name from ``kiln list models``.
+        num_classes: size of the output layer.
+        in_channels: 1 for grayscale, 3 for RGB.
+        image_size: side of the square input images.
+        pretrained: ``True`` for packaged weights, a path for a local weights file, ``False`` for random.
+        args: model-specific keyword arguments, checked against the builder's signature.
+
+    Raises:
+        RegistryError: unknown model name or argument.
+        ConfigError: pretrained weights were asked for but cannot be had.
+
+    Example:
+        >>> model = create_model("cnn", num_classes=10, in_channels=1, image_size=28)
+    """
+    spec = MODELS.get(name)
+    args = dict(args or {})
+    reserved = sorted(set(args) & {"num_classes", "in_channels", "image_size", "pretrained"})
+    if reserved:
+        raise ConfigError(
+            f"model.args sets '{reserved[0]}', which torchkiln derives from the data or from "
+            f"model.pretrained. Remove it from model.args (set data.image_size / data.channels / "
+            f"model.pretrained instead)."
+        )
+    check_kwargs(spec.builder, args, what=f"Model '{name}'")
+    if pretrained is True and not spec.packaged_weights:
+        raise ConfigError(
+            f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
+            f"local .safetensors or .pth file, or to false to train from scratch."
+        )
+    if spec.in_channels is not None and in_channels != spec.in_channels and pretrained:
+        raise ConfigError(
+            f"Pretrained model '{name}' needs {spec.in_channels} input channels; got {in_channels}. "
+            f"Set data.channels: {spec.in_channels} (grayscale images are then repeated per channel)."
+        )
+    return spec.builder(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=pretrained, **args
+    )
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file, never unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Weights file '{path}' does not exist. Set model.pretrained to an existing .safetensors "
+            f"or .pth file, or to false."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"Weights file '{path}' could not be read as a weights-only state dict ({exc}). "
+            f"Save it with torch.save(model.state_dict(), path) or as .safetensors."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"Weights file '{path}' holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def load_backbone_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], *, skip_prefixes: Sequence[str]
+) -> None:
+    """Load ``state`` into ``model``, leaving out the old classifier head (``skip_prefixes``).
+
+    Raises:
+        ConfigError: a backbone tensor is missing or has the wrong shape.
+    """
+    kept = {k: v for k, v in state.items() if not any(k.startswith(p) for p in skip_prefixes)}
+    own = model.state_dict()
+    bad = [k for k, v in kept.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ConfigError(
+            f"Pretrained weights do not fit the architecture: {len(bad)} tensors have other shapes "
+            f"(first: '{bad[0]}'). Use weights saved from the same architecture."
+        )
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    missing = [k for k in missing if not any(k.startswith(p) for p in skip_prefixes)]
+    if missing or unexpected:
+        raise ConfigError(
+            f"Pretrained weights do not match the architecture: {len(missing)} missing "
+            f"(first: {missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]}). "
+            f"Use weights saved from the same architecture."
+        )

@@ -1,0 +1,84 @@
+"""The Task protocol: the unit of extension.
+
+A task owns everything that differs between problems: how data becomes batches, the model, the
+loss, the metrics, and how raw inputs become model inputs and outputs become answers. The engine,
+the evaluator, the bundle and (later) the exporter and the server see only this protocol, which is
+what keeps training and serving preprocessing identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from torchkiln.config.schema import RunConfig
+from torchkiln.registry import Registry
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters that share a learning-rate multiplier (discriminative learning rates)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_mult: float = 1.0
+
+
+@runtime_checkable
+class MetricSet(Protocol):
+    """Accumulates over batches; the engine calls ``reset``, ``update``, ``compute``."""
+
+    def reset(self) -> None: ...
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task provides. ``prepare`` runs once per run; the rest are pure given the config."""
+
+    kind: str
+
+    def prepare(self, cfg: RunConfig) -> tuple[RunConfig, Any]:
+        """Load and validate the data; return the config resolved from it and the data handle."""
+        ...
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        """The model for a *resolved* config (no data needed: bundles rebuild models this way)."""
+        ...
+
+    def loader(self, cfg: RunConfig, data: Any, split: str, *, train: bool) -> DataLoader: ...
+
+    def to_device(self, batch: Any, device: torch.device, *, channels_last: bool) -> tuple[Any, torch.Tensor]:
+        """Move a batch to ``device`` and return ``(inputs, targets)``."""
+        ...
+
+    def loss(self, cfg: RunConfig) -> nn.Module: ...
+
+    def metrics(self, cfg: RunConfig) -> MetricSet: ...
+
+    def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]: ...
+
+    def preprocess(self, cfg: RunConfig, inputs: Sequence[Any]) -> Any:
+        """Raw inputs (paths, bytes, arrays...) -> a model input batch, exactly as in training."""
+        ...
+
+    def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
+        """Model outputs -> one JSON-ready answer per input."""
+        ...
+
+    def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
+        """Labels and preprocessing to store in the bundle (JSON-ready)."""
+        ...
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def get_task(kind: str) -> Task:
+    return TASKS.get(kind)

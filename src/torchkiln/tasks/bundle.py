@@ -1,0 +1,151 @@
+"""The bundle: the one artifact that prediction, export, serving and monitoring consume.
+
+    bundle/
+      model.safetensors   weights (no pickle anywhere)
+      config.yaml         the resolved run config (rebuilds the architecture)
+      bundle.json         format version, task, labels, preprocessing, weights SHA-256, metrics
+
+A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from torchkiln import __version__
+from torchkiln.config import RunConfig, dump_config, validate
+from torchkiln.errors import BundleError, ConfigError
+from torchkiln.tasks.base import Task, get_task
+
+BUNDLE_FORMAT = "torchkiln-bundle"
+BUNDLE_VERSION = 1
+FILES = ("model.safetensors", "config.yaml", "bundle.json")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    config: RunConfig
+    meta: dict[str, Any]
+    task: Task
+    model: nn.Module
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_bundle(
+    path: str | Path, *, model: nn.Module, cfg: RunConfig, task: Task, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a bundle atomically.
+
+    Args:
+        path: the bundle folder to create (replaced if it exists).
+        model: the trained model (its ``state_dict`` is saved; tensors are made contiguous).
+        cfg: the *resolved* run config.
+        task: the run's task; gives labels and preprocessing.
+        extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics).
+
+    Returns:
+        The bundle path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
+        (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "torchkiln_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "task": task.kind,
+            "model": cfg.model.name,
+            "runtime": "torch",
+            "weights_sha256": sha256_file(tmp / "model.safetensors"),
+            **task.bundle_meta(cfg),
+            **(extra or {}),
+        }
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        for f in FILES:
+            with (tmp / f).open("rb") as fh:
+                os.fsync(fh.fileno())
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle without unpickling anything and rebuild its model in eval mode.
+
+    Raises:
+        BundleError: files missing, another format version, checksum mismatch, or weights that do
+            not fit the architecture.
+
+    Example:
+        >>> b = load_bundle("runs/fashion-mnist-cnn/20261124-101500/bundle")
+        >>> b.model(batch)
+    """
+    path = Path(path)
+    if (path / "bundle").is_dir() and not (path / "bundle.json").exists():
+        path = path / "bundle"  # a run directory was given
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise BundleError(
+            f"'{path}' is not a complete torchkiln bundle: {', '.join(missing)} missing. Expected "
+            f"{', '.join(FILES)}. Point at RUN_DIR/bundle, or retrain to rewrite it."
+        )
+    meta = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
+    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"Bundle '{path}' has format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"this torchkiln ({__version__}) reads {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}. "
+            f"Re-export it with a matching torchkiln version."
+        )
+    if verify and sha256_file(path / "model.safetensors") != meta.get("weights_sha256"):
+        raise BundleError(
+            f"Bundle '{path}': model.safetensors does not match the SHA-256 in bundle.json (the file was "
+            f"changed or truncated). Restore the file or retrain."
+        )
+    try:
+        cfg = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
+    except ConfigError as exc:
+        raise BundleError(f"Bundle '{path}' has an invalid config.yaml:\n{exc}") from None
+    task = get_task(cfg.task.kind)
+    # Rebuild without fetching pretrained weights: the bundle's own weights replace them.
+    arch = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})})
+    model = task.build_model(arch)
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    except RuntimeError as exc:
+        raise BundleError(
+            f"Bundle '{path}': the weights do not fit the '{cfg.model.name}' architecture in config.yaml "
+            f"({str(exc).splitlines()[0]}). The bundle is inconsistent; retrain to rewrite it."
+        ) from None
+    model.eval()
+    return Bundle(path, cfg, meta, task, model)

@@ -1,0 +1,137 @@
+"""The HTML report: files, embedded plots, the mistakes gallery, escaping and failure modes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchkiln.errors import DataError, KilnError
+from torchkiln.evaluation import classification_metrics, report, write_report
+
+PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def noisy_probs(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier that is right about half the time: ``(probs (N, K), targets (N,))``."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.arange(n) % k  # every class present
+    logits = torch.randn(n, k, generator=g)
+    logits[torch.arange(n), targets] += 1.5
+    return logits.softmax(dim=-1), targets
+
+
+def image(i: int) -> np.ndarray:
+    # grey and colour thumbnails both have to work
+    return np.full((8, 8) if i % 2 else (8, 8, 3), i % 256, dtype=np.uint8)
+
+
+def test_writes_html_and_json(tmp_path: Path) -> None:
+    names = ["<b>cat</b>", "dog", "bird", "fish"]
+    probs, targets = noisy_probs(40, 4)
+    m = classification_metrics(probs, targets, names)
+    extra = {"model": "cnn & <co>", "split": "test"}
+
+    path = write_report(tmp_path / "eval", m, probs, targets, names, images=image, mistakes=5, extra=extra)
+
+    assert path == tmp_path / "eval" / "report.html"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json", "report.html"]  # no temp files
+    data = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert data["accuracy"] == pytest.approx(m.accuracy)
+    assert data["macro_auc"] == pytest.approx(m.macro_auc)
+    assert data["confusion_matrix"] == m.confusion_matrix
+    assert data["num_samples"] == 40
+    assert data["title"] == "Evaluation report"
+    assert data["extra"] == extra
+    assert [c["name"] for c in data["per_class"]] == names
+
+    page = path.read_text()
+    pngs = PNG_URI.findall(page)
+    assert len(pngs) == 4 + 5  # confusion, ROC, PR, reliability + one thumbnail per mistake
+    assert all(base64.b64decode(png).startswith(b"\x89PNG") for png in pngs)
+    assert page.count('<figure class="mistake">') == 5
+    assert "&lt;b&gt;cat&lt;/b&gt;" in page and "<b>cat</b>" not in page
+    assert "cnn &amp; &lt;co&gt;" in page
+    assert f"{m.accuracy:.3f}" in page
+    # self-contained: nothing is fetched from anywhere
+    assert not re.search(r"https?://|<script|<link|@import|url\(", page)
+
+
+@pytest.fixture
+def no_drawing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip drawing the plots (the slow part) in tests about the page's content."""
+    monkeypatch.setattr(report, "_png", lambda fig: "data:image/png;base64,iVBORw0KGgo=")
+
+
+@pytest.mark.usefixtures("no_drawing")
+def test_gallery_shows_the_most_confident_mistakes(tmp_path: Path) -> None:
+    targets = torch.tensor([0, 0, 1, 1, 1])
+    probs = torch.tensor(
+        [
+            [0.9, 0.1],  # right
+            [0.3, 0.7],  # wrong, confidence 0.7
+            [0.6, 0.4],  # wrong, confidence 0.6
+            [0.95, 0.05],  # wrong, confidence 0.95
+            [0.2, 0.8],  # right
+        ]
+    )
+    m = classification_metrics(probs, targets, ["a", "b"])
+
+    page = write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=2).read_text()
+    assert re.findall(r'<tr class="mistake"><td>#(\d+)</td>', page) == ["3", "1"]
+    assert len(PNG_URI.findall(page)) == 4  # plots only: no images were given
+
+    page = write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=24).read_text()
+    assert page.count('class="mistake"') == 3  # only three are wrong
+
+    page = write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=0).read_text()
+    assert page.count('class="mistake"') == 0
+
+
+@pytest.mark.usefixtures("no_drawing")
+def test_class_without_samples_is_noted(tmp_path: Path) -> None:
+    names = ["a", "b", "never seen"]
+    probs, targets = noisy_probs(30, 2)
+    probs = torch.cat([probs * 0.9, torch.full((30, 1), 0.1)], dim=1)  # (30, 3), class 2 has no samples
+    m = classification_metrics(probs, targets, names)
+
+    path = write_report(tmp_path, m, probs, targets, names)
+    page = path.read_text()
+    assert "No samples of 'never seen'" in page
+    assert "Never predicted: 'never seen'" in page
+    assert "<td>—</td></tr>" in page  # its AUC
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_class"][2]["auc"] is None
+
+
+def test_many_classes(tmp_path: Path) -> None:
+    k = 25
+    names = [f"class {i} $x$" for i in range(k)]  # "$" would be mathtext if not escaped
+    probs, targets = noisy_probs(100, k)
+    m = classification_metrics(probs, targets, names)
+    page = write_report(tmp_path, m, probs, targets, names, mistakes=3).read_text()
+    assert len(PNG_URI.findall(page)) == 4
+    assert page.count("<tr><td>class ") == k
+
+
+def test_bad_image_fails_before_writing(tmp_path: Path) -> None:
+    probs, targets = noisy_probs(20, 2)
+    m = classification_metrics(probs, targets, ["a", "b"])
+    with pytest.raises(DataError, match=r"uint8 array of shape \(H, W\)"):
+        write_report(
+            tmp_path, m, probs, targets, ["a", "b"], images=lambda i: np.zeros((3, 8, 8), np.float32)
+        )
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_inconsistent_inputs_raise(tmp_path: Path) -> None:
+    probs, targets = noisy_probs(20, 2)
+    m = classification_metrics(probs, targets, ["a", "b"])
+    with pytest.raises(DataError, match="same probs, targets and class names"):
+        write_report(tmp_path, m, probs[:10], targets[:10], ["a", "b"])
+    with pytest.raises(KilnError, match="'mistakes' parameter"):
+        write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=-1)
