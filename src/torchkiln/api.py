@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import yaml
 
 from torchkiln.config import RunConfig, dump_config, load_config, validate
+from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.trainer import fit
 from torchkiln.errors import CheckpointError
 from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
@@ -78,21 +80,41 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
     if data.problems:
         lines = [f"{item}\t{reason}" for item, reason in data.problems]
         (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    fit(resolved, task, data, run_dir)
+    try:
+        fit(resolved, task, data, run_dir)
+    except BaseException:
+        if not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
+        raise
     return run_dir
 
 
-def evaluate(path: str | Path, *, split: str = "test", out_dir: str | Path | None = None) -> EvalResult:
+def evaluate(
+    path: str | Path, *, split: str | None = None, out_dir: str | Path | None = None, device: str = "auto"
+) -> EvalResult:
     """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
 
+    Args:
+        path: a run directory or a bundle.
+        split: ``train``, ``val`` or ``test``; default: the config's ``evaluate.split``.
+        out_dir: where to write; default ``RUN_DIR/eval/<split>/`` (``<bundle>-eval/<split>/``
+            for a bundle outside a run directory).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+
     Returns:
-        The metrics and the report path; by default under ``RUN_DIR/eval/<split>/``.
+        The metrics and the report path.
 
     Example:
         >>> evaluate("runs/fashion-mnist-cnn/20261124-101500").metrics.accuracy
     """
     bundle = load_bundle(path)
+    split = split or bundle.config.evaluate.split
     if out_dir is None:
-        run_dir = bundle.path.parent if bundle.path.name == "bundle" else bundle.path
-        out_dir = run_dir / "eval" / split
-    return evaluate_bundle(bundle, split=split, out_dir=Path(out_dir))
+        base = (
+            bundle.path.parent / "eval"
+            if bundle.path.name == "bundle"
+            else bundle.path.with_name(f"{bundle.path.name}-eval")
+        )
+        out_dir = base / split
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return evaluate_bundle(bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device))

@@ -38,8 +38,8 @@ class PredictError(KilnError):
     """An input handed to a predictor cannot be used."""
 
 
-def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest choices, or an empty string."""
+def did_you_mean(name: str, choices: Iterable[str], n: int = 1) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice (or ``n`` choices), or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     if not close:
         return ""

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -81,10 +81,15 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
 
-def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], *, what: str) -> None:
-    """Reject keyword arguments that ``func`` does not take, with a did-you-mean hint."""
+def check_kwargs(
+    func: Callable[..., Any], kwargs: dict[str, Any], *, what: str, exclude: Collection[str] = ()
+) -> None:
+    """Reject keyword arguments that ``func`` does not take, with a did-you-mean hint.
+
+    ``exclude`` names keyword arguments the caller supplies itself, so they are not offered.
+    """
     params = inspect.signature(func).parameters
-    allowed = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    allowed = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in exclude]
     for key in kwargs:
         if key not in allowed:
             raise RegistryError(

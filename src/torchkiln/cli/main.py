@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from torchkiln.errors import KilnError
 
@@ -35,7 +36,8 @@ SetOpt = Annotated[
 
 
 def _fail(exc: KilnError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    # Text, not markup: messages quote user data such as file names with [brackets].
+    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -48,6 +50,12 @@ def train(
     """Train a model. The last line printed is the run directory."""
     from torchkiln import api
 
+    if resume is not None and (config is not None or set_):
+        err.print(
+            "error: --resume continues a run with the config saved in its directory, so it takes no CONFIG "
+            "or --set. Start a new run to change settings: kiln train CONFIG --set ..."
+        )
+        raise typer.Exit(code=2)
     try:
         if resume is not None:
             run_dir = api.train(resume=resume)
@@ -68,7 +76,9 @@ def train(
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="A run directory or a bundle.")],
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="train, val or test [default: evaluate.split, test].")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
 ) -> None:
     """Evaluate on a split: metrics.json and an HTML report with plots and the worst mistakes."""
@@ -80,7 +90,7 @@ def evaluate(
         _fail(exc)
     m = result.metrics
     out.print(
-        f"{split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  macro-AUC {m.macro_auc:.4f}  "
+        f"{result.split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  macro-AUC {m.macro_auc:.4f}  "
         f"ECE {m.ece:.4f}  (n={m.num_samples})"
     )
     out.print(f"metrics: {result.metrics_file}")
@@ -91,7 +101,9 @@ def evaluate(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle or run directory.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files.")],
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show.")] = 3,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, help="Classes to show [default: task.top_k].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Predict the class of each input with the bundle's own preprocessing."""
@@ -108,7 +120,8 @@ def predict(
         else:
             alts = ", ".join(f"{t['label']} {t['score']:.3f}" for t in res["top_k"])
             out.print(
-                f"{path}: [bold]{res['label']}[/] ({res['score']:.3f})   top-{top_k}: {alts}", highlight=False
+                f"{path}: [bold]{res['label']}[/] ({res['score']:.3f})   top-{len(res['top_k'])}: {alts}",
+                highlight=False,
             )
 
 

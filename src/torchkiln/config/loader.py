@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,16 +78,42 @@ def apply_override(raw: Mapping[str, Any], item: str) -> dict[str, Any]:
     except yaml.YAMLError:
         value = text
     out: dict[str, Any] = _deep_copy(raw)
-    node = out
+    node: Any = out
     parts = key.strip().split(".")
-    for part in parts[:-1]:
+    for part, nxt in itertools.pairwise(parts):
+        if isinstance(node, list):  # data.augment.0.p=0.3 indexes into a list
+            node = _list_item(node, part, item)
+            continue
         child = node.get(part)
         if isinstance(child, str) and part in ("task", "data"):
             child = {"kind": child} if part == "task" else {"path": child}
-        node[part] = dict(child) if isinstance(child, dict) else {}
-        node = node[part]
-    node[parts[-1]] = value
+        if not isinstance(child, dict | list) or (isinstance(child, list) and not nxt.isdigit()):
+            child = {}
+        node[part] = child
+        node = child
+    if isinstance(node, list):
+        idx = _index(node, parts[-1], item)
+        node[idx] = value
+    else:
+        node[parts[-1]] = value
     return out
+
+
+def _index(items: list[Any], part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(
+            f"Override '{item}': '{part}' is not an index of a list with {len(items)} item(s). "
+            f"Use 0 to {len(items) - 1}, or set the whole list, e.g. "
+            f"--set 'data.augment=[{{name: horizontal_flip}}]'"
+        )
+    return int(part)
+
+
+def _list_item(items: list[Any], part: str, item: str) -> Any:
+    idx = _index(items, part, item)
+    if not isinstance(items[idx], dict):
+        items[idx] = {}
+    return items[idx]
 
 
 def _deep_copy(value: Any) -> Any:
@@ -110,8 +137,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> str:
             lines.append(f"  - '{where}' is required but missing. Add it to the config.")
         else:
             got = err.get("input")
-            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-            lines.append(f"  - '{where}': {err['msg']}. Got {shown}.")
+            shown = "" if isinstance(got, dict | list) else f" Got {got!r}."
+            lines.append(f"  - '{where}': {err['msg']}.{shown}")
     lines.append(
         "Fix the config file or the --set value; 'kiln config show CONFIG' prints what was understood."
     )
@@ -119,36 +146,33 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """Field names of the sub-model at ``loc`` (best effort through unions and lists)."""
+    """Field names of the sub-model at ``loc``, following lists and tagged unions (augment steps)."""
     current: Any = model
     for part in loc:
         if part.isdigit():
             continue
-        sub = _submodel(current, part)
-        if sub is None:
+        members = _models_in(current)
+        field = next((m.model_fields[part] for m in members if part in m.model_fields), None)
+        if field is not None:
+            current = field.annotation
+            continue
+        tagged = [m for m in members if part in _tags(m)]  # loc names the union member by its tag
+        if not tagged:
             return []
-        current = sub
-    return list(current.model_fields) if isinstance(current, type) else []
+        current = tagged[0]
+    members = _models_in(current)
+    return list(members[0].model_fields) if len(members) == 1 else []
 
 
-def _submodel(model: Any, name: str) -> Any:
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        field = model.model_fields.get(name)
-        if field is None:
-            # A tag of a discriminated union (e.g. augment.0.rotation): pick the member.
-            return None
-        return _unwrap(field.annotation)
-    return None
-
-
-def _unwrap(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _unwrap(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _tags(model: type[BaseModel]) -> tuple[Any, ...]:
+    field = model.model_fields.get("name") or model.model_fields.get("kind")
+    return getattr(field.annotation, "__args__", ()) if field is not None else ()
 
 
 def dump_config(cfg: BaseModel) -> str:

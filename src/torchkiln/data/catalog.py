@@ -64,7 +64,12 @@ def load_catalog(name: str) -> ArrayData:
 
 
 def cache_dir() -> Path:
-    """Return the download cache: ``$TORCHKILN_CACHE``, or ``~/.cache/torchkiln`` when unset."""
+    """Return the download cache: ``$TORCHKILN_CACHE``, or ``~/.cache/torchkiln`` when unset.
+
+    Example:
+        >>> cache_dir() / "fashion-mnist"
+        PosixPath('/home/me/.cache/torchkiln/fashion-mnist')
+    """
     return Path(os.environ.get("TORCHKILN_CACHE") or Path.home() / ".cache" / "torchkiln").expanduser()
 
 
@@ -169,6 +174,10 @@ def fashion_mnist_files() -> dict[str, Path]:
     Raises:
         DataError: the files are nowhere on disk and the download failed; the message says how to
             install them.
+
+    Example:
+        >>> fashion_mnist_files()["t10k-labels-idx1-ubyte.gz"]
+        PosixPath('/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz')
     """
     names = list(FASHION_MNIST_SHA256)
     cache = cache_dir() / "fashion-mnist"
@@ -183,9 +192,9 @@ def fashion_mnist_files() -> dict[str, Path]:
     except DataError as e:
         searched = ", ".join(str(p) for p in (cache, *FASHION_MNIST_SYSTEM_DIRS))
         raise DataError(
-            f"Fashion-MNIST was not found in {searched}, and the download failed: {e} "
-            f"Fix: install the Debian package (`apt-get install dataset-fashion-mnist`), or put "
-            f"{', '.join(names)} in {cache}."
+            f"Fashion-MNIST was not found in {searched}, and downloading it failed: {e} Otherwise, install "
+            f"the Debian package (`apt-get install dataset-fashion-mnist`), or put {', '.join(names)} "
+            f"in {cache}."
         ) from None
     found = _find_files(cache, names)
     assert found is not None  # every missing file was just downloaded
@@ -272,6 +281,14 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 def safe_folder_name(name: str) -> str:
     """Turn a class name into a folder name: ``/ \\ : * ? " < > |`` and control characters become "_".
+
+    Leading and trailing spaces and trailing dots are dropped; a name left empty, "." or ".." becomes "_".
+
+    Args:
+        name: a class name.
+
+    Returns:
+        A name that is safe as one folder on Linux, macOS and Windows.
 
     Example:
         >>> safe_folder_name("T-shirt/top")

@@ -18,6 +18,8 @@ from torchkiln.data.splits import SPLITS, carve_val, limit_per_class, stratified
 from torchkiln.errors import DataError, did_you_mean
 
 MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
+DECODE_CHUNK = 4096
+STATS_SAMPLE = 20_000  # train images used for mean/std: plenty for two decimals
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,11 @@ def detect_format(path: str) -> str:
 
 
 def load_image_data(
-    cfg: DataConfig, *, seed: int, default_size: int | None = None, need_channels: int | None = None,
+    cfg: DataConfig,
+    *,
+    seed: int,
+    default_size: int | None = None,
+    need_channels: int | None = None,
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> ImageData:
     """Scan, validate, split and preprocess the images named by ``cfg``.
@@ -89,7 +95,11 @@ def load_image_data(
     """
     fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
     if fmt in ("folder", "csv"):
-        files = scan_folder(Path(cfg.path)) if fmt == "folder" else scan_csv(Path(cfg.path), on_error=cfg.on_error)
+        files = (
+            scan_folder(Path(cfg.path))
+            if fmt == "folder"
+            else scan_csv(Path(cfg.path), on_error=cfg.on_error)
+        )
         return _from_files(cfg, files, seed, default_size, need_channels, stats)
     if fmt == "catalog":
         data = catalog.load_catalog(cfg.path)
@@ -101,7 +111,9 @@ def load_image_data(
 
 
 def _class_list(cfg: DataConfig, labels: list[str], splits: np.ndarray | None, where: str) -> list[str]:
-    train_labels = [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
+    train_labels = (
+        [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
+    )
     if cfg.classes is not None:
         unknown = sorted(set(labels) - set(cfg.classes))
         if unknown:
@@ -113,17 +125,23 @@ def _class_list(cfg: DataConfig, labels: list[str], splits: np.ndarray | None, w
         return list(cfg.classes)
     seen = set(train_labels)
     for split in ("val", "test"):
-        extra = sorted({lab for lab, s in zip(labels, splits, strict=True) if s == split} - seen) if splits is not None else []
+        extra = (
+            sorted({lab for lab, s in zip(labels, splits, strict=True) if s == split} - seen)
+            if splits is not None
+            else []
+        )
         if extra:
             raise DataError(
                 f"{where}: the {split} split has class '{extra[0]}', which never appears in train. "
-                f"A model cannot learn a class it never sees. Add training images of '{extra[0]}', or remove it "
-                f"from {split}."
+                f"A model cannot learn a class it never sees. Add training images of '{extra[0]}', "
+                f"or remove it from {split}."
             )
     return sorted(seen)
 
 
-def _resolve_channels(cfg: DataConfig, modes: list[str] | None, array_channels: int | None, need: int | None) -> int:
+def _resolve_channels(
+    cfg: DataConfig, modes: list[str] | None, array_channels: int | None, need: int | None
+) -> int:
     if cfg.channels is not None:
         return cfg.channels
     if need is not None:
@@ -163,22 +181,50 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats)
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     splits = _make_splits(cfg, label_idx, splits_in, seed)
-    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET)
-    # Every file is fully decoded now, so a corrupt image fails before training, not in epoch 7.
-    images, ok, problems = decode_all(paths, size=size, channels=channels, on_error=cfg.on_error)
-    ok_mask = np.zeros(len(paths), dtype=bool)
-    ok_mask[ok] = True
+    in_memory = cfg.cache == "memory" or (
+        cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
+    )
+    images, row, ok_mask, problems = _decode_checked(cfg, paths, splits, size, channels, keep_all=in_memory)
     out: dict[str, SplitData] = {}
-    pos = np.cumsum(ok_mask) - 1  # index into `images` for decoded files
     for split in SPLITS:
         sel = np.flatnonzero((splits == split) & ok_mask)
         labels_t = torch.from_numpy(label_idx[sel])
         if in_memory:
-            out[split] = SplitData(labels_t, images=images[torch.from_numpy(pos[sel])])
+            out[split] = SplitData(labels_t, images=images[torch.from_numpy(row[sel])])
         else:
             out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
-    mean, std = _stats(cfg, out["train"], stats, images[torch.from_numpy(pos[np.flatnonzero((splits == "train") & ok_mask)])])
+    train_rows = row[(splits == "train") & (row >= 0)]
+    mean, std = _stats(cfg, out["train"], stats, images[torch.from_numpy(train_rows)])
     return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
+
+
+def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool):
+    """Decode every file now, so a corrupt image fails before training and not in epoch 7.
+
+    Returns the kept images, ``row`` (index into them per path, -1 if not kept), which paths
+    decoded, and the problems.
+    Without ``keep_all`` (lazy data) only a train sample for the statistics is kept.
+    """
+    kept: list[torch.Tensor] = []
+    row = np.full(len(paths), -1, dtype=np.int64)
+    ok_mask = np.zeros(len(paths), dtype=bool)
+    problems: list[tuple[str, str]] = []
+    n_kept = 0
+    for start in range(0, len(paths), DECODE_CHUNK):
+        imgs, ok, bad = decode_all(paths[start : start + DECODE_CHUNK], size=size, channels=channels)
+        problems += bad
+        ok_abs = np.asarray(ok, dtype=np.int64) + start
+        ok_mask[ok_abs] = True
+        want = np.ones(len(ok_abs), dtype=bool) if keep_all else (splits[ok_abs] == "train")
+        if not keep_all:
+            want &= np.cumsum(want) + n_kept <= STATS_SAMPLE
+        kept.append(imgs[torch.from_numpy(np.flatnonzero(want))])
+        row[ok_abs[want]] = np.arange(n_kept, n_kept + int(want.sum()))
+        n_kept += int(want.sum())
+    if problems and cfg.on_error == "raise":
+        raise DataError(problems[0][1] + f" ({len(problems)} bad image(s) in all.)")
+    empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
+    return (torch.cat(kept) if kept else empty), row, ok_mask, problems
 
 
 def _safe_header(p: Path) -> tuple[int, int, str] | str:
@@ -199,7 +245,9 @@ def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels,
     if imgs.shape[1] != channels:
         imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
     if imgs.shape[-2:] != (size, size):
-        imgs = torch.cat([TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)])
+        imgs = torch.cat(
+            [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)]
+        )
     imgs = imgs.contiguous()
     splits = _make_splits(cfg, label_idx, data.splits, seed)
     out = {}

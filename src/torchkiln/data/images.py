@@ -41,7 +41,7 @@ def open_image(source: ImageLike) -> Image.Image:
                 f"or (H, W, 3). Convert it with (array * 255).astype('uint8') if it is in [0, 1]."
             )
         return Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[-1] == 1 else source)
-    name = str(source)[:80] if isinstance(source, str | Path) else "<bytes>"
+    name = str(source) if isinstance(source, str | Path) else "<bytes>"
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if img.width * img.height > MAX_PIXELS:
@@ -51,7 +51,9 @@ def open_image(source: ImageLike) -> Image.Image:
             )
         img.load()
     except FileNotFoundError:
-        raise DataError(f"Image file '{name}' does not exist. Check the path or remove it from the data.") from None
+        raise DataError(
+            f"Image file '{name}' does not exist. Check the path or remove it from the data."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"Image '{name}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
@@ -67,7 +69,7 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
         >>> to_model_input("cat.jpg", size=224, channels=3).shape
         torch.Size([3, 224, 224])
     """
-    img = open_image(source).convert("L" if channels == 1 else "RGB")
+    img = _to_mode(open_image(source), channels)
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
@@ -75,9 +77,19 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
         img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, S, S)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert to L or RGB; 16-bit and float grayscale are rescaled, not clipped at 255."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.round().astype(np.uint8))
+    return img.convert("L" if channels == 1 else "RGB")
 
 
 def image_header(path: Path) -> tuple[int, int, str]:
@@ -86,7 +98,9 @@ def image_header(path: Path) -> tuple[int, int, str]:
         with Image.open(path) as img:
             return img.width, img.height, img.mode
     except FileNotFoundError:
-        raise DataError(f"Image file '{path}' does not exist. Check the path or remove it from the data.") from None
+        raise DataError(
+            f"Image file '{path}' does not exist. Check the path or remove it from the data."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"Image '{path}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
@@ -135,15 +149,20 @@ def scan_folder(root: Path) -> FileItems:
 def scan_csv(path: Path, *, on_error: str) -> FileItems:
     """Scan a ``path,label[,split]`` manifest; relative paths are relative to the CSV's folder."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = set(reader.fieldnames or [])
     except UnicodeDecodeError as exc:
         raise DataError(f"Manifest '{path}' is not valid UTF-8 ({exc}). Save it as UTF-8.") from None
-    header = set(rows[0]) if rows else set()
     if not {"path", "label"} <= header:
         raise DataError(
             f"Manifest '{path}' has columns {sorted(header)}; expected 'path,label' and optionally 'split'. "
             f"Add a header line: path,label,split"
+        )
+    if not rows:
+        raise DataError(
+            f"Manifest '{path}' has a header but no rows. Add one line per image: path,label[,split]"
         )
     items = FileItems([], [], [] if "split" in header else None)
     for line, row in enumerate(rows, start=2):
@@ -174,15 +193,12 @@ def _check_row(row: dict[str, str], file: Path, split: str, has_split: bool) -> 
 
 
 def decode_all(
-    paths: Sequence[Path], *, size: int, channels: int, on_error: str, workers: int = 4
+    paths: Sequence[Path], *, size: int, channels: int, workers: int = 4
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    """Decode and preprocess every file in parallel.
+    """Decode and preprocess every file in parallel (Pillow releases the GIL while decoding).
 
     Returns:
         (images ``(M, C, S, S)`` uint8 for the M files that decoded, their indices, problems).
-
-    Raises:
-        DataError: a file is corrupt and ``on_error`` is ``"raise"``; names the first such file.
     """
 
     def one(p: Path) -> torch.Tensor | str:
@@ -195,8 +211,6 @@ def decode_all(
         results = list(pool.map(one, paths, chunksize=64))
     ok = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     problems = [(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
-    if problems and on_error == "raise":
-        raise DataError(problems[0][1] + f" ({len(problems)} bad image(s) in all.)")
     empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
     stacked = torch.stack([results[i] for i in ok]) if ok else empty  # type: ignore[misc]
     return stacked, ok, problems

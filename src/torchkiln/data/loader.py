@@ -7,6 +7,7 @@ before, so resuming at batch ``b`` gives exactly the batches an uninterrupted ru
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -53,7 +54,13 @@ class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            n,
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
         self.epoch = 0
         self.start_batch = 0
 
@@ -78,7 +85,9 @@ class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
 class BatchSet(Dataset):
     """Builds whole batches: ``(epoch, b, indices) -> (uint8 images (B, C, S, S), labels (B,))``."""
 
-    def __init__(self, split: SplitData, *, size: int, channels: int, augment: v2.Compose | None, seed: int) -> None:
+    def __init__(
+        self, split: SplitData, *, size: int, channels: int, augment: v2.Compose | None, seed: int
+    ) -> None:
         self.split, self.size, self.channels, self.augment, self.seed = split, size, channels, augment, seed
 
     def __len__(self) -> int:
@@ -90,7 +99,9 @@ class BatchSet(Dataset):
             x = self.split.images[idx]
         else:
             assert self.split.paths is not None
-            x = torch.stack([to_model_input(self.split.paths[i], size=self.size, channels=self.channels) for i in idx])
+            x = torch.stack(
+                [to_model_input(self.split.paths[i], size=self.size, channels=self.channels) for i in idx]
+            )
         if self.augment is not None:
             # Own RNG stream per batch: independent of worker count and of where a run resumed.
             with torch.random.fork_rng(devices=[]):
@@ -113,8 +124,10 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over whole batches (``batch_size=None``); its sampler is an :class:`EpochBatchSampler`."""
     if num_workers == "auto":
-        # In-memory data without augmentation is one tensor index per batch: workers would only add IPC.
-        num_workers = 0 if split.images is not None and augment is None else 2
+        # In-memory data is one tensor index per batch, and per-sample v2 augmentation of decoded
+        # uint8 tensors costs ~20 us an op: worker processes would only add IPC and steal the cores
+        # that the model's threads use. Decoding files is the slow case that workers pay off for.
+        num_workers = 0 if split.images is not None else min(4, os.cpu_count() or 1)
     # Training drops a ragged last batch (a batch of 1 breaks BatchNorm); evaluation keeps every item.
     drop_last = shuffle and len(split) > batch_size
     sampler = EpochBatchSampler(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)

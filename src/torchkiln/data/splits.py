@@ -30,8 +30,8 @@ def stratified_split(labels: np.ndarray, *, val: float, test: float, seed: int) 
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
-        n_test = int(round(test * len(idx)))
-        n_val = int(round(val * len(idx)))
+        n_test = round(test * len(idx))
+        n_val = round(val * len(idx))
         if n_test + n_val >= len(idx):  # tiny class: keep one item for training
             n_test = min(n_test, len(idx) - 1)
             n_val = max(0, len(idx) - 1 - n_test)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
 from torchkiln.config.schema import OptimizerConfig, SchedulerConfig
+from torchkiln.errors import ConfigError
 from torchkiln.tasks.base import ParamGroup
 
 
@@ -29,8 +31,9 @@ def split_decay(groups: list[ParamGroup], model: nn.Module) -> list[dict]:
                     }
                 )
     if not out:
-        raise ValueError(
-            "No trainable parameters: every parameter is frozen. Unfreeze some (model.unfreeze_last)."
+        raise ConfigError(
+            "The model has no trainable parameters: every parameter is frozen. Expected at least the head "
+            "to train. Set model.unfreeze_last >= 1 or model.freeze_backbone: false."
         )
     return out
 
@@ -80,14 +83,17 @@ def build_scheduler(
         case "plateau":
             return lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience)
         case "cosine":
-            base = opt.param_groups[0]["lr"]
-            floor = cfg.min_lr / base if base else 0.0
-
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / warmup
-                t = (step - warmup) / max(1, total - warmup)
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-            return lr_scheduler.LambdaLR(opt, factor)
+            # One factor per group: each group decays from its own lr to min_lr.
+            floors = [cfg.min_lr / g["lr"] if g["lr"] else 0.0 for g in opt.param_groups]
+            return lr_scheduler.LambdaLR(opt, [_cosine(warmup, total, f) for f in floors])
     raise AssertionError(cfg.name)
+
+
+def _cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return factor

@@ -56,7 +56,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(cfg: TrainConfig, *, image_input: bool) -> Precision:
     """Pick AMP and memory format. ``auto``: bf16 (fp16 + GradScaler on older GPUs) on CUDA,
-    bf16 on CPUs with fast bf16, fp32 otherwise; channels_last on CUDA for image models."""
+    bf16 on CPUs with fast bf16, fp32 otherwise; channels_last for image models (oneDNN convolutions
+    on CPU run 2-3x faster in NHWC than in NCHW here; cuDNN tensor cores want NHWC too)."""
     device = resolve_device(cfg.device)
     dtype: torch.dtype | None
     if cfg.precision == "auto":
@@ -70,7 +71,5 @@ def resolve_precision(cfg: TrainConfig, *, image_input: bool) -> Precision:
         raise ConfigError(
             f"train.precision fp16 needs a CUDA device; this run is on {device}. Use bf16 or fp32 (or auto)."
         )
-    channels_last = (
-        cfg.channels_last if isinstance(cfg.channels_last, bool) else (image_input and device.type == "cuda")
-    )
+    channels_last = cfg.channels_last if isinstance(cfg.channels_last, bool) else image_input
     return Precision(device, dtype, channels_last)

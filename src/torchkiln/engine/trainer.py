@@ -29,6 +29,8 @@ from torchkiln.engine.optim import build_optimizer, build_scheduler
 from torchkiln.engine.precision import Precision, resolve_precision
 from torchkiln.engine.progress import Progress
 from torchkiln.engine.tracking import Tracker
+from torchkiln.errors import ConfigError, did_you_mean
+from torchkiln.io import atomic_write_text
 from torchkiln.tasks.base import Task
 from torchkiln.tasks.bundle import save_bundle
 
@@ -111,6 +113,19 @@ def setup(cfg: RunConfig, task: Task, data: Any) -> Loop:
     )
 
 
+def check_monitor(loop: Loop) -> None:
+    """``train.monitor`` must name a metric this run reports, or best/early stopping would be blind."""
+    names = [*loop.task.metrics(loop.cfg).compute(), "loss"]
+    splits = ("train", "val") if loop.val_loader is not None else ("train",)
+    valid = [f"{s}/{n}" for s in splits for n in names]
+    if loop.cfg.train.monitor not in valid:
+        hint = did_you_mean(loop.cfg.train.monitor, valid)
+        raise ConfigError(
+            f"train.monitor is '{loop.cfg.train.monitor}', which this run does not report.{hint} "
+            f"Valid: {', '.join(valid)}. (Without a validation split only train/ metrics exist.)"
+        )
+
+
 def checkpoint_state(loop: Loop, state: TrainState) -> dict[str, Any]:
     return {
         "model": loop.model.state_dict(),
@@ -134,8 +149,15 @@ def restore(loop: Loop, ckpt: dict[str, Any]) -> TrainState:
 
 
 def train_one_epoch(
-    loop: Loop, state: TrainState, ckpt_dir: Path, tracker: Tracker, progress: Progress
+    loop: Loop,
+    state: TrainState,
+    ckpt_dir: Path,
+    tracker: Tracker,
+    progress: Progress,
+    budget_from: float = 0.0,
 ) -> dict[str, float]:
+    """One epoch from ``state.batch`` on; ``budget_from`` is ``state.elapsed`` when this process
+    started, so ``train.max_minutes`` is a budget per invocation (a resumed run gets a fresh one)."""
     cfg, t = loop.cfg, loop.cfg.train
     loop.model.train()
     sampler = loop.train_loader.sampler
@@ -143,6 +165,8 @@ def train_one_epoch(
     n_batches = len(sampler)  # type: ignore[arg-type]
     metrics = loop.task.metrics(cfg)
     running = torch.zeros((), device=loop.precision.device)  # loss sum since the last log, on device
+    epoch_loss = torch.zeros((), device=loop.precision.device)
+    epoch_batches = 0
     since_log, seen, t0, started = 0, 0, time.perf_counter(), time.perf_counter()
     progress.start_epoch(state.epoch, n_batches, done=state.batch)
     for batch in loop.train_loader:
@@ -155,10 +179,13 @@ def train_one_epoch(
         metrics.update(out, y)
         running += loss.detach()
         since_log += 1
+        epoch_batches += 1
         seen += len(y)
         state.batch = b + 1
         if state.batch % t.accumulate and state.batch != n_batches:
             continue
+        if state.batch == n_batches:  # gradients exist only until the step clears them
+            tracker.model_histograms(loop.model, state.step + 1)
         optimizer_step(loop)
         state.step += 1
         if state.step % t.log_every == 0 or state.batch == n_batches:
@@ -166,20 +193,23 @@ def train_one_epoch(
             avg = running.item() / since_log  # the one host sync
             lr = loop.optimizer.param_groups[-1]["lr"]
             tracker.scalars(
-                {"train/loss": avg, "train/lr": lr, "train/samples_per_s": seen / (now - t0)}, state.step
+                {"step/loss": avg, "step/lr": lr, "step/samples_per_s": seen / (now - t0)}, state.step
             )
             progress.update(state.batch, loss=avg, throughput=seen / (now - t0))
+            epoch_loss += running
             running.zero_()
             since_log, seen, t0 = 0, 0, now
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.batch < n_batches:
             state.elapsed += time.perf_counter() - started
             started = time.perf_counter()
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state))
-        if t.max_minutes and state.elapsed + time.perf_counter() - started > t.max_minutes * 60:
+        if t.max_minutes and state.elapsed - budget_from + time.perf_counter() - started > t.max_minutes * 60:
             state.stopped = f"time budget of {t.max_minutes} min reached"
             break
     state.elapsed += time.perf_counter() - started
-    return {f"train/{k}": v for k, v in metrics.compute().items()}
+    epoch_loss += running
+    results = {f"train/{k}": v for k, v in metrics.compute().items()}
+    return results | {"train/loss": epoch_loss.item() / max(1, epoch_batches)}
 
 
 def optimizer_step(loop: Loop) -> None:
@@ -198,11 +228,16 @@ def optimizer_step(loop: Loop) -> None:
 def evaluate_split(loop: Loop, loader: DataLoader, prefix: str) -> dict[str, float]:
     loop.model.eval()
     metrics = loop.task.metrics(loop.cfg)
+    loss_sum, n = torch.zeros((), device=loop.precision.device), 0
     for batch in loader:
         x, y = loop.task.to_device(batch, loop.precision.device, channels_last=loop.precision.channels_last)
         with loop.precision.autocast():
-            metrics.update(loop.forward(x), y)
-    return {f"{prefix}/{k}": v for k, v in metrics.compute().items()}
+            out = loop.forward(x)
+        metrics.update(out, y)
+        loss_sum += loop.loss_fn(out.float(), y) * len(y)
+        n += len(y)
+    results = {f"{prefix}/{k}": v for k, v in metrics.compute().items()}
+    return results | {f"{prefix}/loss": loss_sum.item() / max(1, n)}
 
 
 def end_of_epoch(loop: Loop, state: TrainState, results: dict[str, float], ckpt_dir: Path) -> None:
@@ -246,9 +281,13 @@ def fit(cfg: RunConfig, task: Task, data: Any, run_dir: Path, *, resume: bool = 
         The final :class:`TrainState` (epochs, best metric, history).
     """
     loop = setup(cfg, task, data)
+    check_monitor(loop)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = restore(loop, load_checkpoint(ckpt_dir / "last.pt")) if resume else TrainState()
+    if state.stopped.startswith("time budget"):
+        state.stopped = ""  # resuming a run that ran out of time continues it
+    budget_from = state.elapsed
     tracker = Tracker(cfg, run_dir, resume_run_id=state.mlflow_run_id or None)
     state.mlflow_run_id = tracker.mlflow_run_id or ""
     progress = Progress(epochs=cfg.train.epochs, describe=loop.precision.describe())
@@ -261,7 +300,7 @@ def fit(cfg: RunConfig, task: Task, data: Any, run_dir: Path, *, resume: bool = 
             seed_everything(cfg.seed)  # logging must not shift the RNG stream of training
         with progress:
             while state.epoch < cfg.train.epochs and not state.stopped:
-                results = train_one_epoch(loop, state, ckpt_dir, tracker, progress)
+                results = train_one_epoch(loop, state, ckpt_dir, tracker, progress, budget_from)
                 if state.stopped and state.batch < len(loop.train_loader):
                     save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state))
                     break
@@ -270,10 +309,9 @@ def fit(cfg: RunConfig, task: Task, data: Any, run_dir: Path, *, resume: bool = 
                 results["epoch"] = state.epoch
                 state.history.append(results)
                 tracker.scalars({k: v for k, v in results.items() if k != "epoch"}, state.step)
-                tracker.model_histograms(loop.model, state.step)
                 end_of_epoch(loop, state, results, ckpt_dir)
                 progress.end_epoch(results)
-                _write_json(run_dir / "history.json", state.history)
+                atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
         _write_bundle(loop, state, run_dir, tracker)
         status = "FINISHED"
     finally:
@@ -303,9 +341,3 @@ def _write_bundle(loop: Loop, state: TrainState, run_dir: Path, tracker: Tracker
         },
     )
     tracker.artifacts(run_dir / "bundle", "bundle")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(tmp, path)

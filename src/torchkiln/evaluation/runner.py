@@ -37,7 +37,9 @@ def collect_probs(
     return torch.cat(probs), torch.cat(targets)
 
 
-def evaluate_bundle(bundle: Bundle, *, split: str, out_dir: Path, device: str = "cpu") -> EvalResult:
+def evaluate_bundle(
+    bundle: Bundle, *, split: str, out_dir: Path, device: torch.device | None = None
+) -> EvalResult:
     """Evaluate ``bundle`` on ``split`` of the data its config names; writes metrics.json and report.html.
 
     Raises:
@@ -54,7 +56,7 @@ def evaluate_bundle(bundle: Bundle, *, split: str, out_dir: Path, device: str = 
             f"Use --split val, or give the data a {split} split (data.split.{split} > 0)."
         )
     loader = task.loader(cfg, data, split, train=False)
-    probs, targets = collect_probs(bundle, loader, torch.device(device))
+    probs, targets = collect_probs(bundle, loader, device or torch.device("cpu"))
 
     def image(i: int) -> np.ndarray:
         img = part.images[i] if part.images is not None else task.preprocess(cfg, [part.paths[i]])[0]  # type: ignore[index]

@@ -60,6 +60,7 @@ class ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
+RESERVED_ARGS = frozenset({"num_classes", "in_channels", "image_size", "pretrained"})  # set by torchkiln
 
 
 def register_model(
@@ -111,14 +112,14 @@ def create_model(
     """
     spec = MODELS.get(name)
     args = dict(args or {})
-    reserved = sorted(set(args) & {"num_classes", "in_channels", "image_size", "pretrained"})
+    reserved = sorted(set(args) & RESERVED_ARGS)
     if reserved:
         raise ConfigError(
             f"model.args sets '{reserved[0]}', which torchkiln derives from the data or from "
             f"model.pretrained. Remove it from model.args (set data.image_size / data.channels / "
             f"model.pretrained instead)."
         )
-    check_kwargs(spec.builder, args, what=f"Model '{name}'")
+    check_kwargs(spec.builder, args, what=f"Model '{name}'", exclude=RESERVED_ARGS)
     if pretrained is True and not spec.packaged_weights:
         raise ConfigError(
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "

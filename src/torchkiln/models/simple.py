@@ -43,8 +43,10 @@ def cnn(
     dropout: float = 0.1,
     hidden: int = 256,
     head_dropout: float = 0.3,
+    pool: int = 2,
 ) -> Classifier:
-    """Conv blocks (each halves H and W) then ``avg-pool -> [Linear(hidden) -> ReLU] -> Linear``."""
+    """Conv blocks (each halves H and W), then ``adaptive avg-pool to pool x pool -> flatten ->
+    [Linear(hidden) -> ReLU] -> Linear``. A larger ``pool`` keeps more of the spatial layout."""
     if not channels or convs_per_block < 1:
         raise ConfigError(f"cnn needs at least one block and one conv per block; got channels={channels}.")
     blocks = []
@@ -52,8 +54,8 @@ def cnn(
     for c in channels:
         blocks.append(_conv_block(c_in, c, convs_per_block, dropout, pool=True))
         c_in = c
-    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(2), nn.Flatten()]  # (B, C*4): keeps coarse layout
-    width = c_in * 4
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]  # (B, C * pool * pool)
+    width = c_in * pool * pool
     if hidden:
         head += [nn.Dropout(head_dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True)]
         width = hidden

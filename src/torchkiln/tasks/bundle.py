@@ -87,8 +87,10 @@ def save_bundle(
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         for f in FILES:
+            (tmp / f).chmod(0o644)
             with (tmp / f).open("rb") as fh:
                 os.fsync(fh.fileno())
+        tmp.chmod(0o755)  # mkdtemp makes it private; servers running as other users must read it
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             path.rename(old)

@@ -31,9 +31,13 @@ class Predictor:
         return list(self.bundle.meta.get("labels") or [])
 
     @torch.inference_mode()
-    def predict(self, inputs: Sequence[Any], *, top_k: int = 5) -> list[dict[str, Any]]:
-        """Preprocess, run the model in batches, and return one answer per input."""
+    def predict(self, inputs: Sequence[Any], *, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Preprocess, run the model in batches, and return one answer per input.
+
+        ``top_k`` defaults to the config's ``task.top_k``.
+        """
         cfg, task = self.bundle.config, self.bundle.task
+        top_k = top_k or cfg.task.top_k
         out: list[dict[str, Any]] = []
         for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
             chunk = inputs[start : start + self.batch_size]

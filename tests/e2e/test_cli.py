@@ -1,0 +1,245 @@
+"""The `kiln` command as a user runs it: a real subprocess, a working folder, a small image folder.
+
+Each `kiln` process spends seconds importing torch before it does anything, so the independent commands
+are started together in a small thread pool when the first test asks for them; the tests then read their
+results. That keeps this file near the cost of its slowest few commands instead of the sum of all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from torchkiln.cli.main import app
+
+KILN = str(Path(sys.executable).parent / "kiln")
+CLASSES = ["dot", "hbar", "vbar"]
+
+# Commands that need nothing but the project folder; all are started at once.
+INDEPENDENT = {
+    "train": ["train", "cfg.yaml", "--set", "train.epochs=1"],
+    "config-show": ["config", "show", "cfg.yaml"],
+    "bad-key": ["train", "typo.yaml"],
+    "bad-set": ["train", "cfg.yaml", "--set", "train.epochs=zero"],
+    "bad-image": ["train", "corrupt.yaml"],
+    "bad-model": ["train", "badmodel.yaml"],
+    "list-models": ["list", "models"],
+}
+
+
+def kiln(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # One thread per process: several run side by side on few cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "COLUMNS": "200"}
+    return subprocess.run(
+        [KILN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def explain(proc: subprocess.CompletedProcess[str]) -> str:
+    command = " ".join(proc.args[1:])
+    return f"kiln {command} -> {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+@dataclass
+class Jobs:
+    pool: ThreadPoolExecutor
+    cwd: Path
+    futures: dict[str, Future[subprocess.CompletedProcess[str]]]
+
+    def start(self, name: str, *args: str) -> None:
+        self.futures[name] = self.pool.submit(kiln, *args, cwd=self.cwd)
+
+    def result(self, name: str) -> subprocess.CompletedProcess[str]:
+        return self.futures[name].result()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, make_image_folder, make_config) -> Path:
+    """A working folder: images/, a config for them, and one broken config per bad-input case."""
+    root = tmp_path_factory.mktemp("project")
+    make_image_folder(root / "images")
+    corrupt = make_image_folder(root / "corrupt", per_class=3)
+    (corrupt / "hbar" / "broken.png").write_bytes(b"not a png at all")
+
+    def write(name: str, cfg: dict) -> None:
+        (root / name).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+
+    cfg = make_config("images", "runs")
+    cfg["train"]["epochs"] = 3  # the command line sets 1: proves --set wins
+    write("cfg.yaml", cfg)
+    write("typo.yaml", {**cfg, "train": {"epoch": 1}})
+    write("corrupt.yaml", {**cfg, "data": {**cfg["data"], "path": "corrupt"}})
+    write("badmodel.yaml", {**cfg, "model": {"name": "resnet-18"}})
+    return root
+
+
+@pytest.fixture(scope="module")
+def jobs(project: Path) -> Iterator[Jobs]:
+    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 2) + 1)) as pool:
+        running = Jobs(pool, project, {})
+        for name, args in INDEPENDENT.items():
+            running.start(name, *args)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def run_dir(jobs: Jobs, project: Path) -> Path:
+    """The run trained by `kiln train`; its evaluation and predictions are started as soon as it exists."""
+    proc = jobs.result("train")
+    assert proc.returncode == 0, explain(proc)
+    path = project / proc.stdout.strip().splitlines()[-1]
+    jobs.start("evaluate", "evaluate", str(path))
+    jobs.start(
+        "predict",
+        "predict",
+        str(path / "bundle"),
+        "images/hbar/00.png",
+        "images/vbar/01.png",
+        "--top-k",
+        "2",
+        "--json",
+    )
+    return path
+
+
+# --- the happy path -----------------------------------------------------------------------------
+def test_train_writes_a_complete_run(jobs: Jobs, run_dir: Path) -> None:
+    assert run_dir.is_dir()
+    assert run_dir.parent.name == "images-cnn" and run_dir.parent.parent.name == "runs"
+    for f in (
+        "bundle/model.safetensors",
+        "bundle/bundle.json",
+        "bundle/config.yaml",
+        "config.yaml",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "history.json",
+    ):
+        assert (run_dir / f).is_file(), f
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["data"]["classes"] == CLASSES
+    assert (resolved["data"]["image_size"], resolved["data"]["channels"]) == (16, 3)
+    assert resolved["train"]["epochs"] == 1
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history) == 1 and {"train/loss", "val/accuracy"} <= set(history[0])
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    assert meta["format"] == "torchkiln-bundle" and meta["labels"] == CLASSES
+    assert "Traceback" not in jobs.result("train").stderr
+
+
+def test_evaluate_writes_metrics_and_report(jobs: Jobs, run_dir: Path) -> None:
+    proc = jobs.result("evaluate")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.startswith("test: accuracy ")
+    out = run_dir / "eval" / "test"
+    assert (out / "report.html").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["num_samples"] == 3
+
+
+def test_predict_prints_one_json_line_per_image(jobs: Jobs, run_dir: Path) -> None:
+    proc = jobs.result("predict")
+    assert proc.returncode == 0, explain(proc)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    answers = [json.loads(line) for line in lines]
+    assert [a["input"] for a in answers] == ["images/hbar/00.png", "images/vbar/01.png"]
+    for a in answers:
+        assert a["label"] in CLASSES and 0.0 < a["score"] <= 1.0
+        assert len(a["top_k"]) == 2
+        assert a["top_k"][0] == {"label": a["label"], "score": a["score"]}
+        assert a["top_k"][0]["score"] >= a["top_k"][1]["score"]
+
+
+def test_config_show_prints_the_resolved_config(jobs: Jobs) -> None:
+    proc = jobs.result("config-show")
+    assert proc.returncode == 0, explain(proc)
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["data"]["classes"] == CLASSES
+    assert cfg["data"]["image_size"] == 16 and len(cfg["data"]["mean"]) == 3
+    assert cfg["train"]["epochs"] == 3  # no --set here: the file's value
+
+
+def test_list_models(jobs: Jobs) -> None:
+    proc = jobs.result("list-models")
+    assert proc.returncode == 0, explain(proc)
+    for name in ("cnn", "mlp", "resnet18", "efficientnet_lite0"):
+        assert f" {name} " in proc.stdout
+
+
+# The other two lists run in-process: the same command code, without paying for another torch import.
+@pytest.mark.parametrize(
+    ("kind", "names"), [("tasks", ["image-classification"]), ("datasets", ["digits", "fashion-mnist"])]
+)
+def test_list_tasks_and_datasets(kind: str, names: list[str]) -> None:
+    result = CliRunner().invoke(app, ["list", kind], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in names:
+        assert f" {name} " in result.output
+
+
+# --- bad input: exit code 2, the message, no traceback ------------------------------------------
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ("bad-key", "unknown key 'train.epoch'. Did you mean 'epochs'?"),
+        ("bad-set", "'train.epochs': Input should be a valid integer, unable to parse string as an integer."),
+        ("bad-image", "is corrupt or not an image"),
+        ("bad-model", "Unknown model 'resnet-18'. Did you mean 'resnet18'? Run 'kiln list models'"),
+    ],
+)
+def test_bad_input_exits_2_with_the_message(jobs: Jobs, job: str, expected: str) -> None:
+    proc = jobs.result(job)
+    assert proc.returncode == 2, explain(proc)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert expected in proc.stderr
+
+
+def test_corrupt_image_message_names_the_file_and_the_fix(jobs: Jobs, project: Path) -> None:
+    stderr = jobs.result("bad-image").stderr
+    assert f"Image '{Path('corrupt') / 'hbar' / 'broken.png'}' is corrupt or not an image" in stderr
+    assert "set data.on_error: skip to leave such files out" in stderr
+
+
+# In-process from here (CliRunner): the same command code, milliseconds instead of a torch import each.
+# Square brackets in user data (file names, model names) must print as text, not be read as rich markup.
+@pytest.mark.parametrize("case", ["file", "model"])
+def test_error_text_with_square_brackets_is_printed_as_is(
+    tmp_path: Path, make_image_folder, make_config, case: str
+) -> None:
+    cfg = make_config(make_image_folder(tmp_path / "images", per_class=2), tmp_path / "runs")
+    if case == "file":
+        (tmp_path / "images" / "dot" / "scan[copy].png").write_bytes(b"junk")
+        expected = "scan[copy].png"
+    else:
+        cfg["model"] = {"name": "[/x]"}
+        expected = "Unknown model '[/x]'."
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    result = CliRunner().invoke(app, ["config", "show", str(path)])
+    assert result.exit_code == 2
+    assert expected in result.output
+
+
+def test_predict_on_a_missing_file_is_a_plain_error(run_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", str(run_dir / "bundle"), str(tmp_path / "gone.png")])
+    assert result.exit_code == 2
+    assert f"Image file '{tmp_path / 'gone.png'}' does not exist." in result.output
+
+
+def test_train_without_a_config_says_what_to_give() -> None:
+    result = CliRunner().invoke(app, ["train"])
+    assert result.exit_code == 2
+    assert "error: give a CONFIG file, or --resume RUN_DIR. Example: kiln train kiln.yaml" in result.output

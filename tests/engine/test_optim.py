@@ -1,0 +1,99 @@
+"""Optimizers, parameter groups, schedulers and precision selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchkiln.config.schema import OptimizerConfig, SchedulerConfig, TrainConfig
+from torchkiln.engine import precision as prec
+from torchkiln.engine.optim import build_optimizer, build_scheduler
+from torchkiln.errors import ConfigError
+from torchkiln.tasks.base import ParamGroup
+
+
+def groups() -> tuple[nn.Module, list[ParamGroup]]:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    backbone = list(model[0].parameters()) + list(model[1].parameters())
+    return model, [ParamGroup("backbone", backbone, 0.1), ParamGroup("head", list(model[3].parameters()), 1.0)]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_weight_decay_skips_biases_and_norms_and_lr_mults_apply(name: str) -> None:
+    model, g = groups()
+    opt = build_optimizer(g, model, OptimizerConfig(name=name, lr=0.1, weight_decay=0.01))
+    for group in opt.param_groups:
+        ndims = {p.ndim for p in group["params"]}
+        assert group["weight_decay"] == (0.01 if ndims == {4} or ndims == {2} else 0.0)
+    lrs = sorted({round(group["lr"], 6) for group in opt.param_groups})
+    assert lrs == [0.01, 0.1]
+    n_params = sum(len(group["params"]) for group in opt.param_groups)
+    assert n_params == len(list(model.parameters()))
+
+
+def test_sgd_nesterov_is_passed_through() -> None:
+    model, g = groups()
+    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", nesterov=True, momentum=0.9))
+    assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.9
+
+
+def lrs_over(cfg: SchedulerConfig, steps: int = 20, spe: int = 2) -> list[float]:
+    model, g = groups()
+    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    sched = build_scheduler(opt, cfg, epochs=steps // spe, steps_per_epoch=spe)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[-1]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_with_warmup_rises_then_decays_to_min() -> None:
+    lrs = lrs_over(SchedulerConfig(name="cosine", warmup_epochs=2, min_lr=0.0))
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] > lrs[10] > lrs[-1] >= 0.0
+
+
+def test_step_and_multistep_count_in_epochs() -> None:
+    assert lrs_over(SchedulerConfig(name="step", step_size=3, gamma=0.5))[5:7] == pytest.approx([1.0, 0.5])
+    multi = lrs_over(SchedulerConfig(name="multistep", milestones=[2, 5], gamma=0.1))
+    assert multi[3] == pytest.approx(1.0) and multi[4] == pytest.approx(0.1) and multi[10] == pytest.approx(0.01)
+
+
+def test_onecycle_peaks_at_the_configured_lr() -> None:
+    lrs = lrs_over(SchedulerConfig(name="onecycle", pct_start=0.25))
+    assert max(lrs) == pytest.approx(1.0, rel=1e-3)
+    assert lrs[0] < 0.1 and lrs[-1] < 0.01
+
+
+def test_precision_auto_is_fp32_on_cpu_without_fast_bf16(monkeypatch) -> None:
+    monkeypatch.setattr(prec, "cpu_has_fast_bf16", lambda: False)
+    p = prec.resolve_precision(TrainConfig(device="cpu"), image_input=True)
+    assert p.amp_dtype is None and p.channels_last
+    monkeypatch.setattr(prec, "cpu_has_fast_bf16", lambda: True)
+    assert prec.resolve_precision(TrainConfig(device="cpu"), image_input=True).amp_dtype is torch.bfloat16
+
+
+def test_fp16_on_cpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA device"):
+        prec.resolve_precision(TrainConfig(device="cpu", precision="fp16"), image_input=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_device_without_cuda_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
+        prec.resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_precision_on_cuda_uses_amp_and_trains() -> None:
+    p = prec.resolve_precision(TrainConfig(), image_input=True)
+    assert p.device.type == "cuda" and p.amp_dtype in (torch.bfloat16, torch.float16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(2)).cuda()
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    with p.autocast():
+        out = model(x)
+    assert out.dtype == p.amp_dtype
