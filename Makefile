@@ -35,14 +35,16 @@ fashion-mnist:
 	fi
 
 demo: $(STAMP) fashion-mnist
-	@test -d data/fashion-mnist || $(KILN) datasets fetch fashion-mnist --to data/fashion-mnist
-	$(KILN) train examples/fashion-mnist.yaml --set runs_dir=$(DEMO_DIR) | tee .demo-run
-	$(KILN) evaluate $$(tail -1 .demo-run)
+	@test -d data/fashion-mnist/train || $(KILN) datasets fetch fashion-mnist --to data/fashion-mnist
+	@mkdir -p $(DEMO_DIR)
+	$(KILN) train examples/fashion-mnist.yaml --set data.path=data/fashion-mnist --set runs_dir=$(DEMO_DIR) \
+		| tee $(DEMO_DIR)/last-run
+	$(KILN) evaluate $$(tail -1 $(DEMO_DIR)/last-run)
 	@echo
-	@echo "Try a prediction on images the model never saw:"
-	@echo "  $(KILN) predict $$(tail -1 .demo-run)/bundle data/fashion-mnist/test/Sneaker/00000.png data/fashion-mnist/test/Bag/00000.png --top-k 3"
-	@$(KILN) predict $$(tail -1 .demo-run)/bundle $$(ls data/fashion-mnist/test/Sneaker/*.png | head -1) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3
-	@rm -f .demo-run
+	@echo "Predict on test images the model never saw:"
+	@echo "  $(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle data/fashion-mnist/test/Sneaker/*.png --top-k 3"
+	@$(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle \
+		$$(ls data/fashion-mnist/test/Sneaker/*.png | head -2) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -156,3 +156,17 @@ def test_loader_over_lazy_files(tiny_image_folder: Path) -> None:
         [x for x, _ in make_loader(data.splits["val"], batch_size=2, size=16, channels=3, num_workers=0)]
     )
     assert torch.equal(lazy_x, eager.splits["val"].images)
+
+
+def test_batch_flip_flips_each_image_on_its_own() -> None:
+    from torchkiln.data.loader import BatchFlip
+
+    torch.manual_seed(0)
+    x = torch.arange(64 * 2 * 3, dtype=torch.uint8).view(64, 1, 2, 3)
+    out = BatchFlip(0.5, dim=-1)(x)
+    flipped = [bool(torch.equal(o, i.flip(-1))) for o, i in zip(out, x, strict=True)]
+    same = [bool(torch.equal(o, i)) for o, i in zip(out, x, strict=True)]
+    assert all(f != s for f, s in zip(flipped, same, strict=True))  # each image is one or the other
+    assert 16 < sum(flipped) < 48  # both outcomes occur, image by image
+    assert torch.equal(BatchFlip(0.0, dim=-2)(x), x)
+    assert torch.equal(BatchFlip(1.0, dim=-2)(x), x.flip(-2))

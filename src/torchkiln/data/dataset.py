@@ -110,7 +110,11 @@ def load_image_data(
     return _from_arrays(cfg, data, seed, default_size, need_channels, stats)
 
 
-def _class_list(cfg: DataConfig, labels: list[str], splits: np.ndarray | None, where: str) -> list[str]:
+def _class_list(
+    cfg: DataConfig, labels: list[str], splits: np.ndarray | None, where: str, order: list[str] | None = None
+) -> list[str]:
+    """The class list: ``data.classes`` if given, else the classes seen in train, in the data's own
+    ``order`` (array data sets define one) or sorted by name (folders and CSVs)."""
     train_labels = (
         [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
     )
@@ -136,7 +140,7 @@ def _class_list(cfg: DataConfig, labels: list[str], splits: np.ndarray | None, w
                 f"A model cannot learn a class it never sees. Add training images of '{extra[0]}', "
                 f"or remove it from {split}."
             )
-    return sorted(seen)
+    return [c for c in order if c in seen] if order else sorted(seen)
 
 
 def _resolve_channels(
@@ -238,7 +242,7 @@ def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels,
     imgs = torch.from_numpy(np.ascontiguousarray(data.images))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
     labels = [data.classes[i] for i in data.labels]
-    classes = _class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'")
+    classes = _class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def open_image(source: ImageLike) -> Image.Image:
             )
         return Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[-1] == 1 else source)
     name = str(source) if isinstance(source, str | Path) else "<bytes>"
-    try:
+    with _image_errors(name):
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if img.width * img.height > MAX_PIXELS:
             raise DataError(
@@ -50,6 +51,14 @@ def open_image(source: ImageLike) -> Image.Image:
                 f"Downscale it before use."
             )
         img.load()
+    return img
+
+
+@contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Turn Pillow's errors into a DataError that names the file and the fix."""
+    try:
+        yield
     except FileNotFoundError:
         raise DataError(
             f"Image file '{name}' does not exist. Check the path or remove it from the data."
@@ -59,7 +68,6 @@ def open_image(source: ImageLike) -> Image.Image:
             f"Image '{name}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
             f"Replace or delete the file, or set data.on_error: skip to leave such files out."
         ) from None
-    return img
 
 
 def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tensor:
@@ -94,18 +102,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 def image_header(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) read from the header only; raises DataError like :func:`open_image`."""
-    try:
-        with Image.open(path) as img:
-            return img.width, img.height, img.mode
-    except FileNotFoundError:
-        raise DataError(
-            f"Image file '{path}' does not exist. Check the path or remove it from the data."
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(
-            f"Image '{path}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
-            f"Replace or delete the file, or set data.on_error: skip to leave such files out."
-        ) from None
+    with _image_errors(str(path)), Image.open(path) as img:
+        return img.width, img.height, img.mode
 
 
 @dataclass

@@ -19,32 +19,74 @@ from torchkiln.data.dataset import SplitData
 from torchkiln.data.images import to_model_input
 
 
-def build_augment(steps: Sequence[AugmentStep], size: int) -> v2.Compose | None:
-    """torchvision.transforms.v2 pipeline for uint8 ``(C, S, S)`` tensors, from the config list."""
+class BatchFlip(torch.nn.Module):
+    """Flip each image of a ``(B, C, H, W)`` batch on its own with probability ``p``.
+
+    Same result as ``v2.RandomHorizontalFlip`` applied image by image, as one vectorized op: the
+    per-image Python loop cost ~16 % of a Fashion-MNIST CNN epoch on 2 CPU cores.
+    """
+
+    def __init__(self, p: float, dim: int) -> None:
+        super().__init__()
+        self.p, self.dim = p, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        flip = torch.rand(len(x)) < self.p
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(self.dim), x)
+
+
+class Augment:
+    """The configured augmentation, applied to a uint8 batch ``(B, C, S, S)``.
+
+    Flips run on the whole batch; every other step is a torchvision.transforms.v2 op applied
+    image by image, so each image gets its own random parameters. Config order is kept.
+    """
+
+    def __init__(self, stages: list[BatchFlip | v2.Compose]) -> None:
+        self.stages = stages
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x) if isinstance(stage, BatchFlip) else torch.stack([stage(img) for img in x])
+        return x
+
+
+def build_augment(steps: Sequence[AugmentStep], size: int) -> Augment | None:
+    """Build the augmentation for uint8 ``(C, S, S)`` images from the config list."""
     if not steps:
         return None
+    stages: list[BatchFlip | v2.Compose] = []
     ops: list[torch.nn.Module] = []
     for s in steps:
-        match s.name:
-            case "random_crop":
-                ops.append(v2.RandomCrop(size, padding=s.padding, padding_mode="reflect"))
-            case "random_resized_crop":
-                ops.append(v2.RandomResizedCrop(size, scale=s.scale, antialias=True))
-            case "horizontal_flip":
-                ops.append(v2.RandomHorizontalFlip(s.p))
-            case "vertical_flip":
-                ops.append(v2.RandomVerticalFlip(s.p))
-            case "rotation":
-                ops.append(v2.RandomRotation(s.degrees))
-            case "color_jitter":
-                ops.append(v2.ColorJitter(s.brightness, s.contrast, s.saturation, s.hue))
-            case "trivial_augment":
-                ops.append(v2.TrivialAugmentWide())
-            case "rand_augment":
-                ops.append(v2.RandAugment(num_ops=s.num_ops, magnitude=s.magnitude))
-            case "random_erasing":
-                ops.append(v2.RandomErasing(s.p))
-    return v2.Compose(ops)
+        if s.name in ("horizontal_flip", "vertical_flip"):
+            if ops:
+                stages.append(v2.Compose(ops))
+                ops = []
+            stages.append(BatchFlip(s.p, dim=-1 if s.name == "horizontal_flip" else -2))
+            continue
+        ops.append(_v2_op(s, size))
+    if ops:
+        stages.append(v2.Compose(ops))
+    return Augment(stages)
+
+
+def _v2_op(s: AugmentStep, size: int) -> torch.nn.Module:
+    match s.name:
+        case "random_crop":
+            return v2.RandomCrop(size, padding=s.padding, padding_mode="reflect")
+        case "random_resized_crop":
+            return v2.RandomResizedCrop(size, scale=s.scale, antialias=True)
+        case "rotation":
+            return v2.RandomRotation(s.degrees)
+        case "color_jitter":
+            return v2.ColorJitter(s.brightness, s.contrast, s.saturation, s.hue)
+        case "trivial_augment":
+            return v2.TrivialAugmentWide()
+        case "rand_augment":
+            return v2.RandAugment(num_ops=s.num_ops, magnitude=s.magnitude)
+        case "random_erasing":
+            return v2.RandomErasing(s.p)
+    raise AssertionError(s.name)  # unreachable: flips are handled by the caller
 
 
 class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
@@ -86,7 +128,7 @@ class BatchSet(Dataset):
     """Builds whole batches: ``(epoch, b, indices) -> (uint8 images (B, C, S, S), labels (B,))``."""
 
     def __init__(
-        self, split: SplitData, *, size: int, channels: int, augment: v2.Compose | None, seed: int
+        self, split: SplitData, *, size: int, channels: int, augment: Augment | None, seed: int
     ) -> None:
         self.split, self.size, self.channels, self.augment, self.seed = split, size, channels, augment, seed
 
@@ -106,7 +148,7 @@ class BatchSet(Dataset):
             # Own RNG stream per batch: independent of worker count and of where a run resumed.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + b)
-                x = torch.stack([self.augment(img) for img in x])
+                x = self.augment(x)
         return x, self.split.labels[idx]
 
 
@@ -116,7 +158,7 @@ def make_loader(
     batch_size: int,
     size: int,
     channels: int,
-    augment: v2.Compose | None = None,
+    augment: Augment | None = None,
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int | str = "auto",

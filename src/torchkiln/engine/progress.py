@@ -18,7 +18,8 @@ class Progress:
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[throughput]:.0f} samples/s"),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metrics]}"),
+            TextColumn("{task.fields[throughput]:.0f} samples/s"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -44,12 +45,17 @@ class Progress:
             epoch=epoch + 1,
             epochs=self.epochs,
             loss=float("nan"),
+            metrics="",
             throughput=0.0,
         )
 
-    def update(self, completed: int, *, loss: float, throughput: float) -> None:
+    def update(self, completed: int, *, loss: float, metrics: dict[str, float], throughput: float) -> None:
+        """Called every ``train.log_every`` steps; ``metrics`` are the running train metrics of the epoch."""
         if self.task_id is not None:
-            self.bar.update(self.task_id, completed=completed, loss=loss, throughput=throughput)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            self.bar.update(
+                self.task_id, completed=completed, loss=loss, metrics=shown, throughput=throughput
+            )
 
     def end_epoch(self, results: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "epoch")

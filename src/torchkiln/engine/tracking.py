@@ -67,6 +67,11 @@ class Tracker:
         experiment = cfg.tracking.experiment or cfg.run_name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if cfg.tracking.mlflow_uri is None and mlflow.get_experiment_by_name(experiment) is None:
+                # With the default local store, keep artifacts beside it in runs_dir (MLflow's own
+                # default is ./mlruns in whatever directory kiln was started from).
+                artifacts = (Path(cfg.runs_dir) / "mlartifacts").resolve().as_uri()
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
             exp = mlflow.set_experiment(experiment)
             if resume_run_id:
                 run = mlflow.start_run(run_id=resume_run_id)

@@ -195,7 +195,7 @@ def train_one_epoch(
             tracker.scalars(
                 {"step/loss": avg, "step/lr": lr, "step/samples_per_s": seen / (now - t0)}, state.step
             )
-            progress.update(state.batch, loss=avg, throughput=seen / (now - t0))
+            progress.update(state.batch, loss=avg, metrics=metrics.compute(), throughput=seen / (now - t0))
             epoch_loss += running
             running.zero_()
             since_log, seen, t0 = 0, 0, now

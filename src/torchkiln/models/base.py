@@ -110,8 +110,22 @@ def create_model(
     Example:
         >>> model = create_model("cnn", num_classes=10, in_channels=1, image_size=28)
     """
+    spec = check_model(name, args=args or {}, pretrained=pretrained)
+    if spec.in_channels is not None and in_channels != spec.in_channels and pretrained:
+        raise ConfigError(
+            f"Pretrained model '{name}' needs {spec.in_channels} input channels; got {in_channels}. "
+            f"Set data.channels: {spec.in_channels} (grayscale images are then repeated per channel)."
+        )
+    sizes = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    return spec.builder(**sizes, pretrained=pretrained, **(args or {}))
+
+
+def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str) -> ModelSpec:
+    """The checks that need no data: name, arguments, and where pretrained weights come from.
+
+    Runs at config time so a typo fails before the data is scanned. Returns the model's spec.
+    """
     spec = MODELS.get(name)
-    args = dict(args or {})
     reserved = sorted(set(args) & RESERVED_ARGS)
     if reserved:
         raise ConfigError(
@@ -125,14 +139,12 @@ def create_model(
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
             f"local .safetensors or .pth file, or to false to train from scratch."
         )
-    if spec.in_channels is not None and in_channels != spec.in_channels and pretrained:
+    if isinstance(pretrained, str) and not Path(pretrained).is_file():
         raise ConfigError(
-            f"Pretrained model '{name}' needs {spec.in_channels} input channels; got {in_channels}. "
-            f"Set data.channels: {spec.in_channels} (grayscale images are then repeated per channel)."
+            f"Weights file '{pretrained}' does not exist. Set model.pretrained to an existing .safetensors "
+            f"or .pth file, or to false."
         )
-    return spec.builder(
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=pretrained, **args
-    )
+    return spec
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

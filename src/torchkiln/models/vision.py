@@ -23,6 +23,14 @@ from torchkiln.models.base import Classifier, load_backbone_weights, load_state_
 _INSTALL_HINT = "pip install 'torchkiln[pretrained]'"
 
 
+# torchvision's ImageNet weights expect RGB input normalized with these statistics; they apply when
+# model.pretrained points at such a file (training from scratch uses the data's own statistics).
+TORCHVISION_WEIGHTS: dict[str, Any] = {
+    "in_channels": 3,
+    "pretrained_stats": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
 def _check_args(model: str, in_channels: int, pretrained: bool | str, rates: dict[str, float]) -> None:
     # Checked here rather than in nn.Dropout so that the message names the model and the setting.
     for arg, rate in rates.items():
@@ -91,7 +99,11 @@ def _resnet(
     return Classifier(blocks, _linear_head(net.fc.in_features, num_classes, dropout))
 
 
-@register_model("resnet18", summary="ResNet-18 (torchvision, 11.7M params); weights from a local file")
+@register_model(
+    "resnet18",
+    summary="ResNet-18 (torchvision, 11.7M params); weights from a local file",
+    **TORCHVISION_WEIGHTS,
+)
 def resnet18(
     *,
     num_classes: int,
@@ -119,7 +131,11 @@ def resnet18(
     return _resnet(tvm.resnet18, "resnet18", num_classes, in_channels, pretrained, dropout)
 
 
-@register_model("resnet34", summary="ResNet-34 (torchvision, 21.8M params); weights from a local file")
+@register_model(
+    "resnet34",
+    summary="ResNet-34 (torchvision, 21.8M params); weights from a local file",
+    **TORCHVISION_WEIGHTS,
+)
 def resnet34(
     *,
     num_classes: int,
@@ -136,7 +152,11 @@ def resnet34(
     return _resnet(tvm.resnet34, "resnet34", num_classes, in_channels, pretrained, dropout)
 
 
-@register_model("resnet50", summary="ResNet-50 (torchvision, 25.6M params); weights from a local file")
+@register_model(
+    "resnet50",
+    summary="ResNet-50 (torchvision, 25.6M params); weights from a local file",
+    **TORCHVISION_WEIGHTS,
+)
 def resnet50(
     *,
     num_classes: int,
@@ -178,7 +198,9 @@ def _mobilenet_v3(
 
 
 @register_model(
-    "mobilenet_v3_small", summary="MobileNetV3-Small (torchvision, 2.5M params); weights from a local file"
+    "mobilenet_v3_small",
+    summary="MobileNetV3-Small (torchvision, 2.5M params); weights from a local file",
+    **TORCHVISION_WEIGHTS,
 )
 def mobilenet_v3_small(
     *,
@@ -210,7 +232,9 @@ def mobilenet_v3_small(
 
 
 @register_model(
-    "mobilenet_v3_large", summary="MobileNetV3-Large (torchvision, 5.5M params); weights from a local file"
+    "mobilenet_v3_large",
+    summary="MobileNetV3-Large (torchvision, 5.5M params); weights from a local file",
+    **TORCHVISION_WEIGHTS,
 )
 def mobilenet_v3_large(
     *,

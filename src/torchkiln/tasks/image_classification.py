@@ -14,7 +14,8 @@ from torchkiln.data.dataset import ImageData, load_image_data
 from torchkiln.data.images import ImageLike, to_model_input
 from torchkiln.data.loader import build_augment, make_loader
 from torchkiln.errors import PredictError
-from torchkiln.models import MODELS, Classifier, create_model
+from torchkiln.models import Classifier, create_model
+from torchkiln.models.base import check_model
 from torchkiln.tasks.base import TASKS, ParamGroup
 
 
@@ -75,14 +76,14 @@ class ImageClassificationTask:
     kind = "image-classification"
 
     def prepare(self, cfg: RunConfig) -> tuple[RunConfig, ImageData]:
-        spec = MODELS.get(cfg.model.name)
+        spec = check_model(cfg.model.name, args=cfg.model.args, pretrained=cfg.model.pretrained)
         pretrained = bool(cfg.model.pretrained)
         data = load_image_data(
             cfg.data,
             seed=cfg.seed,
             default_size=spec.default_image_size,
             need_channels=spec.in_channels if pretrained else None,
-            stats=spec.pretrained_stats if pretrained and cfg.model.pretrained is True else None,
+            stats=spec.pretrained_stats if pretrained else None,
         )
         resolved = cfg.model_copy(
             update={
