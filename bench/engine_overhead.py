@@ -31,9 +31,15 @@ def config(steps: int, batch_size: int, runs_dir: str):
             "task": "image-classification",
             "data": {"path": "fashion-mnist", "limit_per_class": per_class, "split": {"val": 0.0}},
             "model": {"name": "cnn"},
-            "train": {"epochs": 1, "batch_size": batch_size, "checkpoint_every": 0, "log_every": 50,
-                      "monitor": "train/loss", "monitor_mode": "min",
-                      "scheduler": {"name": "none"}},
+            "train": {
+                "epochs": 1,
+                "batch_size": batch_size,
+                "checkpoint_every": 0,
+                "log_every": 50,
+                "monitor": "train/loss",
+                "monitor_mode": "min",
+                "scheduler": {"name": "none"},
+            },
             "tracking": {"mlflow": False, "tensorboard": False},
             "runs_dir": runs_dir,
         }
@@ -45,9 +51,8 @@ def baseline(cfg, task, data) -> float:
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg).to(memory_format=torch.channels_last)
     # foreach=True as the engine uses it, so the ratio measures the loop and not the optimizer kernel.
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.optimizer.lr, weight_decay=cfg.train.optimizer.weight_decay, foreach=True
-    )
+    o = cfg.train.optimizer
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, foreach=True)
     loss_fn = nn.CrossEntropyLoss()
     split = data.splits["train"]
     bs = cfg.train.batch_size
@@ -72,7 +77,8 @@ def engine(cfg, task, data, runs_dir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)

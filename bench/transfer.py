@@ -22,20 +22,26 @@ RECIPE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist-tr
 
 
 def run(pretrained: bool, runs: Path, extra: list[str]) -> tuple[float, float]:
-    overrides = [f"model.pretrained={str(pretrained).lower()}", f"runs_dir={runs}", "tracking.mlflow=false",
-                 "tracking.tensorboard=false", *extra]
+    overrides = [
+        f"model.pretrained={str(pretrained).lower()}",
+        f"runs_dir={runs}",
+        "tracking.mlflow=false",
+        "tracking.tensorboard=false",
+        *extra,
+    ]
     if not pretrained:
         # Nothing pretrained to protect: the whole network learns at the full (higher) rate.
         overrides += ["model.backbone_lr_mult=1.0", "train.optimizer.lr=3e-3"]
     run_dir = torchkiln.train(torchkiln.load_config(RECIPE, overrides))
     seconds = torchkiln.load_predictor(run_dir).bundle.meta["trained"]["seconds"]
     accuracy = torchkiln.evaluate(run_dir).metrics.accuracy
-    print(f"  pretrained={pretrained}: test accuracy {accuracy:.4f} after {seconds} s of training ({run_dir})")
+    print(f"  pretrained={pretrained}: test accuracy {accuracy:.4f} after {seconds} s of training")
     return accuracy, seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

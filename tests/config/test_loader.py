@@ -202,3 +202,15 @@ def test_dump_config_round_trip() -> None:
     assert validate(yaml.safe_load(text)) == cfg
     # Field order is kept, so a dumped config reads like a hand-written one.
     assert list(yaml.safe_load(text))[:3] == ["task", "data", "model"]
+
+
+def test_set_indexes_into_a_list() -> None:
+    raw = {"task": "image-classification", "data": {"path": "X", "augment": [{"name": "rotation"}]}}
+    cfg = load_config(raw, ["data.augment.0.degrees=5"])
+    assert cfg.data.augment[0].degrees == 5.0
+
+
+def test_set_with_a_bad_list_index_says_which() -> None:
+    raw = {"task": "image-classification", "data": {"path": "X", "augment": [{"name": "rotation"}]}}
+    with pytest.raises(ConfigError, match=r"'3' is not an index of a list with 1 item\(s\)"):
+        load_config(raw, ["data.augment.3.degrees=5"])

@@ -16,7 +16,8 @@ from torchkiln.tasks.base import ParamGroup
 def groups() -> tuple[nn.Module, list[ParamGroup]]:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     backbone = list(model[0].parameters()) + list(model[1].parameters())
-    return model, [ParamGroup("backbone", backbone, 0.1), ParamGroup("head", list(model[3].parameters()), 1.0)]
+    head = list(model[3].parameters())
+    return model, [ParamGroup("backbone", backbone, 0.1), ParamGroup("head", head, 1.0)]
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
@@ -59,7 +60,9 @@ def test_cosine_with_warmup_rises_then_decays_to_min() -> None:
 def test_step_and_multistep_count_in_epochs() -> None:
     assert lrs_over(SchedulerConfig(name="step", step_size=3, gamma=0.5))[5:7] == pytest.approx([1.0, 0.5])
     multi = lrs_over(SchedulerConfig(name="multistep", milestones=[2, 5], gamma=0.1))
-    assert multi[3] == pytest.approx(1.0) and multi[4] == pytest.approx(0.1) and multi[10] == pytest.approx(0.01)
+    assert multi[3] == pytest.approx(1.0)
+    assert multi[4] == pytest.approx(0.1)
+    assert multi[10] == pytest.approx(0.01)
 
 
 def test_onecycle_peaks_at_the_configured_lr() -> None:
@@ -77,7 +80,7 @@ def test_precision_auto_is_fp32_on_cpu_without_fast_bf16(monkeypatch) -> None:
 
 
 def test_fp16_on_cpu_is_refused() -> None:
-    with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"train\.precision fp16 needs a CUDA device"):
         prec.resolve_precision(TrainConfig(device="cpu", precision="fp16"), image_input=True)
 
 
@@ -97,3 +100,19 @@ def test_auto_precision_on_cuda_uses_amp_and_trains() -> None:
     with p.autocast():
         out = model(x)
     assert out.dtype == p.amp_dtype
+
+
+def test_cosine_floor_is_min_lr_for_every_group() -> None:
+    model, g = groups()  # backbone lr = 0.1 x head lr
+    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    sched = build_scheduler(opt, SchedulerConfig(name="cosine", min_lr=0.01), epochs=5, steps_per_epoch=2)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert {round(group["lr"], 6) for group in opt.param_groups} == {0.01}
+
+
+def test_all_frozen_is_a_config_error() -> None:
+    model, _ = groups()
+    with pytest.raises(ConfigError, match="The model has no trainable parameters"):
+        build_optimizer([ParamGroup("head", [], 1.0)], model, OptimizerConfig())

@@ -68,7 +68,10 @@ def train(
         _fail(exc)
     summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
-    err.print(f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)")
+    err.print(
+        f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)",
+        soft_wrap=True,
+    )
     err.print(f"bundle: {run_dir / 'bundle'}")
     print(run_dir)
 

@@ -59,4 +59,4 @@ class Progress:
 
     def end_epoch(self, results: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "epoch")
-        self.console.print(f"epoch {int(results['epoch']) + 1}/{self.epochs}  {shown}")
+        self.console.print(f"epoch {int(results['epoch']) + 1}/{self.epochs}  {shown}", soft_wrap=True)

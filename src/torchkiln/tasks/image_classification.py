@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,6 +73,11 @@ class MulticlassMetrics:
         return {"accuracy": self.correct.item() / max(self.count, 1)}
 
 
+def _absolute(path: str) -> str:
+    """An existing file or folder as an absolute path; a catalog name as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 class ImageClassificationTask:
     kind = "image-classification"
 
@@ -89,6 +95,8 @@ class ImageClassificationTask:
             update={
                 "data": cfg.data.model_copy(
                     update={
+                        # Absolute, so evaluate/resume work from any directory.
+                        "path": _absolute(cfg.data.path),
                         "classes": data.classes,
                         "image_size": data.size,
                         "channels": data.channels,
