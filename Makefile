@@ -34,14 +34,15 @@ fashion-mnist:
 		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || true; \
 	fi
 
+# The demo trains on the catalog copy of Fashion-MNIST (decoded once, in memory) and writes the
+# 10,000 test images as PNG files, the layout you would bring yourself, to predict on.
 demo: $(STAMP) fashion-mnist
-	@test -d data/fashion-mnist/train || $(KILN) datasets fetch fashion-mnist --to data/fashion-mnist
+	@test -d data/fashion-mnist/test || $(KILN) datasets fetch fashion-mnist --split test --to data/fashion-mnist
 	@mkdir -p $(DEMO_DIR)
-	$(KILN) train examples/fashion-mnist.yaml --set data.path=data/fashion-mnist --set runs_dir=$(DEMO_DIR) \
-		| tee $(DEMO_DIR)/last-run
+	$(KILN) train examples/fashion-mnist.yaml --set runs_dir=$(DEMO_DIR) | tee $(DEMO_DIR)/last-run
 	$(KILN) evaluate $$(tail -1 $(DEMO_DIR)/last-run)
 	@echo
-	@echo "Predict on test images the model never saw:"
+	@echo "Predict on test images (files the model never saw):"
 	@echo "  $(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle data/fashion-mnist/test/Sneaker/*.png --top-k 3"
 	@$(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle \
 		$$(ls data/fashion-mnist/test/Sneaker/*.png | head -2) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3

@@ -258,3 +258,18 @@ def test_download_accepts_any_listed_digest(tmp_path):
     dest = catalog.download(src.as_uri(), tmp_path / "cache" / "x.bin", sha256=accepted)
     assert dest.read_bytes() == b"abc"
     assert [p.name for p in dest.parent.iterdir()] == ["x.bin"]
+
+
+def test_select_split_keeps_one_split_and_refuses_unknown_ones() -> None:
+    from torchkiln.data.catalog import select_split
+
+    data = ArrayData(
+        np.zeros((4, 2, 2), np.uint8),
+        np.array([0, 1, 0, 1]),
+        ["a", "b"],
+        np.array(["train", "test", "test", "train"]),
+    )
+    test = select_split(data, "test")
+    assert test.labels.tolist() == [1, 0] and set(test.splits.tolist()) == {"test"}
+    with pytest.raises(DataError, match=r"This data set has no 'val' split \(it has \['test', 'train'\]\)"):
+        select_split(data, "val")

@@ -53,7 +53,8 @@ def train(
     if resume is not None and (config is not None or set_):
         err.print(
             "error: --resume continues a run with the config saved in its directory, so it takes no CONFIG "
-            "or --set. Start a new run to change settings: kiln train CONFIG --set ..."
+            "or --set. Start a new run to change settings: kiln train CONFIG --set ...",
+            soft_wrap=True,
         )
         raise typer.Exit(code=2)
     try:
@@ -67,11 +68,14 @@ def train(
     except KilnError as exc:
         _fail(exc)
     summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
-    err.print(
-        f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)",
-        soft_wrap=True,
-    )
+    if not summary["metrics"]:
+        err.print(
+            f"stopped before the first epoch ended ({summary['stopped']}); resume with --resume {run_dir}"
+        )
+    else:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
+        best = f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)"
+        err.print(best, soft_wrap=True)
     err.print(f"bundle: {run_dir / 'bundle'}")
     print(run_dir)
 
@@ -80,7 +84,7 @@ def train(
 def evaluate(
     path: Annotated[Path, typer.Argument(help="A run directory or a bundle.")],
     split: Annotated[
-        str | None, typer.Option(help="train, val or test [default: evaluate.split, test].")
+        str | None, typer.Option(help="train, val or test (default: the config's evaluate.split).")
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
 ) -> None:
@@ -105,7 +109,7 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle or run directory.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files.")],
     top_k: Annotated[
-        int | None, typer.Option("--top-k", min=1, help="Classes to show [default: task.top_k].")
+        int | None, typer.Option("--top-k", min=1, help="Classes to show (default: the config's task.top_k).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
@@ -174,12 +178,14 @@ def datasets_fetch(
     name: Annotated[str, typer.Argument(help="A catalog name (kiln list datasets).")],
     to: Annotated[Path, typer.Option("--to", help="Folder to write the image folder into.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+    split: Annotated[str | None, typer.Option(help="Write only this split (train, val or test).")] = None,
 ) -> None:
     """Write a catalog dataset out as an image folder (the layout you would bring yourself)."""
-    from torchkiln.data.catalog import load_catalog, write_image_folder
+    from torchkiln.data.catalog import load_catalog, select_split, write_image_folder
 
     try:
-        path = write_image_folder(load_catalog(name), to, overwrite=overwrite)
+        data = load_catalog(name)
+        path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
     except KilnError as exc:
         _fail(exc)
     n = sum(1 for p in path.rglob("*.png"))

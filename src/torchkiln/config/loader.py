@@ -100,6 +100,10 @@ def apply_override(raw: Mapping[str, Any], item: str) -> dict[str, Any]:
 
 
 def _index(items: list[Any], part: str, item: str) -> int:
+    if not items:
+        raise ConfigError(
+            f"Override '{item}': the list is empty, so '{part}' indexes nothing. Set the whole list."
+        )
     if not part.isdigit() or int(part) >= len(items):
         raise ConfigError(
             f"Override '{item}': '{part}' is not an index of a list with {len(items)} item(s). "

@@ -298,6 +298,22 @@ def safe_folder_name(name: str) -> str:
     return safe if safe not in ("", ".", "..") else "_"
 
 
+def select_split(data: ArrayData, split: str) -> ArrayData:
+    """The items of one split (e.g. only Fashion-MNIST's 10,000 test images).
+
+    Raises:
+        DataError: the data set has no splits, or none called ``split``.
+    """
+    if data.splits is None or split not in set(data.splits.tolist()):
+        have = sorted(set(data.splits.tolist())) if data.splits is not None else []
+        raise DataError(
+            f"This data set has no '{split}' split (it has {have or 'no splits'}). "
+            f"Leave out --split to write all of it{', or use one of ' + ', '.join(have) if have else ''}."
+        )
+    keep = data.splits == split
+    return ArrayData(data.images[keep], data.labels[keep], list(data.classes), data.splits[keep])
+
+
 def write_image_folder(data: ArrayData, to: Path, *, overwrite: bool = False) -> Path:
     """Write a data set as PNG files: ``to/<split>/<class>/<index>.png``, or ``to/<class>/<index>.png``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ def load_image_data(
     default_size: int | None = None,
     need_channels: int | None = None,
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    only_splits: Collection[str] | None = None,
 ) -> ImageData:
     """Scan, validate, split and preprocess the images named by ``cfg``.
 
@@ -89,6 +91,8 @@ def load_image_data(
         default_size: size to use when the config gives none and image sizes vary (the model's).
         need_channels: channel count the model requires (3 for ImageNet weights), if any.
         stats: normalization (mean, std) the pretrained weights expect, used unless the config sets one.
+        only_splits: decode only the files of these splits (evaluation needs one); the others come
+            back empty. The split itself is still computed from every label, so it is the same.
 
     Raises:
         DataError: with the file and the fix, before any training happens.
@@ -100,7 +104,7 @@ def load_image_data(
             if fmt == "folder"
             else scan_csv(Path(cfg.path), on_error=cfg.on_error)
         )
-        return _from_files(cfg, files, seed, default_size, need_channels, stats)
+        return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
     if fmt == "catalog":
         data = catalog.load_catalog(cfg.path)
     elif fmt == "npz":
@@ -153,8 +157,8 @@ def _resolve_channels(
     if array_channels is not None:
         return array_channels
     assert modes is not None
-    gray = {"1", "L", "LA", "I", "I;16", "F", "P"}  # P is checked after conversion below
-    return 1 if all(m in gray - {"P"} for m in modes) else 3
+    gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # palette (P) images count as colour
+    return 1 if all(m in gray for m in modes) else 3
 
 
 def _resolve_size(cfg: DataConfig, sizes: list[tuple[int, int]], default: int | None) -> int:
@@ -168,7 +172,7 @@ def _resolve_size(cfg: DataConfig, sizes: list[tuple[int, int]], default: int | 
     return int(min(224, max(32, np.median([min(w, h) for w, h in sizes]))))
 
 
-def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats) -> ImageData:
+def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats, only_splits) -> ImageData:
     where = f"Data '{cfg.path}'"
     with ThreadPoolExecutor(max_workers=8) as pool:
         headers = list(pool.map(_safe_header, files.paths))
@@ -188,7 +192,10 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats)
     in_memory = cfg.cache == "memory" or (
         cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
     )
-    images, row, ok_mask, problems = _decode_checked(cfg, paths, splits, size, channels, keep_all=in_memory)
+    todo = np.isin(splits, list(only_splits)) if only_splits else np.ones(len(paths), dtype=bool)
+    images, row, ok_mask, problems = _decode_checked(
+        cfg, paths, splits, size, channels, keep_all=in_memory, todo=np.flatnonzero(todo)
+    )
     out: dict[str, SplitData] = {}
     for split in SPLITS:
         sel = np.flatnonzero((splits == split) & ok_mask)
@@ -202,8 +209,8 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats)
     return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
 
 
-def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool):
-    """Decode every file now, so a corrupt image fails before training and not in epoch 7.
+def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool, todo: np.ndarray):
+    """Decode the files at indices ``todo`` now, so a corrupt image fails before training, not in epoch 7.
 
     Returns the kept images, ``row`` (index into them per path, -1 if not kept), which paths
     decoded, and the problems.
@@ -214,10 +221,11 @@ def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool):
     ok_mask = np.zeros(len(paths), dtype=bool)
     problems: list[tuple[str, str]] = []
     n_kept = 0
-    for start in range(0, len(paths), DECODE_CHUNK):
-        imgs, ok, bad = decode_all(paths[start : start + DECODE_CHUNK], size=size, channels=channels)
+    for start in range(0, len(todo), DECODE_CHUNK):
+        chunk = todo[start : start + DECODE_CHUNK]
+        imgs, ok, bad = decode_all([paths[i] for i in chunk], size=size, channels=channels)
         problems += bad
-        ok_abs = np.asarray(ok, dtype=np.int64) + start
+        ok_abs = chunk[np.asarray(ok, dtype=np.int64)]
         ok_mask[ok_abs] = True
         want = np.ones(len(ok_abs), dtype=bool) if keep_all else (splits[ok_abs] == "train")
         if not keep_all:

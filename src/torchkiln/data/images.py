@@ -132,7 +132,8 @@ def scan_folder(root: Path) -> FileItems:
     for split, base in layout:
         for cls_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for f in sorted(cls_dir.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                hidden = any(part.startswith(".") for part in f.relative_to(cls_dir).parts)
+                if f.is_file() and not hidden and f.suffix.lower() in IMAGE_EXTENSIONS:
                     paths.append(f)
                     labels.append(cls_dir.name)
                     splits.append(split or "")

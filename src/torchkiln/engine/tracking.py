@@ -88,7 +88,9 @@ class Tracker:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
         if self.mlflow is not None:
-            self.mlflow.log_metrics({k.replace("/", "_"): float(v) for k, v in values.items()}, step=step)
+            # Asynchronous: a SQLite or HTTP round trip per log would stall the training loop.
+            metrics = {k.replace("/", "_"): float(v) for k, v in values.items()}
+            self.mlflow.log_metrics(metrics, step=step, synchronous=False)
 
     def model_histograms(self, model: nn.Module, step: int) -> None:
         if self.tb is None or not self.histograms:
@@ -128,4 +130,5 @@ class Tracker:
         if self.tb is not None:
             self.tb.close()
         if self.mlflow is not None:
+            self.mlflow.flush_async_logging()
             self.mlflow.end_run(status=status)

@@ -12,7 +12,7 @@ from torchkiln.data.splits import SPLITS
 from torchkiln.errors import DataError
 from torchkiln.evaluation.metrics import ClassificationMetrics, classification_metrics
 from torchkiln.evaluation.report import write_report
-from torchkiln.tasks.bundle import Bundle
+from torchkiln.tasks.bundle import Bundle, without_pretrained
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def evaluate_bundle(
     if split not in SPLITS:
         raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")
     cfg, task = bundle.config, bundle.task
-    _, data = task.prepare(cfg)
+    _, data = task.prepare(without_pretrained(cfg), splits={split})  # channels, stats: resolved already
     part = data.splits[split]
     if len(part) == 0:
         raise DataError(

@@ -8,7 +8,7 @@ what keeps training and serving preprocessing identical.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,8 +44,11 @@ class Task(Protocol):
 
     kind: str
 
-    def prepare(self, cfg: RunConfig) -> tuple[RunConfig, Any]:
-        """Load and validate the data; return the config resolved from it and the data handle."""
+    def prepare(self, cfg: RunConfig, *, splits: Collection[str] | None = None) -> tuple[RunConfig, Any]:
+        """Load and validate the data; return the config resolved from it and the data handle.
+
+        ``splits`` limits the (expensive) loading to those splits, e.g. ``{"test"}`` to evaluate.
+        """
         ...
 
     def build_model(self, cfg: RunConfig) -> nn.Module:

@@ -102,6 +102,12 @@ def save_bundle(
     return path
 
 
+def without_pretrained(cfg: RunConfig) -> RunConfig:
+    """The config with ``model.pretrained: false``: for rebuilding a model whose trained weights come
+    from a bundle or checkpoint, so the original weights file is neither needed nor read."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})})
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle without unpickling anything and rebuild its model in eval mode.
 
@@ -139,9 +145,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     except ConfigError as exc:
         raise BundleError(f"Bundle '{path}' has an invalid config.yaml:\n{exc}") from None
     task = get_task(cfg.task.kind)
-    # Rebuild without fetching pretrained weights: the bundle's own weights replace them.
-    arch = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})})
-    model = task.build_model(arch)
+    model = task.build_model(without_pretrained(cfg))
     try:
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     except RuntimeError as exc:

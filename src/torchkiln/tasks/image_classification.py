@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchkiln.config import validate
 from torchkiln.config.schema import RunConfig
 from torchkiln.data.dataset import ImageData, load_image_data
 from torchkiln.data.images import ImageLike, to_model_input
@@ -81,7 +82,9 @@ def _absolute(path: str) -> str:
 class ImageClassificationTask:
     kind = "image-classification"
 
-    def prepare(self, cfg: RunConfig) -> tuple[RunConfig, ImageData]:
+    def prepare(
+        self, cfg: RunConfig, *, splits: Collection[str] | None = None
+    ) -> tuple[RunConfig, ImageData]:
         spec = check_model(cfg.model.name, args=cfg.model.args, pretrained=cfg.model.pretrained)
         pretrained = bool(cfg.model.pretrained)
         data = load_image_data(
@@ -90,6 +93,7 @@ class ImageClassificationTask:
             default_size=spec.default_image_size,
             need_channels=spec.in_channels if pretrained else None,
             stats=spec.pretrained_stats if pretrained else None,
+            only_splits=splits,
         )
         resolved = cfg.model_copy(
             update={
@@ -106,7 +110,8 @@ class ImageClassificationTask:
                 )
             }
         )
-        return resolved, data
+        # Validate again: the filled-in values meet the config's own rules (e.g. one mean per channel).
+        return validate(resolved.model_dump(mode="json")), data
 
     def build_model(self, cfg: RunConfig) -> ImageClassifierModel:
         d, m = cfg.data, cfg.model
