@@ -111,7 +111,7 @@ def load_image_data(
         data = arrays.load_npz(cfg.path)
     else:
         data = arrays.load_idx_dataset(cfg.path)
-    return _from_arrays(cfg, data, seed, default_size, need_channels, stats)
+    return _from_arrays(cfg, data, seed, default_size, need_channels, stats, only_splits)
 
 
 def _class_list(
@@ -246,7 +246,9 @@ def _safe_header(p: Path) -> tuple[int, int, str] | str:
         return str(exc)
 
 
-def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels, stats) -> ImageData:
+def _from_arrays(
+    cfg, data: arrays.ArrayData, seed, default_size, need_channels, stats, only_splits
+) -> ImageData:
     imgs = torch.from_numpy(np.ascontiguousarray(data.images))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
     labels = [data.classes[i] for i in data.labels]
@@ -254,6 +256,11 @@ def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels,
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
+    splits = _make_splits(cfg, label_idx, data.splits, seed)
+    # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
+    # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.
+    used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))
+    imgs, label_idx, splits = imgs[torch.from_numpy(used)], label_idx[used], splits[used]
     if imgs.shape[1] != channels:
         imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
     if imgs.shape[-2:] != (size, size):
@@ -261,7 +268,6 @@ def _from_arrays(cfg, data: arrays.ArrayData, seed, default_size, need_channels,
             [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)]
         )
     imgs = imgs.contiguous()
-    splits = _make_splits(cfg, label_idx, data.splits, seed)
     out = {}
     for split in SPLITS:
         sel = torch.from_numpy(np.flatnonzero(splits == split))
