@@ -129,6 +129,7 @@ def predict(
             out.print(
                 f"{path}: [bold]{res['label']}[/] ({res['score']:.3f})   top-{len(res['top_k'])}: {alts}",
                 highlight=False,
+                soft_wrap=True,
             )
 
 
