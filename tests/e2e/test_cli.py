@@ -243,3 +243,15 @@ def test_train_without_a_config_says_what_to_give() -> None:
     result = CliRunner().invoke(app, ["train"])
     assert result.exit_code == 2
     assert "error: give a CONFIG file, or --resume RUN_DIR. Example: kiln train kiln.yaml" in result.output
+
+
+def test_datasets_fetch_writes_one_split_or_says_why_not(tmp_path: Path) -> None:
+    def fetch(*args: str):
+        return CliRunner().invoke(app, ["datasets", "fetch", "digits", *args], terminal_width=200)
+
+    ok = fetch("--to", str(tmp_path / "d"))
+    assert ok.exit_code == 0 and "wrote 1797 images" in ok.output
+    bad = fetch("--to", str(tmp_path / "e"), "--split", "test")
+    assert bad.exit_code == 2
+    assert "This data set has no 'test' split (it has no splits)." in bad.output
+    assert not (tmp_path / "e").exists()
