@@ -205,7 +205,7 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
         else:
             out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
     train_rows = row[(splits == "train") & (row >= 0)]
-    mean, std = _stats(cfg, out["train"], stats, images[torch.from_numpy(train_rows)])
+    mean, std = _stats(cfg, stats, images[torch.from_numpy(train_rows)])
     return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
 
 
@@ -272,7 +272,7 @@ def _from_arrays(
     for split in SPLITS:
         sel = torch.from_numpy(np.flatnonzero(splits == split))
         out[split] = SplitData(torch.from_numpy(label_idx)[sel], images=imgs[sel])
-    mean, std = _stats(cfg, out["train"], stats, out["train"].images)
+    mean, std = _stats(cfg, stats, out["train"].images)
     return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path))
 
 
@@ -289,14 +289,15 @@ def _make_splits(cfg: DataConfig, labels: np.ndarray, given: np.ndarray | None, 
     return splits
 
 
-def _stats(cfg, train: SplitData, pretrained, train_images: torch.Tensor | None):
+def _stats(cfg, pretrained, train_images: torch.Tensor | None):
+    """(mean, std) per channel: the config's, the pretrained weights', or the train split's."""
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std)
     if pretrained is not None:
         return tuple(pretrained[0]), tuple(pretrained[1])
     if train_images is None or len(train_images) == 0:
         raise DataError("The train split is empty; there is nothing to learn from. Add training images.")
-    x = train_images[:20000].to(torch.float64).div_(255)  # (N, C, S, S); a 20k sample is plenty for stats
+    x = train_images[:STATS_SAMPLE].to(torch.float64).div_(255)  # (N, C, S, S)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
