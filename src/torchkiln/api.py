@@ -5,19 +5,33 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from torchkiln.config import RunConfig, dump_config, load_config, validate
+from torchkiln.config.loader import format_errors
 from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.trainer import fit
-from torchkiln.errors import CheckpointError
+from torchkiln.errors import CheckpointError, ExportError
 from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
+from torchkiln.export import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle
 from torchkiln.tasks.predictor import Predictor, load_predictor
 
-__all__ = ["EvalResult", "Predictor", "evaluate", "load_config", "load_predictor", "resolve", "train"]
+__all__ = [
+    "EvalResult",
+    "ExportResult",
+    "Predictor",
+    "evaluate",
+    "export",
+    "load_config",
+    "load_predictor",
+    "resolve",
+    "train",
+]
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -118,3 +132,35 @@ def evaluate(
         out_dir = base / split
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return evaluate_bundle(bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device))
+
+
+def export(path: str | Path, **options: Any) -> ExportResult:
+    """Write a gated variant of a trained bundle: ONNX, int8, pruned, or a combination.
+
+    Args:
+        path: a run directory or its bundle.
+        **options: the fields of :class:`~torchkiln.export.ExportOptions`: ``format`` ("onnx" or
+            "torch"), ``quantize`` ("dynamic" or "static"), ``prune`` (a fraction in (0, 1)),
+            ``prune_method`` ("l1-structured" or "l1-unstructured"), ``finetune_epochs``,
+            ``calibration_split``, ``calibration_data`` (a .npy/.npz of model inputs), ``split``,
+            ``budget`` (metric points the variant may lose), ``tolerance``, ``bench_seconds``, ``out``.
+
+    Returns:
+        An :class:`ExportResult`: ``passed``, the ``variant`` bundle (``None`` when rejected), the
+        checks, the benchmark rows and the paths of ``export_report.json`` and ``.html``.
+
+    Raises:
+        ExportError: bad options, an unsupported operator, or calibration data of the wrong shape.
+        BundleError: the bundle is incomplete or from another version.
+
+    Example:
+        >>> result = export("runs/fashion-mnist-cnn/20261124-101500", quantize="static")
+        >>> result.passed, result.variant
+        (True, PosixPath('runs/fashion-mnist-cnn/20261124-101500/bundle-onnx-int8-static'))
+    """
+    try:
+        opts = ExportOptions(**options)
+    except ValidationError as exc:
+        what, fix = "The export options are invalid", "Fix the option; 'kiln export --help' lists them."
+        raise ExportError(format_errors(exc, ExportOptions, what=what, fix=fix)) from None
+    return export_bundle(path, opts)

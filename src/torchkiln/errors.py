@@ -38,6 +38,10 @@ class PredictError(KilnError):
     """An input handed to a predictor cannot be used."""
 
 
+class ExportError(KilnError):
+    """A model cannot be exported, quantized or pruned (unsupported operator, bad calibration data...)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 1) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice (or ``n`` choices), or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -1,4 +1,5 @@
-"""Every registered model, through the image task: forward, backward, bundle save and reload."""
+"""Every registered model, through the image task: forward, backward, bundle save and reload, ONNX
+export with output parity, and structured pruning."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import pytest
 import torch
 
 from torchkiln.config import validate
+from torchkiln.export.onnx import export_onnx
+from torchkiln.export.prune import prune_structured
 from torchkiln.models import MODELS
+from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle, save_bundle
 
@@ -74,3 +78,45 @@ def test_freeze_backbone_trains_only_the_last_blocks(name: str) -> None:
     assert all(p.requires_grad for p in model.net.head.parameters())
     groups = {g.name: g for g in task.param_groups(cfg, model)}
     assert len(groups["backbone"].params) == sum(1 for p in blocks[-1].parameters())
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_onnx_export_matches_eager(name: str, tmp_path) -> None:
+    """Every model exports with a dynamic batch axis and ONNX Runtime gives the eager outputs."""
+    cfg = resolved_config(name, 3)
+    torch.manual_seed(0)
+    model = get_task("image-classification").build_model(cfg).eval()
+    size = cfg.data.image_size
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    export_onnx(model, example, tmp_path / "model.onnx")
+    onnx_model = OnnxModel(tmp_path / "model.onnx")
+    for batch in (1, 5):  # neither is the export batch: the batch axis really is dynamic
+        x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        with torch.inference_mode():
+            expected = model(x)
+        got = onnx_model(x)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_structured_pruning_shrinks_and_the_bundle_reloads(name: str, tmp_path) -> None:
+    """Half the channels go, every coupled layer follows, and the smaller bundle loads back."""
+    cfg = resolved_config(name, 3)
+    task = get_task("image-classification")
+    torch.manual_seed(0)
+    model = task.build_model(cfg).eval()
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    before = sum(p.numel() for p in model.parameters())
+    sparsity = prune_structured(model, 0.5, x)
+    after = sum(p.numel() for p in model.parameters())
+    assert after < 0.6 * before and sparsity > 0.4
+    with torch.inference_mode():
+        expected = model(x)
+    assert expected.shape == (2, len(CLASSES))
+    save_bundle(tmp_path / "b", model=model, cfg=cfg, task=task, extra={"pruning": {"structured": True}})
+    reloaded = load_bundle(tmp_path / "b").model
+    assert sum(p.numel() for p in reloaded.parameters()) == after
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)

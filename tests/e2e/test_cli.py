@@ -109,6 +109,7 @@ def run_dir(jobs: Jobs, project: Path) -> Path:
         "2",
         "--json",
     )
+    jobs.start("export", "export", str(path), "--bench-seconds", "0.01")
     return path
 
 
@@ -160,6 +161,18 @@ def test_predict_prints_one_json_line_per_image(jobs: Jobs, run_dir: Path) -> No
         assert len(a["top_k"]) == 2
         assert a["top_k"][0] == {"label": a["label"], "score": a["score"]}
         assert a["top_k"][0]["score"] >= a["top_k"][1]["score"]
+
+
+def test_export_writes_an_onnx_variant_that_predicts(jobs: Jobs, run_dir: Path, project: Path) -> None:
+    proc = jobs.result("export")
+    assert proc.returncode == 0, explain(proc)
+    variant = Path(proc.stdout.strip().splitlines()[-1])
+    assert variant == run_dir / "bundle-onnx"
+    assert "pass numerical parity" in proc.stdout and "pass accuracy parity" in proc.stdout
+    assert "onnx fp32" in proc.stdout and (run_dir / "exports/onnx/export_report.html").is_file()
+    predicted = kiln("predict", str(variant), "images/hbar/00.png", "--json", cwd=project)
+    assert predicted.returncode == 0, explain(predicted)
+    assert json.loads(predicted.stdout)["label"] in CLASSES
 
 
 def test_config_show_prints_the_resolved_config(jobs: Jobs) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from torchkiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from torchkiln.export import ExportResult
 
 app = typer.Typer(
     name="kiln",
@@ -131,6 +134,101 @@ def predict(
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+class Format(StrEnum):
+    onnx = "onnx"
+    torch = "torch"
+
+
+class Quantize(StrEnum):
+    dynamic = "dynamic"
+    static = "static"
+
+
+class PruneMethod(StrEnum):
+    l1_structured = "l1-structured"
+    l1_unstructured = "l1-unstructured"
+
+
+@app.command("export")
+def export_(
+    bundle: Annotated[Path, typer.Argument(help="A trained bundle or its run directory.")],
+    format: Annotated[
+        Format, typer.Option(help="onnx (ONNX Runtime) or torch (a pruned eager model).")
+    ] = Format.onnx,
+    quantize: Annotated[Quantize | None, typer.Option(help="int8: static (CNNs) or dynamic.")] = None,
+    prune: Annotated[
+        float | None, typer.Option(help="Fraction of weights (unstructured) or channels to remove.")
+    ] = None,
+    prune_method: Annotated[PruneMethod, typer.Option()] = PruneMethod.l1_structured,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after pruning.")] = 2,
+    calibration_split: Annotated[str, typer.Option(help="Split to calibrate static int8 on.")] = "val",
+    calibration_data: Annotated[
+        Path | None, typer.Option(help=".npy/.npz of model inputs to calibrate on instead.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Held-out split for the parity checks.")] = "test",
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Metric points the variant may lose (default 0.1 for fp32 ONNX, else 1.0)."),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="Max |Δ| between eager and ONNX fp32.")] = 1e-4,
+    bench_seconds: Annotated[float, typer.Option(help="Timed seconds per latency measurement.")] = 2.0,
+    out_: Annotated[
+        Path | None, typer.Option("--out", help="Variant folder (default: beside the bundle).")
+    ] = None,
+) -> None:
+    """Export a gated variant: ONNX, int8 and/or pruned. Exit code 1 if the variant is rejected."""
+    from torchkiln import api
+
+    try:
+        result = api.export(
+            bundle,
+            format=format.value,
+            quantize=quantize.value if quantize else None,
+            prune=prune,
+            prune_method=prune_method.value,
+            finetune_epochs=finetune_epochs,
+            calibration_split=calibration_split,
+            calibration_data=calibration_data,
+            split=split,
+            budget=budget,
+            tolerance=tolerance,
+            bench_seconds=bench_seconds,
+            out=out_,
+        )
+    except KilnError as exc:
+        _fail(exc)
+    Console(width=max(out.width, 120)).print(_export_table(result))  # wide enough for 8 columns
+    for check in result.checks:
+        mark = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
+        out.print(f"{mark} {check.name}: {check.detail}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        out.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
+    out.print(f"report:  {result.report_html}", soft_wrap=True)
+    if not result.passed:
+        err.print(f"rejected: {result.name} was not written (see the report)")
+        raise typer.Exit(code=1)
+    print(result.variant)
+
+
+def _export_table(result: ExportResult) -> Table:
+    table = Table(title=f"kiln export: {result.name}")
+    for col in ("model", "file", "params", "metric", "max |Δ|", "p50 b1 ms", "p99 b1 ms", "p50 b32 ms"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in result.rows:
+        b1, b32 = r.latency["1"], r.latency["32"]
+        table.add_row(
+            r.name,
+            f"{r.file_bytes / 1e6:.2f} MB",
+            f"{r.params:,}",
+            f"{r.metric:.2f}",
+            "—" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
+            f"{b1['p50_ms']:.3f}",
+            f"{b1['p99_ms']:.3f}",
+            f"{b32['p50_ms']:.2f}",
+        )
+    return table
 
 
 @config_app.command("show")

@@ -128,8 +128,19 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel]) -> str:
-    lines = [f"The run config is invalid ({exc.error_count()} problem(s)):"]
+RUN_CONFIG_FIX = (
+    "Fix the config file or the --set value; 'kiln config show CONFIG' prints what was understood."
+)
+
+
+def format_errors(
+    exc: ValidationError,
+    model: type[BaseModel],
+    *,
+    what: str = "The run config is invalid",
+    fix: str = RUN_CONFIG_FIX,
+) -> str:
+    lines = [f"{what} ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         where = ".".join(loc) or "(top level)"
@@ -143,9 +154,7 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> str:
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" Got {got!r}."
             lines.append(f"  - '{where}': {err['msg']}.{shown}")
-    lines.append(
-        "Fix the config file or the --set value; 'kiln config show CONFIG' prints what was understood."
-    )
+    lines.append(fix)
     return "\n".join(lines)
 
 

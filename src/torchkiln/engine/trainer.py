@@ -75,13 +75,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(cfg: RunConfig, task: Task, data: Any) -> Loop:
+def setup(cfg: RunConfig, task: Task, data: Any, model: nn.Module | None = None) -> Loop:
+    """Build everything a run trains with; ``model`` replaces ``task.build_model(cfg)`` (e.g. a
+    pruned model to fine-tune)."""
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     precision = resolve_precision(cfg.train, image_input=True)
-    model = task.build_model(cfg).to(precision.device)
+    model = (model if model is not None else task.build_model(cfg)).to(precision.device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader = task.loader(cfg, data, "train", train=True)
@@ -267,7 +269,15 @@ def end_of_epoch(loop: Loop, state: TrainState, results: dict[str, float], ckpt_
     save_checkpoint(ckpt_dir / "last.pt", ckpt)
 
 
-def fit(cfg: RunConfig, task: Task, data: Any, run_dir: Path, *, resume: bool = False) -> TrainState:
+def fit(
+    cfg: RunConfig,
+    task: Task,
+    data: Any,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    model: nn.Module | None = None,
+) -> TrainState:
     """Train ``cfg`` on ``data`` into ``run_dir``; write checkpoints, history and the bundle.
 
     Args:
@@ -276,11 +286,13 @@ def fit(cfg: RunConfig, task: Task, data: Any, run_dir: Path, *, resume: bool = 
         data: what ``task.prepare`` returned.
         run_dir: the run directory (``config.yaml`` already written).
         resume: continue from ``run_dir/checkpoints/last.pt``.
+        model: train this model instead of a new one from ``cfg`` (it is trained in place and ends
+            with the best epoch's weights).
 
     Returns:
         The final :class:`TrainState` (epochs, best metric, history).
     """
-    loop = setup(cfg, task, data)
+    loop = setup(cfg, task, data, model)
     check_monitor(loop)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)

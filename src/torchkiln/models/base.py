@@ -197,3 +197,44 @@ def load_backbone_weights(
             f"(first: {missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]}). "
             f"Use weights saved from the same architecture."
         )
+
+
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Shrink layers in place to the shapes in ``state``; returns how many tensors changed shape.
+
+    A channel-pruned model keeps its architecture's layer graph but has narrower Conv, BatchNorm,
+    Linear and LayerNorm layers. Its bundle stores only safetensors weights, so loading rebuilds the
+    original architecture from the config and then resizes each layer to the stored tensors.
+    """
+    changed = 0
+    for prefix, module in model.named_modules():
+        tensors = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        old = {name: t.shape for name, t in tensors.items()}
+        for name, t in tensors.items():
+            new = state.get(f"{prefix}.{name}" if prefix else name)
+            if new is None or new.shape == t.shape:
+                continue
+            fresh = torch.empty(new.shape, dtype=t.dtype)
+            if isinstance(t, nn.Parameter):
+                setattr(module, name, nn.Parameter(fresh, requires_grad=t.requires_grad))
+            else:
+                module.register_buffer(name, fresh)
+            changed += 1
+        if "weight" in old and module.weight.shape != old["weight"]:
+            _fix_layer_attributes(module)
+    return changed
+
+
+def _fix_layer_attributes(module: nn.Module) -> None:
+    w = module.weight
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if module.groups > 1 and module.groups == module.in_channels:  # depthwise: one group per channel
+            module.groups = w.shape[0]
+        module.out_channels = w.shape[0]
+        module.in_channels = w.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = w.shape[0]
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(w.shape)

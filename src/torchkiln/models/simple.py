@@ -54,7 +54,11 @@ def cnn(
     for c in channels:
         blocks.append(_conv_block(c_in, c, convs_per_block, dropout, pool=True))
         c_in = c
-    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]  # (B, C * pool * pool)
+    # Each block halves H and W; when that already gives pool x pool, the pooling would be an
+    # identity op that still costs time (and is slow in int8 ONNX Runtime), so leave it out.
+    reduced = image_size // 2 ** len(channels)
+    squeeze = nn.Identity() if reduced == pool else nn.AdaptiveAvgPool2d(pool)
+    head: list[nn.Module] = [squeeze, nn.Flatten()]  # (B, C * pool * pool)
     width = c_in * pool * pool
     if hidden:
         # Dropout only before the last layer: on the wide flattened features it costs ~10 % of a

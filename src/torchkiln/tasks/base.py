@@ -29,6 +29,19 @@ class ParamGroup:
     lr_mult: float = 1.0
 
 
+@dataclass(frozen=True)
+class PrimaryMetric:
+    """The one number a task is judged by; export gates and comparisons use it.
+
+    ``scale`` turns the metric into the unit budgets are given in (accuracy 0.93 -> 93 points).
+    """
+
+    name: str
+    higher_is_better: bool = True
+    scale: float = 100.0
+    unit: str = "points"
+
+
 @runtime_checkable
 class MetricSet(Protocol):
     """Accumulates over batches; the engine calls ``reset``, ``update``, ``compute``."""
@@ -43,6 +56,7 @@ class Task(Protocol):
     """What every task provides. ``prepare`` runs once per run; the rest are pure given the config."""
 
     kind: str
+    primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
 
     def prepare(self, cfg: RunConfig, *, splits: Collection[str] | None = None) -> tuple[RunConfig, Any]:
         """Load and validate the data; return the config resolved from it and the data handle.

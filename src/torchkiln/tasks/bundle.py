@@ -1,9 +1,10 @@
 """The bundle: the one artifact that prediction, export, serving and monitoring consume.
 
     bundle/
-      model.safetensors   weights (no pickle anywhere)
+      model.safetensors   weights (no pickle anywhere), or model.onnx for an ONNX Runtime variant
       config.yaml         the resolved run config (rebuilds the architecture)
-      bundle.json         format version, task, labels, preprocessing, weights SHA-256, metrics
+      bundle.json         format version, task, runtime, labels, preprocessing, model-file SHA-256,
+                          metrics; for an exported variant also what it was made from and its checks
 
 A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
 """
@@ -27,11 +28,14 @@ from torch import nn
 from torchkiln import __version__
 from torchkiln.config import RunConfig, dump_config, validate
 from torchkiln.errors import BundleError, ConfigError
+from torchkiln.models.base import resize_to_state
+from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks.base import Task, get_task
 
 BUNDLE_FORMAT = "torchkiln-bundle"
 BUNDLE_VERSION = 1
-FILES = ("model.safetensors", "config.yaml", "bundle.json")
+FILES = ("model.safetensors", "config.yaml", "bundle.json")  # a trained (torch runtime) bundle
+RUNTIMES = {"torch": "model.safetensors", "onnxruntime": "model.onnx"}  # runtime -> model file
 
 
 @dataclass(frozen=True)
@@ -52,26 +56,45 @@ def sha256_file(path: Path) -> str:
 
 
 def save_bundle(
-    path: str | Path, *, model: nn.Module, cfg: RunConfig, task: Task, extra: dict[str, Any] | None = None
+    path: str | Path,
+    *,
+    cfg: RunConfig,
+    task: Task,
+    model: nn.Module | None = None,
+    model_file: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    attachments: dict[str, Path] | None = None,
 ) -> Path:
     """Write a bundle atomically.
 
     Args:
         path: the bundle folder to create (replaced if it exists).
-        model: the trained model (its ``state_dict`` is saved; tensors are made contiguous).
         cfg: the *resolved* run config.
         task: the run's task; gives labels and preprocessing.
-        extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics).
+        model: a model whose ``state_dict`` is saved as ``model.safetensors`` (torch runtime) ...
+        model_file: ... or an exported ``model.onnx`` to copy in (ONNX Runtime); give one of the two.
+        extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics, export checks).
+        attachments: more files to copy in, by name (e.g. ``export_report.json``).
 
     Returns:
         The bundle path.
     """
+    if (model is None) == (model_file is None):
+        raise TypeError("save_bundle needs exactly one of model= and model_file=")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
+        if model is not None:
+            runtime, name = "torch", RUNTIMES["torch"]
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / name), metadata={"format": BUNDLE_FORMAT})
+        else:
+            assert model_file is not None and model_file.suffix == ".onnx", model_file
+            runtime, name = "onnxruntime", RUNTIMES["onnxruntime"]
+            shutil.copyfile(model_file, tmp / name)
+        for fname, src in (attachments or {}).items():
+            shutil.copyfile(src, tmp / fname)
         (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         meta = {
             "format": BUNDLE_FORMAT,
@@ -80,15 +103,16 @@ def save_bundle(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "task": task.kind,
             "model": cfg.model.name,
-            "runtime": "torch",
-            "weights_sha256": sha256_file(tmp / "model.safetensors"),
+            "runtime": runtime,
+            "model_file": name,
+            "weights_sha256": sha256_file(tmp / name),
             **task.bundle_meta(cfg),
             **(extra or {}),
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        for f in FILES:
-            (tmp / f).chmod(0o644)
-            with (tmp / f).open("rb") as fh:
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+            with f.open("rb") as fh:
                 os.fsync(fh.fileno())
         tmp.chmod(0o755)  # mkdtemp makes it private; servers running as other users must read it
         old = path.with_name(f".{path.name}.old")
@@ -111,9 +135,12 @@ def without_pretrained(cfg: RunConfig) -> RunConfig:
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle without unpickling anything and rebuild its model in eval mode.
 
+    A trained bundle gives an eager ``nn.Module``; an ONNX variant written by ``kiln export`` gives an
+    :class:`~torchkiln.models.runtime.OnnxModel` with the same call signature.
+
     Raises:
-        BundleError: files missing, another format version, checksum mismatch, or weights that do
-            not fit the architecture.
+        BundleError: files missing, another format version, an unknown runtime, checksum mismatch,
+            or weights that do not fit the architecture.
 
     Example:
         >>> b = load_bundle("runs/fashion-mnist-cnn/20261124-101500/bundle")
@@ -122,11 +149,31 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     path = Path(path)
     if (path / "bundle").is_dir() and not (path / "bundle.json").exists():
         path = path / "bundle"  # a run directory was given
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
+    meta = _read_meta(path)
+    runtime = meta.get("runtime", "torch")
+    model_file = path / RUNTIMES[runtime]
+    if verify and sha256_file(model_file) != meta.get("weights_sha256"):
         raise BundleError(
-            f"'{path}' is not a complete torchkiln bundle: {', '.join(missing)} missing. Expected "
-            f"{', '.join(FILES)}. Point at RUN_DIR/bundle, or retrain to rewrite it."
+            f"Bundle '{path}': {model_file.name} does not match the SHA-256 in bundle.json (the file was "
+            f"changed or truncated). Restore the file or retrain."
+        )
+    try:
+        cfg = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
+    except ConfigError as exc:
+        raise BundleError(f"Bundle '{path}' has an invalid config.yaml:\n{exc}") from None
+    task = get_task(cfg.task.kind)
+    model = OnnxModel(model_file) if runtime == "onnxruntime" else _torch_model(path, cfg, task, meta)
+    model.eval()
+    return Bundle(path, cfg, meta, task, model)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``bundle.json``, after checking the format version, the runtime and that every file is there."""
+    expected = "bundle.json, config.yaml and the model file (model.safetensors or model.onnx)"
+    if not (path / "bundle.json").is_file():
+        raise BundleError(
+            f"'{path}' is not a torchkiln bundle: bundle.json is missing. Expected {expected}. "
+            f"Point at RUN_DIR/bundle (or an exported variant), or retrain to rewrite it."
         )
     meta = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
     if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
@@ -135,23 +182,31 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"this torchkiln ({__version__}) reads {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}. "
             f"Re-export it with a matching torchkiln version."
         )
-    if verify and sha256_file(path / "model.safetensors") != meta.get("weights_sha256"):
+    runtime = meta.get("runtime", "torch")
+    if runtime not in RUNTIMES:
         raise BundleError(
-            f"Bundle '{path}': model.safetensors does not match the SHA-256 in bundle.json (the file was "
-            f"changed or truncated). Restore the file or retrain."
+            f"Bundle '{path}' needs the runtime {runtime!r}; this torchkiln runs {', '.join(RUNTIMES)}. "
+            f"Load it with the torchkiln version that wrote it."
         )
-    try:
-        cfg = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
-    except ConfigError as exc:
-        raise BundleError(f"Bundle '{path}' has an invalid config.yaml:\n{exc}") from None
-    task = get_task(cfg.task.kind)
+    missing = [f for f in ("config.yaml", RUNTIMES[runtime]) if not (path / f).is_file()]
+    if missing:
+        raise BundleError(
+            f"'{path}' is not a complete torchkiln bundle: {', '.join(missing)} missing. Expected "
+            f"{expected}. Restore the file, or retrain (or re-export) to rewrite the bundle."
+        )
+    return meta
+
+
+def _torch_model(path: Path, cfg: RunConfig, task: Task, meta: dict[str, Any]) -> nn.Module:
     model = task.build_model(without_pretrained(cfg))
+    state = load_file(str(path / RUNTIMES["torch"]))
+    if meta.get("pruning", {}).get("structured"):
+        resize_to_state(model, state)  # channel-pruned: narrower layers than the config's architecture
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BundleError(
             f"Bundle '{path}': the weights do not fit the '{cfg.model.name}' architecture in config.yaml "
             f"({str(exc).splitlines()[0]}). The bundle is inconsistent; retrain to rewrite it."
         ) from None
-    model.eval()
-    return Bundle(path, cfg, meta, task, model)
+    return model

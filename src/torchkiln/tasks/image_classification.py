@@ -18,7 +18,7 @@ from torchkiln.data.loader import build_augment, make_loader
 from torchkiln.errors import PredictError
 from torchkiln.models import Classifier, create_model
 from torchkiln.models.base import check_model
-from torchkiln.tasks.base import TASKS, ParamGroup
+from torchkiln.tasks.base import TASKS, ParamGroup, PrimaryMetric
 
 
 class ImageClassifierModel(nn.Module):
@@ -81,6 +81,7 @@ def _absolute(path: str) -> str:
 
 class ImageClassificationTask:
     kind = "image-classification"
+    primary_metric = PrimaryMetric("accuracy")
 
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None

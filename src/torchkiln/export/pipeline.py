@@ -1,0 +1,419 @@
+"""``kiln export``: prune (+ fine-tune) -> ONNX -> int8, every step measured, the result gated.
+
+Each candidate model becomes a row: file size, parameters, latency at batch 1 and 32, the task
+metric on held-out data, and its distance from the model it was made from. The last row is the
+variant; it is written as a bundle only if it passes the parity gate, and the report says why or
+why not either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from torchkiln.config import validate
+from torchkiln.engine.trainer import fit
+from torchkiln.errors import ExportError
+from torchkiln.export.bench import measure
+from torchkiln.export.onnx import INPUT_NAME, export_onnx
+from torchkiln.export.options import ExportOptions
+from torchkiln.export.prune import (
+    PruneResult,
+    add_unstructured_masks,
+    count_params,
+    make_permanent,
+    prune_structured,
+    weight_sparsity,
+)
+from torchkiln.export.quantize import check_calibration, load_calibration_file, quantize_onnx
+from torchkiln.export.report import write_reports
+from torchkiln.models.runtime import OnnxModel
+from torchkiln.tasks.bundle import Bundle, load_bundle, save_bundle, without_pretrained
+
+BENCH_BATCHES = (1, 32)
+EVAL_BATCH = 256
+
+
+@dataclass
+class Row:
+    """One candidate model, measured."""
+
+    name: str
+    runtime: str
+    file_bytes: int
+    params: int
+    metric: float
+    max_abs_diff: float | None  # vs the model this one was converted from (None for the baseline)
+    agreement: float | None  # fraction of equal argmax predictions vs the baseline
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch size -> timings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    value: float
+    limit: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export`` did: the variant (``None`` if rejected), the checks, the table and reports."""
+
+    passed: bool
+    variant: Path | None
+    name: str
+    checks: list[Check]
+    rows: list[Row]
+    notes: list[str]
+    report_html: Path
+    report_json: Path
+
+
+@dataclass
+class _Eval:
+    inputs: np.ndarray  # (N, ...) raw model inputs of the held-out split
+    targets: torch.Tensor  # (N,)
+
+
+def _collect(bundle: Bundle, data: Any, split: str) -> _Eval:
+    cfg, task = bundle.config, bundle.task
+    xs, ys = [], []
+    for batch in task.loader(cfg, data, split, train=False):
+        x, y = task.to_device(batch, torch.device("cpu"), channels_last=False)
+        xs.append(x.numpy())
+        ys.append(y)
+    if not xs:
+        raise ExportError(
+            f"The {split} split of '{cfg.data.path}' is empty, so the export cannot be checked. "
+            f"Use --split val, or give the data a {split} split."
+        )
+    return _Eval(np.concatenate(xs), torch.cat(ys))
+
+
+def _eager(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    model = model.cpu().eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).float().numpy()
+
+    return run
+
+
+def _outputs(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([predict(inputs[i : i + EVAL_BATCH]) for i in range(0, len(inputs), EVAL_BATCH)])
+
+
+def _metric(bundle: Bundle, outputs: np.ndarray, targets: torch.Tensor) -> float:
+    metrics = bundle.task.metrics(bundle.config)
+    metrics.update(torch.from_numpy(outputs), targets)
+    pm = bundle.task.primary_metric
+    return metrics.compute()[pm.name] * pm.scale
+
+
+class _Measurer:
+    """Runs each candidate over the held-out split and the latency benchmark."""
+
+    def __init__(self, bundle: Bundle, ev: _Eval, opts: ExportOptions) -> None:
+        self.bundle, self.ev, self.opts = bundle, ev, opts
+        self.baseline: np.ndarray | None = None
+
+    def row(
+        self,
+        name: str,
+        runtime: str,
+        file: Path,
+        params: int,
+        predict: Callable[[np.ndarray], np.ndarray],
+        source: np.ndarray | None,
+    ) -> tuple[Row, np.ndarray]:
+        out = _outputs(predict, self.ev.inputs)
+        if self.baseline is None:
+            self.baseline = out
+        row = Row(
+            name=name,
+            runtime=runtime,
+            file_bytes=file.stat().st_size,
+            params=params,
+            metric=_metric(self.bundle, out, self.ev.targets),
+            max_abs_diff=None if source is None else float(np.abs(out - source).max()),
+            agreement=None if source is None else float((out.argmax(1) == self.baseline.argmax(1)).mean()),
+        )
+        for b in BENCH_BATCHES:
+            batch = np.ascontiguousarray(np.resize(self.ev.inputs, (b, *self.ev.inputs.shape[1:])))
+            row.latency[str(b)] = measure(predict, batch, seconds=self.opts.bench_seconds)
+        return row, out
+
+
+def _finetune(bundle: Bundle, model: nn.Module, data: Any, opts: ExportOptions, work: Path) -> None:
+    """A short fine-tune of ``model`` (in place) on the training split, lr scaled down."""
+    t = bundle.config.train
+    raw = without_pretrained(bundle.config).model_dump(mode="json")
+    raw["train"] |= {
+        "epochs": opts.finetune_epochs,
+        "optimizer": t.optimizer.model_dump(mode="json") | {"lr": t.optimizer.lr * opts.finetune_lr_mult},
+        "scheduler": {"name": "cosine"},
+        "early_stopping": {"patience": None},
+        "max_minutes": None,
+        "checkpoint_every": 0,
+        "compile": False,
+    }
+    raw["tracking"] |= {"tensorboard": False, "mlflow": False}
+    cfg = validate(raw)
+    run_dir = work / "finetune"
+    run_dir.mkdir()
+    fit(cfg, bundle.task, data, run_dir, model=model)
+    model.cpu().eval()
+
+
+def _prune(
+    bundle: Bundle, data: Any, ev: _Eval, opts: ExportOptions, work: Path
+) -> tuple[nn.Module, PruneResult]:
+    assert opts.prune is not None
+    model = copy.deepcopy(bundle.model).cpu().eval()
+    before = count_params(model)
+    channel_sparsity = 0.0
+    if opts.prune_method == "l1-structured":
+        channel_sparsity = prune_structured(model, opts.prune, torch.from_numpy(ev.inputs[:2]))
+    else:
+        add_unstructured_masks(model, opts.prune)
+    if opts.finetune_epochs:
+        _finetune(bundle, model, data, opts, work)
+    make_permanent(model)
+    result = PruneResult(
+        method=opts.prune_method,
+        requested=opts.prune,
+        params_before=before,
+        params_after=count_params(model),
+        weight_sparsity=weight_sparsity(model),
+        channel_sparsity=channel_sparsity,
+    )
+    return model, result
+
+
+def _calibration(bundle: Bundle, data: Any, ev: _Eval, opts: ExportOptions) -> np.ndarray:
+    if opts.calibration_data is not None:
+        calib = load_calibration_file(opts.calibration_data)
+        source = f"'{opts.calibration_data}'"
+    else:
+        calib = _collect(bundle, data, opts.calibration_split).inputs
+        source = f"the {opts.calibration_split} split"
+    check_calibration(calib, ev.inputs, source)
+    pick = np.random.default_rng(0).permutation(len(calib))[: opts.calibration_size]
+    return calib[np.sort(pick)]
+
+
+def _needed_splits(opts: ExportOptions) -> set[str]:
+    splits = {opts.split}
+    if opts.prune is not None and opts.finetune_epochs:
+        splits |= {"train", "val"}
+    if opts.quantize == "static" and opts.calibration_data is None:
+        splits.add(opts.calibration_split)
+    return splits
+
+
+def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
+    """Make one variant of a trained bundle and gate it; see :func:`torchkiln.api.export`."""
+    bundle = load_bundle(path)
+    if bundle.meta.get("runtime", "torch") != "torch":
+        raise ExportError(
+            f"'{bundle.path}' is already an exported {bundle.meta['runtime']} variant. Export from the "
+            f"trained bundle it came from: {bundle.meta.get('variant', {}).get('source', 'RUN_DIR/bundle')}."
+        )
+    name = opts.variant_name
+    out = opts.out or bundle.path.with_name(f"{bundle.path.name}-{name}")
+    report_dir = bundle.path.parent / "exports" / name
+    _, data = bundle.task.prepare(without_pretrained(bundle.config), splits=_needed_splits(opts))
+    ev = _collect(bundle, data, opts.split)
+    calib = _calibration(bundle, data, ev, opts) if opts.quantize == "static" else None
+    m = _Measurer(bundle, ev, opts)
+    rows, checks, notes = [], [], []
+    extra: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        weights = bundle.path / "model.safetensors"
+        row, source = m.row(
+            "torch fp32 (eager)", "torch", weights, count_params(bundle.model), _eager(bundle.model), None
+        )
+        rows.append(row)
+        model = bundle.model
+        if opts.prune is not None:
+            model, pruned = _prune(bundle, data, ev, opts, work)
+            extra["pruning"] = pruned.as_json()
+            weights = work / "pruned.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+            row, source = m.row(
+                f"torch fp32 pruned {opts.prune_method} {opts.prune:.0%}",
+                "torch",
+                weights,
+                count_params(model),
+                _eager(model),
+                source,
+            )
+            rows.append(row)
+            notes += _prune_notes(pruned, rows[0], row)
+        model_file = None
+        if opts.format == "onnx":
+            model_file = work / "model.onnx"
+            extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file)
+            onnx_model = OnnxModel(model_file)
+            row, _ = m.row(
+                "onnx fp32",
+                "onnxruntime",
+                model_file,
+                _onnx_params(model_file),
+                onnx_model.run,
+                source,
+            )
+            rows.append(row)
+            checks.append(_numeric_check(row, opts.tolerance))
+            if opts.quantize:
+                model_file = work / "model.int8.onnx"
+                quantize_onnx(
+                    work / "model.onnx",
+                    model_file,
+                    mode=opts.quantize,
+                    input_name=INPUT_NAME,
+                    calibration=calib,
+                )
+                row, _ = m.row(
+                    f"onnx int8 {opts.quantize}",
+                    "onnxruntime",
+                    model_file,
+                    _onnx_params(model_file),
+                    OnnxModel(model_file).run,
+                    source,
+                )
+                rows.append(row)
+                notes += _int8_notes(rows[-2], row)
+        checks.append(_metric_check(bundle, rows[0], rows[-1], opts))
+        passed = all(c.passed for c in checks)
+        summary = _summary(bundle, opts, name, passed, checks, rows, notes, extra, len(ev.inputs))
+        report_json, report_html = write_reports(report_dir, summary)
+        variant = None
+        if passed:
+            variant = save_bundle(
+                out,
+                cfg=bundle.config,
+                task=bundle.task,
+                model=None if model_file else model,
+                model_file=model_file,
+                extra={"trained": bundle.meta.get("trained"), **extra, "variant": summary["variant"]},
+                attachments={"export_report.json": report_json, "export_report.html": report_html},
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(passed, variant, name, checks, rows, notes, report_html, report_json)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _onnx_params(path: Path) -> int:
+    import onnx
+
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
+def _numeric_check(row: Row, tolerance: float) -> Check:
+    diff = row.max_abs_diff or 0.0
+    return Check(
+        "numerical parity",
+        diff <= tolerance,
+        diff,
+        tolerance,
+        f"max |Δ| between eager and ONNX fp32 outputs on {EVAL_BATCH}-item batches of held-out data: "
+        f"{diff:.2e} (limit {tolerance:.0e})",
+    )
+
+
+def _metric_check(bundle: Bundle, base: Row, final: Row, opts: ExportOptions) -> Check:
+    pm = bundle.task.primary_metric
+    lost = (base.metric - final.metric) if pm.higher_is_better else (final.metric - base.metric)
+    budget = opts.metric_budget
+    verdict = "" if lost <= budget else f"; missed by {lost - budget:.2f} {pm.unit}"
+    return Check(
+        f"{pm.name} parity",
+        lost <= budget,
+        lost,
+        budget,
+        f"{pm.name} on the {opts.split} split: {base.metric:.2f} -> {final.metric:.2f}, "
+        f"{lost:.2f} {pm.unit} lost (budget {budget:g}){verdict}",
+    )
+
+
+def _int8_notes(fp32: Row, int8: Row) -> list[str]:
+    notes = []
+    for b in BENCH_BATCHES:
+        f, q = fp32.latency[str(b)]["p50_ms"], int8.latency[str(b)]["p50_ms"]
+        if q > f:
+            notes.append(
+                f"int8 is slower than fp32 ONNX on this CPU at batch {b} (p50 {q:.3f} ms vs {f:.3f} ms). "
+                f"Recommendation: serve the fp32 ONNX variant (kiln export BUNDLE --format onnx) unless the "
+                f"{fp32.file_bytes / max(int8.file_bytes, 1):.1f}x smaller file matters more."
+            )
+    return notes
+
+
+def _prune_notes(pruned: PruneResult, base: Row, row: Row) -> list[str]:
+    if pruned.method == "l1-structured":
+        return [
+            f"structured pruning removed {pruned.channel_sparsity:.1%} of the output channels: "
+            f"{pruned.params_before:,} -> {pruned.params_after:,} parameters "
+            f"({pruned.params_after / pruned.params_before:.1%} kept)."
+        ]
+    return [
+        f"unstructured pruning zeroed {pruned.weight_sparsity:.1%} of the Conv/Linear weights, but dense "
+        f"kernels still multiply the zeros: the file ({row.file_bytes:,} bytes) and the latency stay "
+        f"about the same. Use --prune-method l1-structured to shrink the model, or --quantize to shrink "
+        f"the file."
+    ]
+
+
+def _summary(
+    bundle: Bundle,
+    opts: ExportOptions,
+    name: str,
+    passed: bool,
+    checks: list[Check],
+    rows: list[Row],
+    notes: list[str],
+    extra: dict[str, Any],
+    items: int,
+) -> dict[str, Any]:
+    pm = bundle.task.primary_metric
+    return {
+        "variant": {
+            "name": name,
+            "passed": passed,
+            "source": str(bundle.path),
+            "source_sha256": bundle.meta.get("weights_sha256"),
+            "options": opts.model_dump(mode="json"),
+            "metric": {"name": pm.name, "unit": pm.unit, "split": opts.split, "items": items},
+            "checks": [c.__dict__ for c in checks],
+            "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads()},
+        },
+        "rows": [r.__dict__ for r in rows],
+        "notes": notes,
+        **extra,
+    }
