@@ -42,9 +42,12 @@ demo: $(STAMP) fashion-mnist
 	$(KILN) train examples/fashion-mnist.yaml --set runs_dir=$(DEMO_DIR) | tee $(DEMO_DIR)/last-run
 	$(KILN) evaluate $$(tail -1 $(DEMO_DIR)/last-run)
 	@echo
-	@echo "Predict on test images (files the model never saw):"
-	@echo "  $(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle data/fashion-mnist/test/Sneaker/*.png --top-k 3"
-	@$(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle \
+	@echo "Export to int8 ONNX, gated on accuracy and benchmarked against the eager model:"
+	$(KILN) export $$(tail -1 $(DEMO_DIR)/last-run) --quantize static --bench-seconds 1
+	@echo
+	@echo "Predict on test images (files the model never saw) with the int8 variant:"
+	@echo "  $(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle-onnx-int8-static data/fashion-mnist/test/Sneaker/*.png --top-k 3"
+	@$(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle-onnx-int8-static \
 		$$(ls data/fashion-mnist/test/Sneaker/*.png | head -2) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3
 
 clean:

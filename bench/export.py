@@ -33,8 +33,8 @@ VARIANTS: dict[str, dict] = {
     "onnx fp32": {},
     "onnx int8 static": {"quantize": "static"},
     "onnx int8 dynamic": {"quantize": "dynamic"},
-    "pruned 50% torch": {"format": "torch", "prune": 0.5, "finetune_epochs": 3, "budget": 1.5},
-    "pruned 50% onnx": {"prune": 0.5, "finetune_epochs": 3, "budget": 1.5},
+    "pruned 50% torch": {"format": "torch", "prune": 0.5, "budget": 1.5},
+    "pruned 50% onnx int8 static": {"prune": 0.5, "quantize": "static", "budget": 1.5},
 }
 
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(MODELS), help="benchmark one model")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per latency figure")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--runs", type=Path, help="keep the trained runs here (default: a temporary folder)")
     args = parser.parse_args()
     given = {"cnn": args.cnn_run, "effnet": args.effnet_run}
     out = {}
@@ -91,7 +92,7 @@ def main() -> None:
         for name, config in MODELS.items():
             if args.only and name != args.only:
                 continue
-            run_dir = given[name] or train(config, Path(tmp))
+            run_dir = given[name] or train(config, args.runs or Path(tmp))
             print(f"{name}: {run_dir}", flush=True)
             out[name] = measure(run_dir, args.seconds)
     if args.json:

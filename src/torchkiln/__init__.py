@@ -8,6 +8,7 @@ The public Python API mirrors the CLI::
     report = torchkiln.evaluate(run_dir)
     predictor = torchkiln.load_predictor(run_dir / "bundle")
     predictor.predict(["shoe.png"])
+    result = torchkiln.export(run_dir, quantize="static")
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "load_config", "load_predictor", "train"]
+__all__ = ["__version__", "evaluate", "export", "load_config", "load_predictor", "train"]
 
 if TYPE_CHECKING:
-    from torchkiln.api import evaluate, load_config, load_predictor, train
+    from torchkiln.api import evaluate, export, load_config, load_predictor, train
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import torchkiln` stays cheap and creates no state; torch loads on first use.
-    if name in ("evaluate", "load_config", "load_predictor", "train"):
+    if name in ("evaluate", "export", "load_config", "load_predictor", "train"):
         from torchkiln import api
 
         return getattr(api, name)

@@ -16,7 +16,7 @@ from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.trainer import fit
 from torchkiln.errors import CheckpointError, ExportError
 from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
-from torchkiln.export import ExportOptions, ExportResult, export_bundle
+from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle
 from torchkiln.tasks.predictor import Predictor, load_predictor
@@ -139,7 +139,7 @@ def export(path: str | Path, **options: Any) -> ExportResult:
 
     Args:
         path: a run directory or its bundle.
-        **options: the fields of :class:`~torchkiln.export.ExportOptions`: ``format`` ("onnx" or
+        **options: the fields of :class:`~torchkiln.exporter.ExportOptions`: ``format`` ("onnx" or
             "torch"), ``quantize`` ("dynamic" or "static"), ``prune`` (a fraction in (0, 1)),
             ``prune_method`` ("l1-structured" or "l1-unstructured"), ``finetune_epochs``,
             ``calibration_split``, ``calibration_data`` (a .npy/.npz of model inputs), ``split``,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from torchkiln.config import validate
-from torchkiln.export.onnx import export_onnx
-from torchkiln.export.prune import prune_structured
+from torchkiln.exporter.onnx import export_onnx
+from torchkiln.exporter.prune import prune_structured
 from torchkiln.models import MODELS
 from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks import get_task

@@ -12,6 +12,13 @@ import torchkiln
 CLASSES = ["dot", "hbar", "vbar"]
 
 
+def test_public_functions_are_functions_even_after_the_layers_load() -> None:
+    import torchkiln.exporter  # noqa: F401  (the layer package must not shadow torchkiln.export())
+
+    for name in torchkiln.__all__[1:]:
+        assert callable(getattr(torchkiln, name)), name
+
+
 def test_train_evaluate_predict(tiny_config: dict[str, Any], tiny_image_folder: Path) -> None:
     # Best checkpoint by val loss: with 3 val images, val accuracy hits 1.0 (and stops improving) too early.
     overrides = [

@@ -15,7 +15,7 @@ from rich.text import Text
 from torchkiln.errors import KilnError
 
 if TYPE_CHECKING:
-    from torchkiln.export import ExportResult
+    from torchkiln.exporter import ExportResult
 
 app = typer.Typer(
     name="kiln",
@@ -162,7 +162,10 @@ def export_(
         float | None, typer.Option(help="Fraction of weights (unstructured) or channels to remove.")
     ] = None,
     prune_method: Annotated[PruneMethod, typer.Option()] = PruneMethod.l1_structured,
-    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after pruning.")] = 2,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after pruning.")] = 8,
+    finetune_lr_mult: Annotated[
+        float, typer.Option(help="Fine-tune learning rate as a multiple of the run's.")
+    ] = 0.5,
     calibration_split: Annotated[str, typer.Option(help="Split to calibrate static int8 on.")] = "val",
     calibration_data: Annotated[
         Path | None, typer.Option(help=".npy/.npz of model inputs to calibrate on instead.")
@@ -172,7 +175,9 @@ def export_(
         float | None,
         typer.Option(help="Metric points the variant may lose (default 0.1 for fp32 ONNX, else 1.0)."),
     ] = None,
-    tolerance: Annotated[float, typer.Option(help="Max |Δ| between eager and ONNX fp32.")] = 1e-4,
+    tolerance: Annotated[
+        float, typer.Option(help="Max |Δ| eager vs ONNX fp32 (x the largest |output| if > 1).")
+    ] = 1e-4,
     bench_seconds: Annotated[float, typer.Option(help="Timed seconds per latency measurement.")] = 2.0,
     out_: Annotated[
         Path | None, typer.Option("--out", help="Variant folder (default: beside the bundle).")
@@ -189,6 +194,7 @@ def export_(
             prune=prune,
             prune_method=prune_method.value,
             finetune_epochs=finetune_epochs,
+            finetune_lr_mult=finetune_lr_mult,
             calibration_split=calibration_split,
             calibration_data=calibration_data,
             split=split,

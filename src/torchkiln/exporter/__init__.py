@@ -1,6 +1,6 @@
 """Export and compression: ONNX, int8 quantization and pruning, each gated on parity."""
 
-from torchkiln.export.options import ExportOptions
-from torchkiln.export.pipeline import Check, ExportResult, Row, export_bundle
+from torchkiln.exporter.options import ExportOptions
+from torchkiln.exporter.pipeline import Check, ExportResult, Row, export_bundle
 
 __all__ = ["Check", "ExportOptions", "ExportResult", "Row", "export_bundle"]

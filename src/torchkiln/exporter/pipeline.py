@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,19 @@ from torch import nn
 from torchkiln.config import validate
 from torchkiln.engine.trainer import fit
 from torchkiln.errors import ExportError
-from torchkiln.export.bench import measure
-from torchkiln.export.onnx import INPUT_NAME, export_onnx
-from torchkiln.export.options import ExportOptions
-from torchkiln.export.prune import (
+from torchkiln.exporter.bench import measure
+from torchkiln.exporter.gate import (
+    BENCH_BATCHES,
+    Check,
+    Row,
+    int8_notes,
+    metric_check,
+    numeric_check,
+    prune_notes,
+)
+from torchkiln.exporter.onnx import INPUT_NAME, export_onnx
+from torchkiln.exporter.options import ExportOptions
+from torchkiln.exporter.prune import (
     PruneResult,
     add_unstructured_masks,
     count_params,
@@ -36,36 +45,12 @@ from torchkiln.export.prune import (
     prune_structured,
     weight_sparsity,
 )
-from torchkiln.export.quantize import check_calibration, load_calibration_file, quantize_onnx
-from torchkiln.export.report import write_reports
+from torchkiln.exporter.quantize import check_calibration, load_calibration_file, quantize_onnx
+from torchkiln.exporter.report import write_reports
 from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks.bundle import Bundle, load_bundle, save_bundle, without_pretrained
 
-BENCH_BATCHES = (1, 32)
 EVAL_BATCH = 256
-
-
-@dataclass
-class Row:
-    """One candidate model, measured."""
-
-    name: str
-    runtime: str
-    file_bytes: int
-    params: int
-    metric: float
-    max_abs_diff: float | None  # vs the model this one was converted from (None for the baseline)
-    agreement: float | None  # fraction of equal argmax predictions vs the baseline
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch size -> timings
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    value: float
-    limit: float
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -125,37 +110,40 @@ def _metric(bundle: Bundle, outputs: np.ndarray, targets: torch.Tensor) -> float
 
 
 class _Measurer:
-    """Runs each candidate over the held-out split and the latency benchmark."""
+    """Runs each candidate over the held-out split and the latency benchmark; collects the rows."""
 
     def __init__(self, bundle: Bundle, ev: _Eval, opts: ExportOptions) -> None:
         self.bundle, self.ev, self.opts = bundle, ev, opts
-        self.baseline: np.ndarray | None = None
+        self.rows: list[Row] = []
+        self.outputs: list[np.ndarray] = []
 
-    def row(
+    def add(
         self,
         name: str,
-        runtime: str,
         file: Path,
         params: int,
         predict: Callable[[np.ndarray], np.ndarray],
-        source: np.ndarray | None,
-    ) -> tuple[Row, np.ndarray]:
+        *,
+        source: int | None,
+    ) -> Row:
+        """Measure a candidate; ``source`` is the index of the row it was converted from."""
         out = _outputs(predict, self.ev.inputs)
-        if self.baseline is None:
-            self.baseline = out
+        baseline = self.outputs[0] if self.outputs else out
         row = Row(
             name=name,
-            runtime=runtime,
+            runtime="onnxruntime" if file.suffix == ".onnx" else "torch",
             file_bytes=file.stat().st_size,
             params=params,
             metric=_metric(self.bundle, out, self.ev.targets),
-            max_abs_diff=None if source is None else float(np.abs(out - source).max()),
-            agreement=None if source is None else float((out.argmax(1) == self.baseline.argmax(1)).mean()),
+            max_abs_diff=None if source is None else float(np.abs(out - self.outputs[source]).max()),
+            agreement=None if source is None else float((out.argmax(1) == baseline.argmax(1)).mean()),
         )
         for b in BENCH_BATCHES:
             batch = np.ascontiguousarray(np.resize(self.ev.inputs, (b, *self.ev.inputs.shape[1:])))
             row.latency[str(b)] = measure(predict, batch, seconds=self.opts.bench_seconds)
-        return row, out
+        self.rows.append(row)
+        self.outputs.append(out)
+        return row
 
 
 def _finetune(bundle: Bundle, model: nn.Module, data: Any, opts: ExportOptions, work: Path) -> None:
@@ -235,74 +223,35 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         )
     name = opts.variant_name
     out = opts.out or bundle.path.with_name(f"{bundle.path.name}-{name}")
-    report_dir = bundle.path.parent / "exports" / name
     _, data = bundle.task.prepare(without_pretrained(bundle.config), splits=_needed_splits(opts))
     ev = _collect(bundle, data, opts.split)
     calib = _calibration(bundle, data, ev, opts) if opts.quantize == "static" else None
     m = _Measurer(bundle, ev, opts)
-    rows, checks, notes = [], [], []
+    checks: list[Check] = []
+    notes: list[str] = []
     extra: dict[str, Any] = {}
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: rename is atomic
     try:
-        weights = bundle.path / "model.safetensors"
-        row, source = m.row(
-            "torch fp32 (eager)", "torch", weights, count_params(bundle.model), _eager(bundle.model), None
+        m.add(
+            "torch fp32 (eager)",
+            bundle.path / "model.safetensors",
+            count_params(bundle.model),
+            _eager(bundle.model),
+            source=None,
         )
-        rows.append(row)
-        model = bundle.model
+        model, model_file = bundle.model, None
         if opts.prune is not None:
-            model, pruned = _prune(bundle, data, ev, opts, work)
-            extra["pruning"] = pruned.as_json()
-            weights = work / "pruned.safetensors"
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-            row, source = m.row(
-                f"torch fp32 pruned {opts.prune_method} {opts.prune:.0%}",
-                "torch",
-                weights,
-                count_params(model),
-                _eager(model),
-                source,
-            )
-            rows.append(row)
-            notes += _prune_notes(pruned, rows[0], row)
-        model_file = None
+            model = _prune_step(bundle, data, ev, opts, work, m, extra, notes)
         if opts.format == "onnx":
-            model_file = work / "model.onnx"
-            extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file)
-            onnx_model = OnnxModel(model_file)
-            row, _ = m.row(
-                "onnx fp32",
-                "onnxruntime",
-                model_file,
-                _onnx_params(model_file),
-                onnx_model.run,
-                source,
-            )
-            rows.append(row)
-            checks.append(_numeric_check(row, opts.tolerance))
+            model_file = _onnx_step(model, ev, opts, work, m, extra, checks)
             if opts.quantize:
-                model_file = work / "model.int8.onnx"
-                quantize_onnx(
-                    work / "model.onnx",
-                    model_file,
-                    mode=opts.quantize,
-                    input_name=INPUT_NAME,
-                    calibration=calib,
-                )
-                row, _ = m.row(
-                    f"onnx int8 {opts.quantize}",
-                    "onnxruntime",
-                    model_file,
-                    _onnx_params(model_file),
-                    OnnxModel(model_file).run,
-                    source,
-                )
-                rows.append(row)
-                notes += _int8_notes(rows[-2], row)
-        checks.append(_metric_check(bundle, rows[0], rows[-1], opts))
+                model_file = _quantize_step(model_file, calib, opts, m, notes)
+        pm, budget = bundle.task.primary_metric, opts.metric_budget
+        checks.append(metric_check(pm, m.rows[0], m.rows[-1], budget=budget, split=opts.split))
         passed = all(c.passed for c in checks)
-        summary = _summary(bundle, opts, name, passed, checks, rows, notes, extra, len(ev.inputs))
-        report_json, report_html = write_reports(report_dir, summary)
+        summary = _summary(bundle, opts, name, passed, checks, m.rows, notes, extra, len(ev.inputs))
+        report_json, report_html = write_reports(bundle.path.parent / "exports" / name, summary)
         variant = None
         if passed:
             variant = save_bundle(
@@ -316,7 +265,58 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(passed, variant, name, checks, rows, notes, report_html, report_json)
+    return ExportResult(passed, variant, name, checks, m.rows, notes, report_html, report_json)
+
+
+def _prune_step(
+    bundle: Bundle,
+    data: Any,
+    ev: _Eval,
+    opts: ExportOptions,
+    work: Path,
+    m: _Measurer,
+    extra: dict[str, Any],
+    notes: list[str],
+) -> nn.Module:
+    model, pruned = _prune(bundle, data, ev, opts, work)
+    extra["pruning"] = pruned.as_json()
+    weights = work / "pruned.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    label = f"torch fp32 pruned {opts.prune_method} {opts.prune:.0%}"
+    row = m.add(label, weights, count_params(model), _eager(model), source=0)
+    notes += prune_notes(pruned, row)
+    return model
+
+
+def _onnx_step(
+    model: nn.Module,
+    ev: _Eval,
+    opts: ExportOptions,
+    work: Path,
+    m: _Measurer,
+    extra: dict[str, Any],
+    checks: list[Check],
+) -> Path:
+    model_file = work / "model.onnx"
+    extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file)
+    source = len(m.rows) - 1  # the eager model it was exported from (pruned or not)
+    row = m.add("onnx fp32", model_file, _onnx_params(model_file), OnnxModel(model_file).run, source=source)
+    largest = float(np.abs(m.outputs[source]).max())
+    checks.append(numeric_check(row, opts.tolerance, largest))
+    return model_file
+
+
+def _quantize_step(
+    fp32: Path, calib: np.ndarray | None, opts: ExportOptions, m: _Measurer, notes: list[str]
+) -> Path:
+    assert opts.quantize is not None
+    model_file = fp32.with_name("model.int8.onnx")
+    quantize_onnx(fp32, model_file, mode=opts.quantize, input_name=INPUT_NAME, calibration=calib)
+    predict = OnnxModel(model_file).run
+    source = len(m.rows) - 2  # the eager model the fp32 ONNX row came from
+    row = m.add(f"onnx int8 {opts.quantize}", model_file, _onnx_params(model_file), predict, source=source)
+    notes += int8_notes(m.rows[-2], row)
+    return model_file
 
 
 def _cpu_name() -> str:
@@ -333,61 +333,6 @@ def _onnx_params(path: Path) -> int:
     import onnx
 
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
-
-
-def _numeric_check(row: Row, tolerance: float) -> Check:
-    diff = row.max_abs_diff or 0.0
-    return Check(
-        "numerical parity",
-        diff <= tolerance,
-        diff,
-        tolerance,
-        f"max |Δ| between eager and ONNX fp32 outputs on {EVAL_BATCH}-item batches of held-out data: "
-        f"{diff:.2e} (limit {tolerance:.0e})",
-    )
-
-
-def _metric_check(bundle: Bundle, base: Row, final: Row, opts: ExportOptions) -> Check:
-    pm = bundle.task.primary_metric
-    lost = (base.metric - final.metric) if pm.higher_is_better else (final.metric - base.metric)
-    budget = opts.metric_budget
-    verdict = "" if lost <= budget else f"; missed by {lost - budget:.2f} {pm.unit}"
-    return Check(
-        f"{pm.name} parity",
-        lost <= budget,
-        lost,
-        budget,
-        f"{pm.name} on the {opts.split} split: {base.metric:.2f} -> {final.metric:.2f}, "
-        f"{lost:.2f} {pm.unit} lost (budget {budget:g}){verdict}",
-    )
-
-
-def _int8_notes(fp32: Row, int8: Row) -> list[str]:
-    notes = []
-    for b in BENCH_BATCHES:
-        f, q = fp32.latency[str(b)]["p50_ms"], int8.latency[str(b)]["p50_ms"]
-        if q > f:
-            notes.append(
-                f"int8 is slower than fp32 ONNX on this CPU at batch {b} (p50 {q:.3f} ms vs {f:.3f} ms). "
-                f"Recommendation: serve the fp32 ONNX variant (kiln export BUNDLE --format onnx) unless the "
-                f"{fp32.file_bytes / max(int8.file_bytes, 1):.1f}x smaller file matters more."
-            )
-    return notes
-
-
-def _prune_notes(pruned: PruneResult, base: Row, row: Row) -> list[str]:
-    if pruned.method == "l1-structured":
-        return [
-            f"structured pruning removed {pruned.channel_sparsity:.1%} of the output channels: "
-            f"{pruned.params_before:,} -> {pruned.params_after:,} parameters "
-            f"({pruned.params_after / pruned.params_before:.1%} kept)."
-        ]
-    return [
-        f"unstructured pruning zeroed {pruned.weight_sparsity:.1%} of the Conv/Linear weights, but dense "
-        f"kernels still multiply the zeros: the file ({row.file_bytes:,} bytes) and the latency stay "
-        f"about the same. Use --prune-method l1-structured to shrink the model, or --quantize to shrink "
-        f"the file."
-    ]
 
 
 def _summary(

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from torchkiln import api
+from torchkiln.cli.main import app
 from torchkiln.errors import BundleError, ExportError
 from torchkiln.tasks.bundle import load_bundle
 
@@ -58,6 +60,9 @@ def test_onnx_variant_passes_serves_and_reports(run: Path) -> None:
     assert [a["label"] for a in onnx] == [a["label"] for a in eager]
     assert np.allclose([a["score"] for a in onnx], [a["score"] for a in eager], atol=1e-5)
 
+    evaluated = api.evaluate(result.variant)  # the evaluator runs the ONNX variant like any bundle
+    assert evaluated.metrics.accuracy * 100 == pytest.approx(result.rows[1].metric)
+
     report = json.loads(result.report_json.read_text())
     assert [r["name"] for r in report["rows"]] == ["torch fp32 (eager)", "onnx fp32"]
     for row in report["rows"]:
@@ -91,6 +96,13 @@ def test_int8_variant_that_misses_the_budget_is_rejected(run: Path, tmp_path: Pa
     assert report["variant"]["passed"] is False
     assert "Rejected" in result.report_html.read_text()
     assert leftovers(run) == []
+
+    # The CLI says so and exits with 1 (not 2: the input was fine, the variant was not good enough).
+    args = ["export", str(run), "--quantize", "static", "--calibration-data", str(tmp_path / "blank.npy")]
+    cli = CliRunner().invoke(app, [*args, "--bench-seconds", "0.01"], terminal_width=200)
+    assert cli.exit_code == 1, cli.output
+    assert "FAIL accuracy parity" in cli.output
+    assert "rejected: onnx-int8-static was not written (see the report)" in cli.output
 
 
 def test_structured_pruning_shrinks_the_model_and_reloads(run: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from torchkiln.errors import ExportError
-from torchkiln.export.onnx import export_onnx
+from torchkiln.exporter.onnx import export_onnx
 
 
 class Eigen(nn.Module):

@@ -25,8 +25,8 @@ class ExportOptions(BaseModel):
     quantize: Literal["dynamic", "static"] | None = None
     prune: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of weights or channels")
     prune_method: Literal["l1-unstructured", "l1-structured"] = "l1-structured"
-    finetune_epochs: int = Field(2, ge=0)
-    finetune_lr_mult: float = Field(0.1, gt=0.0)
+    finetune_epochs: int = Field(8, ge=0)
+    finetune_lr_mult: float = Field(0.5, gt=0.0)
     calibration_split: Literal["train", "val", "test"] = "val"
     calibration_data: Path | None = None
     calibration_size: int = Field(512, ge=1, description="images used to calibrate static int8")

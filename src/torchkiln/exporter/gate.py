@@ -1,0 +1,95 @@
+"""The parity gate and the notes: what a variant must meet, and what the measurements mean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torchkiln.exporter.prune import PruneResult
+from torchkiln.tasks.base import PrimaryMetric
+
+BENCH_BATCHES = (1, 32)
+
+
+@dataclass
+class Row:
+    """One candidate model, measured."""
+
+    name: str
+    runtime: str
+    file_bytes: int
+    params: int
+    metric: float
+    max_abs_diff: float | None  # vs the model this one was converted from (None for the baseline)
+    agreement: float | None  # fraction of equal argmax predictions vs the baseline
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch size -> timings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    value: float
+    limit: float
+    detail: str
+
+
+def numeric_check(row: Row, tolerance: float, largest: float) -> Check:
+    """ONNX fp32 must reproduce the eager outputs: max |Δ| <= ``tolerance`` x max(1, ``largest``).
+
+    ``largest`` is the largest |output| of the eager model. fp32 keeps about 7 significant digits,
+    so a network whose logits reach 7 carries 7x the absolute rounding error of one whose logits
+    stay below 1; below 1 the limit is absolute.
+    """
+    diff = row.max_abs_diff or 0.0
+    limit = tolerance * max(1.0, largest)
+    scaled = f" = {tolerance:.0e} x largest |output| {largest:.2f}" if largest > 1 else ""
+    return Check(
+        "numerical parity",
+        diff <= limit,
+        diff,
+        limit,
+        f"max |Δ| between eager and ONNX fp32 outputs over the held-out split: {diff:.2e} "
+        f"(limit {limit:.2e}{scaled})",
+    )
+
+
+def metric_check(pm: PrimaryMetric, base: Row, final: Row, *, budget: float, split: str) -> Check:
+    """The variant may lose at most ``budget`` metric units against the original."""
+    lost = (base.metric - final.metric) if pm.higher_is_better else (final.metric - base.metric)
+    verdict = "" if lost <= budget else f"; missed by {lost - budget:.2f} {pm.unit}"
+    return Check(
+        f"{pm.name} parity",
+        lost <= budget,
+        lost,
+        budget,
+        f"{pm.name} on the {split} split: {base.metric:.2f} -> {final.metric:.2f}, "
+        f"{lost:.2f} {pm.unit} lost (budget {budget:g}){verdict}",
+    )
+
+
+def int8_notes(fp32: Row, int8: Row) -> list[str]:
+    notes = []
+    for b in BENCH_BATCHES:
+        f, q = fp32.latency[str(b)]["p50_ms"], int8.latency[str(b)]["p50_ms"]
+        if q > f:
+            notes.append(
+                f"int8 is slower than fp32 ONNX on this CPU at batch {b} (p50 {q:.3f} ms vs {f:.3f} ms). "
+                f"Recommendation: serve the fp32 ONNX variant (kiln export BUNDLE --format onnx) unless the "
+                f"{fp32.file_bytes / max(int8.file_bytes, 1):.1f}x smaller file matters more."
+            )
+    return notes
+
+
+def prune_notes(pruned: PruneResult, row: Row) -> list[str]:
+    if pruned.method == "l1-structured":
+        return [
+            f"structured pruning removed {pruned.channel_sparsity:.1%} of the output channels: "
+            f"{pruned.params_before:,} -> {pruned.params_after:,} parameters "
+            f"({pruned.params_after / pruned.params_before:.1%} kept)."
+        ]
+    return [
+        f"unstructured pruning zeroed {pruned.weight_sparsity:.1%} of the Conv/Linear weights, but dense "
+        f"kernels still multiply the zeros: the file ({row.file_bytes:,} bytes) and the latency stay "
+        f"about the same. Use --prune-method l1-structured to shrink the model, or --quantize to shrink "
+        f"the file."
+    ]
