@@ -13,7 +13,7 @@ CLASSES = ["dot", "hbar", "vbar"]
 
 
 def test_public_functions_are_functions_even_after_the_layers_load() -> None:
-    import torchkiln.exporter  # noqa: F401  (the layer package must not shadow torchkiln.export())
+    import torchkiln.exporter  # the layer package must not shadow the function torchkiln.export()
 
     for name in torchkiln.__all__[1:]:
         assert callable(getattr(torchkiln, name)), name
