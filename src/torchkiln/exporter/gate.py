@@ -67,11 +67,15 @@ def metric_check(pm: PrimaryMetric, base: Row, final: Row, *, budget: float, spl
     )
 
 
+SLOWER = 1.05  # a p50 within 5 % is measurement noise on a shared machine, not "slower"
+
+
 def int8_notes(fp32: Row, int8: Row) -> list[str]:
+    """Say where int8 is slower than fp32 ONNX (it happens: thin or depthwise convolutions, no VNNI)."""
     notes = []
     for b in BENCH_BATCHES:
         f, q = fp32.latency[str(b)]["p50_ms"], int8.latency[str(b)]["p50_ms"]
-        if q > f:
+        if q > SLOWER * f:
             notes.append(
                 f"int8 is slower than fp32 ONNX on this CPU at batch {b} (p50 {q:.3f} ms vs {f:.3f} ms). "
                 f"Recommendation: serve the fp32 ONNX variant (kiln export BUNDLE --format onnx) unless the "
