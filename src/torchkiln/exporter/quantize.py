@@ -148,8 +148,6 @@ def quantize_onnx(
                     reduce_range=True,
                     calibrate_method=CalibrationMethod.MinMax,
                 )
-        except ExportError:
-            raise
         except Exception as exc:
             dst.unlink(missing_ok=True)
             raise ExportError(

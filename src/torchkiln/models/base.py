@@ -209,7 +209,7 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     changed = 0
     for prefix, module in model.named_modules():
         tensors = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
-        old = {name: t.shape for name, t in tensors.items()}
+        weight_shape = tensors["weight"].shape if "weight" in tensors else None
         for name, t in tensors.items():
             new = state.get(f"{prefix}.{name}" if prefix else name)
             if new is None or new.shape == t.shape:
@@ -220,7 +220,7 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
             else:
                 module.register_buffer(name, fresh)
             changed += 1
-        if "weight" in old and module.weight.shape != old["weight"]:
+        if weight_shape is not None and module.weight.shape != weight_shape:
             _fix_layer_attributes(module)
     return changed
 
