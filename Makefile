@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 
 test: lint
 	$(PY) -m pytest -q
@@ -49,6 +49,10 @@ demo: $(STAMP) fashion-mnist
 	@echo "  $(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle-onnx-int8-static data/fashion-mnist/test/Sneaker/*.png --top-k 3"
 	@$(KILN) predict $$(tail -1 $(DEMO_DIR)/last-run)/bundle-onnx-int8-static \
 		$$(ls data/fashion-mnist/test/Sneaker/*.png | head -2) $$(ls data/fashion-mnist/test/Bag/*.png | head -1) --top-k 3
+	@echo
+	@echo "Serve the int8 variant over HTTP (kiln serve), predict, stop with SIGTERM, read the prediction log:"
+	$(PY) examples/serve_demo.py $$(tail -1 $(DEMO_DIR)/last-run)/bundle-onnx-int8-static \
+		$$(ls data/fashion-mnist/test/Sneaker/*.png | head -1) $$(ls data/fashion-mnist/test/Bag/*.png | head -1)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

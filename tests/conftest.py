@@ -94,3 +94,14 @@ def tiny_image_folder(tmp_path: Path) -> Path:
 def tiny_config(tiny_image_folder: Path, tmp_path: Path) -> dict[str, Any]:
     """The tiny config dict on :func:`tiny_image_folder`, writing runs under ``tmp_path/runs``."""
     return tiny_config_dict(tiny_image_folder, tmp_path / "runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained bundle (the tiny CNN on 16x16 RGB shapes), made once per session. Treat it as read-only."""
+    from torchkiln import api
+
+    root = tmp_path_factory.mktemp("tiny-bundle")
+    cfg = tiny_config_dict(write_image_folder(root / "images"), root / "runs")
+    cfg["train"]["epochs"] = 3
+    return api.train(api.load_config(cfg)) / "bundle"

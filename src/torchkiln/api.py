@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -21,6 +21,9 @@ from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle
 from torchkiln.tasks.predictor import Predictor, load_predictor
 
+if TYPE_CHECKING:
+    from torchkiln.serve.settings import ServeSettings
+
 __all__ = [
     "EvalResult",
     "ExportResult",
@@ -30,6 +33,8 @@ __all__ = [
     "load_config",
     "load_predictor",
     "resolve",
+    "serve",
+    "serve_settings",
     "train",
 ]
 
@@ -164,3 +169,28 @@ def export(path: str | Path, **options: Any) -> ExportResult:
         what, fix = "The export options are invalid", "Fix the option; 'kiln export --help' lists them."
         raise ExportError(format_errors(exc, ExportOptions, what=what, fix=fix)) from None
     return export_bundle(path, opts)
+
+
+def serve_settings(config: str | Path | None = None, **values: Any) -> ServeSettings:
+    """Serve settings from ``values`` (e.g. ``models=[{"uri": ...}]``), ``KILN_SERVE_*`` and a YAML file.
+
+    Raises:
+        ServeError: a setting is unknown, unsafe or invalid; the message lists each problem.
+
+    Example:
+        >>> serve_settings(models=[{"uri": "runs/fashion/20261124-0800/bundle"}]).host
+        '127.0.0.1'
+    """
+    from torchkiln.serve.settings import load_settings
+
+    return load_settings(config, **values)
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the model server until SIGTERM or Ctrl-C (``kiln serve``); see :func:`serve_settings`.
+
+    For your own ASGI server or tests, build the app instead: ``torchkiln.serve.app.create_app(settings)``.
+    """
+    from torchkiln.serve.server import run
+
+    run(settings)

@@ -42,6 +42,10 @@ class ExportError(KilnError):
     """A model cannot be exported, quantized or pruned (unsupported operator, bad calibration data...)."""
 
 
+class ServeError(KilnError):
+    """The model server cannot start or serve as configured."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 1) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice (or ``n`` choices), or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

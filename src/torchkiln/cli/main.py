@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from torchkiln.cli.deploy import containerize_command
+from torchkiln.cli.registry import registry_app
 from torchkiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ config_app = typer.Typer(help="Inspect run configs.", no_args_is_help=True)
 datasets_app = typer.Typer(help="The built-in dataset catalog.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(registry_app, name="registry")
+app.command("containerize")(containerize_command)
 
 out = Console()
 err = Console(stderr=True)
@@ -235,6 +239,54 @@ def _export_table(result: ExportResult) -> Table:
             f"{b32['p50_ms']:.2f}",
         )
     return table
+
+
+@app.command()
+def serve(
+    uris: Annotated[
+        list[str] | None,
+        typer.Argument(help="Bundle folders or registry URIs (models:/NAME@champion); or use --config."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Serve settings YAML (docs/serving.md).")] = None,
+    name: Annotated[str | None, typer.Option(help="URL name of the (single) model.")] = None,
+    challenger: Annotated[str | None, typer.Option(help="A second model for A/B or shadow traffic.")] = None,
+    challenger_weight: Annotated[float, typer.Option(help="A/B share of request keys, 0 to 1.")] = 0.0,
+    shadow: Annotated[bool, typer.Option(help="Mirror requests to the challenger; never return it.")] = False,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes; more than 1 runs gunicorn.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Inputs per model call (default 32).")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill.")] = None,
+    log_url: Annotated[
+        str | None, typer.Option(help="Prediction log URL (SQLAlchemy); 'off' = none.")
+    ] = None,
+    registry_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
+) -> None:
+    """Serve models over HTTP: dynamic batching, A/B and shadow traffic, metrics and a prediction log."""
+    from torchkiln import api
+
+    models = None
+    if uris:
+        if len(uris) > 1 and (name or challenger):
+            err.print("error: --name and --challenger apply to one model; give one URI, or use --config.")
+            raise typer.Exit(code=2)
+        first = {"uri": uris[0], "name": name, "challenger": challenger, "shadow": shadow}
+        first["challenger_weight"] = challenger_weight
+        models = [{k: v for k, v in first.items() if v is not None}] + [{"uri": u} for u in uris[1:]]
+    values = {
+        "models": models, "host": host, "port": port, "workers": workers, "max_batch_size": max_batch_size,
+        "max_wait_ms": max_wait_ms, "registry_uri": registry_uri,
+    }  # fmt: skip
+    if log_url is not None:
+        values["log_url"] = None if log_url == "off" else log_url
+    try:
+        settings = api.serve_settings(config, **values)
+        err.print(
+            f"serving {', '.join(m.uri for m in settings.models)} on http://{settings.host}:{settings.port}"
+        )
+        api.serve(settings)
+    except KilnError as exc:
+        _fail(exc)
 
 
 @config_app.command("show")

@@ -152,10 +152,17 @@ def format_errors(
             lines.append(f"  - '{where}' is required but missing. Add it to the config.")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" Got {got!r}."
+            secret = any(w in where.lower() for w in ("token", "password", "secret"))  # never echo those
+            shown = "" if secret or isinstance(got, dict | list) else f" Got {_short_repr(got)}."
             lines.append(f"  - '{where}': {err['msg']}.{shown}")
     lines.append(fix)
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: a request body may hold megabytes of base64."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}...' ({len(text):,} characters)"
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

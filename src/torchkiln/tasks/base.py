@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -40,6 +41,14 @@ class PrimaryMetric:
     higher_is_better: bool = True
     scale: float = 100.0
     unit: str = "points"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one serving request may carry; the server fills it from its settings."""
+
+    max_items: int = 64
+    max_pixels: int = 4096 * 4096  # per image; a small PNG can decode to gigabytes
 
 
 @runtime_checkable
@@ -91,6 +100,27 @@ class Task(Protocol):
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         """Labels and preprocessing to store in the bundle (JSON-ready)."""
+        ...
+
+    # Serving. The server builds its endpoints from these, so it needs no per-task code.
+    request_schema: type[BaseModel]  # the JSON body of POST /v1/models/{name}/predict
+    response_schema: type[BaseModel]  # one answer per input, as ``postprocess`` returns it
+    upload_media: str | None  # what a multipart upload holds ("image/*"), or None if none is taken
+
+    def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[Any]:
+        """A validated JSON body -> raw inputs for ``preprocess``. Raises PredictError naming the item."""
+        ...
+
+    def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[Any]:
+        """Uploaded files (multipart) -> raw inputs for ``preprocess``; same checks as ``decode_request``."""
+        ...
+
+    def summarize_input(self, raw: Any, model_input: torch.Tensor) -> dict[str, Any]:
+        """A small JSON-ready description of one input for the prediction log and drift monitoring."""
+        ...
+
+    def example_request(self) -> dict[str, Any]:
+        """A real, valid JSON request body, shown in the OpenAPI docs."""
         ...
 
 

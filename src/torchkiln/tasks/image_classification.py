@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -18,7 +25,7 @@ from torchkiln.data.loader import build_augment, make_loader
 from torchkiln.errors import PredictError
 from torchkiln.models import Classifier, create_model
 from torchkiln.models.base import check_model
-from torchkiln.tasks.base import TASKS, ParamGroup, PrimaryMetric
+from torchkiln.tasks.base import TASKS, ParamGroup, PrimaryMetric, RequestLimits
 
 
 class ImageClassifierModel(nn.Module):
@@ -72,6 +79,85 @@ class MulticlassMetrics:
 
     def compute(self) -> dict[str, float]:
         return {"accuracy": self.correct.item() / max(self.count, 1)}
+
+
+def _example_png() -> str:
+    """A real 28x28 grayscale PNG (a bright square on dark noise), base64-encoded, for the API docs."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+    img[7:21, 7:21] = 230
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class ImagePredictRequest(BaseModel):
+    """Images as base64 strings: one in ``image`` or several in ``images``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL.")
+    images: list[str] | None = Field(None, description="Several image files, each as base64 or a data: URL.")
+    top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return per image.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ImagePredictRequest:
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of 'image' (a base64 string) or 'images' (a list of them)")
+        return self
+
+    @property
+    def encoded(self) -> list[str]:
+        return [self.image] if self.image is not None else list(self.images or [])
+
+
+class ClassScore(BaseModel):
+    label: str
+    score: float = Field(description="Softmax probability in [0, 1].")
+
+
+class ImagePrediction(BaseModel):
+    label: str = Field(description="The most likely class.")
+    score: float = Field(description="Its probability.")
+    top_k: list[ClassScore] = Field(description="The k most likely classes, most likely first.")
+
+
+def _decode_base64(text: str, index: int) -> bytes:
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            raise PredictError(
+                f"images[{index}] is a data: URL that is not base64 ('{head[:40]}'). "
+                f"Expected data:image/png;base64,... or plain base64."
+            )
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PredictError(
+            f"images[{index}] is not valid base64 ({exc}). Expected the image file's bytes in standard "
+            f"base64, e.g. base64.b64encode(open('x.png', 'rb').read()).decode()."
+        ) from None
+    if not raw:
+        raise PredictError(f"images[{index}] is empty. Expected the bytes of an image file.")
+    return raw
+
+
+def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
+    """Read only the header: refuse non-images and decompression bombs before decoding anything."""
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+    except Exception as exc:  # Pillow raises many types for foreign bytes
+        raise PredictError(
+            f"images[{index}] is not an image file Pillow can read ({type(exc).__name__}). "
+            f"Expected PNG, JPEG, BMP, GIF, TIFF or WebP bytes."
+        ) from None
+    if width * height > limits.max_pixels:
+        raise PredictError(
+            f"images[{index}] is {width}x{height} = {width * height:,} pixels, more than this server's "
+            f"limit of {limits.max_pixels:,}. Downscale it before sending; the model sees it resized anyway."
+        )
+    return raw
 
 
 def _absolute(path: str) -> str:
@@ -202,6 +288,32 @@ class ImageClassificationTask:
                 "std": d.std,
             },
         }
+
+    # Serving -------------------------------------------------------------------------------------
+    request_schema = ImagePredictRequest
+    response_schema = ImagePrediction
+    upload_media = "image/*"
+
+    def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[bytes]:
+        assert isinstance(request, ImagePredictRequest)
+        return [_check_image(_decode_base64(t, i), i, limits) for i, t in enumerate(request.encoded)]
+
+    def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:
+        return [_check_image(raw, i, limits) for i, raw in enumerate(files)]
+
+    def summarize_input(self, raw: Any, model_input: torch.Tensor) -> dict[str, Any]:
+        x = model_input.float()  # (C, S, S), the pixels the model saw
+        summary: dict[str, Any] = {
+            "mean": round(float(x.mean()), 3),
+            "std": round(float(x.std()), 3),
+            "channel_means": [round(float(m), 3) for m in x.mean(dim=(1, 2))],
+        }
+        if isinstance(raw, bytes):
+            summary |= {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+        return summary
+
+    def example_request(self) -> dict[str, Any]:
+        return {"images": [_example_png()], "top_k": 3}
 
 
 TASKS.add("image-classification", ImageClassificationTask(), summary="Images -> one of K classes")

@@ -30,19 +30,34 @@ class Predictor:
     def labels(self) -> list[str]:
         return list(self.bundle.meta.get("labels") or [])
 
+    @property
+    def version(self) -> str:
+        """A short content version: the first 12 hex digits of the model file's SHA-256."""
+        return str(self.bundle.meta.get("weights_sha256") or "unknown")[:12]
+
+    def preprocess(self, inputs: Sequence[Any]) -> torch.Tensor:
+        """Raw inputs -> the model's input batch, exactly as in training (on the CPU)."""
+        return self.bundle.task.preprocess(self.bundle.config, inputs)
+
     @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One model call on a preprocessed batch."""
+        return self.model(x.to(self.device))
+
+    def postprocess(self, outputs: torch.Tensor, *, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Model outputs -> one JSON-ready answer per input; ``top_k`` defaults to ``task.top_k``."""
+        cfg = self.bundle.config
+        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or cfg.task.top_k)
+
     def predict(self, inputs: Sequence[Any], *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Preprocess, run the model in batches, and return one answer per input.
 
         ``top_k`` defaults to the config's ``task.top_k``.
         """
-        cfg, task = self.bundle.config, self.bundle.task
-        top_k = top_k or cfg.task.top_k
         out: list[dict[str, Any]] = []
         for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
-            chunk = inputs[start : start + self.batch_size]
-            x = task.preprocess(cfg, chunk).to(self.device)
-            out += task.postprocess(cfg, self.model(x), top_k=top_k)
+            x = self.preprocess(inputs[start : start + self.batch_size])
+            out += self.postprocess(self.forward(x), top_k=top_k)
         return out
 
 

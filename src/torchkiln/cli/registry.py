@@ -1,0 +1,106 @@
+"""`kiln registry`: thin wrappers over :mod:`torchkiln.serve.registry` (the MLflow Model Registry)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from torchkiln.errors import KilnError
+
+registry_app = typer.Typer(
+    help="Register bundles as model versions and point the champion/challenger aliases `kiln serve` loads.",
+    no_args_is_help=True,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="The MLflow registry (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
+    ),
+]
+
+
+class Alias(StrEnum):
+    champion = "champion"
+    challenger = "challenger"
+
+
+def _fail(exc: KilnError) -> None:
+    from torchkiln.cli.main import _fail  # imported when used: cli.main mounts this app
+
+    _fail(exc)
+
+
+@registry_app.command()
+def register(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder or a run directory.")],
+    name: Annotated[str, typer.Option("--name", help="The registered model (created on first use).")],
+    alias: Annotated[Alias | None, typer.Option(help="Also point this alias at the new version.")] = None,
+    tracking_uri: TrackingUriOpt = None,
+) -> None:
+    """Log a bundle to MLflow and register it as a new version. The last line is models:/NAME/VERSION."""
+    from torchkiln.serve.registry import register_bundle
+
+    try:
+        info = register_bundle(
+            bundle, name=name, alias=alias.value if alias else None, tracking_uri=tracking_uri
+        )
+    except KilnError as exc:
+        _fail(exc)
+    aliases = f" ({', '.join(info.aliases)})" if info.aliases else ""
+    err.print(f"registered {info.source} as {info.name} version {info.version}{aliases}", soft_wrap=True)
+    print(f"models:/{info.name}/{info.version}")
+
+
+@registry_app.command("list")
+def list_(
+    name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
+    tracking_uri: TrackingUriOpt = None,
+) -> None:
+    """Show the registered versions with their aliases."""
+    from torchkiln.serve.registry import list_versions, registry_uri
+
+    try:
+        versions = list_versions(name, tracking_uri=tracking_uri)
+    except KilnError as exc:
+        _fail(exc)
+    if not versions:
+        err.print(
+            f"no registered models in {registry_uri(tracking_uri)}. "
+            f"Register one with: kiln registry register BUNDLE --name NAME",
+            soft_wrap=True,
+        )
+        return
+    table = Table(title=f"registry: {registry_uri(tracking_uri)}")
+    for col in ("name", "version", "aliases", "task", "runtime", "created (UTC)", "source"):
+        table.add_column(col, justify="right" if col == "version" else "left", overflow="fold")
+    for v in versions:
+        created = v.created.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(v.name, v.version, ", ".join(v.aliases), v.task, v.runtime, created, v.source)
+    Console(width=max(out.width, 140)).print(table)  # wide enough that paths stay readable
+
+
+@registry_app.command("alias")
+def alias_(
+    name: Annotated[str, typer.Argument(help="The registered model.")],
+    version: Annotated[int, typer.Argument(min=1, help="The version to point the alias at.")],
+    alias: Annotated[Alias, typer.Argument(help="champion or challenger.")],
+    tracking_uri: TrackingUriOpt = None,
+) -> None:
+    """Point champion or challenger at a version; a running `kiln serve` picks the change up."""
+    from torchkiln.serve.registry import set_alias
+
+    try:
+        set_alias(name, version, alias.value, tracking_uri=tracking_uri)
+    except KilnError as exc:
+        _fail(exc)
+    print(f"models:/{name}@{alias.value} -> version {version}")

@@ -1,0 +1,1 @@
+"""Serving: the model server, its registry, prediction log and deployment files."""

@@ -1,0 +1,241 @@
+"""``create_app(settings)``: the FastAPI model server. Nothing happens at import time.
+
+The lifespan opens the prediction log, then loads the models in the background (``/livez`` answers
+at once, ``/readyz`` once every model is loaded). On shutdown (SIGTERM) uvicorn stops accepting,
+finishes the requests in flight, and then the lifespan drains the batchers and flushes the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from torchkiln import __version__
+from torchkiln.serve.deployments import ModelManager
+from torchkiln.serve.metrics import ServeMetrics
+from torchkiln.serve.predlog import PredictionLog
+from torchkiln.serve.schemas import request_schemas
+from torchkiln.serve.settings import ServeSettings
+
+log = logging.getLogger("torchkiln.serve")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+
+@dataclass
+class ServerState:
+    """What the routes share. One per app; reached through ``request.app.state.kiln``."""
+
+    settings: ServeSettings
+    manager: ModelManager
+    metrics: ServeMetrics | None
+    predlog: PredictionLog | None
+    draining: bool = False
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # shadow calls in flight
+
+
+class ApiError(Exception):
+    """An error answer: status, kind and a message that says what to do."""
+
+    def __init__(self, status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
+
+
+def error_response(
+    status: int, kind: str, detail: str, request_id: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"detail": detail, "type": kind, "request_id": request_id}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class LimitsAndMetrics:
+    """ASGI middleware: the body-size cap (413) and the request counter and latency histogram.
+
+    The body is read here once (at most ``max_body_bytes``), so chunked uploads are capped too. Latency
+    stops when the response has been sent: shadow calls that run after it are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int, metrics: ServeMetrics | None) -> None:
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status, done = time.perf_counter(), [500], [0.0]
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                done[0] = time.perf_counter()
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_capped(scope, receive)
+                if body is None:
+                    await self._too_large(send_and_watch)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            if self.metrics is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                state = scope.get("state") or {}
+                model, version = state.get("kiln_model", ""), state.get("kiln_version", "")
+                self.metrics.requests.labels(model, version, route, str(status[0])).inc()
+                self.metrics.latency.labels(model, route).observe((done[0] or time.perf_counter()) - start)
+
+    async def _read_capped(self, scope: Scope, receive: Callable[[], Awaitable[Message]]) -> bytes | None:
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return None
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; the route sees an empty body
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_body:
+                return None
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+    async def _too_large(self, send: Callable[[Message], Awaitable[None]]) -> None:
+        detail = (
+            f"The request body is larger than this server's limit of {self.max_body:,} bytes. Send fewer or "
+            f"smaller inputs per request (downscale images), or raise max_body_bytes."
+        )
+        body = json.dumps({"detail": detail, "type": "body_too_large", "request_id": None}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send(
+            {"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect, when it comes
+
+    return replay
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Build the server app for ``settings``; models load when it starts, not here.
+
+    Example:
+        >>> app = create_app(load_settings(models=[{"uri": "runs/fashion/latest/bundle"}]))
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    from torchkiln.serve.routes import router
+
+    metrics = ServeMetrics() if settings.metrics else None
+    predlog = PredictionLog(settings.log_url) if settings.log_url else None
+    state = ServerState(settings, ModelManager(settings, metrics), metrics, predlog)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if predlog is not None:
+            await asyncio.to_thread(predlog.start)
+        tasks = [asyncio.create_task(state.manager.load_all())]
+        if settings.registry_poll_s > 0:
+            tasks.append(asyncio.create_task(state.manager.poll()))
+        try:
+            yield
+        finally:
+            state.draining = True
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if state.background:
+                await asyncio.wait(state.background, timeout=settings.shutdown_timeout_s)
+            await state.manager.stop()
+            if predlog is not None:
+                await asyncio.to_thread(predlog.close, settings.shutdown_timeout_s)
+
+    app = FastAPI(
+        title="torchkiln model server",
+        version=__version__,
+        description="Predictions from torchkiln bundles, with dynamic batching. See docs/serving.md.",
+        lifespan=lifespan,
+    )
+    app.state.kiln = state
+    app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
+    app.openapi = lambda: _openapi(app, list(state.manager.deployments))  # type: ignore[method-assign]
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        rid = getattr(request.state, "kiln_request_id", None)
+        return error_response(exc.status, exc.kind, exc.detail, rid, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(422, "invalid_input", f"The request is invalid: {problems}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route {request.method} {request.url.path}. See /docs for the API."
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}. See /docs for the API."
+        return error_response(exc.status_code, "http_error", detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unexpected error on %s %s", request.method, request.url.path)
+        rid = getattr(request.state, "kiln_request_id", None)
+        return error_response(
+            500, "internal_error", f"Internal error ({type(exc).__name__}); see the server log.", rid
+        )
+
+
+def _openapi(app: FastAPI, names: list[str]) -> dict[str, Any]:
+    """The generated schema plus what FastAPI cannot infer: model names and per-task request bodies."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, body in request_schemas().items():
+        components[name] = body
+    for path, ops in schema["paths"].items():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if path.startswith("/v1/models/{name}") and param["name"] == "name":
+                    param["schema"] = {"type": "string", "enum": names, "title": "Name"}
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,285 @@
+"""Served models: loading (bundle folders or registry URIs), A/B and shadow routing, and hot reload.
+
+A :class:`Deployment` is one URL name (``/v1/models/{name}``) with a champion and optionally a
+challenger. A reload loads the new version beside the old one, warms it up on the task's example
+request, and only then swaps it in with one assignment on the event loop, so requests see either the
+old model or the new one, never a half-loaded one. If the load fails the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchkiln.config import load_config
+from torchkiln.errors import KilnError
+from torchkiln.serve.batching import DynamicBatcher
+from torchkiln.serve.metrics import ServeMetrics
+from torchkiln.serve.settings import ModelSpec, ServeSettings
+from torchkiln.tasks.base import RequestLimits
+from torchkiln.tasks.predictor import Predictor, load_predictor
+
+log = logging.getLogger("torchkiln.serve")
+REGISTRY_SCHEME = "models:/"
+
+
+def default_name(spec: ModelSpec) -> str:
+    """The URL name: as given, else the registry model's name, else the bundle's run name (+ variant)."""
+    if spec.name:
+        return spec.name
+    if spec.uri.startswith(REGISTRY_SCHEME):
+        return spec.uri[len(REGISTRY_SCHEME) :].split("@")[0].split("/")[0]
+    path = Path(spec.uri).resolve()
+    if path.is_dir() and not (path / "config.yaml").is_file() and (path / "bundle").is_dir():
+        path = path / "bundle"  # a run directory
+    try:
+        run_name = load_config(path / "config.yaml").run_name
+    except KilnError:
+        run_name = path.parent.name  # the load will report what is wrong with the bundle
+    return model_name(run_name, path.name)
+
+
+def model_name(run_name: str, bundle_dir: str) -> str:
+    """``digits-cnn`` for a trained bundle, ``digits-cnn-onnx-int8`` for ``bundle-onnx-int8``."""
+    suffix = bundle_dir.removeprefix("bundle-") if bundle_dir.startswith("bundle-") else ""
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{run_name}-{suffix}".lower()).strip("-")
+    return slug[:63].rstrip("-") or "model"
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version with its own batcher (and so its own model thread)."""
+
+    arm: str  # "champion" or "challenger"
+    uri: str
+    version: str
+    predictor: Predictor
+    batcher: DynamicBatcher
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def task(self) -> Any:
+        return self.predictor.bundle.task
+
+    @property
+    def runtime(self) -> str:
+        return str(self.predictor.bundle.meta.get("runtime", "torch"))
+
+
+@dataclass
+class LoadedVersion:
+    predictor: Predictor
+    version: str
+
+
+def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> LoadedVersion:
+    """Resolve ``uri``, load the bundle and run the task's example request once (blocking: call in a thread).
+
+    Raises:
+        KilnError: the URI does not resolve or the bundle is broken (BundleError, ServeError, ...).
+    """
+    if uri.startswith(REGISTRY_SCHEME):
+        from torchkiln.serve.registry import resolve_model_uri
+
+        resolved = resolve_model_uri(uri, tracking_uri=settings.registry_uri)
+        predictor, version = load_predictor(resolved.path), resolved.version
+    else:
+        predictor = load_predictor(uri)
+        version = predictor.version
+    task = predictor.bundle.task
+    example = task.request_schema.model_validate(task.example_request())
+    predictor.postprocess(
+        predictor.forward(predictor.preprocess(task.decode_request(example, limits=limits)))
+    )
+    return LoadedVersion(predictor, version)
+
+
+def make_runner(predictor: Predictor):
+    """The batch function for a predictor: one model call for all requests, then per-request answers."""
+
+    def run(xs: Sequence[torch.Tensor], options: Sequence[Any]) -> list[list[dict[str, Any]]]:
+        outputs = predictor.forward(torch.cat(list(xs)))  # (sum n, ...)
+        answers, start = [], 0
+        for x, top_k in zip(xs, options, strict=True):
+            answers.append(predictor.postprocess(outputs[start : start + len(x)], top_k=top_k))
+            start += len(x)
+        return answers
+
+    return run
+
+
+class Deployment:
+    """One served name: champion, optional challenger, traffic rule, and the last reload problem."""
+
+    def __init__(self, name: str, spec: ModelSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.models: dict[str, ServedModel] = {}  # arm -> model
+        self.errors: dict[str, str] = {}  # arm -> the last load failure, cleared by a good load
+        self.lock = asyncio.Lock()  # one reload at a time per deployment
+
+    @property
+    def arms(self) -> dict[str, str]:
+        """arm -> URI to load."""
+        out = {"champion": self.spec.uri}
+        if self.spec.challenger:
+            out["challenger"] = self.spec.challenger
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return all(arm in self.models for arm in self.arms)
+
+    def pick(self, key: str) -> ServedModel:
+        """The model that answers this request key: sticky, because it hashes the key."""
+        challenger = self.models.get("challenger")
+        weight = self.spec.challenger_weight
+        if challenger is not None and weight > 0:
+            bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+            if bucket < weight:
+                return challenger
+        return self.models["champion"]
+
+    @property
+    def shadow(self) -> ServedModel | None:
+        return self.models.get("challenger") if self.spec.shadow else None
+
+    def traffic(self) -> dict[str, float | bool]:
+        w = self.spec.challenger_weight if self.spec.challenger else 0.0
+        out: dict[str, float | bool] = {"champion": 1.0 - w}
+        if self.spec.challenger:
+            out |= {"challenger": w, "shadow": self.spec.shadow}
+        return out
+
+
+class ModelManager:
+    """Loads, swaps and unloads every deployment of an app."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServeMetrics | None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = RequestLimits(max_items=settings.max_items, max_pixels=settings.max_image_pixels)
+        self.deployments = {default_name(s): Deployment(default_name(s), s) for s in settings.models}
+        self.loading_done = False
+
+    @property
+    def ready(self) -> bool:
+        return all(d.ready for d in self.deployments.values())
+
+    async def load_all(self) -> None:
+        await asyncio.gather(*(self.reload(d, force=True) for d in self.deployments.values()))
+        self.loading_done = True
+
+    async def reload(self, dep: Deployment, *, force: bool) -> dict[str, str]:
+        """(Re)load each arm; with ``force=False`` only arms whose version changed. Returns arm -> outcome."""
+        outcomes: dict[str, str] = {}
+        async with dep.lock:
+            for arm, uri in dep.arms.items():
+                current = dep.models.get(arm)
+                if not force and current is not None:
+                    try:
+                        changed = await self._changed(uri, current.version)
+                    except Exception as exc:  # the registry is down: keep serving, say so
+                        dep.errors[arm] = f"checking {uri}: {type(exc).__name__}: {exc}"
+                        outcomes[arm] = f"failed: {exc}"
+                        continue
+                    if not changed:
+                        outcomes[arm] = f"unchanged ({current.version})"
+                        continue
+                outcomes[arm] = await self._swap(dep, arm, uri)
+        return outcomes
+
+    async def _changed(self, uri: str, version: str) -> bool:
+        if not uri.startswith(REGISTRY_SCHEME) or "@" not in uri:
+            return False  # a folder or a fixed version: only a forced reload reloads it
+        from torchkiln.serve.registry import current_version
+
+        name, alias = uri[len(REGISTRY_SCHEME) :].split("@", 1)
+        latest = await asyncio.to_thread(
+            current_version, name, alias, tracking_uri=self.settings.registry_uri
+        )
+        return latest != version
+
+    async def _swap(self, dep: Deployment, arm: str, uri: str) -> str:
+        start = time.perf_counter()
+        try:
+            loaded = await asyncio.to_thread(load_version, uri, self.settings, self.limits)
+        except Exception as exc:  # any failure: keep the old model serving, report it
+            message = f"{type(exc).__name__}: {exc}"
+            dep.errors[arm] = f"{datetime.now(UTC).isoformat(timespec='seconds')} loading {uri}: {message}"
+            if self.metrics is not None:
+                self.metrics.reload_failures.labels(dep.name).inc()
+            log.error(
+                "Loading %s for '%s' (%s) failed; the previous version keeps serving: %s",
+                uri,
+                dep.name,
+                arm,
+                message,
+            )
+            return f"failed: {message}"
+        model = ServedModel(arm, uri, loaded.version, loaded.predictor, self._batcher(dep.name, arm, loaded))
+        model.batcher.start()
+        old = dep.models.get(arm)
+        dep.models[arm] = model  # the atomic swap: the next request sees the new version
+        dep.errors.pop(arm, None)
+        if self.metrics is not None:
+            if old is not None:
+                self.metrics.model_info.remove(dep.name, arm, old.version, old.task.kind, old.runtime)
+            self.metrics.model_info.labels(dep.name, arm, model.version, model.task.kind, model.runtime).set(
+                1
+            )
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.batcher.stop(self.settings.shutdown_timeout_s))
+        log.info(
+            "'%s' %s now serves version %s (%s, loaded in %.2f s)",
+            dep.name,
+            arm,
+            model.version,
+            uri,
+            time.perf_counter() - start,
+        )
+        return f"loaded {model.version}"
+
+    def _batcher(self, name: str, arm: str, loaded: LoadedVersion) -> DynamicBatcher:
+        metrics, version = self.metrics, loaded.version
+
+        def on_batch(size: int, seconds: float) -> None:
+            if metrics is not None:
+                metrics.batch_size.labels(name, version).observe(size)
+                metrics.model_seconds.labels(name, version).observe(seconds)
+
+        s = self.settings
+        return DynamicBatcher(
+            make_runner(loaded.predictor),
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_wait_ms / 1000,
+            max_queue=s.max_queue,
+            name=f"{name}-{arm}",
+            on_batch=on_batch,
+        )
+
+    async def poll(self) -> None:
+        """Reload any arm whose registry alias moved, every ``registry_poll_s`` seconds."""
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            for dep in self.deployments.values():
+                await self.reload(dep, force=False)
+
+    async def stop(self) -> None:
+        await asyncio.gather(
+            *(
+                m.batcher.stop(self.settings.shutdown_timeout_s)
+                for d in self.deployments.values()
+                for m in d.models.values()
+            )
+        )

@@ -1,0 +1,442 @@
+"""The server's endpoints. Request bodies are validated against the serving task's own schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from torchkiln.config.loader import format_errors
+from torchkiln.errors import KilnError
+from torchkiln.serve.app import ApiError, ServerState
+from torchkiln.serve.batching import QueueFullError
+from torchkiln.serve.deployments import Deployment, ServedModel
+from torchkiln.serve.predlog import PredictionRecord
+from torchkiln.serve.schemas import (
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    ReloadResult,
+    ServedVersion,
+    predict_response_model,
+    request_schemas,
+)
+from torchkiln.tasks.base import RequestLimits
+
+router = APIRouter()
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.kiln
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+@router.get("/livez", response_model=Health, tags=["health"])
+async def livez() -> Health:
+    """The process is up and its event loop answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+async def readyz(state: StateDep) -> Any:
+    """Ready when every model is loaded; 503 while loading, after a failed first load, or when draining."""
+    manager = state.manager
+    if state.draining:
+        return JSONResponse(Health(status="draining").model_dump(), status_code=503)
+    if manager.ready:
+        return Health(status="ready")
+    problems = "; ".join(
+        f"{d.name}/{arm}: {e}" for d in manager.deployments.values() for arm, e in d.errors.items()
+    )
+    status = "failed" if manager.loading_done else "loading"
+    return JSONResponse(Health(status=status, detail=problems or None).model_dump(), status_code=503)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"])
+async def list_models(state: StateDep) -> ModelList:
+    """The served models: versions per arm, task, input schema, traffic split and reload problems."""
+    return ModelList(models=[_info(d) for d in state.manager.deployments.values()])
+
+
+def _info(dep: Deployment) -> ModelInfo:
+    champion = dep.models.get("champion")
+    task = champion.task if champion else None
+    return ModelInfo(
+        name=dep.name,
+        task=task.kind if task else None,
+        ready=dep.ready,
+        versions=[
+            ServedVersion(arm=m.arm, version=m.version, uri=m.uri, runtime=m.runtime, loaded_at=m.loaded_at)  # type: ignore[arg-type]
+            for m in dep.models.values()
+        ],
+        traffic=dep.traffic(),
+        labels=champion.predictor.labels or None if champion else None,
+        input_schema=task.request_schema.model_json_schema() if task else None,
+        errors=dict(dep.errors),
+    )
+
+
+def _predict_openapi() -> dict[str, Any]:
+    schemas = request_schemas()
+    json_schema = (
+        {"$ref": f"#/components/schemas/{next(iter(schemas))}"}
+        if len(schemas) == 1
+        else {"oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in schemas]}
+    )
+    from torchkiln.tasks.base import TASKS
+
+    examples = {e.name: {"summary": e.summary, "value": e.obj.example_request()} for e in TASKS}
+    upload = {
+        "type": "object",
+        "properties": {
+            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        "required": ["images"],
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema, "examples": examples},
+                "multipart/form-data": {"schema": upload},
+            },
+        }
+    }
+
+
+@router.post(
+    PREDICT_ROUTE,
+    response_model=predict_response_model(),
+    responses=_errors(404, 413, 415, 422, 429, 503, 504),
+    openapi_extra=_predict_openapi(),
+    tags=["predict"],
+)
+async def predict(
+    name: str,
+    request: Request,
+    state: StateDep,
+    background: BackgroundTasks,
+    x_request_key: Annotated[str | None, Header(max_length=256, description="Sticky A/B key")] = None,
+) -> Response:
+    """Predict for one or more inputs. JSON (the task's schema) or multipart uploads.
+
+    The answer says which model version answered. With an A/B split, the same ``X-Request-Key`` always
+    goes to the same arm.
+    """
+    rid = request.headers.get("x-request-id") or ""
+    rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
+    request.state.kiln_request_id = rid
+    dep = _deployment(state, name)
+    model = dep.pick(x_request_key or rid)
+    request.state.kiln_model, request.state.kiln_version = dep.name, model.version
+    start = time.perf_counter()
+    body = await request.body()
+    inputs = await _parse(request, body, model, state)
+    answers = await _call(state, dep, model, inputs)
+    headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
+    response = JSONResponse(
+        {
+            "model": dep.name,
+            "version": model.version,
+            "arm": model.arm,
+            "request_id": rid,
+            "predictions": answers,
+        },
+        headers=headers,
+    )
+    latency_ms = (time.perf_counter() - start) * 1000
+    _record(state, dep, model, rid, request.url.path, body, inputs, answers, latency_ms, shadow=False)
+    shadow = dep.shadow
+    if shadow is not None and not state.draining:
+        background.add_task(_mirror, state, dep, shadow, rid, request.url.path, inputs)
+    return response
+
+
+def _deployment(state: ServerState, name: str) -> Deployment:
+    dep = state.manager.deployments.get(name)
+    if dep is None:
+        known = ", ".join(sorted(state.manager.deployments))
+        raise ApiError(404, "unknown_model", f"No model named '{name}' is served here. Served: {known}.")
+    if state.draining:
+        raise ApiError(
+            503, "draining", "The server is shutting down. Retry on another replica.", {"Retry-After": "1"}
+        )
+    if "champion" not in dep.models:
+        raise ApiError(
+            503,
+            "not_ready",
+            f"Model '{name}' is not loaded yet. Poll /readyz and retry.",
+            {"Retry-After": "1"},
+        )
+    return dep
+
+
+@dataclass
+class Inputs:
+    raw: list[Any]
+    x: torch.Tensor  # (n, ...) preprocessed, exactly as in training
+    summary: list[dict[str, Any]]  # one per input, for the prediction log
+    top_k: int | None
+    media: str
+
+
+async def _parse(request: Request, body: bytes, model: ServedModel, state: ServerState) -> Inputs:
+    task, limits = model.task, state.manager.limits
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return await run_in_threadpool(_json_inputs, body, model, limits, media)
+    if media == "multipart/form-data" and task.upload_media:
+        files, top_k = await _from_form(request, limits)
+        raw = await run_in_threadpool(_checked, task.decode_uploads, files, limits)
+        return await run_in_threadpool(_preprocess, model, raw, top_k, media)
+    accepted = "application/json" + (" or multipart/form-data" if task.upload_media else "")
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type '{media or '(none)'}' is not accepted. Send {accepted}; see the example in /docs.",
+    )
+
+
+def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: str) -> Inputs:
+    task = model.task
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            422, "invalid_json", f"The body is not valid JSON ({exc}). Example: see /docs."
+        ) from None
+    try:
+        parsed = task.request_schema.model_validate(data)
+    except ValidationError as exc:
+        fix = f"Expected a JSON object like {json.dumps(_shape(task.example_request()))}."
+        detail = format_errors(exc, task.request_schema, what="The request body is invalid", fix=fix)
+        raise ApiError(422, "invalid_input", detail) from None
+    raw = _checked(task.decode_request, parsed, limits)
+    return _preprocess(model, raw, getattr(parsed, "top_k", None), media)
+
+
+def _shape(example: dict[str, Any]) -> dict[str, Any]:
+    """The example with long strings cut, for error messages."""
+    return {
+        k: ([f"{v[0][:12]}..."] if isinstance(v, list) and v and isinstance(v[0], str) else v)
+        for k, v in example.items()
+    }
+
+
+async def _from_form(request: Request, limits: RequestLimits) -> tuple[list[bytes], int | None]:
+    try:
+        form = await request.form(max_files=limits.max_items + 1, max_fields=16)
+    except MultiPartException as exc:
+        raise ApiError(422, "invalid_multipart", f"The multipart body cannot be read: {exc}.") from None
+    files = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    _check_count(len(files), limits)
+    top_k = form.get("top_k")
+    try:
+        k = int(top_k) if isinstance(top_k, str) else None
+    except ValueError:
+        k = 0
+    if k is not None and not 1 <= k <= 1000:
+        raise ApiError(422, "invalid_input", f"top_k must be an integer from 1 to 1000, got {top_k!r}.")
+    return files, k
+
+
+def _check_count(n: int, limits: RequestLimits) -> None:
+    if n == 0:
+        raise ApiError(
+            422,
+            "empty_input",
+            "The request has no inputs. Send at least one (JSON: a non-empty list; multipart: a file part).",
+        )
+    if n > limits.max_items:
+        raise ApiError(
+            422,
+            "too_many_items",
+            f"The request has {n} inputs; this server takes at most {limits.max_items} per request. "
+            f"Split it into several requests.",
+        )
+
+
+def _checked(decode: Any, data: Any, limits: RequestLimits) -> list[Any]:
+    try:
+        raw = decode(data, limits=limits)
+    except KilnError as exc:
+        raise ApiError(422, "invalid_input", str(exc)) from None
+    _check_count(len(raw), limits)
+    return raw
+
+
+def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: str) -> Inputs:
+    items = []
+    for i, item in enumerate(raw):
+        try:
+            items.append(model.predictor.preprocess([item]))
+        except KilnError as exc:
+            raise ApiError(422, "invalid_input", f"Input {i}: {exc}") from None
+    x = torch.cat(items)
+    summary = [model.task.summarize_input(r, xi) for r, xi in zip(raw, x, strict=True)]
+    return Inputs(raw, x, summary, top_k, media)
+
+
+async def _call(
+    state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs
+) -> list[dict[str, Any]]:
+    metrics, timeout = state.metrics, state.settings.request_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            answers = await model.batcher.submit(inputs.x, inputs.top_k)
+    except QueueFullError as exc:
+        if metrics is not None:
+            metrics.rejected.labels(dep.name, "queue_full").inc()
+        raise ApiError(
+            429,
+            "queue_full",
+            f"Model '{dep.name}' has {model.batcher.max_queue} requests waiting, its limit. Retry after the "
+            f"Retry-After seconds, or add replicas.",
+            {"Retry-After": str(math.ceil(exc.retry_after_s))},
+        ) from None
+    except TimeoutError:
+        if metrics is not None:
+            metrics.rejected.labels(dep.name, "timeout").inc()
+        raise ApiError(
+            504,
+            "timeout",
+            f"The prediction took longer than this server's request_timeout_s of {timeout:g} s. Retry, send "
+            f"fewer inputs, or add replicas.",
+        ) from None
+    if metrics is not None:
+        for answer in answers:
+            if "label" in answer:
+                metrics.predicted.labels(dep.name, model.version, str(answer["label"])).inc()
+    return answers
+
+
+def _record(
+    state: ServerState,
+    dep: Deployment,
+    model: ServedModel,
+    rid: str,
+    path: str,
+    body: bytes | None,
+    inputs: Inputs,
+    answers: list[dict[str, Any]],
+    latency_ms: float,
+    *,
+    shadow: bool,
+) -> None:
+    if state.predlog is None:
+        return
+    sampled = body is not None and random.random() < state.settings.log_payload_sample_rate
+    state.predlog.log(
+        PredictionRecord(
+            request_id=rid,
+            time=datetime.now(UTC),
+            model=dep.name,
+            version=model.version,
+            arm=model.arm,
+            shadow=shadow,
+            latency_ms=latency_ms,
+            route=path,
+            items=len(answers),
+            outputs=answers,
+            input_summary=inputs.summary,
+            payload=body if sampled else None,
+            payload_type=inputs.media if sampled else None,
+        )
+    )
+
+
+async def _mirror(
+    state: ServerState, dep: Deployment, shadow: ServedModel, rid: str, path: str, inputs: Inputs
+) -> None:
+    """Send a copy to the challenger after the response went out; log its answer, never return it."""
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(state.settings.request_timeout_s):
+            answers = await shadow.batcher.submit(inputs.x, inputs.top_k)
+    except (QueueFullError, TimeoutError, RuntimeError):
+        if state.metrics is not None:
+            state.metrics.shadow_dropped.labels(dep.name).inc()
+        return
+    latency_ms = (time.perf_counter() - start) * 1000
+    _record(state, dep, shadow, rid, path, None, inputs, answers, latency_ms, shadow=True)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(state: StateDep) -> Response:
+    if state.metrics is None:
+        raise ApiError(404, "metrics_off", "Metrics are off (metrics: false in the serve settings).")
+    for dep in state.manager.deployments.values():
+        for arm, model in dep.models.items():
+            state.metrics.queue_depth.labels(dep.name, arm).set(model.batcher.depth)
+    if state.predlog is not None:
+        state.metrics.log_pending.set(state.predlog.stats.pending)
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer-token check in constant time; with no token configured the admin endpoints are off."""
+    token = state.settings.admin_token
+    if token is None:
+        raise ApiError(
+            404,
+            "admin_off",
+            "Admin endpoints are off: no admin token is configured. Set KILN_SERVE_ADMIN_TOKEN.",
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "This endpoint needs 'Authorization: Bearer <admin token>'.",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise ApiError(403, "forbidden", "The admin token is wrong.")
+
+
+@router.post(
+    "/admin/reload",
+    response_model=ReloadResult,
+    responses=_errors(401, 403, 404),
+    dependencies=[Depends(require_admin)],
+    tags=["admin"],
+)
+async def reload(
+    state: StateDep,
+    model: Annotated[str | None, Query(description="Reload only this model; default: all.")] = None,
+    force: Annotated[bool, Query(description="Reload even if the registry version did not change.")] = True,
+) -> ReloadResult:
+    """Load each model's current version beside the old one, then swap; a failed load keeps the old one."""
+    deps = state.manager.deployments
+    if model is not None and model not in deps:
+        raise ApiError(404, "unknown_model", f"No model named '{model}'. Served: {', '.join(sorted(deps))}.")
+    chosen = [deps[model]] if model else list(deps.values())
+    results = await asyncio.gather(*(state.manager.reload(d, force=force) for d in chosen))
+    return ReloadResult(results={d.name: r for d, r in zip(chosen, results, strict=True)})

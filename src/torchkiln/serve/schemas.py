@@ -1,0 +1,73 @@
+"""The HTTP API's schema families. Per-task request and response items come from the task registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, Field, create_model
+
+from torchkiln.tasks.base import TASKS
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers with: what happened, what was expected, how to fix it."""
+
+    detail: str
+    type: str = Field(description="A stable machine-readable kind, e.g. 'invalid_input' or 'queue_full'.")
+    request_id: str | None = None
+
+
+class ServedVersion(BaseModel):
+    arm: Literal["champion", "challenger"]
+    version: str
+    uri: str
+    runtime: str
+    loaded_at: datetime
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str | None = Field(description="The task kind; null until a version has loaded.")
+    ready: bool
+    versions: list[ServedVersion]
+    traffic: dict[str, float | bool] = Field(description="champion/challenger shares, and shadow on/off.")
+    labels: list[str] | None = None
+    input_schema: dict[str, Any] | None = Field(description="JSON schema of the predict request body.")
+    errors: dict[str, str] = Field(description="The last failed load per arm; the old version kept serving.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "loading", "failed", "draining"]
+    detail: str | None = None
+
+
+class ReloadResult(BaseModel):
+    results: dict[str, dict[str, str]] = Field(description="model -> arm -> outcome")
+
+
+@cache
+def predict_response_model() -> type[BaseModel]:
+    """``PredictResponse``: its ``predictions`` items are the union of every registered task's item schema."""
+    items = tuple(entry.obj.response_schema for entry in TASKS)
+    item_type: Any = items[0] if len(items) == 1 else Union[items]  # noqa: UP007 - a runtime tuple
+    return create_model(
+        "PredictResponse",
+        model=(str, Field(description="The served name that answered.")),
+        version=(str, Field(description="The model version that answered.")),
+        arm=(Literal["champion", "challenger"], Field(description="Which A/B arm answered.")),
+        request_id=(str, ...),
+        predictions=(list[item_type], Field(description="One answer per input, in input order.")),
+    )
+
+
+def request_schemas() -> dict[str, dict[str, Any]]:
+    """Component name -> JSON schema, for every registered task's predict request."""
+    return {
+        entry.obj.request_schema.__name__: entry.obj.request_schema.model_json_schema() for entry in TASKS
+    }

@@ -1,0 +1,454 @@
+"""The server app in-process: predictions, every refusal with its exact message, traffic, reload, metrics.
+
+Requests go through httpx's ASGI transport inside the app's real lifespan, so batching, the model
+threads and the prediction log all run as in production; only the sockets are left out (the e2e tests
+cover those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import load_file, save_file
+
+from torchkiln import load_predictor
+from torchkiln.serve.app import create_app
+from torchkiln.serve.predlog import read_predictions
+from torchkiln.serve.settings import load_settings
+from torchkiln.tasks.predictor import Predictor
+
+TOKEN = "a-test-admin-token-0123456789"
+URL = "/v1/models/shapes/predict"
+
+
+def png(seed: int = 0, size: int = 16) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    img[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 230
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def variant_bundle(src: Path, dst: Path, seed: int) -> Path:
+    """A copy of ``src`` with perturbed weights: another version of the same model."""
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    gen = torch.Generator().manual_seed(seed)
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+    save_file(state, dst / "model.safetensors")
+    meta = json.loads((dst / "bundle.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((dst / "model.safetensors").read_bytes()).hexdigest()
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, bundle: Path, **settings: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The app with its lifespan running and its models loaded; yields (client, app)."""
+    model = {"uri": str(bundle), "name": "shapes"} | settings.pop("model", {})
+    s = load_settings(models=[model], log_url=f"sqlite:///{tmp_path}/p.db", admin_token=TOKEN, **settings)
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            for _ in range(300):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
+            yield client, app
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def admin() -> dict[str, str]:
+    return {"authorization": f"Bearer {TOKEN}"}
+
+
+def test_json_and_multipart_answers_equal_the_predictor(tmp_path: Path, tiny_bundle: Path) -> None:
+    images = [png(0), png(1), png(2)]
+    expected = load_predictor(tiny_bundle).predict(images, top_k=2)
+
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle) as (client, _):
+            r = await client.post(URL, json={"images": [b64(i) for i in images], "top_k": 2})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == "shapes" and body["arm"] == "champion"
+            assert body["version"] == r.headers["x-model-version"] == load_predictor(tiny_bundle).version
+            files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+            r2 = await client.post(URL, files=files, data={"top_k": "2"})
+            assert r2.status_code == 200, r2.text
+            single = await client.post(URL, json={"image": "data:image/png;base64," + b64(images[0])})
+            for answers in (body["predictions"], r2.json()["predictions"]):
+                assert [a["label"] for a in answers] == [e["label"] for e in expected]
+                for a, e in zip(answers, expected, strict=True):
+                    assert a["score"] == pytest.approx(e["score"], abs=1e-6)
+                    assert [t["label"] for t in a["top_k"]] == [t["label"] for t in e["top_k"]]
+            assert single.json()["predictions"][0]["label"] == expected[0]["label"]
+            listed = (await client.get("/v1/models")).json()["models"][0]
+            assert listed["task"] == "image-classification" and listed["ready"] is True
+            assert listed["input_schema"]["title"] == "ImagePredictRequest"
+            assert listed["traffic"] == {"champion": 1.0}
+
+    run(go())
+    rows = read_predictions(f"sqlite:///{tmp_path}/p.db")
+    assert len(rows) == 3 and [r.items for r in rows] == [3, 3, 1]
+    assert rows[0].input_summary[0]["sha256"] == hashlib.sha256(images[0]).hexdigest()
+    assert rows[0].payload is None  # sampling is off by default
+
+
+BAD_INPUTS = [
+    (
+        {"images": ["not base64!"]},
+        "images[0] is not valid base64 (Only base64 data is allowed). Expected the image file's bytes in "
+        "standard base64, e.g. base64.b64encode(open('x.png', 'rb').read()).decode().",
+    ),
+    (
+        {"images": [b64(b"plain text, not a picture")]},
+        "images[0] is not an image file Pillow can read (UnidentifiedImageError). Expected PNG, JPEG, BMP, "
+        "GIF, TIFF or WebP bytes.",
+    ),
+    (
+        {"images": []},
+        "The request has no inputs. Send at least one (JSON: a non-empty list; multipart: a file part).",
+    ),
+    (
+        {"images": "abc"},
+        "The request body is invalid (1 problem(s)):\n"
+        "  - 'images': Input should be a valid list. Got 'abc'.\n"
+        'Expected a JSON object like {"images": ["iVBORw0KGgoA..."], "top_k": 3}.',
+    ),
+    (
+        {"imgs": ["abc"]},
+        "The request body is invalid (1 problem(s)):\n  - unknown key 'imgs'. Did you mean 'images'? Valid "
+        "keys here: image, images, top_k.\n"
+        'Expected a JSON object like {"images": ["iVBORw0KGgoA..."], "top_k": 3}.',
+    ),
+    (
+        {"images": [b64(png(0, size=120))]},
+        "images[0] is 120x120 = 14,400 pixels, more than this server's limit of 10,000. Downscale it before "
+        "sending; the model sees it resized anyway.",
+    ),
+    (
+        {"images": [b64(png(0))] * 5},
+        "The request has 5 inputs; this server takes at most 4 per request. Split it into several requests.",
+    ),
+    (
+        {"images": [b64(png(0)[:60])]},
+        "Input 0: Image '<bytes>' is corrupt or not an image (OSError: image file is truncated). Replace or "
+        "delete the file, or set data.on_error: skip to leave such files out.",
+    ),
+]
+
+
+def test_each_malformed_input_gets_its_own_422(tmp_path: Path, tiny_bundle: Path) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, max_image_pixels=10_000, max_items=4) as (client, _):
+            for body, message in BAD_INPUTS:
+                r = await client.post(URL, json=body)
+                assert r.status_code == 422, (body, r.text)
+                assert r.json()["detail"] == message
+            r = await client.post(URL, content=b'{"images": [', headers={"content-type": "application/json"})
+            assert (r.status_code, r.json()["type"]) == (422, "invalid_json")
+            r = await client.post(URL, files=[("images", ("x.txt", b"hello", "text/plain"))])
+            assert r.status_code == 422 and "images[0] is not an image file" in r.json()["detail"]
+            r = await client.post(URL, content=b"hello", headers={"content-type": "text/plain"})
+            assert r.status_code == 415
+            assert r.json()["detail"] == (
+                "Content-Type 'text/plain' is not accepted. Send application/json or multipart/form-data; "
+                "see the example in /docs."
+            )
+            r = await client.post("/v1/models/nope/predict", json={"images": [b64(png())]})
+            assert r.status_code == 404
+            assert r.json()["detail"] == "No model named 'nope' is served here. Served: shapes."
+            # After all of that the server still answers.
+            assert (await client.post(URL, json={"images": [b64(png())]})).status_code == 200
+
+    run(go())
+
+
+def test_a_body_over_the_cap_gets_413(tmp_path: Path, tiny_bundle: Path) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, max_body_bytes=4096) as (client, _):
+            r = await client.post(URL, json={"images": [b64(bytes(8000))]})
+            assert r.status_code == 413
+            assert r.json()["detail"] == (
+                "The request body is larger than this server's limit of 4,096 bytes. Send fewer or smaller "
+                "inputs per request (downscale images), or raise max_body_bytes."
+            )
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the cap counts the stream
+                for _ in range(10):
+                    yield b" " * 1000
+
+            r = await client.post(URL, content=chunks(), headers={"content-type": "application/json"})
+            assert r.status_code == 413
+
+    run(go())
+
+
+def slow_forward(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every model call take ``seconds`` longer: a stand-in for a big model on a busy machine."""
+    real = Predictor.forward
+
+    def forward(self: Predictor, x: Any) -> Any:
+        time.sleep(seconds)
+        return real(self, x)
+
+    monkeypatch.setattr(Predictor, "forward", forward)
+
+
+def test_a_full_queue_answers_429_with_retry_after(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, max_queue=2, max_batch_size=1) as (client, _):
+            slow_forward(monkeypatch, 0.05)
+            body = {"images": [b64(png())]}
+            results = await asyncio.gather(*(client.post(URL, json=body) for _ in range(12)))
+            codes = sorted(r.status_code for r in results)
+            assert 200 in codes and 429 in codes and set(codes) == {200, 429}, codes
+            refused = next(r for r in results if r.status_code == 429)
+            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["type"] == "queue_full"
+
+    run(go())
+
+
+def test_a_slow_prediction_answers_504(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, request_timeout_s=0.1) as (client, _):
+            slow_forward(monkeypatch, 0.4)
+            r = await client.post(URL, json={"images": [b64(png())]})
+            assert r.status_code == 504
+            assert r.json()["detail"] == (
+                "The prediction took longer than this server's request_timeout_s of 0.1 s. Retry, send fewer "
+                "inputs, or add replicas."
+            )
+
+    run(go())
+
+
+def test_admin_endpoints_refuse_missing_and_wrong_tokens(tmp_path: Path, tiny_bundle: Path) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle) as (client, _):
+            r = await client.post("/admin/reload")
+            assert (r.status_code, r.headers["www-authenticate"]) == (401, "Bearer")
+            r = await client.post("/admin/reload", headers={"authorization": "Bearer " + "x" * len(TOKEN)})
+            assert (r.status_code, r.json()["detail"]) == (403, "The admin token is wrong.")
+            r = await client.post("/admin/reload", headers={"authorization": TOKEN})  # no scheme
+            assert r.status_code == 401
+            r = await client.post("/admin/reload", headers=admin())
+            assert r.status_code == 200 and r.json()["results"]["shapes"]["champion"].startswith("loaded ")
+
+    run(go())
+
+    async def off() -> None:
+        s = load_settings(models=[{"uri": str(tiny_bundle), "name": "shapes"}], log_url=None)
+        app = create_app(s)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.post("/admin/reload", headers=admin())
+                assert r.status_code == 404
+                assert r.json()["detail"] == (
+                    "Admin endpoints are off: no admin token is configured. Set KILN_SERVE_ADMIN_TOKEN."
+                )
+
+    run(off())
+
+
+def arms_for(keys: list[str], client: httpx.AsyncClient) -> Callable[[], Any]:
+    async def go() -> list[str]:
+        body = {"images": [b64(png())]}
+        answers = await asyncio.gather(
+            *(client.post(URL, json=body, headers={"x-request-key": k}) for k in keys)
+        )
+        assert all(a.status_code == 200 for a in answers)
+        return [a.json()["arm"] for a in answers]
+
+    return go
+
+
+def test_ab_split_holds_its_weight_and_is_sticky_per_key(tmp_path: Path, tiny_bundle: Path) -> None:
+    challenger = variant_bundle(tiny_bundle, tmp_path / "challenger", seed=1)
+    model = {"challenger": str(challenger), "challenger_weight": 0.3}
+
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, model=model) as (client, _):
+            keys = [f"user-{i}" for i in range(400)]
+            arms = await arms_for(keys, client)()
+            share = arms.count("challenger") / len(arms)
+            assert 0.23 < share < 0.37, share
+            again = await arms_for(keys[:50], client)()
+            assert again == arms[:50]  # the same key always lands on the same arm
+            versions = {
+                m["arm"]: m["version"]
+                for m in (await client.get("/v1/models")).json()["models"][0]["versions"]
+            }
+            assert versions["champion"] != versions["challenger"]
+
+    run(go())
+    rows = read_predictions(f"sqlite:///{tmp_path}/p.db")
+    assert len(rows) == 450 and {r.arm for r in rows} == {"champion", "challenger"}
+    assert not any(r.shadow for r in rows)
+
+
+def test_shadow_answers_are_logged_and_never_returned(tmp_path: Path, tiny_bundle: Path) -> None:
+    challenger = variant_bundle(tiny_bundle, tmp_path / "challenger", seed=2)
+    shadow_version = load_predictor(challenger).version
+
+    async def go() -> list[str]:
+        async with serving(tmp_path, tiny_bundle, model={"challenger": str(challenger), "shadow": True}) as (
+            c,
+            _,
+        ):
+            rs = await asyncio.gather(*(c.post(URL, json={"images": [b64(png(i))]}) for i in range(20)))
+            assert all(r.status_code == 200 and r.json()["arm"] == "champion" for r in rs)
+            assert shadow_version not in {r.json()["version"] for r in rs}
+            return [r.json()["request_id"] for r in rs]
+
+    ids = run(go())
+    rows = read_predictions(f"sqlite:///{tmp_path}/p.db")
+    served = [r for r in rows if not r.shadow]
+    mirrored = [r for r in rows if r.shadow]
+    assert sorted(r.request_id for r in served) == sorted(ids)
+    assert sorted(r.request_id for r in mirrored) == sorted(ids)
+    assert {(r.arm, r.version) for r in mirrored} == {("challenger", shadow_version)}
+
+
+def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundle: Path) -> None:
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+    async def go() -> None:
+        async with serving(tmp_path, bundle) as (client, _):
+            before = (await client.get("/v1/models")).json()["models"][0]["versions"][0]["version"]
+            (bundle / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+            body = {"images": [b64(png())]}
+            load = [client.post(URL, json=body) for _ in range(60)]
+            results = await asyncio.gather(client.post("/admin/reload", headers=admin()), *load)
+            assert "failed: BundleError" in results[0].json()["results"]["shapes"]["champion"]
+            assert [r.status_code for r in results[1:]] == [200] * 60  # zero failed requests meanwhile
+            info = (await client.get("/v1/models")).json()["models"][0]
+            assert info["versions"][0]["version"] == before and "BundleError" in info["errors"]["champion"]
+            assert (await client.post(URL, json=body)).json()["version"] == before
+            # A good file again: the reload swaps it in and clears the error.
+            variant_bundle(tiny_bundle, tmp_path / "v2", seed=3)
+            shutil.copy(tmp_path / "v2" / "model.safetensors", bundle / "model.safetensors")
+            shutil.copy(tmp_path / "v2" / "bundle.json", bundle / "bundle.json")
+            r = await client.post("/admin/reload", headers=admin())
+            after = load_predictor(bundle).version
+            assert r.json()["results"]["shapes"]["champion"] == f"loaded {after}"
+            info = (await client.get("/v1/models")).json()["models"][0]
+            assert info["errors"] == {} and info["versions"][0]["version"] == after != before
+            assert (await client.post(URL, json=body)).json()["version"] == after
+            metrics = (await client.get("/metrics")).text
+            assert 'kiln_reload_failures_total{model="shapes"} 1.0' in metrics
+
+    run(go())
+
+
+def test_metrics_parse_and_count_the_requests_sent(tmp_path: Path, tiny_bundle: Path) -> None:
+    async def go() -> str:
+        async with serving(tmp_path, tiny_bundle, max_batch_size=8, max_wait_ms=20) as (client, _):
+            ok = await asyncio.gather(*(client.post(URL, json={"images": [b64(png(i))]}) for i in range(24)))
+            bad = await asyncio.gather(*(client.post(URL, json={"images": []}) for _ in range(5)))
+            assert [r.status_code for r in ok] == [200] * 24 and [r.status_code for r in bad] == [422] * 5
+            return (await client.get("/metrics")).text
+
+    text = run(go())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {
+        s.labels["status"]: s.value
+        for s in families["kiln_requests"].samples
+        if s.name == "kiln_requests_total" and s.labels["route"] == URL.replace("shapes", "{name}")
+    }
+    assert requests == {"200": 24.0, "422": 5.0}
+    batch = {
+        s.name: s.value for s in families["kiln_batch_size"].samples if s.name.endswith(("_count", "_sum"))
+    }
+    assert batch["kiln_batch_size_sum"] == 24.0
+    assert batch["kiln_batch_size_count"] < 24  # batching gathered requests into fewer model calls
+    predicted = sum(s.value for s in families["kiln_predicted_class"].samples if s.name.endswith("_total"))
+    assert predicted == 24.0
+    info = next(s for s in families["kiln_model_info"].samples)
+    assert info.labels["runtime"] == "torch" and info.value == 1.0
+
+
+def test_an_onnx_runtime_variant_serves_like_its_source(tmp_path: Path, tiny_bundle: Path) -> None:
+    from torchkiln import api
+
+    run_dir = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    variant = api.export(run_dir, bench_seconds=0.01).variant
+    assert variant is not None
+    images = [png(4), png(5)]
+    expected = load_predictor(tiny_bundle).predict(images)
+
+    async def go() -> None:
+        async with serving(tmp_path, variant) as (client, _):
+            r = await client.post(URL, json={"images": [b64(i) for i in images]})
+            assert r.status_code == 200, r.text
+            for a, e in zip(r.json()["predictions"], expected, strict=True):
+                assert a["label"] == e["label"] and a["score"] == pytest.approx(e["score"], abs=1e-4)
+            versions = (await client.get("/v1/models")).json()["models"][0]["versions"]
+            assert versions[0]["runtime"] == "onnxruntime"
+
+    run(go())
+
+
+def test_registry_aliases_resolve_and_an_alias_change_is_picked_up(tmp_path: Path, tiny_bundle: Path) -> None:
+    from torchkiln.serve.registry import register_bundle, set_alias
+
+    registry = f"sqlite:///{tmp_path}/mlflow.db"
+    v1 = register_bundle(tiny_bundle, name="shapes", alias="champion", tracking_uri=registry)
+    v2 = register_bundle(
+        variant_bundle(tiny_bundle, tmp_path / "v2", seed=5), name="shapes", tracking_uri=registry
+    )
+    model = {"uri": "models:/shapes@champion"}
+
+    async def go() -> None:
+        settings = {"registry_uri": registry, "registry_poll_s": 0.2, "model": model}
+        async with serving(tmp_path, tiny_bundle, **settings) as (client, _):
+            body = {"images": [b64(png())]}
+            assert (await client.post(URL, json=body)).json()["version"] == v1.version
+            await asyncio.to_thread(set_alias, "shapes", v2.version, "champion", tracking_uri=registry)
+            for _ in range(100):  # the poller notices within a few polls
+                if (await client.post(URL, json=body)).json()["version"] == v2.version:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the server kept serving version 1 after the alias moved")
+
+    run(go())
