@@ -452,3 +452,28 @@ def test_registry_aliases_resolve_and_an_alias_change_is_picked_up(tmp_path: Pat
                 raise AssertionError("the server kept serving version 1 after the alias moved")
 
     run(go())
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc/self/statm (Linux)")
+def test_bad_and_good_requests_do_not_grow_memory(tmp_path: Path, tiny_bundle: Path) -> None:
+    # 128x128 noise PNGs (~50 kB each): a server that kept bodies or tensors would grow by ~60 MB here.
+    bodies = [body for body, _ in BAD_INPUTS] + [{"images": [b64(png(i, size=128)) for i in range(4)]}] * 4
+
+    async def burst(client: httpx.AsyncClient, rounds: int) -> None:
+        for _ in range(rounds):
+            rs = await asyncio.gather(*(client.post(URL, json=b) for b in bodies))
+            assert {r.status_code for r in rs} <= {200, 422}
+
+    async def go() -> tuple[float, float]:
+        async with serving(tmp_path, tiny_bundle, max_image_pixels=20_000, max_items=4) as (client, _):
+            await burst(client, 15)  # warm up: allocator pools, caches, lazily built objects
+            before = rss_mb()
+            await burst(client, 40)  # 640 more requests, half of them malformed
+            return before, rss_mb()
+
+    before, after = run(go())
+    assert after - before < 25, f"RSS grew from {before:.0f} MB to {after:.0f} MB over 640 requests"
