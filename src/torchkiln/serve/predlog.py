@@ -37,6 +37,7 @@ _TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.Disconnecti
 _BACKOFF_S = (0.05, 5.0)  # first and longest wait between retries
 _BUSY_TIMEOUT_MS = 5000
 _REPLAY_CHUNK = 500
+_CREATE_ATTEMPTS = 5
 _URL_HINT = "Expected sqlite:///path/to/predictions.db or postgresql+psycopg://user@host/db."
 
 
@@ -154,12 +155,14 @@ class PredictionLog:
         try:
             if self._url.get_backend_name() == "sqlite":
                 Path(self._url.database or "").parent.mkdir(parents=True, exist_ok=True)
-            try:
-                metadata.create_all(self._engine)
-            except _TRANSIENT:
-                raise
-            except sa.exc.DBAPIError:  # another worker created the table at the same moment
-                metadata.create_all(self._engine)
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    metadata.create_all(self._engine)
+                    break
+                except sa.exc.DBAPIError:  # e.g. another worker creating the table at the same moment
+                    if attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.05 * 2**attempt)
         except (*_TRANSIENT, OSError) as exc:
             raise ServeError(
                 f"Cannot reach the prediction log database {_shown(self._url)} ({_reason(exc)}). "
@@ -427,7 +430,7 @@ def _engine(url: str) -> tuple[sa.Engine, URL]:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the monitor and dashboard read while the server writes; NORMAL is durable enough in WAL.
     cursor = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={_BUSY_TIMEOUT_MS}"):
+    for pragma in (f"busy_timeout={_BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=NORMAL"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 

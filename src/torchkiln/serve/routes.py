@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from torchkiln.config.loader import format_errors
@@ -252,8 +253,16 @@ def _shape(example: dict[str, Any]) -> dict[str, Any]:
 async def _from_form(request: Request, limits: RequestLimits) -> tuple[list[bytes], int | None]:
     try:
         form = await request.form(max_files=limits.max_items + 1, max_fields=16)
-    except MultiPartException as exc:
-        raise ApiError(422, "invalid_multipart", f"The multipart body cannot be read: {exc}.") from None
+    except (MultiPartException, StarletteHTTPException) as exc:  # Starlette turns parser errors into 400s
+        reason = str(getattr(exc, "detail", exc)).rstrip(".")
+        if reason.startswith("Too many files"):
+            raise ApiError(
+                422,
+                "too_many_items",
+                f"The request has more than {limits.max_items} inputs; this server takes at most "
+                f"{limits.max_items} per request. Split it into several requests.",
+            ) from None
+        raise ApiError(422, "invalid_multipart", f"The multipart body cannot be read: {reason}.") from None
     files = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
     _check_count(len(files), limits)
     top_k = form.get("top_k")
@@ -424,7 +433,7 @@ def require_admin(state: StateDep, authorization: Annotated[str | None, Header()
 @router.post(
     "/admin/reload",
     response_model=ReloadResult,
-    responses=_errors(401, 403, 404),
+    responses=_errors(401, 403, 404, 422),
     dependencies=[Depends(require_admin)],
     tags=["admin"],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -29,6 +30,10 @@ def run(settings: ServeSettings) -> None:
 
         from torchkiln.serve.app import create_app
 
+        # uvicorn re-raises a caught SIGTERM/SIGINT after its graceful shutdown, which with the default
+        # handlers kills the process (exit -15) or raises KeyboardInterrupt. A clean drain exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: None)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
