@@ -281,9 +281,8 @@ def serve(
         values["log_url"] = None if log_url == "off" else log_url
     try:
         settings = api.serve_settings(config, **values)
-        err.print(
-            f"serving {', '.join(m.uri for m in settings.models)} on http://{settings.host}:{settings.port}"
-        )
+        where = f"http://{settings.host}:{settings.port}"
+        err.print(f"serving {', '.join(m.uri for m in settings.models)} on {where}", soft_wrap=True)
         api.serve(settings)
     except KilnError as exc:
         _fail(exc)
