@@ -9,7 +9,9 @@ old model or the new one, never a half-loaded one. If the load fails the old one
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -109,10 +111,20 @@ def make_runner(predictor: Predictor):
 
     def run(xs: Sequence[torch.Tensor], options: Sequence[Any]) -> list[list[dict[str, Any]]]:
         outputs = predictor.forward(torch.cat(list(xs)))  # (sum n, ...)
-        answers, start = [], 0
-        for x, top_k in zip(xs, options, strict=True):
-            answers.append(predictor.postprocess(outputs[start : start + len(x)], top_k=top_k))
-            start += len(x)
+        bounds = [0, *itertools.accumulate(len(x) for x in xs)]
+        answers: list[list[dict[str, Any]]] = [[] for _ in xs]
+        for top_k in set(options):  # one postprocess call per distinct top_k, usually just one
+            mine = [i for i, o in enumerate(options) if o == top_k]
+            rows = (
+                outputs
+                if len(mine) == len(xs)
+                else torch.cat([outputs[bounds[i] : bounds[i + 1]] for i in mine])
+            )
+            done = predictor.postprocess(rows, top_k=top_k)
+            start = 0
+            for i in mine:
+                answers[i] = done[start : start + len(xs[i])]
+                start += len(xs[i])
         return answers
 
     return run
@@ -179,6 +191,10 @@ class ModelManager:
     async def load_all(self) -> None:
         await asyncio.gather(*(self.reload(d, force=True) for d in self.deployments.values()))
         self.loading_done = True
+        # Move the startup objects (models, modules, schemas) out of the collector's generations: full
+        # collections then stop walking them, which took tens of milliseconds off the p99 in bench/.
+        gc.collect()
+        gc.freeze()
 
     async def reload(self, dep: Deployment, *, force: bool) -> dict[str, str]:
         """(Re)load each arm; with ``force=False`` only arms whose version changed. Returns arm -> outcome."""

@@ -115,8 +115,8 @@ class Task(Protocol):
         """Uploaded files (multipart) -> raw inputs for ``preprocess``; same checks as ``decode_request``."""
         ...
 
-    def summarize_input(self, raw: Any, model_input: torch.Tensor) -> dict[str, Any]:
-        """A small JSON-ready description of one input for the prediction log and drift monitoring."""
+    def summarize_inputs(self, raw: Sequence[Any], model_inputs: torch.Tensor) -> list[dict[str, Any]]:
+        """Small JSON-ready descriptions of each input for the prediction log and drift monitoring."""
         ...
 
     def example_request(self) -> dict[str, Any]:
