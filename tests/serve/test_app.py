@@ -276,8 +276,9 @@ def test_admin_endpoints_refuse_missing_and_wrong_tokens(tmp_path: Path, tiny_bu
     run(go())
 
     async def off() -> None:
-        s = load_settings(models=[{"uri": str(tiny_bundle), "name": "shapes"}], log_url=None)
+        s = load_settings(models=[{"uri": str(tiny_bundle), "name": "shapes"}], log_url="off")
         app = create_app(s)
+        assert s.log_url is None and app.state.kiln.predlog is None  # "off" really turns the log off
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

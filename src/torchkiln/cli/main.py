@@ -257,6 +257,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Processes; more than 1 runs gunicorn.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Inputs per model call (default 32).")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill.")] = None,
+    model_threads: Annotated[int | None, typer.Option(help="Threads per model call (default 1).")] = None,
     log_url: Annotated[
         str | None, typer.Option(help="Prediction log URL (SQLAlchemy); 'off' = none.")
     ] = None,
@@ -275,10 +276,11 @@ def serve(
         models = [{k: v for k, v in first.items() if v is not None}] + [{"uri": u} for u in uris[1:]]
     values = {
         "models": models, "host": host, "port": port, "workers": workers, "max_batch_size": max_batch_size,
-        "max_wait_ms": max_wait_ms, "registry_uri": registry_uri,
+        "max_wait_ms": max_wait_ms,
+        "model_threads": model_threads, "registry_uri": registry_uri,
     }  # fmt: skip
     if log_url is not None:
-        values["log_url"] = None if log_url == "off" else log_url
+        values["log_url"] = log_url  # "off" turns the log off (a settings validator maps it to null)
     try:
         settings = api.serve_settings(config, **values)
         where = f"http://{settings.host}:{settings.port}"

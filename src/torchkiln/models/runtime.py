@@ -6,7 +6,6 @@ the server call ``model(x)`` the same way whatever runtime a bundle variant need
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ from torchkiln.errors import BundleError
 def onnxruntime_session(path: str | Path, *, threads: int | None = None):  # -> ort.InferenceSession
     """An ONNX Runtime CPU session with full graph optimization.
 
-    ``threads`` defaults to the cores this process may use (what eager PyTorch uses too, so
-    benchmarks compare like with like).
+    ``threads`` defaults to ``torch.get_num_threads()``, what eager PyTorch uses, so benchmarks compare
+    like with like and ``kiln serve --model-threads`` sets both.
 
     Raises:
         BundleError: onnxruntime is not installed, or the file is not a loadable ONNX model.
@@ -34,7 +33,7 @@ def onnxruntime_session(path: str | Path, *, threads: int | None = None):  # -> 
         ) from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: no per-node placement chatter
     try:

@@ -13,6 +13,8 @@ import signal
 import tempfile
 from typing import Any
 
+import torch
+
 from torchkiln.serve.settings import ServeSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,6 +27,10 @@ def run(settings: ServeSettings) -> None:
         >>> run(load_settings(models=[{"uri": "runs/fashion/latest/bundle"}], port=8000))
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # One intra-op thread per model call by default: the event loop needs a core, and a second ONNX Runtime
+    # thread spinning between calls cost a third of the throughput (docs/benchmarks.md). Set per process,
+    # so it is here and not in create_app, which tests build inside the pytest process.
+    torch.set_num_threads(settings.model_threads)
     if settings.workers == 1:
         import uvicorn
 
@@ -74,6 +80,7 @@ def _run_gunicorn(settings: ServeSettings) -> None:
         def load(self) -> Any:
             from torchkiln.serve.app import create_app
 
+            torch.set_num_threads(settings.model_threads)  # in the worker, after the fork
             return create_app(settings)  # in each worker, after the fork: no model state is shared
 
     try:

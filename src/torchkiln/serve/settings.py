@@ -86,6 +86,9 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096, description="Inputs per model call, at most.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="How long a batch waits to fill.")
     max_queue: int = Field(512, ge=1, description="Requests waiting per model; more get 429.")
+    model_threads: int = Field(
+        1, ge=1, le=256, description="Intra-op threads of each model call (torch and ONNX Runtime)."
+    )
     # Limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     max_items: int = Field(64, ge=1, description="Inputs per request; more get 422.")
@@ -112,6 +115,11 @@ class ServeSettings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return v
+
+    @field_validator("log_url", mode="before")
+    @classmethod
+    def _log_off(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none", "null", "") else v
 
     @field_validator("host")
     @classmethod
