@@ -84,7 +84,9 @@ class ServeSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Processes; more than 1 runs gunicorn.")
     # Dynamic batching
     max_batch_size: int = Field(32, ge=1, le=4096, description="Inputs per model call, at most.")
-    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="How long a batch waits to fill.")
+    # 0 = take what is queued and go: while the model computes, the next batch fills by itself. Waiting
+    # measured slower on the Fashion-MNIST CNN (docs/benchmarks.md); raise it for slow, bursty traffic.
+    max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="How long a batch waits to fill.")
     max_queue: int = Field(512, ge=1, description="Requests waiting per model; more get 429.")
     model_threads: int = Field(
         1, ge=1, le=256, description="Intra-op threads of each model call (torch and ONNX Runtime)."
