@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,7 +47,6 @@ class ServerState:
     metrics: ServeMetrics | None
     predlog: PredictionLog | None
     draining: bool = False
-    background: set[asyncio.Task[Any]] = field(default_factory=set)  # shadow calls in flight
 
 
 class ApiError(Exception):
@@ -175,8 +174,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if state.background:
-                await asyncio.wait(state.background, timeout=settings.shutdown_timeout_s)
             await state.manager.stop()
             if predlog is not None:
                 await asyncio.to_thread(predlog.close, settings.shutdown_timeout_s)

@@ -204,7 +204,6 @@ def _deployment(state: ServerState, name: str) -> Deployment:
 class Inputs:
     raw: list[Any]
     x: torch.Tensor  # (n, ...) preprocessed, exactly as in training
-    summary: list[dict[str, Any]]  # one per input, for the prediction log
     top_k: int | None
     media: str
 
@@ -311,9 +310,7 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
             items.append(model.predictor.preprocess([item]))
         except KilnError as exc:
             raise ApiError(422, "invalid_input", f"Input {i}: {exc}") from None
-    x = torch.cat(items)
-    summary = model.task.summarize_inputs(raw, x)
-    return Inputs(raw, x, summary, top_k, media)
+    return Inputs(raw, torch.cat(items), top_k, media)
 
 
 async def _call(
@@ -377,7 +374,7 @@ def _record(
             route=path,
             items=len(answers),
             outputs=answers,
-            input_summary=inputs.summary,
+            input_summary=model.task.summarize_inputs(inputs.raw, inputs.x),  # only when logging
             payload=body if sampled else None,
             payload_type=inputs.media if sampled else None,
         )
