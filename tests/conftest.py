@@ -105,3 +105,79 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config_dict(write_image_folder(root / "images"), root / "runs")
     cfg["train"]["epochs"] = 3
     return api.train(api.load_config(cfg)) / "bundle"
+
+
+# --- text ------------------------------------------------------------------------------------------
+POSITIVE = ("great", "wonderful", "superb", "moving", "brilliant", "delightful", "charming", "gripping")
+NEGATIVE = ("awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "messy")
+FILLER = ("the", "film", "story", "cast", "is", "was", "and", "a", "plot", "with", "its", "acting", "of")
+
+
+def sentiment_rows(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (text, label) pairs: filler words plus one to three words of the label's polarity."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = list(rng.choice(FILLER, size=int(rng.integers(2, 14))))
+        cue = POSITIVE if label == "positive" else NEGATIVE
+        for w in rng.choice(cue, size=int(rng.integers(1, 4))):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(w))
+        rows.append((" ".join(words).capitalize() + ".", label))
+    return rows
+
+
+def write_sentiment_csv(path: Path, n: int = 240, *, seed: int = 0) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(sentiment_rows(n, seed=seed))
+    return path
+
+
+def tiny_text_config_dict(data_path: str | Path, runs_dir: str | Path = "runs") -> dict[str, Any]:
+    """A small BiLSTM on the generated reviews: trains in a few seconds on CPU, tracking off."""
+    return {
+        "task": "text-classification",
+        "data": {
+            "path": str(data_path),
+            "text_column": "review",
+            "label_column": "sentiment",
+            "max_length": 24,
+            "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        },
+        "model": {"name": "lstm", "args": {"embed_dim": 16, "hidden_size": 16}},
+        "train": {"epochs": 4, "batch_size": 16, "device": "cpu", "optimizer": {"lr": 0.01}},
+        "tracking": {"tensorboard": False, "mlflow": False},
+        "runs_dir": str(runs_dir),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_text_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained text bundle (a small BiLSTM on generated reviews), made once per session. Read-only."""
+    from torchkiln import api
+
+    root = tmp_path_factory.mktemp("tiny-text-bundle")
+    cfg = tiny_text_config_dict(write_sentiment_csv(root / "reviews.csv"), root / "runs")
+    return api.train(api.load_config(cfg)) / "bundle"
+
+
+@pytest.fixture(scope="session")
+def make_sentiment_csv() -> Callable[..., Path]:
+    """``make_sentiment_csv(path, n=240, seed=0)`` writes generated reviews (columns review, sentiment)."""
+    return write_sentiment_csv
+
+
+@pytest.fixture(scope="session")
+def make_text_config() -> ConfigFactory:
+    """``make_text_config(data_path, runs_dir)`` -> the tiny BiLSTM config dict (a fresh copy each call)."""
+    return tiny_text_config_dict
+
+
+@pytest.fixture(scope="session")
+def make_sentiment_rows() -> Callable[..., list[tuple[str, str]]]:
+    return sentiment_rows

@@ -85,7 +85,9 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
             )
         resolved = validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
         task = get_task(resolved.task.kind)
-        _, data = task.prepare(resolved)
+        files = {p.name: p.read_bytes() for p in sorted((run_dir / "state").glob("*"))}
+        # The state the run started with (a tokenizer): refitting could differ, and the weights fit it.
+        _, data = task.prepare(resolved, state=task.load_state(resolved, files) if files else None)
         fit(resolved, task, data, run_dir, resume=True)
         return run_dir
     if cfg is None:
@@ -96,6 +98,9 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
     resolved, data = task.prepare(cfg)  # all data checks happen here, before any compute
     run_dir = new_run_dir(resolved)
     (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
+    for name, content in task.state_files(data).items():  # fitted on train: what a resume must reuse
+        (run_dir / "state").mkdir(exist_ok=True)
+        (run_dir / "state" / name).write_bytes(content)
     if data.problems:
         lines = [f"{item}\t{reason}" for item, reason in data.problems]
         (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")

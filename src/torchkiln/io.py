@@ -45,3 +45,9 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def absolute_if_exists(path: str) -> str:
+    """An existing file or folder as an absolute path (runs can then resume from anywhere); a catalog
+    name as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path

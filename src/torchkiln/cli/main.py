@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
-from torchkiln.errors import KilnError
+from torchkiln.errors import KilnError, PredictError
 
 if TYPE_CHECKING:
     from torchkiln.exporter import ExportResult
@@ -114,7 +115,14 @@ def evaluate(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle or run directory.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files.")],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="Image files (image models).")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="A text to classify (text models); repeatable.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Texts to classify: a .txt file (one per line) or a .csv/.tsv/.jsonl."),
+    ] = None,
     top_k: Annotated[
         int | None, typer.Option("--top-k", min=1, help="Classes to show (default: the config's task.top_k).")
     ] = None,
@@ -125,19 +133,60 @@ def predict(
 
     try:
         predictor = api.load_predictor(bundle)
-        results = predictor.predict([str(p) for p in inputs], top_k=top_k)
+        items, shown = _predict_inputs(predictor, inputs or [], text or [], file)
+        results = predictor.predict(items, top_k=top_k)
     except KilnError as exc:
         _fail(exc)
-    for path, res in zip(inputs, results, strict=True):
+    for name, res in zip(shown, results, strict=True):
         if as_json:
-            print(json.dumps({"input": str(path), **res}))
+            print(json.dumps({"input": name, **res}))
         else:
             alts = ", ".join(f"{t['label']} {t['score']:.3f}" for t in res["top_k"])
             out.print(
-                f"{path}: [bold]{res['label']}[/] ({res['score']:.3f})   top-{len(res['top_k'])}: {alts}",
+                f"{escape(name)}: [bold]{escape(res['label'])}[/] ({res['score']:.3f})   "
+                f"top-{len(res['top_k'])}: {escape(alts)}",
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+def _predict_inputs(
+    predictor: Any, paths: list[Path], texts: list[str], file: Path | None
+) -> tuple[list[Any], list[str]]:
+    """What to predict on, and how to name each input in the output."""
+    kind = predictor.bundle.task.kind
+    if kind == "text-classification":
+        if paths:
+            raise PredictError(
+                f"This bundle is a {kind} model; it takes texts, not files as arguments. Use --text "
+                f"'...' or --file texts.txt."
+            )
+        items = list(texts) + (_read_texts(file, predictor) if file is not None else [])
+        if not items:
+            raise PredictError("No texts were given. Use --text '...' (repeatable) or --file texts.txt.")
+        return items, [t if len(t) <= 60 else t[:57] + "..." for t in items]
+    if texts or file is not None:
+        raise PredictError(
+            f"This bundle is a {kind} model; --text and --file are for text models. Pass image files."
+        )
+    if not paths:
+        raise PredictError("No inputs were given. Pass one or more image files after the bundle.")
+    return [str(p) for p in paths], [str(p) for p in paths]
+
+
+def _read_texts(file: Path, predictor: Any) -> list[str]:
+    from torchkiln.data.text import read_text_table
+
+    if file.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson"):
+        column = predictor.bundle.config.data.text_column
+        return read_text_table(file, text_column=column, require_labels=False).texts
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictError(
+            f"Cannot read '{file}' as UTF-8 text ({exc}). Expected one text per line; re-save it as UTF-8."
+        ) from None
+    return [line for line in lines if line.strip()]
 
 
 class Format(StrEnum):
@@ -324,27 +373,41 @@ def list_(kind: Annotated[Kind, typer.Argument(help="datasets, models or tasks."
 
     table = Table(title=kind.value)
     table.add_column("name", style="bold")
+    if kind.value != "tasks":
+        table.add_column("kind" if kind.value == "datasets" else "task")
     table.add_column("description")
     registry = {"datasets": DATASETS, "models": MODELS, "tasks": TASKS}[kind.value]
     for entry in registry:
-        table.add_row(entry.name, entry.summary)
+        what = getattr(entry.obj, "kind" if kind.value == "datasets" else "task", None)
+        table.add_row(entry.name, *([str(what)] if kind.value != "tasks" else []), entry.summary)
     out.print(table)
 
 
 @datasets_app.command("fetch")
 def datasets_fetch(
     name: Annotated[str, typer.Argument(help="A catalog name (kiln list datasets).")],
-    to: Annotated[Path, typer.Option("--to", help="Folder to write the image folder into.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+    to: Annotated[
+        Path,
+        typer.Option("--to", help="Folder to write into: an image folder, or NAME.csv for a text data set"),
+    ],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder or an existing CSV.")] = False,
     split: Annotated[str | None, typer.Option(help="Write only this split (train, val or test).")] = None,
 ) -> None:
-    """Write a catalog dataset out as an image folder (the layout you would bring yourself)."""
+    """Write a catalog dataset out as you would bring it yourself: an image folder, or a text CSV."""
     from torchkiln.data.catalog import load_catalog, select_split, write_image_folder
+    from torchkiln.data.text import TextTable, select_text_split, write_text_csv
 
     try:
         data = load_catalog(name)
-        path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
+        if isinstance(data, TextTable):
+            table = select_text_split(data, split) if split else data
+            path = write_text_csv(table, to / f"{name}.csv", overwrite=overwrite)
+        else:
+            path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
     except KilnError as exc:
         _fail(exc)
-    n = sum(1 for p in path.rglob("*.png"))
-    out.print(f"wrote {n} images to {path}")
+    if isinstance(data, TextTable):
+        out.print(f"wrote {len(table.texts)} rows to {path}")
+    else:
+        n = sum(1 for p in path.rglob("*.png"))
+        out.print(f"wrote {n} images to {path}")

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.config.schema import RunConfig, run_config_type
 from torchkiln.errors import ConfigError, did_you_mean
 
 
@@ -38,10 +38,11 @@ def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
 
 
 def validate(raw: Mapping[str, Any]) -> RunConfig:
+    model = run_config_type(raw)  # the task decides which data section applies
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, RunConfig)) from None
+        raise ConfigError(format_errors(exc, model)) from None
 
 
 def _read(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -22,8 +22,16 @@ class ImageClassificationTaskConfig(Strict):
     top_k: Annotated[int, Field(ge=1)] = 5
 
 
-# One member today; text, forecasting and detection join this union on ``kind``.
-TaskConfig = ImageClassificationTaskConfig
+class TextClassificationTaskConfig(Strict):
+    kind: Literal["text-classification"] = "text-classification"
+    top_k: Annotated[int, Field(ge=1)] = 2
+
+
+# Forecasting and detection join this union on ``kind``.
+TaskConfig = Annotated[
+    ImageClassificationTaskConfig | TextClassificationTaskConfig, Field(discriminator="kind")
+]
+TEXT_TASKS = frozenset({"text-classification"})  # tasks whose ``data`` section is a TextDataConfig
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -128,6 +136,37 @@ class DataConfig(Strict):
         return self
 
 
+class TokenizerConfig(Strict):
+    """How text becomes token ids. ``auto``: a pretrained model's own tokenizer, else a new WordPiece one."""
+
+    kind: Literal["auto", "wordpiece", "bpe", "pretrained"] = "auto"
+    vocab_size: Annotated[int, Field(ge=50, le=1_000_000)] = 8000
+    lowercase: bool = True
+    min_frequency: Annotated[int, Field(ge=1)] = 2
+    pad_id: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Filled in from the tokenizer; the id rows are padded with."
+    )
+
+
+class TextDataConfig(Strict):
+    """The ``data`` section of text tasks: a CSV, TSV or JSONL file, or a catalog name."""
+
+    path: str = Field(description="A .csv/.tsv/.jsonl file or a catalog name (kiln list datasets).")
+    format: Literal["auto", "csv", "tsv", "jsonl", "catalog"] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = Field(
+        default=None, description="A column holding train/val/test per row; otherwise data.split applies."
+    )
+    split: SplitConfig = SplitConfig()
+    classes: list[str] | None = None
+    max_length: Annotated[int, Field(ge=4, le=8192)] = 128
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    bucket: bool = Field(default=True, description="Batch texts of similar length (less padding).")
+    limit_per_class: Annotated[int, Field(ge=1)] | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+
+
 # --- model --------------------------------------------------------------------------------------
 class ModelConfig(Strict):
     name: str = "cnn"
@@ -139,6 +178,10 @@ class ModelConfig(Strict):
     freeze_backbone: bool = False
     unfreeze_last: Annotated[int, Field(ge=0)] = 0
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
+    layer_lr_decay: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Layer-wise LR decay: block i of N (from the input) trains at lr * decay**(N - i).",
+    )
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -214,7 +257,7 @@ class EvaluateConfig(Strict):
 # --- the run ------------------------------------------------------------------------------------
 class RunConfig(Strict):
     task: TaskConfig
-    data: DataConfig
+    data: DataConfig | TextDataConfig  # which one follows from task.kind (see _shorthand)
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -233,6 +276,13 @@ class RunConfig(Strict):
                 raw["task"] = {"kind": raw["task"]}
             if isinstance(raw.get("data"), str):
                 raw["data"] = {"path": raw["data"]}
+            if cls is RunConfig:  # the union: validate the section the task takes (see run_config_type)
+                data = raw.get("data")
+                wanted = run_config_type(raw).model_fields["data"].annotation
+                if isinstance(data, BaseModel) and not isinstance(data, wanted):
+                    data = data.model_dump(exclude_unset=True)
+                if isinstance(data, dict):
+                    raw["data"] = _validate_at("data", wanted, data)
         return raw
 
     @property
@@ -241,3 +291,35 @@ class RunConfig(Strict):
             return self.name
         stem = self.data.path.rstrip("/").split("/")[-1].split(".")[0] or "data"
         return f"{stem}-{self.model.name}"
+
+
+def _validate_at(field: str, model: type[BaseModel], value: Any) -> BaseModel:
+    """``model.model_validate(value)``, with error locations under ``field`` as if validated in place."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors = [
+            {
+                "type": e["type"],
+                "loc": (field, *e["loc"]),
+                "input": e["input"],
+                **({"ctx": e["ctx"]} if "ctx" in e else {}),
+            }
+            for e in exc.errors()
+        ]
+        raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
+
+
+class ImageRunConfig(RunConfig):
+    data: DataConfig
+
+
+class TextRunConfig(RunConfig):
+    data: TextDataConfig
+
+
+def run_config_type(raw: Any) -> type[RunConfig]:
+    """The RunConfig subclass for a raw config's task (its ``data`` section differs per task)."""
+    task = raw.get("task") if isinstance(raw, dict) else None
+    kind = task if isinstance(task, str) else task.get("kind") if isinstance(task, dict) else None
+    return TextRunConfig if kind in TEXT_TASKS else ImageRunConfig

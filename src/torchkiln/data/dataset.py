@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchkiln.config.schema import DataConfig
 from torchkiln.data import arrays, catalog
 from torchkiln.data.images import FileItems, decode_all, image_header, scan_csv, scan_folder
-from torchkiln.data.splits import SPLITS, carve_val, limit_per_class, stratified_split
+from torchkiln.data.splits import SPLITS, class_list, make_splits
 from torchkiln.errors import DataError, did_you_mean
 
 MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
@@ -106,45 +106,12 @@ def load_image_data(
         )
         return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
     if fmt == "catalog":
-        data = catalog.load_catalog(cfg.path)
+        data = catalog.load_image_catalog(cfg.path)
     elif fmt == "npz":
         data = arrays.load_npz(cfg.path)
     else:
         data = arrays.load_idx_dataset(cfg.path)
     return _from_arrays(cfg, data, seed, default_size, need_channels, stats, only_splits)
-
-
-def _class_list(
-    cfg: DataConfig, labels: list[str], splits: np.ndarray | None, where: str, order: list[str] | None = None
-) -> list[str]:
-    """The class list: ``data.classes`` if given, else the classes seen in train, in the data's own
-    ``order`` (array data sets define one) or sorted by name (folders and CSVs)."""
-    train_labels = (
-        [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
-    )
-    if cfg.classes is not None:
-        unknown = sorted(set(labels) - set(cfg.classes))
-        if unknown:
-            raise DataError(
-                f"{where} has label '{unknown[0]}' ({len(unknown)} unknown label(s) in all), which is not in "
-                f"data.classes {cfg.classes}.{did_you_mean(unknown[0], cfg.classes)} Add it to data.classes "
-                f"or fix the label."
-            )
-        return list(cfg.classes)
-    seen = set(train_labels)
-    for split in ("val", "test"):
-        extra = (
-            sorted({lab for lab, s in zip(labels, splits, strict=True) if s == split} - seen)
-            if splits is not None
-            else []
-        )
-        if extra:
-            raise DataError(
-                f"{where}: the {split} split has class '{extra[0]}', which never appears in train. "
-                f"A model cannot learn a class it never sees. Add training images of '{extra[0]}', "
-                f"or remove it from {split}."
-            )
-    return [c for c in order if c in seen] if order else sorted(seen)
 
 
 def _resolve_channels(
@@ -183,12 +150,12 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     paths = [files.paths[i] for i in keep]
     labels = [files.labels[i] for i in keep]
     splits_in = np.array([files.splits[i] for i in keep]) if files.splits is not None else None
-    classes = _class_list(cfg, labels, splits_in, where)
+    classes = class_list(cfg, labels, splits_in, where)
     modes = [headers[i][2] for i in keep]  # type: ignore[index]
     channels = _resolve_channels(cfg, modes, None, need_channels)
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    splits = _make_splits(cfg, label_idx, splits_in, seed)
+    splits = make_splits(cfg, label_idx, splits_in, seed)
     in_memory = cfg.cache == "memory" or (
         cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
     )
@@ -252,11 +219,11 @@ def _from_arrays(
     imgs = torch.from_numpy(np.ascontiguousarray(data.images))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
     labels = [data.classes[i] for i in data.labels]
-    classes = _class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
+    classes = class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
-    splits = _make_splits(cfg, label_idx, data.splits, seed)
+    splits = make_splits(cfg, label_idx, data.splits, seed)
     # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
     # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.
     used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))
@@ -274,19 +241,6 @@ def _from_arrays(
         out[split] = SplitData(torch.from_numpy(label_idx)[sel], images=imgs[sel])
     mean, std = _stats(cfg, stats, out["train"].images)
     return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path))
-
-
-def _make_splits(cfg: DataConfig, labels: np.ndarray, given: np.ndarray | None, seed: int) -> np.ndarray:
-    if given is None or not (given == "train").any():
-        splits = stratified_split(labels, val=cfg.split.val, test=cfg.split.test, seed=seed)
-    elif not (given == "val").any() and cfg.split.val > 0:
-        splits = carve_val(labels, given, val=cfg.split.val, seed=seed)
-    else:
-        splits = given.astype(str)
-    if cfg.limit_per_class is not None:
-        keep = limit_per_class(labels, splits, limit=cfg.limit_per_class, seed=seed)
-        splits = np.where(keep, splits, "unused")
-    return splits
 
 
 def _stats(cfg, pretrained, train_images: torch.Tensor | None):

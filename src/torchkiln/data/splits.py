@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from torchkiln.config.schema import DataConfig, TextDataConfig
+from torchkiln.errors import DataError, did_you_mean
+
 SPLITS = ("train", "val", "test")
 
 
@@ -58,3 +61,59 @@ def limit_per_class(labels: np.ndarray, splits: np.ndarray, *, limit: int, seed:
         idx = idx[rng.permutation(len(idx))]
         keep[idx[limit:]] = False
     return keep
+
+
+def class_list(
+    cfg: DataConfig | TextDataConfig,
+    labels: list[str],
+    splits: np.ndarray | None,
+    where: str,
+    order: list[str] | None = None,
+    *,
+    items: str = "images",
+) -> list[str]:
+    """The class list: ``data.classes`` if given, else the classes seen in train, in the data's own
+    ``order`` (array data sets define one) or sorted by name (folders and CSVs)."""
+    train_labels = (
+        [lab for lab, s in zip(labels, splits, strict=True) if s == "train"] if splits is not None else labels
+    )
+    if cfg.classes is not None:
+        unknown = sorted(set(labels) - set(cfg.classes))
+        if unknown:
+            raise DataError(
+                f"{where} has label '{unknown[0]}' ({len(unknown)} unknown label(s) in all), which is not in "
+                f"data.classes {cfg.classes}.{did_you_mean(unknown[0], cfg.classes)} Add it to data.classes "
+                f"or fix the label."
+            )
+        return list(cfg.classes)
+    seen = set(train_labels)
+    for split in ("val", "test"):
+        extra = (
+            sorted({lab for lab, s in zip(labels, splits, strict=True) if s == split} - seen)
+            if splits is not None
+            else []
+        )
+        if extra:
+            raise DataError(
+                f"{where}: the {split} split has class '{extra[0]}', which never appears in train. "
+                f"A model cannot learn a class it never sees. Add training {items} of '{extra[0]}', "
+                f"or remove it from {split}."
+            )
+    return [c for c in order if c in seen] if order else sorted(seen)
+
+
+def make_splits(
+    cfg: DataConfig | TextDataConfig, labels: np.ndarray, given: np.ndarray | None, seed: int
+) -> np.ndarray:
+    """train/val/test per item: the data's own split (val carved from train if missing) or a stratified one;
+    with ``limit_per_class`` the left-out training items are marked ``unused``."""
+    if given is None or not (given == "train").any():
+        splits = stratified_split(labels, val=cfg.split.val, test=cfg.split.test, seed=seed)
+    elif not (given == "val").any() and cfg.split.val > 0:
+        splits = carve_val(labels, given, val=cfg.split.val, seed=seed)
+    else:
+        splits = given.astype(str)
+    if cfg.limit_per_class is not None:
+        keep = limit_per_class(labels, splits, limit=cfg.limit_per_class, seed=seed)
+        splits = np.where(keep, splits, "unused")
+    return splits

@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.config.schema import DataConfig, RunConfig
 from torchkiln.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchkiln.engine.optim import build_optimizer, build_scheduler
 from torchkiln.engine.precision import Precision, resolve_precision
@@ -82,7 +82,7 @@ def setup(cfg: RunConfig, task: Task, data: Any, model: nn.Module | None = None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    precision = resolve_precision(cfg.train, image_input=True)
+    precision = resolve_precision(cfg.train, image_input=isinstance(cfg.data, DataConfig))
     model = (model if model is not None else task.build_model(cfg)).to(precision.device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -306,8 +306,9 @@ def fit(
     status = "FAILED"
     try:
         if not resume:
-            first = next(iter(loop.train_loader))[0]  # uint8 (B, C, H, W)
-            tracker.sample_grid(first)
+            first = next(iter(loop.train_loader))[0]  # images: uint8 (B, C, H, W); texts: ids (B, L)
+            if first.dtype == torch.uint8 and first.ndim == 4:
+                tracker.sample_grid(first)
             tracker.graph(loop.model, first[:2].to(loop.precision.device))
             seed_everything(cfg.seed)  # logging must not shift the RNG stream of training
         with progress:
@@ -324,14 +325,16 @@ def fit(
                 end_of_epoch(loop, state, results, ckpt_dir)
                 progress.end_epoch(results)
                 atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
-        _write_bundle(loop, state, run_dir, tracker)
+        _write_bundle(loop, state, run_dir, tracker, task.state_files(data))
         status = "FINISHED"
     finally:
         tracker.close(status)
     return state
 
 
-def _write_bundle(loop: Loop, state: TrainState, run_dir: Path, tracker: Tracker) -> None:
+def _write_bundle(
+    loop: Loop, state: TrainState, run_dir: Path, tracker: Tracker, state_files: dict[str, bytes]
+) -> None:
     best = run_dir / "checkpoints" / "best.pt"
     if best.exists():
         loop.model.load_state_dict(load_checkpoint(best)["model"])
@@ -341,6 +344,7 @@ def _write_bundle(loop: Loop, state: TrainState, run_dir: Path, tracker: Tracker
         model=loop.model,
         cfg=loop.cfg,
         task=loop.task,
+        state_files=state_files,
         extra={
             "trained": {
                 "epochs": state.epoch,

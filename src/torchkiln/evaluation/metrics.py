@@ -46,6 +46,17 @@ class ClassMetrics:
 
 
 @dataclass(frozen=True)
+class BinaryMetrics:
+    """Two classes: the metrics of the positive class (the second one, e.g. 'positive' or 'PNEUMONIA')."""
+
+    positive: str
+    precision: float
+    recall: float
+    f1: float
+    auc: float
+
+
+@dataclass(frozen=True)
 class ClassificationMetrics:
     """The numbers of one evaluation; build it with :func:`classification_metrics`.
 
@@ -63,6 +74,7 @@ class ClassificationMetrics:
     macro_auc: float
     ece: float
     num_samples: int
+    binary: BinaryMetrics | None = None  # set when there are exactly two classes
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; undefined values (``nan``) become ``None``.
@@ -117,6 +129,8 @@ def classification_metrics(
         for c, name in enumerate(class_names)
     ]
     defined_auc = auc[~auc.isnan()]
+    pos = per_class[1] if k == 2 else None
+    binary = BinaryMetrics(pos.name, pos.precision, pos.recall, pos.f1, pos.auc) if pos else None
     return ClassificationMetrics(
         accuracy=float(multiclass_accuracy(probs, targets, num_classes=k, average="micro")),
         macro_precision=float(multiclass_precision(probs, targets, num_classes=k, average="macro")),
@@ -127,6 +141,7 @@ def classification_metrics(
         macro_auc=float(defined_auc.mean()) if len(defined_auc) else math.nan,
         ece=float(multiclass_calibration_error(probs, targets, num_classes=k, n_bins=ECE_BINS, norm="l1")),
         num_samples=len(targets),
+        binary=binary,
     )
 
 

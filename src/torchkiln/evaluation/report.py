@@ -69,6 +69,7 @@ def write_report(
     class_names: list[str],
     *,
     images: Callable[[int], np.ndarray] | None = None,
+    texts: Callable[[int], str] | None = None,
     mistakes: int = 24,
     title: str = "Evaluation report",
     extra: dict[str, str] | None = None,
@@ -87,6 +88,7 @@ def write_report(
         class_names: ``K`` names, in class-index order.
         images: ``images(i)`` returns sample ``i`` as a uint8 ``(H, W)`` or ``(H, W, C)`` array;
             ``None`` lists the mistakes without thumbnails.
+        texts: ``texts(i)`` returns sample ``i`` as text (text tasks): the mistakes table shows it.
         mistakes: how many wrong predictions to show, highest confidence first.
         title: page title.
         extra: small key/value table shown under the title (model, bundle, split, ...).
@@ -114,7 +116,7 @@ def write_report(
             f"The 'mistakes' parameter of write_report must be an int >= 0. Got {mistakes} instead."
         )
     extra = {str(key): str(value) for key, value in (extra or {}).items()}
-    gallery = _gallery(probs, targets, class_names, images, mistakes)  # first: a bad images() fails fast
+    gallery = _gallery(probs, targets, class_names, images, texts, mistakes)  # a bad images() fails fast
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"title": title, **metrics.to_dict(), "extra": extra}
@@ -178,6 +180,9 @@ def _headline(m: ClassificationMetrics) -> str:
         (f"ECE ({ECE_BINS} bins)", _fmt(m.ece)),
         ("Samples", f"{m.num_samples:,}"),
     ]
+    if m.binary is not None:
+        b = m.binary
+        cards[1:1] = [(f"F1 ('{b.positive}')", _fmt(b.f1)), (f"AUC ('{b.positive}')", _fmt(b.auc))]
     inner = "".join(f'<div class="card"><span>{_esc(k)}</span><b>{v}</b></div>' for k, v in cards)
     return f'<div class="cards">{inner}</div>'
 
@@ -231,7 +236,14 @@ def _curves_section(m: ClassificationMetrics, probs: Tensor, targets: Tensor) ->
     return f'<div class="plots">{_img(roc_png, "ROC curves")}{_img(pr_png, "PR curves")}{reliability}</div>'
 
 
-def _gallery(probs: Tensor, targets: Tensor, names: list[str], images: ImageFn | None, limit: int) -> str:
+def _gallery(
+    probs: Tensor,
+    targets: Tensor,
+    names: list[str],
+    images: ImageFn | None,
+    texts: Callable[[int], str] | None,
+    limit: int,
+) -> str:
     conf, pred = probs.max(dim=1)  # (N,), (N,)
     wrong = (pred != targets).nonzero().squeeze(1)
     picked = wrong[conf[wrong].argsort(descending=True, stable=True)[:limit]].tolist()
@@ -247,13 +259,16 @@ def _gallery(probs: Tensor, targets: Tensor, names: list[str], images: ImageFn |
         return _esc(names[t]), _esc(names[p]), f"{float(conf[i]):.3f}", f"{float(probs[i, t]):.3f}"
 
     if images is None:
+        text = (lambda i: f"<td>{_esc(texts(i))}</td>") if texts is not None else (lambda i: "")
         rows = "".join(
-            f'<tr class="mistake"><td>#{i}</td>' + "".join(f"<td>{c}</td>" for c in cells(i)) + "</tr>"
+            f'<tr class="mistake"><td>#{i}</td>{text(i)}'
+            + "".join(f"<td>{c}</td>" for c in cells(i))
+            + "</tr>"
             for i in picked
         )
         return (
-            f"{head}<table><tr><th>Sample</th><th>True</th><th>Predicted</th><th>Confidence</th>"
-            f"<th>p(true)</th></tr>{rows}</table>"
+            f"{head}<table><tr><th>Sample</th>{'<th>Text</th>' if texts is not None else ''}<th>True</th>"
+            f"<th>Predicted</th><th>Confidence</th><th>p(true)</th></tr>{rows}</table>"
         )
     figures = []
     for i in picked:

@@ -48,7 +48,8 @@ def evaluate_bundle(
     if split not in SPLITS:
         raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")
     cfg, task = bundle.config, bundle.task
-    _, data = task.prepare(without_pretrained(cfg), splits={split})  # channels, stats: resolved already
+    # Resolved already: channels, stats; the bundle's own state (a tokenizer) is reused, not refit.
+    _, data = task.prepare(without_pretrained(cfg), splits={split}, state=bundle.state)
     part = data.splits[split]
     if len(part) == 0:
         raise DataError(
@@ -63,6 +64,7 @@ def evaluate_bundle(
         arr = img.numpy()
         return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)  # (H, W) or (H, W, 3)
 
+    texts = getattr(part, "texts", None)  # text tasks keep the texts for the report
     metrics = classification_metrics(probs, targets, list(cfg.data.classes or []))
     report = write_report(
         out_dir,
@@ -70,7 +72,8 @@ def evaluate_bundle(
         probs,
         targets,
         list(cfg.data.classes or []),
-        images=image,
+        images=None if texts is not None else image,
+        texts=texts.__getitem__ if texts is not None else None,
         mistakes=cfg.evaluate.mistakes,
         title=f"{cfg.run_name}: {split} split",
         extra={

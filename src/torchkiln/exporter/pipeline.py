@@ -223,7 +223,9 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         )
     name = opts.variant_name
     out = opts.out or bundle.path.with_name(f"{bundle.path.name}-{name}")
-    _, data = bundle.task.prepare(without_pretrained(bundle.config), splits=_needed_splits(opts))
+    _, data = bundle.task.prepare(
+        without_pretrained(bundle.config), splits=_needed_splits(opts), state=bundle.state
+    )
     ev = _collect(bundle, data, opts.split)
     calib = _calibration(bundle, data, ev, opts) if opts.quantize == "static" else None
     m = _Measurer(bundle, ev, opts)
@@ -262,6 +264,7 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
                 model_file=model_file,
                 extra={"trained": bundle.meta.get("trained"), **extra, "variant": summary["variant"]},
                 attachments={"export_report.json": report_json, "export_report.html": report_html},
+                state_files=bundle.state_files,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -43,12 +43,15 @@ class ModelSpec:
     """A registered model.
 
     Attributes:
-        builder: ``builder(*, num_classes, in_channels, image_size, pretrained, **args) -> Classifier``.
+        builder: for image models ``builder(*, num_classes, in_channels, image_size, pretrained, **args)
+            -> Classifier``; for text models ``builder(*, num_classes, vocab_size, pad_id, max_length,
+            pretrained, **args) -> nn.Module`` (see :mod:`torchkiln.models.text`).
         summary: one line for ``kiln list models``.
         default_image_size: input size used when the config gives none and the data sizes vary.
         pretrained_stats: (mean, std) the packaged weights were trained with, if any.
         packaged_weights: whether ``pretrained: true`` works without a file.
         in_channels: channel count the architecture needs (3 for ImageNet models), or None if any.
+        task: the task kind whose inputs the model takes.
     """
 
     builder: ModelBuilder
@@ -57,10 +60,14 @@ class ModelSpec:
     pretrained_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     packaged_weights: bool = False
     in_channels: int | None = None
+    task: str = "image-classification"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
-RESERVED_ARGS = frozenset({"num_classes", "in_channels", "image_size", "pretrained"})  # set by torchkiln
+# Set by torchkiln from the data and the config, never in model.args.
+RESERVED_ARGS = frozenset(
+    {"num_classes", "in_channels", "image_size", "pretrained", "vocab_size", "pad_id", "max_length"}
+)
 
 
 def register_model(
@@ -71,12 +78,13 @@ def register_model(
     pretrained_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     packaged_weights: bool = False,
     in_channels: int | None = None,
+    task: str = "image-classification",
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register a builder under ``name`` in :data:`MODELS`."""
 
     def deco(builder: ModelBuilder) -> ModelBuilder:
         spec = ModelSpec(
-            builder, summary, default_image_size, pretrained_stats, packaged_weights, in_channels
+            builder, summary, default_image_size, pretrained_stats, packaged_weights, in_channels, task
         )
         MODELS.add(name, spec, summary=summary)
         return builder
@@ -120,12 +128,20 @@ def create_model(
     return spec.builder(**sizes, pretrained=pretrained, **(args or {}))
 
 
-def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str) -> ModelSpec:
-    """The checks that need no data: name, arguments, and where pretrained weights come from.
+def check_model(
+    name: str, *, args: dict[str, Any], pretrained: bool | str, task: str = "image-classification"
+) -> ModelSpec:
+    """The checks that need no data: name, task, arguments, and where pretrained weights come from.
 
     Runs at config time so a typo fails before the data is scanned. Returns the model's spec.
     """
     spec = MODELS.get(name)
+    if spec.task != task:
+        fitting = ", ".join(sorted(n for n in MODELS.names() if MODELS.get(n).task == task)) or "none"
+        raise ConfigError(
+            f"Model '{name}' is a {spec.task} model, but the task is {task}. Set model.name to one of: "
+            f"{fitting} ('kiln list models' describes them)."
+        )
     reserved = sorted(set(args) & RESERVED_ARGS)
     if reserved:
         raise ConfigError(
@@ -139,10 +155,15 @@ def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str) -> M
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
             f"local .safetensors or .pth file, or to false to train from scratch."
         )
-    if isinstance(pretrained, str) and not Path(pretrained).is_file():
+    if isinstance(pretrained, str) and not Path(pretrained).exists():
+        what = "A model folder" if spec.task != "image-classification" else "Weights file"
+        expected = (
+            "an existing Hugging Face model folder (config.json, model.safetensors, tokenizer.json)"
+            if spec.task != "image-classification"
+            else "an existing .safetensors or .pth file"
+        )
         raise ConfigError(
-            f"Weights file '{pretrained}' does not exist. Set model.pretrained to an existing .safetensors "
-            f"or .pth file, or to false."
+            f"{what} '{pretrained}' does not exist. Set model.pretrained to {expected}, or to false."
         )
     return spec
 

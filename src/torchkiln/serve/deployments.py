@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,28 +106,62 @@ def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> Lo
     return LoadedVersion(predictor, version)
 
 
-def make_runner(predictor: Predictor):
-    """The batch function for a predictor: one model call for all requests, then per-request answers."""
+@dataclass(frozen=True)
+class Work:
+    """What one request hands the model thread besides its tensor."""
 
-    def run(xs: Sequence[torch.Tensor], options: Sequence[Any]) -> list[list[dict[str, Any]]]:
-        outputs = predictor.forward(torch.cat(list(xs)))  # (sum n, ...)
+    top_k: int | None = None
+    raw: Sequence[Any] | None = None  # the decoded inputs, when the prediction log wants their summaries
+
+
+@dataclass(frozen=True)
+class Answer:
+    predictions: list[dict[str, Any]]
+    summaries: list[dict[str, Any]] | None  # task.summarize_inputs, when Work.raw was given
+
+
+def make_runner(predictor: Predictor):
+    """The batch function for a predictor: one model call for all requests, then per-request answers.
+
+    Input summaries for the prediction log are computed here too, once per batch rather than once per
+    request: the fixed cost of a few small tensor ops is what makes them expensive, and this thread is
+    not the event loop.
+    """
+
+    def run(xs: Sequence[torch.Tensor], works: Sequence[Work]) -> list[Answer]:
+        batch = predictor.collate(xs)
+        outputs = predictor.forward(batch)  # (sum n, ...)
         bounds = [0, *itertools.accumulate(len(x) for x in xs)]
-        answers: list[list[dict[str, Any]]] = [[] for _ in xs]
-        for top_k in set(options):  # one postprocess call per distinct top_k, usually just one
-            mine = [i for i, o in enumerate(options) if o == top_k]
-            rows = (
-                outputs
-                if len(mine) == len(xs)
-                else torch.cat([outputs[bounds[i] : bounds[i + 1]] for i in mine])
-            )
-            done = predictor.postprocess(rows, top_k=top_k)
-            start = 0
-            for i in mine:
-                answers[i] = done[start : start + len(xs[i])]
-                start += len(xs[i])
-        return answers
+        predictions: list[list[dict[str, Any]]] = [[] for _ in xs]
+        for top_k in {w.top_k for w in works}:  # one postprocess call per distinct top_k, usually one
+            mine = [i for i, w in enumerate(works) if w.top_k == top_k]
+            done = predictor.postprocess(_rows(outputs, bounds, mine), top_k=top_k)
+            for i, part in zip(mine, _split(done, [len(xs[i]) for i in mine]), strict=True):
+                predictions[i] = part
+        summaries: list[list[dict[str, Any]] | None] = [None] * len(xs)
+        wanted = [i for i, w in enumerate(works) if w.raw is not None]
+        if wanted:
+            raw = [r for i in wanted for r in works[i].raw or ()]
+            done = predictor.summarize(raw, _rows(batch, bounds, wanted))
+            for i, part in zip(wanted, _split(done, [len(xs[i]) for i in wanted]), strict=True):
+                summaries[i] = part
+        return [Answer(p, s) for p, s in zip(predictions, summaries, strict=True)]
 
     return run
+
+
+def _rows(t: torch.Tensor, bounds: list[int], mine: list[int]) -> torch.Tensor:
+    """The rows of requests ``mine`` (all of them without a copy)."""
+    if len(mine) == len(bounds) - 1:
+        return t
+    return torch.cat([t[bounds[i] : bounds[i + 1]] for i in mine])
+
+
+def _split(items: list[Any], sizes: list[int]) -> Iterator[list[Any]]:
+    start = 0
+    for n in sizes:
+        yield items[start : start + n]
+        start += n
 
 
 class Deployment:

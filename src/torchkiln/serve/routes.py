@@ -28,7 +28,7 @@ from torchkiln.config.loader import format_errors
 from torchkiln.errors import KilnError
 from torchkiln.serve.app import ApiError, ServerState
 from torchkiln.serve.batching import QueueFullError
-from torchkiln.serve.deployments import Deployment, ServedModel
+from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
 from torchkiln.serve.predlog import PredictionRecord
 from torchkiln.serve.schemas import (
     ErrorResponse,
@@ -161,7 +161,8 @@ async def predict(
     start = time.perf_counter()
     body = await request.body()
     inputs = await _parse(request, body, model, state)
-    answers = await _call(state, dep, model, inputs)
+    answer = await _call(state, dep, model, inputs)
+    answers = answer.predictions
     headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
     response = JSONResponse(
         {
@@ -174,10 +175,12 @@ async def predict(
         headers=headers,
     )
     latency_ms = (time.perf_counter() - start) * 1000
-    _record(state, dep, model, rid, request.scope["path"], body, inputs, answers, latency_ms, shadow=False)
+    _record(state, dep, model, rid, request.scope["path"], body, inputs, answer, latency_ms, shadow=False)
     shadow = dep.shadow
     if shadow is not None and not state.draining:
-        response.background = BackgroundTask(_mirror, state, dep, shadow, rid, request.scope["path"], inputs)
+        response.background = BackgroundTask(
+            _mirror, state, dep, shadow, rid, request.scope["path"], inputs, answer.summaries
+        )
     return response
 
 
@@ -310,16 +313,16 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
             items.append(model.predictor.preprocess([item]))
         except KilnError as exc:
             raise ApiError(422, "invalid_input", f"Input {i}: {exc}") from None
-    return Inputs(raw, torch.cat(items), top_k, media)
+    return Inputs(raw, model.predictor.collate(items), top_k, media)
 
 
-async def _call(
-    state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs
-) -> list[dict[str, Any]]:
+async def _call(state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs) -> Answer:
     metrics, timeout = state.metrics, state.settings.request_timeout_s
+    # The model thread summarizes the inputs for the prediction log, once per batch.
+    work = Work(inputs.top_k, inputs.raw if state.predlog is not None else None)
     try:
         async with asyncio.timeout(timeout):
-            answers = await model.batcher.submit(inputs.x, inputs.top_k)
+            answer: Answer = await model.batcher.submit(inputs.x, work)
     except QueueFullError as exc:
         if metrics is not None:
             metrics.rejected.labels(dep.name, "queue_full").inc()
@@ -340,10 +343,10 @@ async def _call(
             f"fewer inputs, or add replicas.",
         ) from None
     if metrics is not None:
-        for answer in answers:
-            if "label" in answer:
-                metrics.predicted.labels(dep.name, model.version, str(answer["label"])).inc()
-    return answers
+        for prediction in answer.predictions:
+            if "label" in prediction:
+                metrics.predicted.labels(dep.name, model.version, str(prediction["label"])).inc()
+    return answer
 
 
 def _record(
@@ -354,12 +357,12 @@ def _record(
     path: str,
     body: bytes | None,
     inputs: Inputs,
-    answers: list[dict[str, Any]],
+    answer: Answer,
     latency_ms: float,
     *,
     shadow: bool,
 ) -> None:
-    if state.predlog is None:
+    if state.predlog is None or answer.summaries is None:
         return
     sampled = body is not None and random.random() < state.settings.log_payload_sample_rate
     state.predlog.log(
@@ -372,9 +375,9 @@ def _record(
             shadow=shadow,
             latency_ms=latency_ms,
             route=path,
-            items=len(answers),
-            outputs=answers,
-            input_summary=model.task.summarize_inputs(inputs.raw, inputs.x),  # only when logging
+            items=len(answer.predictions),
+            outputs=answer.predictions,
+            input_summary=answer.summaries,
             payload=body if sampled else None,
             payload_type=inputs.media if sampled else None,
         )
@@ -382,19 +385,27 @@ def _record(
 
 
 async def _mirror(
-    state: ServerState, dep: Deployment, shadow: ServedModel, rid: str, path: str, inputs: Inputs
+    state: ServerState,
+    dep: Deployment,
+    shadow: ServedModel,
+    rid: str,
+    path: str,
+    inputs: Inputs,
+    summaries: list[dict[str, Any]] | None,
 ) -> None:
     """Send a copy to the challenger after the response went out; log its answer, never return it."""
     start = time.perf_counter()
     try:
         async with asyncio.timeout(state.settings.request_timeout_s):
-            answers = await shadow.batcher.submit(inputs.x, inputs.top_k)
+            answer: Answer = await shadow.batcher.submit(inputs.x, Work(inputs.top_k))
     except (QueueFullError, TimeoutError, RuntimeError):
         if state.metrics is not None:
             state.metrics.shadow_dropped.labels(dep.name).inc()
         return
     latency_ms = (time.perf_counter() - start) * 1000
-    _record(state, dep, shadow, rid, path, None, inputs, answers, latency_ms, shadow=True)
+    # The same inputs as the champion's: its summaries stand.
+    answer = Answer(answer.predictions, summaries)
+    _record(state, dep, shadow, rid, path, None, inputs, answer, latency_ms, shadow=True)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -8,7 +8,7 @@ what keeps training and serving preprocessing identical.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,11 +67,26 @@ class Task(Protocol):
     kind: str
     primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
 
-    def prepare(self, cfg: RunConfig, *, splits: Collection[str] | None = None) -> tuple[RunConfig, Any]:
+    def prepare(
+        self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
+    ) -> tuple[RunConfig, Any]:
         """Load and validate the data; return the config resolved from it and the data handle.
 
         ``splits`` limits the (expensive) loading to those splits, e.g. ``{"test"}`` to evaluate.
+        ``state`` is fitted preprocessing from a bundle (:meth:`load_state`): given, it is reused as it
+        is, never refit, so a bundle is evaluated with exactly the preprocessing it was trained with.
         """
+        ...
+
+    def state_files(self, data: Any) -> dict[str, bytes]:
+        """Fitted preprocessing that the config cannot hold (a tokenizer), by file name; ``{}`` if none.
+
+        It was fit on the training split only. The bundle stores these files beside the weights.
+        """
+        ...
+
+    def load_state(self, cfg: RunConfig, files: Mapping[str, bytes]) -> Any:
+        """Parse what :meth:`state_files` wrote; the result goes to ``preprocess`` and ``prepare``."""
         ...
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
@@ -90,8 +105,15 @@ class Task(Protocol):
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]: ...
 
-    def preprocess(self, cfg: RunConfig, inputs: Sequence[Any]) -> Any:
-        """Raw inputs (paths, bytes, arrays...) -> a model input batch, exactly as in training."""
+    def preprocess(self, cfg: RunConfig, inputs: Sequence[Any], state: Any = None) -> Any:
+        """Raw inputs (paths, bytes, texts...) -> a model input batch, exactly as in training."""
+        ...
+
+    def collate_inputs(self, cfg: RunConfig, parts: Sequence[Any]) -> Any:
+        """Join several ``preprocess`` results into one model batch (the server batches requests so).
+
+        Images: a concatenation. Texts: padded to the longest row.
+        """
         ...
 
     def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
@@ -115,7 +137,9 @@ class Task(Protocol):
         """Uploaded files (multipart) -> raw inputs for ``preprocess``; same checks as ``decode_request``."""
         ...
 
-    def summarize_inputs(self, raw: Sequence[Any], model_inputs: torch.Tensor) -> list[dict[str, Any]]:
+    def summarize_inputs(
+        self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
+    ) -> list[dict[str, Any]]:
         """Small JSON-ready descriptions of each input for the prediction log and drift monitoring."""
         ...
 

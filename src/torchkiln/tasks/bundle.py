@@ -5,6 +5,8 @@
       config.yaml         the resolved run config (rebuilds the architecture)
       bundle.json         format version, task, runtime, labels, preprocessing, model-file SHA-256,
                           metrics; for an exported variant also what it was made from and its checks
+      state/              fitted preprocessing the config cannot hold (a text task's tokenizer.json),
+                          each file's SHA-256 in bundle.json; absent for image tasks
 
 A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ BUNDLE_FORMAT = "torchkiln-bundle"
 BUNDLE_VERSION = 1
 FILES = ("model.safetensors", "config.yaml", "bundle.json")  # a trained (torch runtime) bundle
 RUNTIMES = {"torch": "model.safetensors", "onnxruntime": "model.onnx"}  # runtime -> model file
+STATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a state file name: no folders, no dot-files
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Bundle:
     meta: dict[str, Any]
     task: Task
     model: nn.Module
+    state: Any = None  # task.load_state(config, state_files): what preprocess needs beyond the config
+    state_files: dict[str, bytes] = field(default_factory=dict)
 
 
 def sha256_file(path: Path) -> str:
@@ -64,6 +71,7 @@ def save_bundle(
     model_file: Path | None = None,
     extra: dict[str, Any] | None = None,
     attachments: dict[str, Path] | None = None,
+    state_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a bundle atomically.
 
@@ -75,6 +83,7 @@ def save_bundle(
         model_file: ... or an exported ``model.onnx`` to copy in (ONNX Runtime); give one of the two.
         extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics, export checks).
         attachments: more files to copy in, by name (e.g. ``export_report.json``).
+        state_files: the task's fitted preprocessing (``task.state_files(data)``), saved under ``state/``.
 
     Returns:
         The bundle path.
@@ -95,6 +104,13 @@ def save_bundle(
             shutil.copyfile(model_file, tmp / name)
         for fname, src in (attachments or {}).items():
             shutil.copyfile(src, tmp / fname)
+        state_sha = {}
+        for fname, content in (state_files or {}).items():
+            if not STATE_NAME.fullmatch(fname):
+                raise ValueError(f"state file name {fname!r} must be a plain file name")
+            (tmp / "state").mkdir(exist_ok=True)
+            (tmp / "state" / fname).write_bytes(content)
+            state_sha[fname] = hashlib.sha256(content).hexdigest()
         (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         meta = {
             "format": BUNDLE_FORMAT,
@@ -107,10 +123,14 @@ def save_bundle(
             "model_file": name,
             "weights_sha256": sha256_file(tmp / name),
             **task.bundle_meta(cfg),
+            **({"state_files": state_sha} if state_sha else {}),
             **(extra or {}),
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        for f in tmp.iterdir():
+        for f in tmp.rglob("*"):
+            if f.is_dir():
+                f.chmod(0o755)
+                continue
             f.chmod(0o644)
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
@@ -162,9 +182,30 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     except ConfigError as exc:
         raise BundleError(f"Bundle '{path}' has an invalid config.yaml:\n{exc}") from None
     task = get_task(cfg.task.kind)
+    files = _read_state_files(path, meta, verify=verify)
+    state = task.load_state(cfg, files)
     model = OnnxModel(model_file) if runtime == "onnxruntime" else _torch_model(path, cfg, task, meta)
     model.eval()
-    return Bundle(path, cfg, meta, task, model)
+    return Bundle(path, cfg, meta, task, model, state, files)
+
+
+def _read_state_files(path: Path, meta: dict[str, Any], *, verify: bool) -> dict[str, bytes]:
+    files = {}
+    for name, sha in (meta.get("state_files") or {}).items():
+        file = path / "state" / name
+        if not STATE_NAME.fullmatch(name) or not file.is_file():
+            raise BundleError(
+                f"Bundle '{path}' lists the state file {name!r} (fitted preprocessing such as a tokenizer), "
+                f"but state/{name} is missing. Restore the file, or retrain to rewrite the bundle."
+            )
+        content = file.read_bytes()
+        if verify and hashlib.sha256(content).hexdigest() != sha:
+            raise BundleError(
+                f"Bundle '{path}': state/{name} does not match the SHA-256 in bundle.json (the file was "
+                f"changed or truncated). Restore the file or retrain."
+            )
+        files[name] = content
+    return files
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -37,7 +37,15 @@ class Predictor:
 
     def preprocess(self, inputs: Sequence[Any]) -> torch.Tensor:
         """Raw inputs -> the model's input batch, exactly as in training (on the CPU)."""
-        return self.bundle.task.preprocess(self.bundle.config, inputs)
+        return self.bundle.task.preprocess(self.bundle.config, inputs, self.bundle.state)
+
+    def collate(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Several ``preprocess`` results -> one model batch (texts are padded to the longest)."""
+        return self.bundle.task.collate_inputs(self.bundle.config, parts)
+
+    def summarize(self, raw: Sequence[Any], x: torch.Tensor) -> list[dict[str, Any]]:
+        """JSON-ready descriptions of preprocessed inputs, for the prediction log and drift monitoring."""
+        return self.bundle.task.summarize_inputs(self.bundle.config, raw, x)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

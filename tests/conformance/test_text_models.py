@@ -1,0 +1,89 @@
+"""Every registered text model, through the text task: forward, backward, freezing, and the bundle round
+trip with its tokenizer state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchkiln.config import validate
+from torchkiln.models import MODELS
+from torchkiln.tasks import get_task
+from torchkiln.tasks.bundle import load_bundle, save_bundle
+
+TEXT_MODELS = [n for n in MODELS.names() if MODELS.get(n).task == "text-classification"]
+SMALL = {  # small widths keep the suite fast; the architecture is the registered one
+    "lstm": {"embed_dim": 16, "hidden_size": 16},
+    "gru": {"embed_dim": 16, "hidden_size": 16, "pool": "max"},
+    "textcnn": {"embed_dim": 16, "filters": 8},
+    "transformer": {"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32},
+    "minilm": {},
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, make_sentiment_csv, make_text_config):
+    """name -> (resolved config, data) on generated reviews, prepared once per model."""
+    root = tmp_path_factory.mktemp("text-conformance")
+    csv = make_sentiment_csv(root / "reviews.csv", 60)
+    task = get_task("text-classification")
+    out = {}
+    for name in TEXT_MODELS:
+        cfg = make_text_config(csv, root / "runs")
+        cfg["model"] = {"name": name, "args": SMALL.get(name, {})}
+        if MODELS.get(name).packaged_weights:
+            cfg["model"]["pretrained"] = True
+            cfg["data"].pop("tokenizer")  # a pretrained model brings its own
+        out[name] = task.prepare(validate(cfg))
+    return out
+
+
+def test_every_text_model_is_covered() -> None:
+    assert set(TEXT_MODELS) == set(SMALL), "add the new model to SMALL"
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_forward_backward_bundle_roundtrip(name: str, prepared, tmp_path: Path) -> None:
+    task = get_task("text-classification")
+    cfg, data = prepared[name]
+    torch.manual_seed(0)
+    model = task.build_model(cfg)
+    x = data.encoder(["A wonderful film.", "Dull, tedious and far too long for its thin plot."])
+    assert x.dtype == torch.long and x.shape[0] == 2
+
+    model.train()
+    logits = model(x)
+    assert logits.shape == (2, 2)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    model.eval()
+    with torch.inference_mode():
+        expected = model(x)
+    save_bundle(tmp_path / "bundle", model=model, cfg=cfg, task=task, state_files=task.state_files(data))
+    bundle = load_bundle(tmp_path / "bundle")
+    with torch.inference_mode():
+        assert torch.allclose(bundle.model(x), expected, atol=1e-6)
+    assert torch.equal(
+        task.preprocess(bundle.config, ["A wonderful film."], bundle.state), x[:1, : x[0].ne(0).sum()]
+    )
+    answers = task.postprocess(bundle.config, expected, top_k=1)
+    assert [len(a["top_k"]) for a in answers] == [1, 1]
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_freeze_backbone_trains_only_the_last_blocks(name: str, prepared) -> None:
+    task = get_task("text-classification")
+    cfg, _ = prepared[name]
+    cfg = cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"freeze_backbone": True, "unfreeze_last": 1})}
+    )
+    model = task.build_model(cfg)
+    blocks = list(model.blocks)
+    assert all(not p.requires_grad for b in blocks[:-1] for p in b.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    groups = {g.name: g for g in task.param_groups(cfg, model)}
+    assert len(groups["backbone"].params) == sum(1 for p in blocks[-1].parameters())

@@ -1,0 +1,196 @@
+"""The text-classification task: the tokenizer is fit on train only and travels in the bundle as state."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchkiln import api
+from torchkiln.config import validate
+from torchkiln.errors import BundleError, ConfigError, DataError, PredictError
+from torchkiln.tasks import get_task
+from torchkiln.tasks.bundle import load_bundle
+from torchkiln.tasks.predictor import load_predictor
+
+TASK = get_task("text-classification")
+
+
+@pytest.fixture
+def config(tmp_path: Path, make_sentiment_csv, make_text_config) -> Callable[..., dict]:
+    """``config(**data)``: the tiny BiLSTM config on generated reviews, with ``data`` keys replaced."""
+
+    def make(**data: object) -> dict:
+        path = data.pop("path", None) or make_sentiment_csv(tmp_path / "reviews.csv")
+        cfg = make_text_config(path, tmp_path / "runs")
+        cfg["data"] |= data
+        return cfg
+
+    return make
+
+
+def write_split_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Reviews with an explicit split column; the word 'zqxjv' appears only in test rows."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "sentiment", "part"])
+        for i, (text, label) in enumerate(rows):
+            part = "test" if i % 6 == 0 else "val" if i % 6 == 1 else "train"
+            w.writerow([f"{text} zqxjv" if part == "test" else text, label, part])
+    return path
+
+
+def test_the_tokenizer_is_fit_on_the_train_split_only(tmp_path: Path, config, make_sentiment_rows) -> None:
+    path = write_split_csv(tmp_path / "split.csv", make_sentiment_rows(120, seed=1))
+    cfg = config(path=str(path), split_column="part")
+    cfg["data"]["tokenizer"] |= {"vocab_size": 400}
+    resolved, data = TASK.prepare(validate(cfg))
+    vocab = data.encoder.tokenizer.get_vocab()
+    assert "zqxjv" not in vocab  # a test-only word never shapes the vocabulary
+    assert "great" in vocab and "awful" in vocab
+    assert resolved.data.tokenizer.vocab_size == len(vocab) and resolved.data.tokenizer.pad_id == 0
+    assert resolved.data.classes == ["negative", "positive"]
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [80, 20, 20]
+    assert all("zqxjv" in t for t in data.splits["test"].texts)
+
+
+def test_the_bundle_carries_the_tokenizer_and_predicts_the_same(tiny_text_bundle: Path) -> None:
+    bundle = load_bundle(tiny_text_bundle)
+    run_state = (tiny_text_bundle.parent / "state" / "tokenizer.json").read_bytes()
+    assert bundle.state_files == {"tokenizer.json": run_state}
+    again = load_bundle(tiny_text_bundle)
+    assert again.state.tokenizer.to_str() == bundle.state.tokenizer.to_str()
+    texts = ["A wonderful, moving film.", "Dull and tedious.", "the plot"]
+    p = load_predictor(tiny_text_bundle)
+    x = p.preprocess(texts)
+    assert x.dtype == torch.long and x.shape[0] == 3 and (x[2] == 0).any()  # padded to the longest
+    first, second = p.predict(texts), load_predictor(tiny_text_bundle).predict(texts)
+    assert first == second
+    assert first[0]["label"] == "positive" and first[1]["label"] == "negative"
+
+
+def test_a_changed_tokenizer_file_is_refused(tmp_path: Path, tiny_text_bundle: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_text_bundle, tmp_path / "bundle"))
+    (copy / "state" / "tokenizer.json").write_text("{}")
+    with pytest.raises(BundleError, match=re.escape("state/tokenizer.json does not match the SHA-256")):
+        load_bundle(copy)
+    (copy / "state" / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match=re.escape("but state/tokenizer.json is missing")):
+        load_bundle(copy)
+
+
+def test_collate_pads_requests_of_different_lengths(tiny_text_bundle: Path) -> None:
+    p = load_predictor(tiny_text_bundle)
+    parts = [p.preprocess(["great"]), p.preprocess(["the story was dull and the cast was bland"])]
+    joined = p.collate(parts)
+    assert joined.shape == (2, parts[1].shape[1])
+    assert torch.allclose(p.forward(joined)[0], p.forward(parts[0])[0], atol=1e-5)  # padding is ignored
+    summary = p.summarize(["great", "the story was dull and the cast was bland"], joined)
+    assert [s["tokens"] for s in summary] == [int((r != 0).sum()) for r in joined]
+    assert summary[0]["chars"] == 5 and len(summary[0]["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([], "No texts were given. Pass at least one text."),
+        (["fine", "   "], "texts[1] is empty. Expected some text to classify."),
+        ([3], "texts[0] is a int, not a string. Send text."),
+    ],
+)
+def test_bad_prediction_inputs(tiny_text_bundle: Path, texts: list, message: str) -> None:
+    with pytest.raises(PredictError, match=re.escape(message)):
+        load_predictor(tiny_text_bundle).predict(texts)
+
+
+def test_config_errors_name_the_fix(config) -> None:
+    cfg = config()
+    cfg["data"]["path"] = "movie-reviewz"
+    with pytest.raises(DataError, match=re.escape("Did you mean 'movie-reviews'?")):
+        TASK.prepare(validate(cfg))
+    cfg = config()
+    cfg["model"] = {"name": "minilm", "pretrained": True}
+    cfg["data"]["tokenizer"] = {"kind": "bpe"}
+    with pytest.raises(ConfigError, match=re.escape("is pretrained with its own tokenizer")):
+        TASK.prepare(validate(cfg))
+    cfg["data"]["tokenizer"] = {}
+    cfg["model"] = {"name": "minilm"}
+    with pytest.raises(ConfigError, match=re.escape("set model.pretrained: true (the packaged MiniLM)")):
+        TASK.prepare(validate(cfg))
+    cfg["model"] = {"name": "cnn"}
+    with pytest.raises(ConfigError, match=re.escape("Model 'cnn' is a image-classification model")):
+        TASK.prepare(validate(cfg))
+
+
+def test_a_label_that_never_appears_in_train_is_refused(tmp_path: Path, config) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("review,sentiment,part\ngood film,pos,train\nbad film,neg,train\nodd film,meh,test\n")
+    cfg = config(path=str(path), split_column="part")
+    with pytest.raises(
+        DataError, match=re.escape("the test split has class 'meh', which never appears in train")
+    ):
+        TASK.prepare(validate(cfg))
+
+
+def test_layer_wise_lr_decay_gives_each_block_its_multiplier(config) -> None:
+    cfg = config()
+    cfg["model"] = {"name": "transformer", "args": {"d_model": 16, "nhead": 2, "num_layers": 2}}
+    cfg["model"]["layer_lr_decay"] = 0.5
+    resolved, _ = TASK.prepare(validate(cfg))
+    model = TASK.build_model(resolved)
+    groups = TASK.param_groups(resolved, model)
+    assert [(g.name, g.lr_mult) for g in groups] == [
+        ("block0", 0.125),
+        ("block1", 0.25),
+        ("block2", 0.5),
+        ("head", 1.0),
+    ]
+    n_params = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g.params) for g in groups) == n_params
+
+
+def test_freeze_backbone_keeps_the_last_blocks_trainable(config) -> None:
+    cfg = config()
+    cfg["model"] = {"name": "transformer", "args": {"d_model": 16, "nhead": 2, "num_layers": 2}}
+    cfg["model"] |= {"freeze_backbone": True, "unfreeze_last": 1}
+    resolved, _ = TASK.prepare(validate(cfg))
+    model = TASK.build_model(resolved)
+    blocks = list(model.blocks)
+    assert all(not p.requires_grad for b in blocks[:-1] for p in b.parameters())
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+
+
+def test_evaluation_reports_the_most_confident_mistakes_with_their_text(
+    tiny_text_bundle: Path, tmp_path
+) -> None:
+    result = api.evaluate(tiny_text_bundle, split="test", out_dir=tmp_path / "eval")
+    html = result.report.read_text()
+    assert "<th>Text</th>" in html and "Most confident mistakes" in html
+    metrics = json.loads(result.metrics_file.read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["binary"]["positive"] == "positive"
+    assert 0.0 <= metrics["binary"]["f1"] <= 1.0 and 0.0 <= metrics["binary"]["auc"] <= 1.0
+
+
+def test_a_resumed_run_reuses_its_saved_tokenizer(config, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config()
+    cfg["train"] |= {"epochs": 1}
+    run = api.train(api.load_config(cfg))
+    saved = (run / "state" / "tokenizer.json").read_bytes()
+    seen: list[dict[str, bytes]] = []
+    load_state = type(TASK).load_state
+
+    def spy(self, cfg, files):  # type: ignore[no-untyped-def]
+        seen.append(dict(files))
+        return load_state(self, cfg, files)
+
+    monkeypatch.setattr(type(TASK), "load_state", spy)
+    api.train(resume=run)
+    assert seen and seen[0] == {"tokenizer.json": saved}
+    assert (run / "bundle" / "state" / "tokenizer.json").read_bytes() == saved
