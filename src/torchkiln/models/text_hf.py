@@ -67,6 +67,7 @@ def _transformers() -> Any:
             f"Model 'minilm' needs the optional package transformers, which is not installed. "
             f"Install it with: {INSTALL_HINT}"
         ) from None
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in kiln's output
     return transformers
 
 

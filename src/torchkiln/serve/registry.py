@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from torchkiln.errors import BundleError, KilnError, ServeError
-from torchkiln.tasks.bundle import RUNTIMES, _read_meta, load_bundle, sha256_file
+from torchkiln.io import sha256_file
+from torchkiln.tasks.bundle import RUNTIMES, _read_meta, load_bundle
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

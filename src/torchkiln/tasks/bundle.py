@@ -32,6 +32,7 @@ from torch import nn
 from torchkiln import __version__
 from torchkiln.config import RunConfig, dump_config, validate
 from torchkiln.errors import BundleError, ConfigError
+from torchkiln.io import sha256_file
 from torchkiln.models.base import resize_to_state
 from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks.base import Task, get_task
@@ -52,14 +53,6 @@ class Bundle:
     model: nn.Module
     state: Any = None  # task.load_state(config, state_files): what preprocess needs beyond the config
     state_files: dict[str, bytes] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_bundle(
