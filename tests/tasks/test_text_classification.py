@@ -194,3 +194,15 @@ def test_a_resumed_run_reuses_its_saved_tokenizer(config, monkeypatch: pytest.Mo
     api.train(resume=run)
     assert seen and seen[0] == {"tokenizer.json": saved}
     assert (run / "bundle" / "state" / "tokenizer.json").read_bytes() == saved
+
+
+def test_exporting_an_lstm_to_onnx_says_why_it_cannot(tiny_text_bundle: Path, tmp_path: Path) -> None:
+    from torchkiln.errors import ExportError
+    from torchkiln.exporter.onnx import export_onnx
+
+    bundle = load_bundle(tiny_text_bundle)
+    x = load_predictor(tiny_text_bundle).preprocess(["a great film", "dull"])
+    with pytest.raises(
+        ExportError, match=re.escape("ONNX export of the LSTM/GRU text models is not supported yet")
+    ):
+        export_onnx(bundle.model, x, tmp_path / "m.onnx")
