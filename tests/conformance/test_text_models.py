@@ -35,7 +35,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, make_sentiment_csv, make_
         cfg["model"] = {"name": name, "args": SMALL.get(name, {})}
         if MODELS.get(name).packaged_weights:
             cfg["model"]["pretrained"] = True
-            cfg["data"].pop("tokenizer")  # a pretrained model brings its own
+        if MODELS.get(name).own_tokenizer:
+            cfg["data"].pop("tokenizer")  # it brings its own
         out[name] = task.prepare(validate(cfg))
     return out
 

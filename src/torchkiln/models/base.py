@@ -52,6 +52,7 @@ class ModelSpec:
         packaged_weights: whether ``pretrained: true`` works without a file.
         in_channels: channel count the architecture needs (3 for ImageNet models), or None if any.
         task: the task kind whose inputs the model takes.
+        own_tokenizer: a pretrained text model that only reads its own tokenizer's ids (BERT family).
     """
 
     builder: ModelBuilder
@@ -61,6 +62,7 @@ class ModelSpec:
     packaged_weights: bool = False
     in_channels: int | None = None
     task: str = "image-classification"
+    own_tokenizer: bool = False
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -79,12 +81,20 @@ def register_model(
     packaged_weights: bool = False,
     in_channels: int | None = None,
     task: str = "image-classification",
+    own_tokenizer: bool = False,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register a builder under ``name`` in :data:`MODELS`."""
 
     def deco(builder: ModelBuilder) -> ModelBuilder:
         spec = ModelSpec(
-            builder, summary, default_image_size, pretrained_stats, packaged_weights, in_channels, task
+            builder,
+            summary,
+            default_image_size,
+            pretrained_stats,
+            packaged_weights,
+            in_channels,
+            task,
+            own_tokenizer,
         )
         MODELS.add(name, spec, summary=summary)
         return builder

@@ -130,6 +130,7 @@ def _check_covered(model: HFTextClassifier, encoder: nn.Module) -> None:
     "minilm",
     summary="MiniLM-L6 sentence encoder fine-tuned (packaged), or any local BERT-family folder",
     packaged_weights=True,
+    own_tokenizer=True,
     task=TASK,
 )
 def minilm(

@@ -454,15 +454,19 @@ def _insert(engine: sa.Engine, records: list[PredictionRecord]) -> None:
     ~25 us of Python per row building and processing parameters; converting each row with the columns'
     own bind processors (the same conversions) and handing tuples to the driver takes a fraction of it.
     """
-    sql, processors = _insert_plan(engine.dialect)
+    with engine.begin() as conn:
+        _insert_rows(conn, records)
+
+
+def _insert_rows(conn: sa.Connection, records: list[PredictionRecord]) -> None:
+    sql, processors = _insert_plan(conn.dialect)
     rows = []
     for record in records:
         row = list(_VALUES(record))
         for i, process in processors:
             row[i] = process(row[i])
         rows.append(tuple(row))
-    with engine.begin() as conn:
-        conn.exec_driver_sql(sql, rows)
+    conn.exec_driver_sql(sql, rows)
 
 
 @functools.cache
@@ -484,18 +488,14 @@ def _insert_new(engine: sa.Engine, records: list[PredictionRecord]) -> None:
         ids = list({r.request_id for r in records})
         query = sa.select(c.request_id, c.model, c.arm, c.shadow, c.time).where(c.request_id.in_(ids))
         seen = {_key(row) for row in conn.execute(query)}
-        fresh = [_to_row(r) for r in records if _key(r) not in seen]
+        fresh = [r for r in records if _key(r) not in seen]
         if fresh:
-            conn.execute(predictions.insert(), fresh)
+            _insert_rows(conn, fresh)
 
 
 def _key(r: Any) -> tuple[Any, ...]:
     """What tells two logged predictions apart (a record or a row)."""
     return (r.request_id, r.model, r.arm, bool(r.shadow), _utc(r.time))
-
-
-def _to_row(record: PredictionRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in _FIELDS}
 
 
 def _to_json(record: PredictionRecord) -> str:

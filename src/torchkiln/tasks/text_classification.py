@@ -116,11 +116,6 @@ def _check_text(text: Any, index: int) -> str:
     return text
 
 
-def _is_hf(name: str) -> bool:
-    """Models that bring their own pretrained tokenizer (the BERT family)."""
-    return name == "minilm"
-
-
 class TextClassificationTask:
     kind = "text-classification"
     primary_metric = PrimaryMetric("accuracy")
@@ -131,8 +126,7 @@ class TextClassificationTask:
     ) -> tuple[RunConfig, TextData]:
         d, m = cfg.data, cfg.model
         assert isinstance(d, TextDataConfig)
-        check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind)
-        hf = _is_hf(m.name)
+        hf = check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind).own_tokenizer
         if hf and d.tokenizer.kind in ("wordpiece", "bpe"):
             raise ConfigError(
                 f"Model '{m.name}' is pretrained with its own tokenizer; data.tokenizer.kind "
