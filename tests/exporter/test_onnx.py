@@ -30,3 +30,19 @@ def test_unsupported_operator_is_named(tmp_path) -> None:
         "the model, or keep the eager model (--format torch)."
     )
     assert not path.exists()
+
+
+def test_a_second_export_keeps_every_dynamic_axis(tmp_path) -> None:
+    """The dynamo exporter can fix an LSTM's length to the example's on a second export in one
+    process; such a graph is not accepted: the next exporter is tried, and both files take any length."""
+    from torchkiln.models.runtime import OnnxModel
+    from torchkiln.models.text import lstm
+
+    torch.manual_seed(0)
+    model = lstm(num_classes=2, vocab_size=40, pad_id=0, max_length=16, embed_dim=8, hidden_size=8).eval()
+    ids = torch.randint(1, 40, (3, 11))
+    ids[1, 5:] = 0
+    for i in range(2):
+        export_onnx(model, ids[:2, :7], tmp_path / f"m{i}.onnx", dynamic_axes=(0, 1))
+        got = OnnxModel(tmp_path / f"m{i}.onnx").run(ids.numpy())
+        torch.testing.assert_close(torch.from_numpy(got), model(ids), atol=1e-5, rtol=1e-4)

@@ -117,6 +117,20 @@ def test_packed_equals_unpacked_without_padding(name: str, layers: int) -> None:
         torch.testing.assert_close(model(ids), model.forward_unpacked(ids), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, True), (2, True), (2, False)])
+@pytest.mark.parametrize("pool", ["last", "max"])
+def test_export_form_equals_packed_on_padded_rows(
+    name: str, layers: int, bidirectional: bool, pool: str
+) -> None:
+    """for_export() runs without packed sequences, yet padding still never reaches a row's logits."""
+    model = build(name, num_layers=layers, bidirectional=bidirectional, pool=pool).eval()
+    ids = batch([9, 4, 1, 6], width=11)
+    ids[2] = PAD  # an all-padding row: packed sequences count it as one step
+    with torch.inference_mode():
+        torch.testing.assert_close(model.for_export()(ids), model(ids), atol=1e-6, rtol=0)
+
+
 def test_pretrained_weights_file_keeps_backbone_drops_head(tmp_path: Path) -> None:
     source = build("lstm")
     save_file(source.state_dict(), tmp_path / "lstm.safetensors")

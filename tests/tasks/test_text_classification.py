@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -196,13 +197,21 @@ def test_a_resumed_run_reuses_its_saved_tokenizer(config, monkeypatch: pytest.Mo
     assert (run / "bundle" / "state" / "tokenizer.json").read_bytes() == saved
 
 
-def test_exporting_an_lstm_to_onnx_says_why_it_cannot(tiny_text_bundle: Path, tmp_path: Path) -> None:
-    from torchkiln.errors import ExportError
-    from torchkiln.exporter.onnx import export_onnx
-
-    bundle = load_bundle(tiny_text_bundle)
-    x = load_predictor(tiny_text_bundle).preprocess(["a great film", "dull"])
-    with pytest.raises(
-        ExportError, match=re.escape("ONNX export of the LSTM/GRU text models is not supported yet")
-    ):
-        export_onnx(bundle.model, x, tmp_path / "m.onnx")
+@pytest.mark.parametrize("mode", ["dynamic", "static"])  # static calibrates on val: rows of another length
+def test_lstm_bundle_exports_to_int8_onnx_that_predicts_like_the_eager_one(
+    tiny_text_bundle: Path, tmp_path: Path, mode: str
+) -> None:
+    run = Path(shutil.copytree(tiny_text_bundle.parent, tmp_path / "run"))
+    result = api.export(run, quantize=mode, bench_seconds=0.01)
+    assert result.passed, [c.detail for c in result.checks]
+    assert [r.name for r in result.rows] == ["torch fp32 (eager)", "onnx fp32", f"onnx int8 {mode}"]
+    assert result.rows[1].max_abs_diff is not None and result.rows[1].max_abs_diff < 1e-4
+    if mode == "dynamic":  # the embedding is stored in int8 too (static's QDQ nodes outweigh a tiny model)
+        assert result.rows[2].file_bytes < result.rows[1].file_bytes
+    assert (result.variant / "state" / "tokenizer.json").read_bytes() == (
+        tiny_text_bundle / "state" / "tokenizer.json"
+    ).read_bytes()
+    texts = ["a great film", "dull and tedious", "a truly wonderful, moving and funny film with a great cast"]
+    eager = load_predictor(run / "bundle").predict(texts)
+    int8 = load_predictor(result.variant).predict(texts)  # rows of three lengths, padded in one batch
+    assert [a["label"] for a in int8] == [a["label"] for a in eager]

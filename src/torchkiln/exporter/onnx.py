@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from torchkiln.errors import ExportError
-from torchkiln.models.text import RNNClassifier
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+AXIS_NAMES = {0: "batch", 1: "length"}
 _OPERATOR = re.compile(r"\b([a-z_][a-z0-9_]*::[A-Za-z_]\w*(?:\.\w+)?)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -57,8 +57,8 @@ def _quiet() -> contextlib.ExitStack:
     return stack
 
 
-def _dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1)
+def _dynamo(model: nn.Module, example: torch.Tensor, path: Path, axes: tuple[int, ...]) -> None:
+    dims = {axis: torch.export.Dim(AXIS_NAMES.get(axis, f"dim{axis}"), min=1) for axis in axes}
     torch.onnx.export(
         model,
         (example,),
@@ -66,12 +66,13 @@ def _dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         dynamo=True,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},),
+        dynamic_shapes=(dims,),
         external_data=False,
     )
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _torchscript(model: nn.Module, example: torch.Tensor, path: Path, axes: tuple[int, ...]) -> None:
+    names = {axis: AXIS_NAMES.get(axis, f"dim{axis}") for axis in axes}
     torch.onnx.export(
         model,
         (example,),
@@ -79,9 +80,22 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         dynamo=False,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        dynamic_axes={INPUT_NAME: names, OUTPUT_NAME: {0: "batch"}},
         opset_version=18,
     )
+
+
+def _check_dynamic(path: Path, axes: tuple[int, ...], example: torch.Tensor) -> None:
+    """Exporters may quietly fix an axis marked dynamic to the example's size (the dynamo exporter
+    can unroll an LSTM over the example's length); such a graph would reject other sizes."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    fixed = [a for a in axes if a < len(dims) and not dims[a].dim_param]
+    if fixed:
+        raise ExportError(
+            f"the graph fixed input axes {fixed} to the example's sizes {[example.shape[a] for a in fixed]}"
+        )
 
 
 def _text(exc: BaseException) -> str:
@@ -100,13 +114,21 @@ def _summary(exc: BaseException, op: str | None) -> str:
     return next((ln for ln in lines if op and op in ln), lines[0])[:240]
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> str:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_axes: tuple[int, ...] = (0,)
+) -> str:
     """Export ``model`` (eval mode, on the CPU) to ``path``; returns the exporter that succeeded.
+
+    A model with a ``for_export()`` method is exported through the module that returns: the same
+    outputs from operators the exporters can trace (the LSTM/GRU text models run over packed
+    sequences, which they cannot).
 
     Args:
         model: the eager model; it is put in eval mode.
         example: a real input batch of at least 2 items (a batch of 1 would fix the batch size).
         path: the ``.onnx`` file to write.
+        dynamic_axes: the input axes whose size varies (the task's ``input_dynamic_axes``): the
+            batch, and for padded token ids also the length.
 
     Returns:
         ``"dynamo"`` or ``"torchscript"``.
@@ -121,13 +143,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> st
     """
     import onnx
 
-    if isinstance(model, RNNClassifier):  # caught here: the exporters' own message names no operator
-        raise ExportError(
-            "ONNX export of the LSTM/GRU text models is not supported yet: they run over packed sequences, "
-            "which the ONNX exporters cannot trace. Expected a model without packed sequences (textcnn, "
-            "transformer, minilm). Fix: serve or predict with the eager bundle (kiln serve BUNDLE), "
-            "or train one of those models."
-        )
+    if hasattr(model, "for_export"):
+        model = model.for_export()
     path = Path(path)
     model = model.cpu().eval()
     example = example.cpu().contiguous()
@@ -136,7 +153,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> st
     for name, exporter in (("dynamo", _dynamo), ("torchscript", _torchscript)):
         try:
             with _quiet(), torch.no_grad():
-                exporter(model, example, path)
+                exporter(model, example, path, dynamic_axes)
+            _check_dynamic(path, dynamic_axes, example)
             used = name
             break
         except Exception as exc:  # each exporter raises its own error types

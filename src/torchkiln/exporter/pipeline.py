@@ -78,14 +78,15 @@ def _collect(bundle: Bundle, data: Any, split: str) -> _Eval:
     xs, ys = [], []
     for batch in task.loader(cfg, data, split, train=False):
         x, y = task.to_device(batch, torch.device("cpu"), channels_last=False)
-        xs.append(x.numpy())
+        xs.append(x)
         ys.append(y)
     if not xs:
         raise ExportError(
             f"The {split} split of '{cfg.data.path}' is empty, so the export cannot be checked. "
             f"Use --split val, or give the data a {split} split."
         )
-    return _Eval(np.concatenate(xs), torch.cat(ys))
+    # One array for the whole split, joined as the server joins requests (texts: padded to the longest).
+    return _Eval(task.collate_inputs(cfg, xs).numpy(), torch.cat(ys))
 
 
 def _eager(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -199,7 +200,7 @@ def _calibration(bundle: Bundle, data: Any, ev: _Eval, opts: ExportOptions) -> n
     else:
         calib = _collect(bundle, data, opts.calibration_split).inputs
         source = f"the {opts.calibration_split} split"
-    check_calibration(calib, ev.inputs, source)
+    check_calibration(calib, ev.inputs, source, dynamic_axes=bundle.task.input_dynamic_axes)
     pick = np.random.default_rng(0).permutation(len(calib))[: opts.calibration_size]
     return calib[np.sort(pick)]
 
@@ -246,7 +247,8 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         if opts.prune is not None:
             model = _prune_step(bundle, data, ev, opts, work, m, extra, notes)
         if opts.format == "onnx":
-            model_file = _onnx_step(model, ev, opts, work, m, extra, checks)
+            axes = bundle.task.input_dynamic_axes
+            model_file = _onnx_step(model, ev, axes, opts, work, m, extra, checks)
             if opts.quantize:
                 model_file = _quantize_step(model_file, calib, opts, m, notes)
         pm, budget = bundle.task.primary_metric, opts.metric_budget
@@ -294,6 +296,7 @@ def _prune_step(
 def _onnx_step(
     model: nn.Module,
     ev: _Eval,
+    axes: tuple[int, ...],
     opts: ExportOptions,
     work: Path,
     m: _Measurer,
@@ -301,7 +304,7 @@ def _onnx_step(
     checks: list[Check],
 ) -> Path:
     model_file = work / "model.onnx"
-    extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file)
+    extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file, dynamic_axes=axes)
     source = len(m.rows) - 1  # the eager model it was exported from (pruned or not)
     row = m.add("onnx fp32", model_file, _onnx_params(model_file), OnnxModel(model_file).run, source=source)
     largest = float(np.abs(m.outputs[source]).max())

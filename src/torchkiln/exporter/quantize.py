@@ -7,8 +7,9 @@ runs int8 kernels after ``torch.compile`` with the x86 Inductor backend; in eage
 int8 with float ops and is slower than the fp32 model it came from.
 
 - ``dynamic``: int8 weights, activations quantized on the fly per batch. For Linear/LSTM-heavy
-  models (MLPs, text encoders), where activation ranges vary with the input. Conv layers are left in
-  fp32: ONNX Runtime has no fast dynamic int8 convolution.
+  models (MLPs, text encoders), where activation ranges vary with the input. Embedding tables
+  (``Gather`` on a weight) are stored in int8 too, which is most of a text model's file. Conv layers
+  are left in fp32: ONNX Runtime has no fast dynamic int8 convolution.
 - ``static``: int8 weights and activations, with activation ranges calibrated on real data. For CNNs.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from torchkiln.errors import ExportError
 
-_DYNAMIC_OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention"]
+_DYNAMIC_OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather"]
 
 
 def load_calibration_file(path: Path) -> np.ndarray:
@@ -47,14 +48,24 @@ def load_calibration_file(path: Path) -> np.ndarray:
     return loaded
 
 
-def check_calibration(data: np.ndarray, expected: np.ndarray, source: str) -> None:
+def check_calibration(
+    data: np.ndarray, expected: np.ndarray, source: str, *, dynamic_axes: tuple[int, ...] = (0,)
+) -> None:
     """Calibration inputs must look exactly like model inputs: same per-item shape and dtype.
+
+    Axes in ``dynamic_axes`` (the batch; a text's length) may differ in size.
 
     Raises:
         ExportError: they do not (say how they differ and what the model takes).
     """
-    if data.ndim != expected.ndim or data.shape[1:] != expected.shape[1:] or data.dtype != expected.dtype:
-        want = f"(N, {', '.join(map(str, expected.shape[1:]))}) {expected.dtype}"
+    fixed = [a for a in range(expected.ndim) if a not in dynamic_axes]
+    if (
+        data.ndim != expected.ndim
+        or [data.shape[a] for a in fixed] != [expected.shape[a] for a in fixed]
+        or data.dtype != expected.dtype
+    ):
+        dims = ["N" if a == 0 else "L" if a in dynamic_axes else str(n) for a, n in enumerate(expected.shape)]
+        want = f"({', '.join(dims)}) {expected.dtype}"
         raise ExportError(
             f"Calibration data from {source} has shape {tuple(data.shape)} and dtype {data.dtype}, but the "
             f"model takes {want} batches. Fix: save inputs preprocessed as the model sees them (the "
@@ -119,11 +130,19 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp, _ort_logging_quiet():
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared = Path(tmp).resolve() / "prepared.onnx"
         try:
             # Shape inference and graph fusions (Conv+BatchNorm) first, so ranges are taken on the
-            # graph that will actually run.
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+            # graph that will actually run. Symbolic shape inference gives up on some graphs (the
+            # attention masks of transformers models); ONNX's own shape inference is enough for those.
+            # When it gives up it leaves a debug copy of the graph in the working directory, so it
+            # runs inside the temporary one.
+            source = str(Path(src).resolve())
+            try:
+                with contextlib.chdir(tmp):
+                    quant_pre_process(source, str(prepared), skip_symbolic_shape=False)
+            except Exception:  # onnxruntime raises plain Exception("Incomplete symbolic shape inference")
+                quant_pre_process(source, str(prepared), skip_symbolic_shape=True)
             if mode == "dynamic":
                 quantize_dynamic(
                     str(prepared),

@@ -8,6 +8,7 @@ same way. MiniLM (Hugging Face ``transformers``) is in :mod:`torchkiln.models.te
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -117,10 +118,68 @@ class RNNClassifier(TextClassifier):
         return self.head(self._features(out, hidden, _after_first(pad)))
 
     def forward_unpacked(self, ids: torch.Tensor) -> torch.Tensor:
-        """The RNN over the padded tensor without packing (exportable); equals :meth:`forward` without pad."""
+        """The RNN over the padded tensor without packing; equals :meth:`forward` on rows without padding."""
         embedding, rnn = self.blocks
         out, hidden = rnn(self.embed_drop(embedding(ids)))
         return self.head(self._features(out, hidden, _after_first(ids == self.pad_id)))
+
+    def for_export(self) -> MaskedRNNClassifier:
+        """The same model without packed sequences, which the ONNX exporters cannot trace; same outputs."""
+        return MaskedRNNClassifier(self)
+
+
+class MaskedRNNClassifier(nn.Module):
+    """An :class:`RNNClassifier`'s exact forward on right-padded rows, from ops ONNX has (LSTM/GRU, Gather).
+
+    Each layer and direction runs as its own one-layer RNN over the whole padded tensor. The forward
+    direction sees a row's tokens before its padding, so its outputs at the row's steps are exact. The
+    backward direction runs over each row reversed *within its length* (a gather), so it too starts at
+    the row's last token. Final states are the outputs at the last real step, not ``h_n``, which has
+    run through the padding. Eval only: the weights are copies, and dropout is left out.
+    """
+
+    def __init__(self, model: RNNClassifier) -> None:
+        super().__init__()
+        embedding, rnn = model.blocks
+        if not isinstance(rnn, nn.LSTM | nn.GRU):
+            raise TypeError(f"expected an LSTM or GRU block, got {type(rnn).__name__}")
+        self.embedding, self.head = copy.deepcopy(embedding), copy.deepcopy(model.head)
+        self.pad_id, self.pool = model.pad_id, model.pool
+        self.directions = 2 if rnn.bidirectional else 1
+        self.layers = nn.ModuleList()
+        for layer in range(rnn.num_layers):
+            for suffix in ("", "_reverse")[: self.directions]:
+                width = rnn.input_size if layer == 0 else rnn.hidden_size * self.directions
+                one = type(rnn)(width, rnn.hidden_size, 1, batch_first=True, bias=rnn.bias)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[: 4 if rnn.bias else 2]:
+                    getattr(one, f"{name}_l0").data.copy_(getattr(rnn, f"{name}_l{layer}{suffix}").detach())
+                self.layers.append(one)
+        self.eval()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == self.pad_id
+        lengths = (~pad).sum(1, keepdim=True).clamp(min=1)  # (B, 1); an all-padding row counts 1 step
+        steps = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)  # (1, L)
+        # Reversed within each row's length; padded steps stay where they are. Its own inverse.
+        flip = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, L)
+        x = self.embedding(ids)
+        for i in range(0, len(self.layers), self.directions):
+            outs = [self.layers[i](x)[0]]
+            if self.directions == 2:
+                outs.append(_take(self.layers[i + 1](_take(x, flip))[0], flip))
+            x = torch.cat(outs, dim=-1)  # (B, L, directions * H)
+        if self.pool == "max":
+            features = x.masked_fill(_after_first(pad).unsqueeze(-1), float("-inf")).amax(dim=1)
+        else:
+            hidden = x.shape[-1] // self.directions
+            last = _take(x[..., :hidden], lengths - 1)[:, 0]  # forward: its output at the last real step
+            features = torch.cat([last, x[:, 0, hidden:]], dim=-1) if self.directions == 2 else last
+        return self.head(features)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, t]]`` for each row: x (B, L, D), index (B, T) -> (B, T, D)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def _after_first(pad: torch.Tensor) -> torch.Tensor:
@@ -264,9 +323,10 @@ class TextCNN(TextClassifier):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         embedding, convs = self.blocks
+        # widest - 1 more padding gives every kernel at least one window. Always, not only for short
+        # rows: a shape-dependent branch would be frozen into an exported graph at the example's length.
         widest = max(conv.kernel_size[0] for conv in convs)
-        if ids.shape[1] < widest:  # so that every kernel has at least one window
-            ids = F.pad(ids, (0, widest - ids.shape[1]), value=self.pad_id)
+        ids = F.pad(ids, (0, widest - 1), value=self.pad_id)
         tokens = (ids != self.pad_id).sum(1, keepdim=True)  # (B, 1)
         x = embedding(ids).transpose(1, 2)  # (B, E, L)
         pooled = []

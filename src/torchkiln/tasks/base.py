@@ -66,6 +66,7 @@ class Task(Protocol):
 
     kind: str
     primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
+    input_dynamic_axes: tuple[int, ...]  # model input axes whose size varies: (0,) the batch; texts (0, 1)
 
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None

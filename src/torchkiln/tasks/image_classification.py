@@ -130,6 +130,7 @@ def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
 class ImageClassificationTask:
     kind = "image-classification"
     primary_metric = PrimaryMetric("accuracy")
+    input_dynamic_axes = (0,)  # (B, C, H, W): only the batch varies
 
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None

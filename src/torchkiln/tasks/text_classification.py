@@ -119,6 +119,7 @@ def _check_text(text: Any, index: int) -> str:
 class TextClassificationTask:
     kind = "text-classification"
     primary_metric = PrimaryMetric("accuracy")
+    input_dynamic_axes = (0, 1)  # (B, L) token ids, padded to the longest row of each batch
 
     # Data ------------------------------------------------------------------------------------------
     def prepare(
