@@ -388,26 +388,43 @@ def datasets_fetch(
     name: Annotated[str, typer.Argument(help="A catalog name (kiln list datasets).")],
     to: Annotated[
         Path,
-        typer.Option("--to", help="Folder to write into: an image folder, or NAME.csv for a text data set"),
+        typer.Option("--to", help="Folder to write into: an image folder, or NAME.csv for texts and series"),
     ],
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder or an existing CSV.")] = False,
-    split: Annotated[str | None, typer.Option(help="Write only this split (train, val or test).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Write only this split (train, val or test); not for time series.")
+    ] = None,
 ) -> None:
-    """Write a catalog dataset out as you would bring it yourself: an image folder, or a text CSV."""
-    from torchkiln.data.catalog import load_catalog, select_split, write_image_folder
+    """Write a catalog dataset out as you would bring it yourself: image folders, or text or series CSVs."""
+    from torchkiln.data.catalog import (
+        DATASETS,
+        load_catalog,
+        load_series_catalog,
+        select_split,
+        write_image_folder,
+    )
     from torchkiln.data.text import TextTable, select_text_split, write_text_csv
+    from torchkiln.data.timeseries import write_series_csv
+    from torchkiln.errors import DataError
 
     try:
-        data = load_catalog(name)
-        if isinstance(data, TextTable):
+        if DATASETS.get(name).kind == "timeseries":
+            if split:
+                raise DataError(
+                    f"--split is not supported for the time series '{name}': its train/val/test parts are "
+                    f"chronological and set by data.split in the run config, not stored in the data. "
+                    f"Fix: leave out --split; the whole series is written."
+                )
+            frame = load_series_catalog(name)
+            path = write_series_csv(frame, to / f"{name}.csv", overwrite=overwrite)
+            written = f"{len(frame)} rows"
+        elif isinstance(data := load_catalog(name), TextTable):
             table = select_text_split(data, split) if split else data
             path = write_text_csv(table, to / f"{name}.csv", overwrite=overwrite)
+            written = f"{len(table.texts)} rows"
         else:
             path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
+            written = f"{sum(1 for _ in path.rglob('*.png'))} images"
     except KilnError as exc:
         _fail(exc)
-    if isinstance(data, TextTable):
-        out.print(f"wrote {len(table.texts)} rows to {path}")
-    else:
-        n = sum(1 for p in path.rglob("*.png"))
-        out.print(f"wrote {n} images to {path}")
+    out.print(f"wrote {written} to {path}")

