@@ -48,6 +48,12 @@ def evaluate_bundle(
     if split not in SPLITS:
         raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")
     cfg, task = bundle.config, bundle.task
+    if task.kind == "forecasting":
+        raise DataError(
+            "kiln evaluate writes classification reports; the forecasting report (metrics per horizon "
+            "step beside naive, seasonal naive, ETS and ARIMA, and plots) is not built yet. The val "
+            "metrics of training are in the run's history.json."
+        )
     # Resolved already: channels, stats; the bundle's own state (a tokenizer) is reused, not refit.
     _, data = task.prepare(without_pretrained(cfg), splits={split}, state=bundle.state)
     part = data.splits[split]
