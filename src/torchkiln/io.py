@@ -6,12 +6,16 @@ version in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
+
+from torchkiln.errors import DataError
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, mode: int = 0o644) -> None:
@@ -32,6 +36,40 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, mode: int = 0
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def new_text_file(path: Path, *, overwrite: bool = False) -> Iterator[TextIO]:
+    """Write a UTF-8 file a user asked for (a CSV export): into a temporary file beside ``path``, renamed
+    over it at the end, so an interrupted write leaves no half-written file.
+
+    Raises:
+        DataError: ``path`` exists (and not ``overwrite``), is a folder, or cannot be written.
+
+    Example:
+        >>> with new_text_file(Path("data/x.csv")) as fh:
+        ...     fh.write("a,b\n")
+    """
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise DataError(
+            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
+            f"overwrite=True (--overwrite)."
+        )
+    # Not mkstemp: its 0600 mode would stick to a file the user shares; "x" mode honours the umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = tmp.open("x", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise DataError(f"Cannot write {path} ({exc}). Fix: choose a folder you can write to.") from None
+    try:
+        with fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

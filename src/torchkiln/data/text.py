@@ -16,8 +16,6 @@ import codecs
 import csv
 import io
 import json
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Literal
 
 from torchkiln.data.splits import SPLITS
 from torchkiln.errors import DataError, did_you_mean
+from torchkiln.io import new_text_file
 
 TextFormat = Literal["csv", "tsv", "jsonl"]
 _SUFFIXES: dict[str, TextFormat] = {
@@ -404,28 +403,10 @@ def write_text_csv(table: TextTable, path: Path, *, overwrite: bool = False) -> 
         >>> write_text_csv(load_text_catalog("movie-reviews"), Path("data/movie-reviews.csv"))
         PosixPath('data/movie-reviews.csv')
     """
-    path = Path(path)
-    if path.is_dir() or (path.exists() and not overwrite):
-        raise DataError(
-            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
-            f"overwrite=True (--overwrite)."
-        )
     header = ["text", "label"] + (["split"] if table.splits is not None else [])
     columns = [table.texts, table.labels] + ([table.splits] if table.splits is not None else [])
-    # Not mkstemp: its 0600 mode would stick to a file the user shares; "x" mode honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = tmp.open("x", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise DataError(f"Cannot write {path} ({exc}). Fix: choose a folder you can write to.") from None
-    try:
-        with fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(zip(*columns, strict=True))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with new_text_file(path, overwrite=overwrite) as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(zip(*columns, strict=True))
+    return Path(path)

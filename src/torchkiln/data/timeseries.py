@@ -14,9 +14,7 @@ Reading needs pandas (the ``forecast`` extra); it is imported inside the functio
 from __future__ import annotations
 
 import math
-import os
 import re
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import torch
 from torchkiln.config.schema import ScalerStats, TimeSeriesDataConfig, TimeSeriesSplitConfig
 from torchkiln.data.catalog import DATASETS, load_series_catalog
 from torchkiln.errors import DataError, did_you_mean
+from torchkiln.io import new_text_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -651,27 +650,9 @@ def write_series_csv(frame: pd.DataFrame, path: Path, *, overwrite: bool = False
         >>> write_series_csv(load_series_catalog("air-passengers"), Path("data/air-passengers.csv"))
         PosixPath('data/air-passengers.csv')
     """
-    path = Path(path)
-    if path.is_dir() or (path.exists() and not overwrite):
-        raise DataError(
-            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
-            f"overwrite=True (--overwrite)."
-        )
     times = frame["time"].to_numpy().astype("datetime64[ns]")
     midnight = bool((times == times.astype("datetime64[D]")).all())
-    # Not mkstemp: its 0600 mode would stick to a file the user shares; "x" mode honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = tmp.open("x", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise DataError(f"Cannot write {path} ({exc}). Fix: choose a folder you can write to.") from None
-    try:
-        with fh:
-            fmt = "%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M:%S"
-            frame.to_csv(fh, index=False, lineterminator="\n", date_format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    fmt = "%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M:%S"
+    with new_text_file(path, overwrite=overwrite) as fh:
+        frame.to_csv(fh, index=False, lineterminator="\n", date_format=fmt)
+    return Path(path)
