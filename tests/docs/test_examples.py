@@ -18,4 +18,4 @@ def test_there_are_examples() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_config_validates(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.task.kind in ("image-classification", "text-classification")
+    assert cfg.task.kind in ("image-classification", "text-classification", "forecasting")
