@@ -181,3 +181,62 @@ def make_text_config() -> ConfigFactory:
 @pytest.fixture(scope="session")
 def make_sentiment_rows() -> Callable[..., list[tuple[str, str]]]:
     return sentiment_rows
+
+
+def seasonal_series(n: int = 96, *, seed: int = 1) -> np.ndarray:
+    """A monthly series with trend, a 12-step season and a little noise."""
+    t = np.arange(n)
+    return 50 + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(seed).normal(0, 0.5, n)
+
+
+def write_series_csv(path: Path, values: np.ndarray, *, start: str = "2000-01") -> Path:
+    """``time,value`` rows, monthly from ``start``."""
+    times = np.datetime64(start, "M") + np.arange(len(values))
+    rows = [f"{t}-01,{v:.4f}" for t, v in zip(times, values, strict=True)]
+    path.write_text("time,value\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_forecast_config_dict(data_path: str | Path, runs_dir: str | Path = "runs") -> dict[str, Any]:
+    """A small LSTM forecaster: lookback 12, horizon 6, 12 val and 12 test months, 2 epochs."""
+    return {
+        "task": "forecasting",
+        "data": {"path": str(data_path), "lookback": 12, "horizon": 6, "split": {"val": 12, "test": 12}},
+        "model": {"name": "lstm-forecaster", "args": {"hidden_size": 8}},
+        "train": {"epochs": 2, "batch_size": 16},
+        "tracking": {"mlflow": False, "tensorboard": False},
+        "runs_dir": str(runs_dir),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_forecast_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained forecasting bundle on a generated monthly series, made once per session. Read-only."""
+    from torchkiln import api
+
+    root = tmp_path_factory.mktemp("tiny-forecast-bundle")
+    cfg = tiny_forecast_config_dict(write_series_csv(root / "series.csv", seasonal_series()), root / "runs")
+    return api.train(api.load_config(cfg)) / "bundle"
+
+
+@pytest.fixture(scope="session")
+def make_series_csv() -> Callable[..., Path]:
+    """``make_series_csv(path, values=None, start="2000-01")`` writes ``time,value`` monthly rows
+    (default values: :func:`seasonal_series`)."""
+
+    def make(path: Path, values: np.ndarray | None = None, *, start: str = "2000-01") -> Path:
+        return write_series_csv(path, seasonal_series() if values is None else values, start=start)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_forecast_config() -> ConfigFactory:
+    """``make_forecast_config(data_path, runs_dir)`` -> the tiny forecaster config dict (a fresh copy)."""
+    return tiny_forecast_config_dict
+
+
+@pytest.fixture(scope="session")
+def series_values() -> Callable[..., np.ndarray]:
+    """``series_values(n=96, seed=1)``: the generated seasonal series the fixtures use."""
+    return seasonal_series

@@ -513,3 +513,16 @@ def test_write_series_csv_refuses_to_overwrite(tmp_path):
     assert len(path.read_text().splitlines()) == 4 and not list(tmp_path.glob(".*.part"))
     s = read_series(cfg(write_series_csv(frame, tmp_path / "again.csv")))
     np.testing.assert_array_equal(s.targets, read_series(cfg("elec-daily")).targets)
+
+
+def test_start_and_end_keep_the_rows_between_them(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.csv", "time,v\n" + "".join(f"2020-{m:02d}-01,{m}\n" for m in range(1, 13)))
+    s = read_series(cfg(path, start="2020-03-01", end="2020-10-01"))
+    assert s.targets[:, 0].tolist() == [3, 4, 5, 6, 7, 8, 9, 10]
+    assert read_series(cfg(path, end="2020-03-01")).targets[:, 0].tolist() == [1, 2, 3]
+    with pytest.raises(DataError) as err:
+        read_series(cfg(path, start="2021-01-01"))
+    assert str(err.value) == (
+        f"Time-series file '{path}' has no rows from 2021-01-01 to its end (it covers 2020-01-01 to "
+        f"2020-12-01). Fix: set data.start / data.end inside that range, or leave them out."
+    )

@@ -1,8 +1,9 @@
 """The forecasting task: no leakage through prepare, the pinball loss, metrics in the data's units,
-prediction from a bundle, and the CLI from a CSV to a trained bundle."""
+prediction from a bundle, and the CLI from a CSV to a trained bundle and a dated forecast."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,39 +22,28 @@ from torchkiln.tasks.forecasting import History, PinballLoss
 from torchkiln.tasks.predictor import load_predictor
 
 TASK = get_task("forecasting")
+KILN = str(Path(sys.executable).parent / "kiln")
 
 
-def write_series(path: Path, values: np.ndarray) -> Path:
-    times = np.datetime64("2000-01", "M") + np.arange(len(values))
-    rows = [f"{t}-01,{v:.4f}" for t, v in zip(times, values, strict=True)]
-    path.write_text("time,value\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
+def kiln(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run([KILN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-def seasonal(n: int = 96) -> np.ndarray:
-    t = np.arange(n)
-    return 50 + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(1).normal(0, 0.5, n)
+def months(n: int, start: str = "2000-01") -> np.ndarray:
+    return (np.datetime64(start, "M") + np.arange(n)).astype("datetime64[ns]")
 
 
-def config(path: Path, runs: Path, **train) -> dict:
-    return {
-        "task": "forecasting",
-        "data": {"path": str(path), "lookback": 12, "horizon": 6, "split": {"val": 12, "test": 12}},
-        "model": {"name": "lstm-forecaster", "args": {"hidden_size": 8}},
-        "train": {"epochs": 2, "batch_size": 16, **train},
-        "tracking": {"mlflow": False, "tensorboard": False},
-        "runs_dir": str(runs),
-    }
-
-
-def test_test_values_never_reach_training(tmp_path: Path) -> None:
+def test_test_values_never_reach_training(
+    tmp_path: Path, make_series_csv, make_forecast_config, series_values
+) -> None:
     """Scaler and MASE scale come from the train rows alone; changing val/test rows changes neither,
     nor any training window."""
-    values = seasonal()
-    a = TASK.prepare(validate(config(write_series(tmp_path / "a.csv", values), tmp_path)))
+    values = series_values()
+    a = TASK.prepare(validate(make_forecast_config(make_series_csv(tmp_path / "a.csv", values), tmp_path)))
     changed = values.copy()
     changed[72:] *= 10  # everything after train (val starts at 72)
-    b = TASK.prepare(validate(config(write_series(tmp_path / "b.csv", changed), tmp_path)))
+    b = TASK.prepare(validate(make_forecast_config(make_series_csv(tmp_path / "b.csv", changed), tmp_path)))
     (cfg_a, data_a), (cfg_b, data_b) = a, b
     assert data_a.bounds["train"] == (0, 72)
     by_hand = fit_scaler(values[:72, None].round(4), "standard")
@@ -76,44 +66,78 @@ def test_pinball_loss_by_hand() -> None:
     assert loss(out, y).item() == pytest.approx((0.15 + 0.25 + 0.05) / 3)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("forecast-cli")
-    csv = write_series(root / "series.csv", seasonal())
-    (root / "config.yaml").write_text(yaml.safe_dump(config(csv, root / "runs")), encoding="utf-8")
-    kiln = str(Path(sys.executable).parent / "kiln")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.run(
-        [kiln, "train", str(root / "config.yaml")],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "val/mase" in proc.stderr  # progress goes to stderr; stdout is the run directory
-    return next((root / "runs").glob("*/*/bundle"))
-
-
-def test_cli_trains_a_bundle_that_forecasts(trained: Path) -> None:
-    predictor = load_predictor(trained)
-    values = seasonal()[:40, None]
-    times = np.datetime64("2000-01", "M") + np.arange(40)
-    [answer] = predictor.predict([History(values, times.astype("datetime64[ns]"))])
+def test_the_bundle_forecasts_dated_steps_in_the_data_units(
+    tiny_forecast_bundle: Path, series_values
+) -> None:
+    predictor = load_predictor(tiny_forecast_bundle)
+    [answer] = predictor.predict([History(series_values()[:40, None], months(40))])
     assert answer["steps"] == [1, 2, 3, 4, 5, 6]
+    assert answer["timestamps"] == [
+        "2003-05-01",
+        "2003-06-01",
+        "2003-07-01",
+        "2003-08-01",
+        "2003-09-01",
+        "2003-10-01",
+    ]
     low, mid, high = (answer["quantiles"][q]["value"] for q in ("0.1", "0.5", "0.9"))
     assert answer["forecast"]["value"] == mid
     assert all(a <= b <= c for a, b, c in zip(low, mid, high, strict=True))
     assert all(np.isfinite(mid)) and 20 < np.mean(mid) < 200  # in the data's units, not scaled ones
 
 
-def test_too_short_history_is_refused(trained: Path) -> None:
-    predictor = load_predictor(trained)
-    times = (np.datetime64("2000-01", "M") + np.arange(5)).astype("datetime64[ns]")
+def test_too_short_history_is_refused(tiny_forecast_bundle: Path) -> None:
+    predictor = load_predictor(tiny_forecast_bundle)
     with pytest.raises(PredictError) as err:
-        predictor.predict([History(np.ones((5, 1)), times)])
+        predictor.predict([History(np.ones((5, 1)), months(5))])
     assert str(err.value) == (
-        "inputs[0] has 5 history points, but the model needs at least lookback = 12. "
+        "The history has 5 points, but the model needs at least lookback = 12. "
         "Send the last 12 (or more) values of the series."
     )
+
+
+def test_cli_train_then_predict_from_a_history_file(
+    tmp_path: Path, make_series_csv, make_forecast_config, series_values
+) -> None:
+    csv = make_series_csv(tmp_path / "series.csv")
+    cfg = make_forecast_config(csv, tmp_path / "runs")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    train = kiln("train", str(tmp_path / "config.yaml"), cwd=tmp_path)
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "val/mase" in train.stderr  # progress goes to stderr; stdout is the run directory
+    run = Path(train.stdout.strip().splitlines()[-1])
+
+    history = make_series_csv(tmp_path / "history.csv", series_values()[:30])
+    pred = kiln("predict", str(run), "--history", str(history), "--horizon", "3", "--json", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr
+    answer = json.loads(pred.stdout)
+    assert answer["timestamps"] == ["2002-07-01", "2002-08-01", "2002-09-01"]
+    assert len(answer["forecast"]["value"]) == 3
+
+    table = kiln("predict", str(run), "--history", str(history), cwd=tmp_path)
+    assert table.returncode == 0 and "2002-12-01" in table.stdout and "value 0.1-0.9" in table.stdout
+
+    too_far = kiln("predict", str(run), "--history", str(history), "--horizon", "7", cwd=tmp_path)
+    assert too_far.returncode != 0
+    assert (
+        "--horizon 7 is longer than the 6 steps this model forecasts. Pass --horizon 6 or less, or "
+        "retrain with data.horizon: 7." in too_far.stderr + too_far.stdout
+    )
+    unsorted = tmp_path / "unsorted.csv"
+    lines = history.read_text().splitlines()
+    unsorted.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
+    bad = kiln("predict", str(run), "--history", str(unsorted), cwd=tmp_path)
+    assert bad.returncode != 0 and "expected timestamps in increasing order" in bad.stderr + bad.stdout
+
+
+def test_a_resolved_config_keeps_its_rows_when_the_file_grows(
+    tmp_path: Path, make_series_csv, make_forecast_config, series_values
+) -> None:
+    """The resolved start/end pin the rows: evaluating a bundle after new data arrived uses the same test."""
+    csv = make_series_csv(tmp_path / "s.csv", series_values(96))
+    resolved, data = TASK.prepare(validate(make_forecast_config(csv, tmp_path)))
+    assert (resolved.data.start, resolved.data.end) == ("2000-01-01", "2007-12-01")
+    make_series_csv(csv, series_values(120))  # two more years arrive
+    again, later = TASK.prepare(resolved)
+    assert later.bounds == data.bounds and len(later.frame.time) == 96
+    assert again.data.scaler_stats == resolved.data.scaler_stats

@@ -126,13 +126,27 @@ def predict(
     top_k: Annotated[
         int | None, typer.Option("--top-k", min=1, help="Classes to show (default: the config's task.top_k).")
     ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            "--history", help="Forecasters: a CSV of the series so far (the training file's columns)."
+        ),
+    ] = None,
+    horizon: Annotated[
+        int | None, typer.Option("--horizon", min=1, help="Forecasters: steps to show (default: all).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """Predict the class of each input with the bundle's own preprocessing."""
+    """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history)."""
     from torchkiln import api
 
     try:
         predictor = api.load_predictor(bundle)
+        if predictor.bundle.task.kind == "forecasting":
+            _forecast(predictor, history, horizon, as_json)
+            return
+        if history is not None or horizon is not None:
+            raise PredictError("--history and --horizon are for forecasting bundles; this one classifies.")
         items, shown = _predict_inputs(predictor, inputs or [], text or [], file)
         results = predictor.predict(items, top_k=top_k)
     except KilnError as exc:
@@ -148,6 +162,44 @@ def predict(
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+def _forecast(predictor: Any, history: Path | None, horizon: int | None, as_json: bool) -> None:
+    """``kiln predict BUNDLE --history series.csv [--horizon H]``: a table of timestamps and quantiles."""
+    from torchkiln.tasks.forecasting import read_history
+
+    cfg = predictor.bundle.config
+    if history is None:
+        raise PredictError("A forecaster needs the series so far: pass --history series.csv.")
+    if horizon is not None and horizon > cfg.data.horizon:
+        raise PredictError(
+            f"--horizon {horizon} is longer than the {cfg.data.horizon} steps this model forecasts. Pass "
+            f"--horizon {cfg.data.horizon} or less, or retrain with data.horizon: {horizon}."
+        )
+    [res] = predictor.predict([read_history(cfg, history)])
+    n = horizon or cfg.data.horizon
+    res = {
+        "timestamps": res["timestamps"][:n],
+        "steps": res["steps"][:n],
+        "forecast": {k: v[:n] for k, v in res["forecast"].items()},
+        "quantiles": {q: {k: v[:n] for k, v in by.items()} for q, by in res["quantiles"].items()},
+    }
+    if as_json:
+        print(json.dumps(res))
+        return
+    qs = list(res["quantiles"])
+    table = Table(title=f"forecast from {history.name}")
+    table.add_column("time")
+    for name in res["forecast"]:
+        table.add_column(f"{name} (median)", justify="right")
+        table.add_column(f"{name} {qs[0]}-{qs[-1]}", justify="right")
+    for i, t in enumerate(res["timestamps"]):
+        cells = [t]
+        for name, values in res["forecast"].items():
+            low, high = res["quantiles"][qs[0]][name][i], res["quantiles"][qs[-1]][name][i]
+            cells += [f"{values[i]:.4g}", f"{low:.4g} .. {high:.4g}"]
+        table.add_row(*cells)
+    out.print(table)
 
 
 def _predict_inputs(

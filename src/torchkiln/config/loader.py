@@ -140,6 +140,7 @@ def format_errors(
     *,
     what: str = "The run config is invalid",
     fix: str = RUN_CONFIG_FIX,
+    source: str = "the config",
 ) -> str:
     lines = [f"{what} ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
@@ -150,7 +151,7 @@ def format_errors(
             hint = did_you_mean(loc[-1], allowed)
             lines.append(f"  - unknown key '{where}'.{hint} Valid keys here: {', '.join(sorted(allowed))}.")
         elif err["type"] == "missing":
-            lines.append(f"  - '{where}' is required but missing. Add it to the config.")
+            lines.append(f"  - '{where}' is required but missing. Add it to {source}.")
         else:
             got = err.get("input")
             secret = any(w in where.lower() for w in ("token", "password", "secret"))  # never echo those

@@ -250,8 +250,12 @@ class TimeSeriesDataConfig(Strict):
     mase_scale: list[float] | None = Field(
         default=None, description="Per target: the in-sample MAE of seasonal naive on train (MASE's scale)."
     )
-    start: str | None = Field(default=None, description="Filled in: the first timestamp (ISO 8601).")
-    end: str | None = Field(default=None, description="Filled in: the last timestamp (ISO 8601).")
+    start: str | None = Field(
+        default=None, description="Use rows from this time on (ISO 8601); filled in with the first one used."
+    )
+    end: str | None = Field(
+        default=None, description="Use rows up to this time (ISO 8601); filled in with the last one used."
+    )
 
 
 # --- model --------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def read_series(d: TimeSeriesDataConfig) -> SeriesFrame:
     targets, covariates = _value_columns(src, d)
     values = _parse_values(src, [*targets, *covariates], pd)  # (N, C+K), NaN where a cell is empty
     _check_order(src, times)
+    times, values = _window_of_time(src, times, values, d.start, d.end)
     freq = _frequency(src, times, d.freq, pd)
     times, values = _regularize(src, times, values, [*targets, *covariates], freq, d.fill, pd)
     calendar = calendar_features(times, d.calendar)  # (N, len(d.calendar))
@@ -124,6 +125,30 @@ def read_series(d: TimeSeriesDataConfig) -> SeriesFrame:
         freq=freq,
         season=d.season or infer_season(freq),
     )
+
+
+def _window_of_time(
+    src: _Source, times: np.ndarray, values: np.ndarray, start: str | None, end: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows from ``start`` to ``end`` (both included, either open): a run's resolved range, so a
+    bundle evaluated later sees the rows it was trained on even if the file has grown."""
+    if start is None and end is None:
+        return times, values
+    try:
+        lo = np.datetime64(start, "ns") if start else times[0]
+        hi = np.datetime64(end, "ns") if end else times[-1]
+    except ValueError:
+        raise DataError(
+            f"data.start '{start}' or data.end '{end}' is not an ISO 8601 time. Expected e.g. 1958-12-01."
+        ) from None
+    keep = (times >= lo) & (times <= hi)
+    if not keep.any():
+        raise DataError(
+            f"{src.name} has no rows from {start or 'its start'} to {end or 'its end'} (it covers "
+            f"{iso_time(times[0])} to {iso_time(times[-1])}). Fix: set data.start / data.end inside that "
+            f"range, or leave them out."
+        )
+    return times[keep], values[keep]
 
 
 def _load_source(d: TimeSeriesDataConfig, pd: Any) -> _Source:
@@ -256,7 +281,8 @@ def _parse_values(src: _Source, names: list[str], pd: Any) -> np.ndarray:
     return out
 
 
-def _iso(t: np.datetime64) -> str:
+def iso_time(t: np.datetime64) -> str:
+    """ISO 8601, to the second; a date alone at midnight (``1961-01-01``)."""
     return str(np.datetime64(t, "s")).removesuffix("T00:00:00")
 
 
@@ -266,7 +292,8 @@ def _check_order(src: _Source, times: np.ndarray) -> None:
     if back.size:
         i = back[0] + 1
         raise DataError(
-            f"{src.at(i)}: the timestamp {_iso(times[i])} comes before {_iso(times[i - 1])} on {src.unit} "
+            f"{src.at(i)}: the timestamp {iso_time(times[i])} comes before {iso_time(times[i - 1])} "
+            f"on {src.unit} "
             f"{src.lines[i - 1]}; expected timestamps in increasing order. Fix: sort the file by time "
             f"(e.g. pandas: df.sort_values('{src.time_column}'))."
         )
@@ -274,7 +301,7 @@ def _check_order(src: _Source, times: np.ndarray) -> None:
     if same.size:
         i = same[0] + 1
         raise DataError(
-            f"{src.at(i)}: the timestamp {_iso(times[i])} repeats {src.unit} {src.lines[i - 1]} "
+            f"{src.at(i)}: the timestamp {iso_time(times[i])} repeats {src.unit} {src.lines[i - 1]} "
             f"({same.size} repeated timestamp(s) in all); expected one row per timestamp. Fix: aggregate "
             f"the rows of each timestamp (e.g. average them) or drop the duplicates."
         )
@@ -349,8 +376,9 @@ def _regularize(
     off = np.flatnonzero((pos >= len(grid)) | (grid[np.minimum(pos, len(grid) - 1)] != times))
     if off.size:
         raise DataError(
-            f"{src.at(off[0])}: the timestamp {_iso(times[off[0]])} is not on the {freq} grid that starts at "
-            f"{_iso(times[0])}; expected every timestamp a whole number of {freq} steps after the first. "
+            f"{src.at(off[0])}: the timestamp {iso_time(times[off[0]])} is not on the {freq} grid "
+            f"that starts at "
+            f"{iso_time(times[0])}; expected every timestamp a whole number of {freq} steps after the first. "
             f"Fix: set data.freq to the file's frequency (or leave it out to infer it), or correct the row."
         )
     empty = np.isnan(values)  # (N, C+K)
@@ -367,9 +395,11 @@ def _regularize(
             j = int(np.flatnonzero(pos != np.arange(len(pos)))[0])  # first row after a gap
             raise DataError(
                 f"{src.name} is missing {len(grid) - len(times)} timestamp(s) at frequency {freq}; the "
-                f"first: {_iso(grid[j])}, between {_iso(times[j - 1])} ({src.unit} {src.lines[j - 1]}) and "
-                f"{_iso(times[j])} ({src.unit} {src.lines[j]}). Expected one row per {freq} step from "
-                f"{_iso(times[0])} to {_iso(times[-1])}. Fix: add the rows, or set data.fill: interpolate "
+                f"first: {iso_time(grid[j])}, between {iso_time(times[j - 1])} "
+                f"({src.unit} {src.lines[j - 1]}) and "
+                f"{iso_time(times[j])} ({src.unit} {src.lines[j]}). Expected one row per {freq} step from "
+                f"{iso_time(times[0])} to {iso_time(times[-1])}. Fix: add the rows, or set "
+                f"data.fill: interpolate "
                 f"(or ffill) to fill them in."
             )
         if empty.any():

@@ -100,9 +100,8 @@ def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> Lo
         version = predictor.version
     task = predictor.bundle.task
     example = task.request_schema.model_validate(task.example_request())
-    predictor.postprocess(
-        predictor.forward(predictor.preprocess(task.decode_request(example, limits=limits)))
-    )
+    raw = task.decode_request(example, limits=limits)
+    predictor.postprocess(predictor.forward(predictor.preprocess(raw)), raw=raw)
     return LoadedVersion(predictor, version)
 
 
@@ -111,13 +110,14 @@ class Work:
     """What one request hands the model thread besides its tensor."""
 
     top_k: int | None = None
-    raw: Sequence[Any] | None = None  # the decoded inputs, when the prediction log wants their summaries
+    raw: Sequence[Any] = ()  # the decoded inputs: some answers need them (a forecast's timestamps)
+    summarize: bool = False  # the prediction log wants summaries of the inputs
 
 
 @dataclass(frozen=True)
 class Answer:
     predictions: list[dict[str, Any]]
-    summaries: list[dict[str, Any]] | None  # task.summarize_inputs, when Work.raw was given
+    summaries: list[dict[str, Any]] | None  # task.summarize_inputs, when Work.summarize was set
 
 
 def make_runner(predictor: Predictor):
@@ -135,13 +135,14 @@ def make_runner(predictor: Predictor):
         predictions: list[list[dict[str, Any]]] = [[] for _ in xs]
         for top_k in {w.top_k for w in works}:  # one postprocess call per distinct top_k, usually one
             mine = [i for i, w in enumerate(works) if w.top_k == top_k]
-            done = predictor.postprocess(_rows(outputs, bounds, mine), top_k=top_k)
+            raw = [r for i in mine for r in works[i].raw]
+            done = predictor.postprocess(_rows(outputs, bounds, mine), top_k=top_k, raw=raw)
             for i, part in zip(mine, _split(done, [len(xs[i]) for i in mine]), strict=True):
                 predictions[i] = part
         summaries: list[list[dict[str, Any]] | None] = [None] * len(xs)
-        wanted = [i for i, w in enumerate(works) if w.raw is not None]
+        wanted = [i for i, w in enumerate(works) if w.summarize]
         if wanted:
-            raw = [r for i in wanted for r in works[i].raw or ()]
+            raw = [r for i in wanted for r in works[i].raw]
             done = predictor.summarize(raw, _rows(batch, bounds, wanted))
             for i, part in zip(wanted, _split(done, [len(xs[i]) for i in wanted]), strict=True):
                 summaries[i] = part

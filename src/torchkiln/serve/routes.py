@@ -242,7 +242,9 @@ def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: 
         parsed = task.request_schema.model_validate(data)
     except ValidationError as exc:
         fix = f"Expected a JSON object like {json.dumps(_shape(task.example_request()))}."
-        detail = format_errors(exc, task.request_schema, what="The request body is invalid", fix=fix)
+        detail = format_errors(
+            exc, task.request_schema, what="The request body is invalid", fix=fix, source="the request"
+        )
         raise ApiError(422, "invalid_input", detail) from None
     raw = _checked(task.decode_request, parsed, limits)
     return _preprocess(model, raw, getattr(parsed, "top_k", None), media)
@@ -319,7 +321,7 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
 async def _call(state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs) -> Answer:
     metrics, timeout = state.metrics, state.settings.request_timeout_s
     # The model thread summarizes the inputs for the prediction log, once per batch.
-    work = Work(inputs.top_k, inputs.raw if state.predlog is not None else None)
+    work = Work(inputs.top_k, inputs.raw, summarize=state.predlog is not None)
     try:
         async with asyncio.timeout(timeout):
             answer: Answer = await model.batcher.submit(inputs.x, work)
@@ -397,7 +399,7 @@ async def _mirror(
     start = time.perf_counter()
     try:
         async with asyncio.timeout(state.settings.request_timeout_s):
-            answer: Answer = await shadow.batcher.submit(inputs.x, Work(inputs.top_k))
+            answer: Answer = await shadow.batcher.submit(inputs.x, Work(inputs.top_k, inputs.raw))
     except (QueueFullError, TimeoutError, RuntimeError):
         if state.metrics is not None:
             state.metrics.shadow_dropped.labels(dep.name).inc()

@@ -187,7 +187,13 @@ def load_settings(config: str | Path | None = None, **values: Any) -> ServeSetti
         return ServeSettings(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise ServeError(
-            format_errors(exc, ServeSettings, what="The serve settings are invalid", fix=SERVE_FIX)
+            format_errors(
+                exc,
+                ServeSettings,
+                what="The serve settings are invalid",
+                fix=SERVE_FIX,
+                source="the settings",
+            )
         ) from None
     finally:
         _yaml_file.reset(token)

@@ -117,8 +117,14 @@ class Task(Protocol):
         """
         ...
 
-    def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
-        """Model outputs -> one JSON-ready answer per input."""
+    def postprocess(
+        self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Model outputs -> one JSON-ready answer per input.
+
+        ``raw`` are the inputs the outputs came from, when the answer needs them (a forecast is dated
+        from the last timestamp of its history); the classification tasks ignore it.
+        """
         ...
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from torchkiln.data.timeseries import (
     calendar_features,
     fit_scaler,
     future_times,
+    iso_time,
     read_series,
     scale,
     split_bounds,
@@ -158,7 +160,8 @@ class ForecastRequest(BaseModel):
 class ForecastAnswer(BaseModel):
     """The forecast of every target: the median and each quantile, one value per future step."""
 
-    steps: list[int]
+    timestamps: list[str] | None = Field(description="The ISO 8601 time of each forecast step.")
+    steps: list[int] = Field(description="1 .. horizon: steps after the last history point.")
     forecast: dict[str, list[float]]
     quantiles: dict[str, dict[str, list[float]]]
 
@@ -170,6 +173,27 @@ class History:
     values: np.ndarray
     time: np.ndarray
     covariates: np.ndarray | None = None
+
+
+def read_history(cfg: RunConfig, path: str | Path) -> History:
+    """A history CSV (the training file's columns, oldest first) -> a :class:`History` to forecast from.
+
+    It goes through the same checks as training data (order, duplicates, gaps, ``data.fill``).
+
+    Raises:
+        DataError: the file fails those checks.
+        PredictError: the model takes file covariates, which a history file cannot give for the future.
+    """
+    d, _ = _parts(cfg)
+    if d.covariates:
+        raise PredictError(
+            f"This model also needs the covariates {d.covariates} of the steps to forecast, which a history "
+            f"file cannot hold. Send them in the request's 'covariates' (kiln serve, or "
+            f"torchkiln.tasks.forecasting.History in Python)."
+        )
+    whole = {"path": str(path), "format": "csv", "calendar": [], "start": None, "end": None}
+    frame = read_series(d.model_copy(update=whole))
+    return History(frame.targets, frame.time)
 
 
 class ForecastingTask:
@@ -210,8 +234,8 @@ class ForecastingTask:
                         "season": frame.season,
                         "scaler_stats": stats,
                         "mase_scale": [float(v) for v in mase],
-                        "start": str(frame.time[0])[:19],
-                        "end": str(frame.time[-1])[:19],
+                        "start": iso_time(frame.time[0]),
+                        "end": iso_time(frame.time[-1]),
                     }
                 )
             }
@@ -270,20 +294,31 @@ class ForecastingTask:
     def preprocess(self, cfg: RunConfig, inputs: Sequence[Any], state: Any = None) -> torch.Tensor:
         if not inputs:
             raise PredictError("No histories were given. Pass at least one history.")
-        return torch.stack([self._window(cfg, h, i) for i, h in enumerate(inputs)])
+        rows = []
+        for i, h in enumerate(inputs):
+            try:
+                rows.append(self._window(cfg, h))
+            except PredictError as exc:
+                raise PredictError(f"inputs[{i}]: {exc}" if len(inputs) > 1 else str(exc)) from None
+        return torch.stack(rows)
 
-    def _window(self, cfg: RunConfig, h: Any, index: int) -> torch.Tensor:
+    def _window(self, cfg: RunConfig, h: Any) -> torch.Tensor:
         d, _ = _parts(cfg)
         if not isinstance(h, History):
-            raise PredictError(
-                f"inputs[{index}] is a {type(h).__name__}, not a History. Decode requests first."
-            )
-        assert d.scaler_stats is not None and d.freq is not None
+            raise PredictError(f"Got a {type(h).__name__}, not a History. Decode the request first.")
+        assert d.scaler_stats is not None and d.freq is not None and d.targets is not None
         lb, hz = d.lookback, d.horizon
+        if h.values.ndim != 2 or h.values.shape[1] != len(d.targets):
+            got = h.values.shape[1] if h.values.ndim == 2 else "not a table of"
+            raise PredictError(
+                f"The history has {got} value(s) per step, but the model forecasts {len(d.targets)} "
+                f"target(s) {d.targets}. Send one value per target at each step"
+                + (" (a plain list of numbers for one target)." if len(d.targets) == 1 else ".")
+            )
         if len(h.values) < lb:
             raise PredictError(
-                f"inputs[{index}] has {len(h.values)} history points, but the model needs at least "
-                f"lookback = {lb}. Send the last {lb} (or more) values of the series."
+                f"The history has {len(h.values)} points, but the model needs at least lookback = {lb}. "
+                f"Send the last {lb} (or more) values of the series."
             )
         past = scale(h.values[-lb:].astype(np.float64), d.scaler_stats)
         times = np.concatenate([h.time[-lb:], future_times(h.time[-1], d.freq, hz)])
@@ -292,7 +327,7 @@ class ForecastingTask:
             cov = h.covariates
             if cov is None or len(cov) < hz + lb:
                 raise PredictError(
-                    f"inputs[{index}] needs its covariates {d.covariates} for the last {lb} history steps "
+                    f"The model needs the covariates {d.covariates} for the last {lb} history steps "
                     f"and the {hz} steps to forecast ({lb + hz} rows); got {0 if cov is None else len(cov)}."
                 )
             known.insert(0, cov[-(lb + hz) :])
@@ -303,15 +338,24 @@ class ForecastingTask:
     def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
-    def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
+    def postprocess(
+        self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
         d, t = _parts(cfg)
-        assert d.scaler_stats is not None and d.targets is not None
+        assert d.scaler_stats is not None and d.targets is not None and d.freq is not None
         out = unscale(outputs.detach().float().cpu().movedim(-1, 0), d.scaler_stats).movedim(0, -1)
         median = t.quantiles.index(0.5)
         answers = []
-        for row in out.numpy():  # (H, C, Q)
+        for i, row in enumerate(out.numpy()):  # (H, C, Q)
+            history = raw[i] if raw is not None and i < len(raw) else None
+            times = (
+                [iso_time(v) for v in future_times(history.time[-1], d.freq, d.horizon)]
+                if isinstance(history, History)
+                else None
+            )
             answers.append(
                 {
+                    "timestamps": times,
                     "steps": list(range(1, d.horizon + 1)),
                     "forecast": {name: row[:, c, median].tolist() for c, name in enumerate(d.targets)},
                     "quantiles": {
@@ -385,7 +429,7 @@ class ForecastingTask:
             out.append(
                 {
                     "points": len(h.values),
-                    "last_time": str(h.time[-1])[:19],
+                    "last_time": iso_time(h.time[-1]),
                     "mean": float(last.mean()),
                     "std": float(last.std()),
                     "last": last[-1].tolist(),

@@ -232,7 +232,9 @@ class ImageClassificationTask:
     def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
-    def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
+    def postprocess(
+        self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
         return top_k_answers(cfg.data.classes or [], outputs, top_k)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:

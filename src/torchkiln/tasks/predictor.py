@@ -52,11 +52,16 @@ class Predictor:
         """One model call on a preprocessed batch."""
         return self.model(x.to(self.device))
 
-    def postprocess(self, outputs: torch.Tensor, *, top_k: int | None = None) -> list[dict[str, Any]]:
-        """Model outputs -> one JSON-ready answer per input; ``top_k`` defaults to ``task.top_k``."""
+    def postprocess(
+        self, outputs: torch.Tensor, *, top_k: int | None = None, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Model outputs -> one JSON-ready answer per input; ``top_k`` defaults to ``task.top_k``.
+
+        ``raw``: the inputs of ``outputs``, for tasks whose answers need them (forecast timestamps).
+        """
         cfg = self.bundle.config
         default = getattr(cfg.task, "top_k", 1)  # tasks without classes (forecasting) have no top_k
-        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or default)
+        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or default, raw=raw)
 
     def predict(self, inputs: Sequence[Any], *, top_k: int | None = None) -> list[dict[str, Any]]:
         """Preprocess, run the model in batches, and return one answer per input.
@@ -65,8 +70,8 @@ class Predictor:
         """
         out: list[dict[str, Any]] = []
         for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
-            x = self.preprocess(inputs[start : start + self.batch_size])
-            out += self.postprocess(self.forward(x), top_k=top_k)
+            chunk = inputs[start : start + self.batch_size]
+            out += self.postprocess(self.forward(self.preprocess(chunk)), top_k=top_k, raw=chunk)
         return out
 
 

@@ -292,7 +292,9 @@ class TextClassificationTask:
         assert isinstance(cfg.data, TextDataConfig) and cfg.data.tokenizer.pad_id is not None
         return parts[0] if len(parts) == 1 else pad_batch(parts, cfg.data.tokenizer.pad_id)
 
-    def postprocess(self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int) -> list[dict[str, Any]]:
+    def postprocess(
+        self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
         return top_k_answers(cfg.data.classes or [], outputs, top_k)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
