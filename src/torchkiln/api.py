@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
+from torchkiln.backtest import BacktestResult, backtest
 from torchkiln.config import RunConfig, dump_config, load_config, validate
 from torchkiln.config.loader import format_errors
 from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.trainer import fit
 from torchkiln.errors import CheckpointError, ExportError
+from torchkiln.evaluation.forecast import ForecastEvalResult
 from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
@@ -25,9 +27,12 @@ if TYPE_CHECKING:
     from torchkiln.serve.settings import ServeSettings
 
 __all__ = [
+    "BacktestResult",
     "EvalResult",
     "ExportResult",
+    "ForecastEvalResult",
     "Predictor",
+    "backtest",
     "evaluate",
     "export",
     "load_config",
@@ -115,8 +120,12 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
 
 def evaluate(
     path: str | Path, *, split: str | None = None, out_dir: str | Path | None = None, device: str = "auto"
-) -> EvalResult:
+) -> EvalResult | ForecastEvalResult:
     """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
+
+    A classifier's report has per-class metrics, curves and the worst mistakes. A forecaster's puts the
+    network beside naive, seasonal naive, ETS and ARIMA (fitted on the train part) on the same windows:
+    metrics per horizon step and overall, and plots of the series and the forecasts.
 
     Args:
         path: a run directory or a bundle.
@@ -126,10 +135,16 @@ def evaluate(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
 
     Returns:
-        The metrics and the report path.
+        An :class:`EvalResult` (classification) or a :class:`ForecastEvalResult` (forecasting): the
+        metrics and the paths of ``metrics.json`` and ``report.html``.
+
+    Raises:
+        BundleError: ``path`` holds no usable bundle.
+        DataError: the split is unknown or has no samples (or no forecast windows).
 
     Example:
         >>> evaluate("runs/fashion-mnist-cnn/20261124-101500").metrics.accuracy
+        >>> evaluate("runs/air-passengers-lstm-forecaster/20261124-201525").metrics["model"]["mase"]
     """
     bundle = load_bundle(path)
     split = split or bundle.config.evaluate.split

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -116,3 +118,17 @@ def test_all_frozen_is_a_config_error() -> None:
     model, _ = groups()
     with pytest.raises(ConfigError, match="The model has no trainable parameters"):
         build_optimizer([ParamGroup("head", [], 1.0)], model, OptimizerConfig())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_onecycle_runs_on_a_handful_of_steps(steps: int) -> None:
+    """A tiny data set (4 optimizer steps in all) must not make OneCycleLR divide by zero."""
+    model, g = groups()
+    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    sched = build_scheduler(opt, SchedulerConfig(name="onecycle"), epochs=1, steps_per_epoch=steps)
+    for _ in range(steps):
+        opt.step()
+        if sched is not None:
+            sched.step()
+    assert (sched is None) == (steps < 3)
+    assert all(math.isfinite(group["lr"]) for group in opt.param_groups)

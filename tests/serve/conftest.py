@@ -1,21 +1,28 @@
-"""A private, throwaway PostgreSQL server for the serve tests (`initdb` + `pg_ctl` in a temporary folder).
+"""Serve-test fixtures: one bundle behind the in-process app (``serve_one``), and a private, throwaway
+PostgreSQL server (`initdb` + `pg_ctl` in a temporary folder).
 
-It listens on a free loopback port only, trusts local connections, and is stopped and deleted at the end of
-the session. The binaries come from Debian's `postgresql` package, which `.ci/run` installs.
+PostgreSQL listens on a free loopback port only, trusts local connections, and is stopped and deleted at the
+end of the session. The binaries come from Debian's `postgresql` package, which `.ci/run` installs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+
+from torchkiln.serve.app import create_app
+from torchkiln.serve.settings import load_settings
 
 PG_USER = "kiln"
 PG_DB = "kiln_test"
@@ -73,3 +80,24 @@ def postgres_url() -> Iterator[str]:
         if (data / "postmaster.pid").exists():
             pg("pg_ctl", "stop", "-D", str(data), "-m", "immediate", "-w")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _serve_one(tmp_path: Path, bundle: Path, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    s = load_settings(models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db")
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            for _ in range(300):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            yield client
+
+
+@pytest.fixture
+def serve_one() -> Callable[[Path, Path, str], AbstractAsyncContextManager[httpx.AsyncClient]]:
+    """``async with serve_one(tmp_path, bundle, name) as client``: the app with ``bundle`` loaded as
+    ``name`` and its prediction log in ``tmp_path/p.db``; the client talks to it in process."""
+    return _serve_one

@@ -4,35 +4,16 @@ the same as the predictor's; each bad request gets its own 422."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from torchkiln import load_predictor
-from torchkiln.serve.app import create_app
 from torchkiln.serve.predlog import read_predictions
-from torchkiln.serve.settings import load_settings
 from torchkiln.tasks.forecasting import History
 
 URL = "/v1/models/series/predict"
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, bundle: Path) -> AsyncIterator[httpx.AsyncClient]:
-    s = load_settings(models=[{"uri": str(bundle), "name": "series"}], log_url=f"sqlite:///{tmp_path}/p.db")
-    app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            yield client
 
 
 def body(values: np.ndarray, start: str = "2000-01") -> dict[str, Any]:
@@ -41,7 +22,7 @@ def body(values: np.ndarray, start: str = "2000-01") -> dict[str, Any]:
 
 
 def test_histories_are_answered_like_the_predictor_and_logged(
-    tmp_path: Path, tiny_forecast_bundle: Path, series_values
+    tmp_path: Path, serve_one, tiny_forecast_bundle: Path, series_values
 ) -> None:
     values = series_values()
     requests = [body(values[:30]), body(values[10:60], start="2000-11")]
@@ -52,7 +33,7 @@ def test_histories_are_answered_like_the_predictor_and_logged(
     expected = load_predictor(tiny_forecast_bundle).predict(histories)
 
     async def go() -> list[Any]:
-        async with serving(tmp_path, tiny_forecast_bundle) as client:
+        async with serve_one(tmp_path, tiny_forecast_bundle, "series") as client:
             answers = await asyncio.gather(*(client.post(URL, json=r) for r in requests))  # batched together
             listed = (await client.get("/v1/models")).json()["models"][0]
             assert listed["task"] == "forecasting"
@@ -70,7 +51,9 @@ def test_histories_are_answered_like_the_predictor_and_logged(
     assert sorted(s["points"] for r in rows for s in r.input_summary) == [30, 50]
 
 
-def test_bad_histories_get_their_own_422(tmp_path: Path, tiny_forecast_bundle: Path, series_values) -> None:
+def test_bad_histories_get_their_own_422(
+    tmp_path: Path, serve_one, tiny_forecast_bundle: Path, series_values
+) -> None:
     values = series_values()
     short = body(values[:5])
     mismatched = {**body(values[:20]), "timestamps": body(values[:19])["timestamps"]}
@@ -84,7 +67,7 @@ def test_bad_histories_get_their_own_422(tmp_path: Path, tiny_forecast_bundle: P
     ]
 
     async def go() -> list[tuple[int, str]]:
-        async with serving(tmp_path, tiny_forecast_bundle) as client:
+        async with serve_one(tmp_path, tiny_forecast_bundle, "series") as client:
             out = []
             for request, _ in cases:
                 r = await client.post(URL, json=request)

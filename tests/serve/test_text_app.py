@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from torchkiln import load_predictor
-from torchkiln.serve.app import create_app
 from torchkiln.serve.predlog import read_predictions
-from torchkiln.serve.settings import load_settings
 
 URL = "/v1/models/reviews/predict"
 
 
-@asynccontextmanager
-async def serving(tmp_path: Path, bundle: Path) -> AsyncIterator[httpx.AsyncClient]:
-    s = load_settings(models=[{"uri": str(bundle), "name": "reviews"}], log_url=f"sqlite:///{tmp_path}/p.db")
-    app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            yield client
-
-
-def test_texts_are_answered_like_the_predictor_and_logged(tmp_path: Path, tiny_text_bundle: Path) -> None:
+def test_texts_are_answered_like_the_predictor_and_logged(
+    tmp_path: Path, serve_one, tiny_text_bundle: Path
+) -> None:
     texts = ["A wonderful, moving film.", "Dull and tedious, a messy plot with bland acting.", "The cast"]
     expected = load_predictor(tiny_text_bundle).predict(texts, top_k=1)
 
     async def go() -> list[Any]:
-        async with serving(tmp_path, tiny_text_bundle) as client:
+        async with serve_one(tmp_path, tiny_text_bundle, "reviews") as client:
             # Three requests at once: the batcher pads them into one model call.
             answers = await asyncio.gather(
                 *(client.post(URL, json={"text": t, "top_k": 1}) for t in texts),
@@ -58,7 +40,7 @@ def test_texts_are_answered_like_the_predictor_and_logged(tmp_path: Path, tiny_t
     assert all(s["tokens"] >= 1 and len(s["sha256"]) == 64 for s in summaries)
 
 
-def test_bad_text_requests_get_their_own_422(tmp_path: Path, tiny_text_bundle: Path) -> None:
+def test_bad_text_requests_get_their_own_422(tmp_path: Path, serve_one, tiny_text_bundle: Path) -> None:
     cases = [
         ({"texts": []}, "The request has no inputs."),
         ({"texts": ["fine", "  "]}, "texts[1] is empty. Expected some text to classify."),
@@ -72,7 +54,7 @@ def test_bad_text_requests_get_their_own_422(tmp_path: Path, tiny_text_bundle: P
     ]
 
     async def go() -> list[tuple[int, str]]:
-        async with serving(tmp_path, tiny_text_bundle) as client:
+        async with serve_one(tmp_path, tiny_text_bundle, "reviews") as client:
             out = []
             for body, _ in cases:
                 r = await client.post(URL, json=body)

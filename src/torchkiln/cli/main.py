@@ -18,6 +18,7 @@ from torchkiln.cli.registry import registry_app
 from torchkiln.errors import KilnError, PredictError
 
 if TYPE_CHECKING:
+    from torchkiln.evaluation.forecast import ForecastEvalResult
     from torchkiln.exporter import ExportResult
 
 app = typer.Typer(
@@ -96,20 +97,80 @@ def evaluate(
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
 ) -> None:
-    """Evaluate on a split: metrics.json and an HTML report with plots and the worst mistakes."""
+    """Evaluate on a split: metrics.json and an HTML report with plots (classifiers: the worst mistakes;
+    forecasters: beside naive, seasonal naive, ETS and ARIMA on the same windows)."""
     from torchkiln import api
 
     try:
         result = api.evaluate(path, split=split, out_dir=out_dir)
     except KilnError as exc:
         _fail(exc)
-    m = result.metrics
-    out.print(
-        f"{result.split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  macro-AUC {m.macro_auc:.4f}  "
-        f"ECE {m.ece:.4f}  (n={m.num_samples})"
-    )
+    if isinstance(result, api.ForecastEvalResult):
+        _print_forecast_eval(result)
+    else:
+        m = result.metrics
+        out.print(
+            f"{result.split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  "
+            f"macro-AUC {m.macro_auc:.4f}  ECE {m.ece:.4f}  (n={m.num_samples})"
+        )
     out.print(f"metrics: {result.metrics_file}")
     out.print(f"report:  {result.report}")
+
+
+def _forecast_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    """Models x (MAE, RMSE, sMAPE, MASE, rel. MAE), the network first."""
+    names = {"model": "network", "naive": "naive", "seasonal_naive": "seasonal naive"}
+    table = Table(title=title)
+    table.add_column("model")
+    for header in ("MAE", "RMSE", "sMAPE %", "MASE", "rel. MAE"):
+        table.add_column(header, justify="right")
+    for name, m in metrics.items():
+        values = (m["mae"], m["rmse"], m["smape"], m["mase"], m["relative_mae"])
+        table.add_row(
+            names.get(name, name.upper()), *(f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" for v in values)
+        )
+    return table
+
+
+def _print_forecast_eval(result: ForecastEvalResult) -> None:
+    """The models x metrics table of a forecasting evaluation, the coverage and any notes."""
+    title = f"{result.split} split: {result.windows} windows, same for every model"
+    out.print(_forecast_table(title, result.metrics))
+    out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
+    if result.interval is not None:
+        lo, hi = result.interval
+        coverage = result.metrics["model"]["coverage"]
+        nominal = 100 * (hi - lo)
+        out.print(f"coverage of the {lo:g}-{hi:g} interval: {100 * coverage:.1f} % (nominal {nominal:.0f} %)")
+    for note in result.notes:
+        err.print(Text(f"note: {note}"), soft_wrap=True)
+
+
+@app.command()
+def backtest(
+    config: Annotated[Path, typer.Argument(help="A forecasting run config YAML.")],
+    set_: SetOpt = None,
+    folds: Annotated[int, typer.Option(min=2, help="How many successive forecast origins.")] = 3,
+    step: Annotated[
+        int | None, typer.Option(min=1, help="Steps between the folds' ends (default: data.horizon).")
+    ] = None,
+) -> None:
+    """Rolling-origin backtest: train and test a forecasting config at FOLDS successive ends of its data."""
+    from torchkiln import api
+
+    try:
+        result = api.backtest(api.load_config(config, set_ or []), folds=folds, step=step)
+    except KilnError as exc:
+        _fail(exc)
+    for f in result.folds:
+        m = f.metrics["model"]
+        out.print(
+            f"fold {f.index}: data to {f.end}, test {f.test[0]} .. {f.test[1]}: MASE {m['mase']:.3f}  "
+            f"rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.4g}  ({f.train_seconds:.1f} s of training)"
+        )
+    out.print(_forecast_table(f"mean over {len(result.folds)} folds", result.mean))
+    out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
+    out.print(f"summary: {result.summary}")
 
 
 @app.command()

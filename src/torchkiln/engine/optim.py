@@ -84,8 +84,12 @@ def build_scheduler(
                 opt, [m * steps_per_epoch for m in cfg.milestones], gamma=cfg.gamma
             )
         case "onecycle":
+            if total < 3:  # too short for a cycle: OneCycleLR divides by the length of each phase
+                return None
+            # Each phase needs at least two steps, or OneCycleLR divides by zero (a tiny data set).
+            pct = min(max(cfg.pct_start, 2 / total), 1 - 1 / total)
             max_lr = [g["lr"] for g in opt.param_groups]
-            return lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start)
+            return lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct)
         case "plateau":
             return lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience)
         case "cosine":

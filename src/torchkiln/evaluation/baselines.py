@@ -35,17 +35,18 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.signal import lfilter
-from statsmodels.tsa.exponential_smoothing.ets import ETSModel
-from statsmodels.tsa.seasonal import STL
-from statsmodels.tsa.statespace.sarimax import SARIMAX
-from statsmodels.tsa.stattools import kpss
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from torchkiln.errors import ConfigError, DataError, did_you_mean
+
+if TYPE_CHECKING:  # statsmodels is imported where ETS and ARIMA need it: naive ones work without it
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
 
 BASELINES = ("naive", "seasonal_naive", "ets", "arima")
 MIN_FIT_LENGTH = 10  # training steps that ETS and ARIMA need to estimate their parameters at all
@@ -72,6 +73,8 @@ class EtsFit:
 
     def model(self, endog: np.ndarray) -> ETSModel:
         """This specification on ``endog`` (1-D); ``.smooth(np.array(fit.params))`` applies the fit."""
+        from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
         return ETSModel(
             endog,
             error=self.error,
@@ -101,6 +104,8 @@ class ArimaFit:
 
     def model(self, endog: np.ndarray) -> SARIMAX:
         """This specification on ``endog`` (1-D); ``.filter(np.array(fit.params))`` applies the fit."""
+        from statsmodels.tsa.statespace.sarimax import SARIMAX
+
         trend = "c" if self.constant else "n"
         return SARIMAX(endog, order=self.order, seasonal_order=self.seasonal_order, trend=trend)
 
@@ -184,11 +189,27 @@ def fit_baselines(
     series = _check_series(series)
     _check_positive_int("season", season)
     _check_train_end(train_end, len(series), needs_fit="ets" in methods or "arima" in methods)
+    if "ets" in methods or "arima" in methods:
+        _require_statsmodels()
     train, columns = series[:train_end], range(series.shape[1])
     with _quiet():
         ets = tuple(_fit_ets(train[:, c], int(season), c) for c in columns) if "ets" in methods else ()
         arima = tuple(_fit_arima(train[:, c], int(season), c) for c in columns) if "arima" in methods else ()
     return FittedBaselines(methods, int(season), int(train_end), series.shape[1], ets, arima)
+
+
+def _require_statsmodels() -> None:
+    """ETS and ARIMA need statsmodels (the 'forecast' extra); the naive baselines do not."""
+    try:
+        import statsmodels.tsa.exponential_smoothing.ets
+        import statsmodels.tsa.seasonal
+        import statsmodels.tsa.statespace.sarimax
+        import statsmodels.tsa.stattools  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"ETS and ARIMA need statsmodels, which cannot be imported ({exc}). Install it with: "
+            f"pip install 'torchkiln[forecast]'."
+        ) from None
 
 
 def baseline_forecasts(
@@ -364,6 +385,8 @@ def _seasonal_strength(y: np.ndarray, s: int) -> float:
     if np.ptp(y) == 0:
         return 0.0
     # seasonal=11 is R's mstl default (7 + 4); statsmodels' 7 lets the season soak up more noise
+    from statsmodels.tsa.seasonal import STL
+
     stl = STL(y, period=s, seasonal=11).fit()
     total = np.var(stl.seasonal + stl.resid)
     return float(max(0.0, 1 - np.var(stl.resid) / total)) if total > 0 else 0.0
@@ -371,6 +394,8 @@ def _seasonal_strength(y: np.ndarray, s: int) -> float:
 
 def _kpss_diffs(w: np.ndarray, max_d: int) -> int:
     """How often to difference until KPSS no longer rejects level stationarity at 5 % (auto.arima's rule)."""
+    from statsmodels.tsa.stattools import kpss
+
     for d in range(max_d):
         if np.ptp(w) == 0:
             return d

@@ -10,6 +10,7 @@ import torch
 
 from torchkiln.data.splits import SPLITS
 from torchkiln.errors import DataError
+from torchkiln.evaluation.forecast import ForecastEvalResult, evaluate_forecast
 from torchkiln.evaluation.metrics import ClassificationMetrics, classification_metrics
 from torchkiln.evaluation.report import write_report
 from torchkiln.tasks.bundle import Bundle, without_pretrained
@@ -39,8 +40,11 @@ def collect_probs(
 
 def evaluate_bundle(
     bundle: Bundle, *, split: str, out_dir: Path, device: torch.device | None = None
-) -> EvalResult:
+) -> EvalResult | ForecastEvalResult:
     """Evaluate ``bundle`` on ``split`` of the data its config names; writes metrics.json and report.html.
+
+    Classifiers get an :class:`EvalResult`; forecasters a
+    :class:`~torchkiln.evaluation.forecast.ForecastEvalResult` (beside the baselines, same windows).
 
     Raises:
         DataError: the split is unknown or empty.
@@ -49,11 +53,7 @@ def evaluate_bundle(
         raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")
     cfg, task = bundle.config, bundle.task
     if task.kind == "forecasting":
-        raise DataError(
-            "kiln evaluate writes classification reports; the forecasting report (metrics per horizon "
-            "step beside naive, seasonal naive, ETS and ARIMA, and plots) is not built yet. The val "
-            "metrics of training are in the run's history.json."
-        )
+        return evaluate_forecast(bundle, split=split, out_dir=out_dir, device=device)
     # Resolved already: channels, stats; the bundle's own state (a tokenizer) is reused, not refit.
     _, data = task.prepare(without_pretrained(cfg), splits={split}, state=bundle.state)
     part = data.splits[split]
