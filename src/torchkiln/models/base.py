@@ -46,7 +46,7 @@ class ModelSpec:
         builder: for image models ``builder(*, num_classes, in_channels, image_size, pretrained, **args)
             -> Classifier``; for text models ``builder(*, num_classes, vocab_size, pad_id, max_length,
             pretrained, **args) -> nn.Module`` (see :mod:`torchkiln.models.text`); for forecasters
-            ``builder(*, lookback, horizon, num_targets, num_covariates, num_quantiles, **args)`` (see
+            ``builder(*, lookback, horizon, num_targets, num_covariates, num_quantiles, season, **args)`` (see
             :mod:`torchkiln.models.forecast`).
         summary: one line for ``kiln list models``.
         default_image_size: input size used when the config gives none and the data sizes vary.
@@ -71,7 +71,7 @@ MODELS: Registry[ModelSpec] = Registry("model")
 # Set by torchkiln from the data and the config, never in model.args.
 RESERVED_ARGS = frozenset(
     {"num_classes", "in_channels", "image_size", "pretrained", "vocab_size", "pad_id", "max_length"}
-    | {"lookback", "horizon", "num_targets", "num_covariates", "num_quantiles"}
+    | {"lookback", "horizon", "num_targets", "num_covariates", "num_quantiles", "season"}
 )
 
 

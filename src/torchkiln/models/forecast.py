@@ -29,33 +29,50 @@ TASK = "forecasting"
 
 
 class Forecaster(nn.Module):
-    """Splits the input, normalizes each window, runs ``core``, and maps the quantiles back.
+    """Splits the input, normalizes each window, runs ``core``, adds the anchor, maps the quantiles back.
 
     ``core(past, future)`` gets ``past`` ``(B, L, C + K)`` and ``future`` ``(B, H, K)`` and returns
-    ``(B, H, C, Q)``. The outputs are sorted along the quantile axis, so quantiles never cross.
+    ``(B, H, C, Q)``. With ``anchor="season"`` the core learns a correction to seasonal naive (the last
+    season of the window repeated); with ``"last"`` to the last value; with ``"none"`` the forecast
+    itself. On short series an anchored network starts from a forecast that is already sound. The
+    outputs are sorted along the quantile axis, so quantiles never cross.
     """
 
     def __init__(
-        self, core: nn.Module, *, lookback: int, horizon: int, num_targets: int, window_norm: bool
+        self,
+        core: nn.Module,
+        *,
+        lookback: int,
+        horizon: int,
+        num_targets: int,
+        season: int,
+        window_norm: bool,
+        anchor: Literal["season", "last", "none"],
     ) -> None:
         super().__init__()
+        if anchor not in ("season", "last", "none"):
+            raise ConfigError(
+                f"anchor must be 'season', 'last' or 'none'; got {anchor!r}. Set model.args.anchor."
+            )
         self.core = core
-        self.lookback, self.horizon, self.num_targets, self.window_norm = (
-            lookback,
-            horizon,
-            num_targets,
-            window_norm,
-        )
+        self.lookback, self.horizon, self.num_targets = lookback, horizon, num_targets
+        self.window_norm, self.anchor = window_norm, anchor
+        # A season longer than the window cannot be repeated from it: the last value is the anchor then.
+        s = season if anchor == "season" and season <= lookback else 1
+        self.register_buffer("anchor_rows", lookback - s + torch.arange(horizon) % s, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, lb = self.num_targets, self.lookback
         past, future = x[:, :lb], x[:, lb:, c:]
+        hist = past[..., :c]
         if self.window_norm:
-            hist = past[..., :c]
             center = hist.mean(dim=1, keepdim=True)  # (B, 1, C)
             spread = hist.std(dim=1, keepdim=True, unbiased=False) + 1e-3
-            past = torch.cat([(hist - center) / spread, past[..., c:]], dim=-1)
+            hist = (hist - center) / spread
+            past = torch.cat([hist, past[..., c:]], dim=-1)
         out = self.core(past, future)  # (B, H, C, Q)
+        if self.anchor != "none":
+            out = out + hist[:, self.anchor_rows].unsqueeze(-1)
         if self.window_norm:
             out = out * spread.unsqueeze(-1) + center.unsqueeze(-1)
         return out.sort(dim=-1).values
@@ -205,11 +222,13 @@ def lstm_forecaster(
     num_targets: int,
     num_covariates: int,
     num_quantiles: int,
+    season: int = 1,
     cell: Literal["lstm", "gru"] = "lstm",
     hidden_size: int = 64,
     num_layers: int = 1,
     dropout: float = 0.1,
     window_norm: bool = True,
+    anchor: Literal["season", "last", "none"] = "none",
 ) -> Forecaster:
     """The default forecaster: an RNN reads the history; an MLP emits all ``horizon`` steps.
 
@@ -219,6 +238,8 @@ def lstm_forecaster(
         num_layers: stacked RNN layers.
         dropout: between RNN layers and in the head.
         window_norm: standardize each window by its own history (see the module docstring).
+        anchor: what the network corrects: ``none`` (the default: it forecasts the values), ``season``
+            (seasonal naive) or ``last`` (the last value); see :class:`Forecaster`.
     """
     _check("lstm-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
     if cell not in ("lstm", "gru"):
@@ -234,7 +255,13 @@ def lstm_forecaster(
         dropout=dropout,
     )
     return Forecaster(
-        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+        core,
+        lookback=lookback,
+        horizon=horizon,
+        num_targets=num_targets,
+        season=season,
+        window_norm=window_norm,
+        anchor=anchor,
     )
 
 
@@ -246,10 +273,12 @@ def seq2seq_forecaster(
     num_targets: int,
     num_covariates: int,
     num_quantiles: int,
+    season: int = 1,
     hidden_size: int = 64,
     num_layers: int = 1,
     dropout: float = 0.1,
     window_norm: bool = True,
+    anchor: Literal["season", "last", "none"] = "none",
 ) -> Forecaster:
     """An LSTM sequence-to-sequence forecaster; the decoder reads the future covariates step by step."""
     _check("seq2seq-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
@@ -263,7 +292,13 @@ def seq2seq_forecaster(
         dropout=dropout,
     )
     return Forecaster(
-        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+        core,
+        lookback=lookback,
+        horizon=horizon,
+        num_targets=num_targets,
+        season=season,
+        window_norm=window_norm,
+        anchor=anchor,
     )
 
 
@@ -275,10 +310,12 @@ def mlp_forecaster(
     num_targets: int,
     num_covariates: int,
     num_quantiles: int,
+    season: int = 1,
     width: int = 128,
     blocks: int = 3,
     dropout: float = 0.1,
     window_norm: bool = True,
+    anchor: Literal["season", "last", "none"] = "none",
 ) -> Forecaster:
     """A simple MLP forecaster made of N-BEATS generic blocks (backcast and forecast per block)."""
     _check("mlp-forecaster", width=width, blocks=blocks, dropout=dropout)
@@ -293,7 +330,13 @@ def mlp_forecaster(
         dropout=dropout,
     )
     return Forecaster(
-        core, lookback=lookback, horizon=horizon, num_targets=num_targets, window_norm=window_norm
+        core,
+        lookback=lookback,
+        horizon=horizon,
+        num_targets=num_targets,
+        season=season,
+        window_norm=window_norm,
+        anchor=anchor,
     )
 
 
@@ -305,6 +348,7 @@ def create_forecast_model(
     num_targets: int,
     num_covariates: int,
     num_quantiles: int,
+    season: int = 1,
     args: dict[str, Any] | None = None,
 ) -> Forecaster:
     """Build a registered forecaster.
@@ -325,6 +369,7 @@ def create_forecast_model(
         num_targets=num_targets,
         num_covariates=num_covariates,
         num_quantiles=num_quantiles,
+        season=season,
         **(args or {}),
     )
     assert isinstance(model, Forecaster)

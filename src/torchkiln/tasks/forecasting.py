@@ -259,6 +259,7 @@ class ForecastingTask:
             num_targets=num_targets(d),
             num_covariates=num_covariates(d),
             num_quantiles=len(t.quantiles),
+            season=d.season or 1,
             args=cfg.model.args,
         )
 

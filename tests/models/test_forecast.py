@@ -1,0 +1,53 @@
+"""The forecaster wrapper: window normalization and the anchor the network corrects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchkiln.errors import ConfigError
+from torchkiln.models.forecast import Forecaster
+
+
+class Zero(nn.Module):
+    """A core that predicts no correction: the forecast is the anchor itself."""
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        return past.new_zeros(past.shape[0], future.shape[1], 1, 3)
+
+
+def wrapped(anchor: str, *, season: int = 4, lookback: int = 8, window_norm: bool = True) -> Forecaster:
+    return Forecaster(
+        Zero(),
+        lookback=lookback,
+        horizon=6,
+        num_targets=1,
+        season=season,
+        window_norm=window_norm,
+        anchor=anchor,
+    )
+
+
+HISTORY = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0])  # lookback 8, season 4
+
+
+@pytest.mark.parametrize("window_norm", [True, False])
+def test_the_season_anchor_is_seasonal_naive(window_norm: bool) -> None:
+    x = torch.cat([HISTORY, torch.zeros(6)]).reshape(1, 14, 1)
+    out = wrapped("season", window_norm=window_norm)(x)  # (1, 6, 1, 3)
+    expected = torch.tensor([10.0, 20.0, 30.0, 40.0, 10.0, 20.0])  # the last season, repeated
+    for q in range(3):
+        torch.testing.assert_close(out[0, :, 0, q], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_last_anchor_and_a_season_longer_than_the_window_repeat_the_last_value() -> None:
+    x = torch.cat([HISTORY, torch.zeros(6)]).reshape(1, 14, 1)
+    for model in (wrapped("last"), wrapped("season", season=12)):
+        torch.testing.assert_close(model(x)[0, :, 0, 1], torch.full((6,), 40.0), atol=1e-4, rtol=1e-5)
+    assert torch.allclose(wrapped("none")(x)[0, :, 0, 1], HISTORY.mean().expand(6), atol=1e-4)
+
+
+def test_an_unknown_anchor_says_which_are_known() -> None:
+    with pytest.raises(ConfigError, match=r"^anchor must be 'season', 'last' or 'none'; got 'trend'\."):
+        wrapped("trend")
