@@ -228,7 +228,7 @@ def lstm_forecaster(
     num_layers: int = 1,
     dropout: float = 0.1,
     window_norm: bool = True,
-    anchor: Literal["season", "last", "none"] = "none",
+    anchor: Literal["season", "last", "none"] = "last",
 ) -> Forecaster:
     """The default forecaster: an RNN reads the history; an MLP emits all ``horizon`` steps.
 
@@ -238,8 +238,8 @@ def lstm_forecaster(
         num_layers: stacked RNN layers.
         dropout: between RNN layers and in the head.
         window_norm: standardize each window by its own history (see the module docstring).
-        anchor: what the network corrects: ``none`` (the default: it forecasts the values), ``season``
-            (seasonal naive) or ``last`` (the last value); see :class:`Forecaster`.
+        anchor: what the network corrects: ``last`` (the last value, the default), ``season``
+            (seasonal naive) or ``none`` (it forecasts the values themselves); see :class:`Forecaster`.
     """
     _check("lstm-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
     if cell not in ("lstm", "gru"):
@@ -278,7 +278,7 @@ def seq2seq_forecaster(
     num_layers: int = 1,
     dropout: float = 0.1,
     window_norm: bool = True,
-    anchor: Literal["season", "last", "none"] = "none",
+    anchor: Literal["season", "last", "none"] = "last",
 ) -> Forecaster:
     """An LSTM sequence-to-sequence forecaster; the decoder reads the future covariates step by step."""
     _check("seq2seq-forecaster", hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
@@ -315,7 +315,7 @@ def mlp_forecaster(
     blocks: int = 3,
     dropout: float = 0.1,
     window_norm: bool = True,
-    anchor: Literal["season", "last", "none"] = "none",
+    anchor: Literal["season", "last", "none"] = "last",
 ) -> Forecaster:
     """A simple MLP forecaster made of N-BEATS generic blocks (backcast and forecast per block)."""
     _check("mlp-forecaster", width=width, blocks=blocks, dropout=dropout)
