@@ -141,3 +141,50 @@ def test_a_resolved_config_keeps_its_rows_when_the_file_grows(
     again, later = TASK.prepare(resolved)
     assert later.bounds == data.bounds and len(later.frame.time) == 96
     assert again.data.scaler_stats == resolved.data.scaler_stats
+
+
+def test_a_history_file_gives_the_covariates_of_the_steps_to_forecast(tmp_path: Path, series_values) -> None:
+    """A model with file covariates reads them for the horizon from trailing rows with empty targets."""
+    values = series_values()
+    price = 5 + np.sin(np.arange(len(values)) / 3)
+    months = np.datetime64("2000-01", "M") + np.arange(len(values))
+    rows = [f"{m}-01,{v:.4f},{p:.4f}" for m, v, p in zip(months, values, price, strict=True)]
+    (tmp_path / "s.csv").write_text("time,value,price\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    cfg = {
+        "task": "forecasting",
+        "data": {"path": str(tmp_path / "s.csv"), "targets": ["value"], "covariates": ["price"]},
+        "model": {"name": "lstm-forecaster", "args": {"hidden_size": 8}},
+        "train": {"epochs": 1},
+        "tracking": {"mlflow": False, "tensorboard": False},
+        "runs_dir": str(tmp_path / "runs"),
+    }
+    cfg["data"] |= {"lookback": 12, "horizon": 3, "split": {"val": 12, "test": 12}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    run = Path(kiln("train", str(tmp_path / "c.yaml"), cwd=tmp_path).stdout.strip().splitlines()[-1])
+
+    def history(future_rows: list[str]) -> Path:
+        path = tmp_path / "history.csv"
+        path.write_text("time,value,price\n" + "\n".join(rows[:40] + future_rows) + "\n", encoding="utf-8")
+        return path
+
+    future = ["2003-05-01,,5.0", "2003-06-01,,5.0", "2003-07-01,,5.0"]
+    first = kiln("predict", str(run), "--history", str(history(future)), "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["timestamps"] == ["2003-05-01", "2003-06-01", "2003-07-01"]
+    dearer = kiln(
+        "predict",
+        str(run),
+        "--history",
+        str(history([r[:-3] + "9.0" for r in future])),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert json.loads(dearer.stdout)["forecast"] != answer["forecast"]  # the future price reaches the model
+
+    short = kiln("predict", str(run), "--history", str(history(future[:2])), cwd=tmp_path)
+    assert short.returncode != 0
+    assert (
+        "ends with 2 row(s) without target values, but this model needs the covariates ['price'] of the 3 "
+        in (" ".join((short.stdout + short.stderr).split()))
+    )
