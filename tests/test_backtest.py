@@ -50,17 +50,15 @@ def test_bad_backtests_say_why(tmp_path: Path, make_series_csv, make_forecast_co
 
 
 def test_the_cli_prints_each_fold_and_the_mean(tmp_path: Path, make_series_csv, make_forecast_config) -> None:
-    import os
-    import subprocess
-    import sys
+    from typer.testing import CliRunner
+
+    from torchkiln.cli.main import app
 
     cfg = make_forecast_config(make_series_csv(tmp_path / "s.csv"), tmp_path / "runs")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    kiln = str(Path(sys.executable).parent / "kiln")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    args = [kiln, "backtest", str(tmp_path / "c.yaml"), "--folds", "2", "--step", "12"]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "fold 1: data to 2006-12-01, test 2006-01-01 .. 2006-12-01: MASE" in proc.stdout
-    assert "fold 2: data to 2007-12-01" in proc.stdout and "mean over 2 folds" in proc.stdout
-    assert "seasonal naive" in proc.stdout and "backtest.json" in proc.stdout
+    args = ["backtest", str(tmp_path / "c.yaml"), "--folds", "2", "--step", "12"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "fold 1: data to 2006-12-01, test 2006-01-01 .. 2006-12-01: MASE" in result.stdout
+    assert "fold 2: data to 2007-12-01" in result.stdout and "mean over 2 folds" in result.stdout
+    assert "seasonal naive" in result.stdout and "backtest.json" in result.stdout

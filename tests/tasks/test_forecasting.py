@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from torchkiln.cli.main import app
 from torchkiln.config import validate
 from torchkiln.data.timeseries import fit_scaler
 from torchkiln.errors import PredictError
@@ -28,6 +30,11 @@ KILN = str(Path(sys.executable).parent / "kiln")
 def kiln(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([KILN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def predict(*args: str):
+    """``kiln predict ...`` in process (training above runs the real executable)."""
+    return CliRunner().invoke(app, ["predict", *args], env={"COLUMNS": "200"})
 
 
 def months(n: int, start: str = "2000-01") -> np.ndarray:
@@ -108,26 +115,26 @@ def test_cli_train_then_predict_from_a_history_file(
     run = Path(train.stdout.strip().splitlines()[-1])
 
     history = make_series_csv(tmp_path / "history.csv", series_values()[:30])
-    pred = kiln("predict", str(run), "--history", str(history), "--horizon", "3", "--json", cwd=tmp_path)
-    assert pred.returncode == 0, pred.stderr
+    pred = predict(str(run), "--history", str(history), "--horizon", "3", "--json")
+    assert pred.exit_code == 0, pred.output
     answer = json.loads(pred.stdout)
     assert answer["timestamps"] == ["2002-07-01", "2002-08-01", "2002-09-01"]
     assert len(answer["forecast"]["value"]) == 3
 
-    table = kiln("predict", str(run), "--history", str(history), cwd=tmp_path)
-    assert table.returncode == 0 and "2002-12-01" in table.stdout and "value 0.1-0.9" in table.stdout
+    table = predict(str(run), "--history", str(history))
+    assert table.exit_code == 0 and "2002-12-01" in table.stdout and "value 0.1-0.9" in table.stdout
 
-    too_far = kiln("predict", str(run), "--history", str(history), "--horizon", "7", cwd=tmp_path)
-    assert too_far.returncode != 0
+    too_far = predict(str(run), "--history", str(history), "--horizon", "7")
+    assert too_far.exit_code != 0
     assert (
         "--horizon 7 is longer than the 6 steps this model forecasts. Pass --horizon 6 or less, or "
-        "retrain with data.horizon: 7." in too_far.stderr + too_far.stdout
+        "retrain with data.horizon: 7." in " ".join(too_far.output.split())
     )
     unsorted = tmp_path / "unsorted.csv"
     lines = history.read_text().splitlines()
     unsorted.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
-    bad = kiln("predict", str(run), "--history", str(unsorted), cwd=tmp_path)
-    assert bad.returncode != 0 and "expected timestamps in increasing order" in bad.stderr + bad.stdout
+    bad = predict(str(run), "--history", str(unsorted))
+    assert bad.exit_code != 0 and "expected timestamps in increasing order" in " ".join(bad.output.split())
 
 
 def test_a_resolved_config_keeps_its_rows_when_the_file_grows(
@@ -168,22 +175,15 @@ def test_a_history_file_gives_the_covariates_of_the_steps_to_forecast(tmp_path: 
         return path
 
     future = ["2003-05-01,,5.0", "2003-06-01,,5.0", "2003-07-01,,5.0"]
-    first = kiln("predict", str(run), "--history", str(history(future)), "--json", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    first = predict(str(run), "--history", str(history(future)), "--json")
+    assert first.exit_code == 0, first.output
     answer = json.loads(first.stdout)
     assert answer["timestamps"] == ["2003-05-01", "2003-06-01", "2003-07-01"]
-    dearer = kiln(
-        "predict",
-        str(run),
-        "--history",
-        str(history([r[:-3] + "9.0" for r in future])),
-        "--json",
-        cwd=tmp_path,
-    )
+    dearer = predict(str(run), "--history", str(history([r[:-3] + "9.0" for r in future])), "--json")
     assert json.loads(dearer.stdout)["forecast"] != answer["forecast"]  # the future price reaches the model
 
-    short = kiln("predict", str(run), "--history", str(history(future[:2])), cwd=tmp_path)
-    assert short.returncode != 0
+    short = predict(str(run), "--history", str(history(future[:2])))
+    assert short.exit_code != 0
     assert (
         "ends with 2 row(s) without target values, but this model needs the covariates ['price'] of the 3 "
         in (" ".join((short.stdout + short.stderr).split()))
