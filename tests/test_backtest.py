@@ -37,6 +37,8 @@ def test_bad_backtests_say_why(tmp_path: Path, make_series_csv, make_forecast_co
         ConfigError, match=r"^A backtest needs at least 2 folds; got 1\. Use --folds 2 or more\.$"
     ):
         backtest(cfg, folds=1)
+    with pytest.raises(ConfigError, match=r"^--step must be at least 1; got 0\.$"):
+        backtest(cfg, folds=2, step=0)
     with pytest.raises(DataError) as err:
         backtest(cfg, folds=5, step=30)
     assert str(err.value) == (

@@ -70,7 +70,7 @@ def backtest(cfg: RunConfig, *, folds: int = 3, step: int | None = None) -> Back
         raise ConfigError(f"kiln backtest is for forecasting configs; this one is {cfg.task.kind}.")
     if folds < 2:
         raise ConfigError(f"A backtest needs at least 2 folds; got {folds}. Use --folds 2 or more.")
-    step = step or d.horizon
+    step = d.horizon if step is None else step
     if step < 1:
         raise ConfigError(f"--step must be at least 1; got {step}.")
     times = read_series(d).time
@@ -89,13 +89,11 @@ def backtest(cfg: RunConfig, *, folds: int = 3, step: int | None = None) -> Back
         run_dir = api.train(validate(raw))
         bundle = load_bundle(run_dir / "bundle")
         result = evaluate_forecast(bundle, split="test", out_dir=run_dir / "eval" / "test")
-        _, data = bundle.task.prepare(bundle.config, splits={"test"})  # for the dates of its test split
-        start, stop = data.bounds["test"]
         done.append(
             Fold(
                 k + 1,
                 iso_time(times[last]),
-                (iso_time(data.frame.time[start]), iso_time(data.frame.time[stop - 1])),
+                result.span,
                 run_dir,
                 result.metrics,
                 float(bundle.meta.get("trained", {}).get("seconds", math.nan)),

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
 from torchkiln.config import validate
-from torchkiln.data.timeseries import fit_scaler
+from torchkiln.data.windows import fit_scaler
 from torchkiln.errors import PredictError
 from torchkiln.tasks import get_task
 from torchkiln.tasks.forecasting import History, PinballLoss

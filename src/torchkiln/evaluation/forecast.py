@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from torchkiln.config.schema import ForecastingTaskConfig, TimeSeriesDataConfig
 from torchkiln.data.splits import SPLITS
-from torchkiln.data.timeseries import SeriesFrame, iso_time, unscale
+from torchkiln.data.timeseries import SeriesFrame, iso_time
+from torchkiln.data.windows import unscale
 from torchkiln.errors import DataError
 from torchkiln.evaluation.baselines import fit_baselines
 from torchkiln.evaluation.forecast_report import render_report
@@ -51,6 +52,7 @@ class ForecastEvalResult:
         baselines: per baseline, one model name per target column, e.g. ``{"ets": ["ETS(M,A,M)"]}``.
         report: the written ``report.html``. metrics_file: the written ``metrics.json``.
         split: the split evaluated. windows: how many forecast windows (origins) it has.
+        span: the first and last timestamp of the split's targets (ISO 8601).
         interval: the network's outermost quantile levels, e.g. ``(0.1, 0.9)``; None with the median alone.
         notes: what was skipped and why (ETS and ARIMA without statsmodels, ...).
     """
@@ -62,6 +64,7 @@ class ForecastEvalResult:
     metrics_file: Path
     split: str
     windows: int
+    span: tuple[str, str]
     interval: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
 
@@ -141,8 +144,19 @@ def evaluate_forecast(
         fc, metrics, per_step, model_name=cfg.model.name, split=split, title=title, extra=extra
     )
     atomic_write_text(report, page)
+    first, stop = fc.bounds[split]
+    span = (iso_time(fc.frame.time[first]), iso_time(fc.frame.time[stop - 1]))
     return ForecastEvalResult(
-        metrics, per_step, fc.baselines, report, metrics_file, split, len(fc.origins), fc.interval, fc.notes
+        metrics,
+        per_step,
+        fc.baselines,
+        report,
+        metrics_file,
+        split,
+        len(fc.origins),
+        span,
+        fc.interval,
+        fc.notes,
     )
 
 

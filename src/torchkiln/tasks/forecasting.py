@@ -29,18 +29,8 @@ from torchkiln.config import validate
 from torchkiln.config.schema import ForecastingTaskConfig, RunConfig, TimeSeriesDataConfig
 from torchkiln.data.loader import EpochBatchSampler
 from torchkiln.data.splits import SPLITS
-from torchkiln.data.timeseries import (
-    SeriesFrame,
-    calendar_features,
-    fit_scaler,
-    future_times,
-    iso_time,
-    read_series,
-    scale,
-    split_bounds,
-    unscale,
-    window_origins,
-)
+from torchkiln.data.timeseries import SeriesFrame, calendar_features, future_times, iso_time, read_series
+from torchkiln.data.windows import fit_scaler, scale, split_bounds, unscale, window_origins
 from torchkiln.errors import PredictError
 from torchkiln.io import absolute_if_exists
 from torchkiln.models.forecast import Forecaster, create_forecast_model
