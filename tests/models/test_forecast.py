@@ -23,6 +23,7 @@ def wrapped(anchor: str, *, season: int = 4, lookback: int = 8, window_norm: boo
         lookback=lookback,
         horizon=6,
         num_targets=1,
+        num_quantiles=3,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -51,3 +52,44 @@ def test_the_last_anchor_and_a_season_longer_than_the_window_repeat_the_last_val
 def test_an_unknown_anchor_says_which_are_known() -> None:
     with pytest.raises(ConfigError, match=r"^anchor must be 'season', 'last' or 'none'; got 'trend'\."):
         wrapped("trend")
+
+
+@pytest.mark.parametrize("window_norm", [True, False])
+def test_the_interval_offset_moves_each_quantile_by_its_value_times_the_window_spread(
+    window_norm: bool,
+) -> None:
+    x = torch.cat([HISTORY, torch.zeros(6)]).reshape(1, 14, 1)
+    model = wrapped("last", window_norm=window_norm)
+    before = model(x)
+    model.interval_offset[:, 0] = torch.tensor([-1.0, 0.0, 2.0])
+    spread = model.window_spread(x)  # (1, 1, 1)
+    expected = HISTORY.std(unbiased=False) + 1e-3 if window_norm else torch.tensor(1.0)
+    torch.testing.assert_close(spread[0, 0, 0], expected)
+    moved = model(x) - before  # (1, 6, 1, 3)
+    torch.testing.assert_close(moved[0, :, 0], (torch.tensor([-1.0, 0.0, 2.0]) * expected).expand(6, 3))
+    assert "interval_offset" in model.state_dict()  # saved with the weights
+
+
+class Crossing(nn.Module):
+    """A core whose raw quantiles cross: the first output is the largest."""
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        raw = torch.tensor([2.0, 0.0, 1.0])
+        return raw.expand(past.shape[0], future.shape[1], 1, 3).clone()
+
+
+def test_the_offset_widens_sorted_quantiles_and_never_moves_the_median() -> None:
+    model = Forecaster(
+        Crossing(),
+        lookback=8,
+        horizon=6,
+        num_targets=1,
+        num_quantiles=3,
+        season=4,
+        window_norm=False,
+        anchor="none",
+    )
+    x = torch.zeros(1, 14, 1)
+    torch.testing.assert_close(model(x)[0, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
+    model.interval_offset[:, 0] = torch.tensor([-1.0, 0.0, 1.0])
+    torch.testing.assert_close(model(x)[0, 0, 0], torch.tensor([-1.0, 1.0, 3.0]))

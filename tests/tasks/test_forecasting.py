@@ -19,7 +19,9 @@ from torchkiln.cli.main import app
 from torchkiln.config import validate
 from torchkiln.data.windows import fit_scaler
 from torchkiln.errors import PredictError
+from torchkiln.evaluation.forecast import network_quantiles
 from torchkiln.tasks import get_task
+from torchkiln.tasks.bundle import load_bundle, without_pretrained
 from torchkiln.tasks.forecasting import History, PinballLoss
 from torchkiln.tasks.predictor import load_predictor
 
@@ -91,6 +93,30 @@ def test_the_bundle_forecasts_dated_steps_in_the_data_units(
     assert answer["forecast"]["value"] == mid
     assert all(a <= b <= c for a, b, c in zip(low, mid, high, strict=True))
     assert all(np.isfinite(mid)) and 20 < np.mean(mid) < 200  # in the data's units, not scaled ones
+
+
+def test_training_calibrates_the_intervals_on_val_and_the_bundle_carries_them(
+    tiny_forecast_bundle: Path,
+) -> None:
+    bundle = load_bundle(tiny_forecast_bundle)
+    report = bundle.meta["calibration"]["intervals"]
+    assert (report["split"], report["nominal"], report["method"]) == (
+        "val",
+        0.8,
+        "conformalized quantile regression",
+    )
+    offset = bundle.model.interval_offset  # (H, C, Q), loaded from the bundle's weights
+    assert (
+        torch.all(offset[..., 0] <= 0) and torch.all(offset[..., 1] == 0) and torch.all(offset[..., 2] >= 0)
+    )
+    cfg = bundle.config
+    _, data = bundle.task.prepare(without_pretrained(cfg), splits={"val"}, state=bundle.state)
+    q = network_quantiles(bundle, bundle.task.loader(cfg, data, "val", train=False), torch.device("cpu"))
+    origins = data.splits["val"]
+    target = data.frame.targets[origins[:, None] + np.arange(6)]  # (W, H, C)
+    inside = ((target >= q[0]) & (target <= q[-1])).mean()
+    assert inside == pytest.approx(report["coverage_after"], abs=1e-6)  # what the bundle serves
+    assert report["coverage_after"] >= min(report["coverage_before"], 0.8)
 
 
 def test_too_short_history_is_refused(tiny_forecast_bundle: Path) -> None:

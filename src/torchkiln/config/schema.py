@@ -35,6 +35,11 @@ class ForecastingTaskConfig(Strict):
         default=[0.1, 0.5, 0.9],
         description="Quantiles the model predicts; 0.5 (the median) is the point forecast.",
     )
+    conformal: bool = Field(
+        default=True,
+        description="After training, widen or narrow each quantile interval on the val split so that it "
+        "covers its nominal share there (conformalized quantile regression, per horizon step).",
+    )
 
     @field_validator("quantiles")
     @classmethod

@@ -338,6 +338,7 @@ def _write_bundle(
     best = run_dir / "checkpoints" / "best.pt"
     if best.exists():
         loop.model.load_state_dict(load_checkpoint(best)["model"])
+    calibration = loop.task.calibrate(loop.cfg, loop.model, loop.val_loader, loop.precision.device)
     summary = state.history[state.best_epoch] if 0 <= state.best_epoch < len(state.history) else {}
     save_bundle(
         run_dir / "bundle",
@@ -353,7 +354,8 @@ def _write_bundle(
                 "seconds": round(state.elapsed, 1),
                 "stopped": state.stopped,
                 "metrics": summary,
-            }
+            },
+            **({"calibration": calibration} if calibration else {}),
         },
     )
     tracker.artifacts(run_dir / "bundle", "bundle")

@@ -295,7 +295,20 @@ def _summary(bundle: Bundle, fc: SplitForecasts, split: str) -> dict[str, str]:
         f"{iso_time(time[fc.origins[-1]])}",
         "train part": f"{train_end} steps, {iso_time(time[0])} .. {iso_time(time[train_end - 1])}",
         "trained": str(bundle.meta.get("trained", {}).get("epochs", "?")) + " epochs",
+        "intervals": _calibration(bundle.meta.get("calibration", {}).get("intervals")),
     }
+
+
+def _calibration(report: dict[str, Any] | None) -> str:
+    if not report:
+        return (
+            "as the network predicts them (not calibrated: task.conformal is off, or there is no val split)"
+        )
+    return (
+        f"widened on the {report['split']} split by conformalized quantile regression: "
+        f"{100 * report['coverage_before']:.1f} % -> {100 * report['coverage_after']:.1f} % of its "
+        f"{report['windows']} windows' targets inside ({100 * report['nominal']:g} % nominal)"
+    )
 
 
 def _json_ready(value: Any) -> Any:

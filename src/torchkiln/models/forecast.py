@@ -45,6 +45,7 @@ class Forecaster(nn.Module):
         lookback: int,
         horizon: int,
         num_targets: int,
+        num_quantiles: int,
         season: int,
         window_norm: bool,
         anchor: Literal["season", "last", "none"],
@@ -60,22 +61,38 @@ class Forecaster(nn.Module):
         # A season longer than the window cannot be repeated from it: the last value is the anchor then.
         s = season if anchor == "season" and season <= lookback else 1
         self.register_buffer("anchor_rows", lookback - s + torch.arange(horizon) % s, persistent=False)
+        # Added to each quantile before the window's scale is put back: zero until the task calibrates the
+        # intervals after training (conformalized quantile regression on the val split). Saved with the
+        # weights, so the bundle, its ONNX export and the server all give the calibrated intervals.
+        self.register_buffer("interval_offset", torch.zeros(horizon, num_targets, num_quantiles))
+
+    def window_spread(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, C)``: what one unit of ``interval_offset`` is worth in each window's scaled units."""
+        return self._norm(x[:, : self.lookback, : self.num_targets])[1]
+
+    def _norm(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.window_norm:
+            return torch.zeros_like(hist[:, :1]), torch.ones_like(hist[:, :1])
+        center = hist.mean(dim=1, keepdim=True)  # (B, 1, C)
+        return center, hist.std(dim=1, keepdim=True, unbiased=False) + 1e-3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, lb = self.num_targets, self.lookback
         past, future = x[:, :lb], x[:, lb:, c:]
         hist = past[..., :c]
         if self.window_norm:
-            center = hist.mean(dim=1, keepdim=True)  # (B, 1, C)
-            spread = hist.std(dim=1, keepdim=True, unbiased=False) + 1e-3
+            center, spread = self._norm(hist)
             hist = (hist - center) / spread
             past = torch.cat([hist, past[..., c:]], dim=-1)
         out = self.core(past, future)  # (B, H, C, Q)
         if self.anchor != "none":
             out = out + hist[:, self.anchor_rows].unsqueeze(-1)
+        # Sorted before the offset: the median is the middle of what the network predicted, and the
+        # offsets (lower <= 0 <= upper, outer pairs at least as wide as inner ones) keep the order.
+        out = out.sort(dim=-1).values + self.interval_offset
         if self.window_norm:
             out = out * spread.unsqueeze(-1) + center.unsqueeze(-1)
-        return out.sort(dim=-1).values
+        return out
 
 
 class RNNDirect(nn.Module):
@@ -259,6 +276,7 @@ def lstm_forecaster(
         lookback=lookback,
         horizon=horizon,
         num_targets=num_targets,
+        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -296,6 +314,7 @@ def seq2seq_forecaster(
         lookback=lookback,
         horizon=horizon,
         num_targets=num_targets,
+        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -334,6 +353,7 @@ def mlp_forecaster(
         lookback=lookback,
         horizon=horizon,
         num_targets=num_targets,
+        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,

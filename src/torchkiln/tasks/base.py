@@ -127,6 +127,18 @@ class Task(Protocol):
         """
         ...
 
+    def calibrate(
+        self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
+    ) -> dict[str, Any]:
+        """After training, with the best weights loaded: fit what is calibrated on held-out windows.
+
+        ``loader`` is the val split's (None without one). The result lives in the model's buffers, so the
+        bundle, its exports and the server carry it; the returned JSON-ready summary goes into the
+        bundle's metadata, ``{}`` when there is nothing to calibrate. Forecasting conformalizes its
+        quantile intervals here; the classification tasks return ``{}``.
+        """
+        ...
+
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         """Labels and preprocessing to store in the bundle (JSON-ready)."""
         ...

@@ -35,6 +35,7 @@ from torchkiln.errors import PredictError
 from torchkiln.io import absolute_if_exists
 from torchkiln.models.forecast import Forecaster, create_forecast_model
 from torchkiln.tasks.base import TASKS, ParamGroup, PrimaryMetric, RequestLimits
+from torchkiln.tasks.conformal import conformal_offsets
 from torchkiln.tasks.forecast_metrics import METRICS, seasonal_naive_scale, summarize_errors
 
 MAX_HISTORY = 100_000  # points per request
@@ -400,6 +401,31 @@ class ForecastingTask:
                 }
             )
         return answers
+
+    @torch.no_grad()
+    def calibrate(
+        self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
+    ) -> dict[str, Any]:
+        """Conformalize the quantile intervals on the val windows (:mod:`torchkiln.tasks.conformal`).
+
+        Scores are measured in units of each window's own spread (what the network's outputs are before
+        the window's scale is put back), so one offset serves a series whose level grows.
+        """
+        _, t = _parts(cfg)
+        if not t.conformal or loader is None or len(t.quantiles) < 3:
+            return {}
+        assert isinstance(model, Forecaster), "forecasting models are Forecasters"
+        model.interval_offset.zero_()
+        model.eval()
+        quantiles, targets = [], []
+        for batch in loader:
+            x, y = self.to_device(batch, device, channels_last=False)
+            spread = model.window_spread(x)  # (B, 1, C)
+            quantiles.append((model(x).float() / spread.unsqueeze(-1)).cpu().numpy())
+            targets.append((y.float() / spread).cpu().numpy())
+        offsets, report = conformal_offsets(np.concatenate(quantiles), np.concatenate(targets), t.quantiles)
+        model.interval_offset.copy_(torch.from_numpy(offsets))
+        return {"intervals": {"split": "val", **report.as_dict()}}
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         d, t = _parts(cfg)

@@ -237,6 +237,11 @@ class ImageClassificationTask:
     ) -> list[dict[str, Any]]:
         return top_k_answers(cfg.data.classes or [], outputs, top_k)
 
+    def calibrate(
+        self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
+    ) -> dict[str, Any]:
+        return {}  # argmax answers; temperature scaling would change scores, not labels
+
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         d = cfg.data
         return {
