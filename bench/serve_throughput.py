@@ -230,9 +230,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants that still run (kiln serve's prediction-log writer process)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+            continue
+        found.append(p)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+    """utime + stime of ``pid`` and its running descendants, all threads."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def busy_seconds() -> float:
@@ -364,11 +383,13 @@ def serve_yaml(folder: Path, *, on: bool) -> Path:
 
 
 def check_log_and_metrics(proc: subprocess.Popen, port: int, folder: Path, *, on: bool) -> None:
-    """While the server runs: is /metrics served, and does the process hold a prediction-log database?"""
+    """While the server runs: is /metrics served, and does it (its log writer process) hold the database?"""
     links = []
-    for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
-        with contextlib.suppress(OSError):  # closed meanwhile
-            links.append(os.readlink(fd))
+    for pid in process_tree(proc.pid):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    links.append(os.readlink(fd))
     dbs = {link for link in links if link.endswith("predictions.db")}
     served = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
     expected = {str(folder / "predictions.db")} if on else set()

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from torchkiln.errors import ServeError
-from torchkiln.serve import predlog
+from torchkiln.serve import predlog, predlog_db
 from torchkiln.serve.predlog import PredictionLog, PredictionRecord, read_predictions
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -134,41 +137,111 @@ def test_log_does_not_block_while_the_database_is_locked(tmp_path: Path) -> None
     assert len(read_predictions(f"sqlite:///{db}")) == 1001
 
 
-def test_outage_spools_on_close_and_the_next_start_replays_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url, spool = f"sqlite:///{tmp_path}/predictions.db", tmp_path / "spool" / "predictions.jsonl"
+@contextmanager
+def own_database(postgres_url: str) -> Iterator[tuple[str, Callable[[bool], None]]]:
+    """A fresh PostgreSQL database on the test server, and a switch that takes it down and up again."""
+    server, name = sa.make_url(postgres_url), f"outage_{uuid.uuid4().hex[:8]}"
+    admin = {"host": server.host, "port": server.port, "user": server.username, "dbname": server.database}
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+
+    def available(up: bool) -> None:
+        # Down: new connections are refused and the open ones are cut, as when the server goes away.
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {'true' if up else 'false'}")
+            if not up:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+                )
+
+    yield server.set(database=name).render_as_string(hide_password=False), available
+
+
+def test_outage_spools_on_close_and_the_next_start_replays_once(postgres_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool" / "predictions.jsonl"
     sent = [record(i, payload=bytes([i % 256]) * 3 if i % 2 else None) for i in range(300)]
+    with own_database(postgres_url) as (url, available):
+        plog = PredictionLog(url, flush_interval_s=0.01, spool_path=spool)
+        plog.start()
+        available(False)
+        for r in sent:
+            plog.log(r)
+        assert not plog.flush(timeout_s=0.3)
+        plog.close(timeout_s=0.5)
+        plog.close()  # idempotent
+        stats = plog.stats
+        assert (stats.logged, stats.written, stats.pending, stats.spooled) == (300, 0, 0, 300)
+        assert stats.failed_batches >= 2  # it retried before giving up
+        assert len(spool.read_text().splitlines()) == 300
+        with pytest.raises(ServeError, match="came after the prediction log was closed"):
+            plog.log(record(999))
 
-    def database_down(engine: sa.Engine, records: list[PredictionRecord]) -> None:
-        raise sa.exc.OperationalError("INSERT INTO predictions", {}, Exception("connection refused"))
+        # As if a previous replay crashed after inserting the first 100 rows but before removing the spool.
+        available(True)
+        predlog_db.insert(sa.create_engine(url), sent[:100])
 
-    plog = PredictionLog(url, flush_interval_s=0.01, spool_path=spool)
+        again = PredictionLog(url, spool_path=spool)
+        again.start()
+        assert not spool.exists()
+        again.log(record(300))
+        again.close()
+        assert again.stats.replayed == 300
+        assert read_predictions(url) == [*sent, record(300)]  # all of them, exactly once
+
+
+def test_the_writer_is_a_process_of_its_own_without_torch(tmp_path: Path) -> None:
+    plog = PredictionLog(f"sqlite:///{tmp_path}/predictions.db")
     plog.start()
-    monkeypatch.setattr(predlog, "_insert", database_down)
-    for r in sent:
+    pid = plog.writer_pid
+    assert pid is not None and pid != os.getpid()
+    assert b"torchkiln.serve.predlog_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()  # the shared libraries it loaded
+    plog.log(record(1))
+    plog.close()
+    assert plog.writer_pid is None
+    assert [r.request_id for r in read_predictions(f"sqlite:///{tmp_path}/predictions.db")] == ["req-00001"]
+
+
+def test_a_killed_writer_loses_nothing_and_writes_nothing_twice(tmp_path: Path) -> None:
+    db, sent = tmp_path / "predictions.db", [record(i) for i in range(400)]
+    url = f"sqlite:///{db}"
+    plog = PredictionLog(url, batch_size=64, flush_interval_s=0.01)
+    plog.start()
+    for r in sent[:100]:
+        plog.log(r)
+    assert plog.flush(timeout_s=5)
+    first = plog.writer_pid
+    assert first is not None
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the writer now waits on SQLite's busy timeout, records in hand
+    for r in sent[100:300]:
         plog.log(r)
     assert not plog.flush(timeout_s=0.3)
-    plog.close(timeout_s=0.5)
-    plog.close()  # idempotent
-    stats = plog.stats
-    assert (stats.logged, stats.written, stats.pending, stats.spooled) == (300, 0, 0, 300)
-    assert stats.failed_batches >= 2  # it retried before giving up
-    assert len(spool.read_text().splitlines()) == 300
-    with pytest.raises(ServeError, match="came after the prediction log was closed"):
-        plog.log(record(999))
+    os.kill(first, signal.SIGKILL)
+    locker.execute("ROLLBACK")
+    locker.close()
+    predlog_db.insert(sa.create_engine(url), sent[100:150])  # as if it had inserted these, then died
+    for r in sent[300:]:
+        plog.log(r)
+    assert plog.flush(timeout_s=10)
+    assert plog.writer_pid not in (None, first)
+    plog.close()
+    assert read_predictions(url) == sent  # every record, exactly once, in order
+    assert plog.stats == predlog.LogStats(logged=400, written=400, pending=0, failed_batches=0, spooled=0)
 
-    # As if a previous replay crashed after inserting the first 100 rows but before removing the spool.
-    monkeypatch.undo()
-    predlog._insert(sa.create_engine(url), sent[:100])
 
-    again = PredictionLog(url, spool_path=spool)
-    again.start()
-    assert not spool.exists()
-    again.log(record(300))
-    again.close()
-    assert again.stats.replayed == 300
-    assert read_predictions(url) == [*sent, record(300)]  # all of them, exactly once
+def test_close_writes_what_was_logged_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/predictions.db"
+    plog = PredictionLog(url, batch_size=10_000, flush_interval_s=60)  # it would not write on its own
+    plog.start()
+    sent = [record(i) for i in range(1000)]
+    for r in sent:
+        plog.log(r)
+    start = time.perf_counter()
+    plog.close()
+    assert time.perf_counter() - start < 5
+    assert plog.stats == predlog.LogStats(logged=1000, written=1000, pending=0, failed_batches=0, spooled=0)
+    assert read_predictions(url) == sent
 
 
 def test_a_record_the_database_refuses_does_not_block_the_others(tmp_path: Path) -> None:
@@ -176,11 +249,18 @@ def test_a_record_the_database_refuses_does_not_block_the_others(tmp_path: Path)
     plog = PredictionLog(url, batch_size=8)
     plog.start()
     for i in range(10):
-        plog.log(record(i, outputs=[{"label": object()}] if i == 4 else record(i).outputs))
+        if i == 4:  # not JSON: refused by log() itself
+            plog.log(record(i, outputs=[{"label": object()}]))
+        elif i == 6:  # JSON (NaN becomes null), refused by the database: latency_ms is NOT NULL
+            plog.log(record(i, latency_ms=float("nan")))
+        else:
+            plog.log(record(i))
     assert plog.flush(timeout_s=5)
     plog.close()
-    assert (plog.stats.written, plog.stats.rejected, plog.stats.pending) == (9, 1, 0)
-    assert [r.request_id for r in read_predictions(url)] == [f"req-{i:05d}" for i in range(10) if i != 4]
+    assert (plog.stats.written, plog.stats.rejected, plog.stats.pending) == (8, 2, 0)
+    assert [r.request_id for r in read_predictions(url)] == [
+        f"req-{i:05d}" for i in range(10) if i not in (4, 6)
+    ]
 
 
 def test_a_relative_sqlite_path_gets_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

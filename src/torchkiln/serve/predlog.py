@@ -1,66 +1,59 @@
 """The durable prediction log of ``kiln serve``: one row per answered (or shadowed) prediction.
 
-``log()`` only puts the record on an in-memory queue, so the event loop never waits on the database. A
-daemon thread inserts the records in batches, one transaction each. When the database is down it keeps
-them and retries with backoff; what is still unwritten at ``close()`` goes to a JSON-lines spool file,
-which the next ``start()`` replays (skipping rows already there) before anything else is written.
+The rows are inserted by a writer process of its own (``predlog_writer``), so that SQLAlchemy's and the
+driver's Python does not take the server's GIL from the event loop and the model thread. ``log()`` turns
+the record into one JSON line and keeps it in memory; a feeder thread, awake once per flush interval (or
+per full batch), hands the new lines down a pipe and reads back what the writer confirmed. The server keeps
+every line until it is confirmed: a writer that dies is replaced and gets them again (the first ones only
+inserted when not in the table yet). When the database is down the writer keeps the records and retries
+with backoff; what is still unconfirmed at ``close()`` goes to a JSON-lines spool file, which the next
+``start()`` replays (skipping rows already there) before anything else is written.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
-import functools
-import json
+import contextlib
 import logging
-import operator
 import os
-import queue
+import select
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
 
 from torchkiln.errors import ServeError
 from torchkiln.io import fsync_dir
+from torchkiln.serve.predlog_db import (
+    BACKOFF_S,
+    FIELDS,
+    TRANSIENT,
+    PredictionRecord,
+    append_spool,
+    default_spool,
+    from_json,
+    insert_new,
+    make_engine,
+    metadata,
+    predictions,
+    reason,
+    shown,
+    spool_lock,
+    utc,
+)
+from torchkiln.serve.predlog_writer import WriterProcess
+
+__all__ = ["LogStats", "PredictionLog", "PredictionRecord", "read_predictions"]
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "the database is unavailable right now": keep the records and retry. Any other error
-# means the database refuses the records themselves, which retrying cannot fix.
-_TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError)
-_BACKOFF_S = (0.05, 5.0)  # first and longest wait between retries
-_BUSY_TIMEOUT_MS = 5000
 _REPLAY_CHUNK = 500
 _CREATE_ATTEMPTS = 5
-_URL_HINT = "Expected sqlite:///path/to/predictions.db or postgresql+psycopg://user@host/db."
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One prediction as the server answered it (or mirrored it to the shadow arm)."""
-
-    request_id: str
-    time: datetime  # timezone-aware UTC (a naive time is taken as UTC)
-    model: str
-    version: str
-    arm: str  # "champion" | "challenger": the arm that answered, or the shadowed arm
-    shadow: bool  # True for a mirrored request whose answer was not returned
-    latency_ms: float
-    route: str
-    items: int
-    outputs: list[dict[str, Any]]  # JSON-ready, one per input
-    input_summary: list[dict[str, Any]]  # JSON-ready, one per input
-    payload: bytes | None = None  # only when sampled
-    payload_type: str | None = None
+_READY_TIMEOUT_S = 30.0  # for the writer process to start (imports included)
 
 
 @dataclass(frozen=True)
@@ -76,44 +69,8 @@ class LogStats:
     rejected: int = 0  # records the database refused (e.g. outputs not JSON-ready); logged as errors
 
 
-class _UTCDateTime(sa.TypeDecorator[datetime]):
-    """A timezone-aware column that always hands back UTC-aware datetimes (SQLite drops the zone)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else _utc(value)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else _utc(value)
-
-
-metadata = sa.MetaData()
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String, nullable=False, index=True),
-    sa.Column("time", _UTCDateTime, nullable=False, index=True),
-    sa.Column("model", sa.String, nullable=False, index=True),
-    sa.Column("version", sa.String, nullable=False),
-    sa.Column("arm", sa.String, nullable=False),
-    sa.Column("shadow", sa.Boolean, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Column("route", sa.String, nullable=False),
-    sa.Column("items", sa.Integer, nullable=False),
-    sa.Column("outputs", sa.JSON, nullable=False),
-    sa.Column("input_summary", sa.JSON, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=True),
-    sa.Column("payload_type", sa.String, nullable=True),
-)
-_FIELDS = [c.name for c in predictions.columns if c.name != "id"]
-_WAKE, _STOP = object(), object()  # queue sentinels: "write now" and "write now, then stop"
-
-
 class PredictionLog:
-    """Batched, non-blocking, durable writer of :class:`PredictionRecord` rows.
+    """Batched, non-blocking, durable writer of :class:`PredictionRecord` rows, in a process of its own.
 
     Example:
         >>> plog = PredictionLog("sqlite:///runs/serve/predictions.db")
@@ -133,75 +90,90 @@ class PredictionLog:
                 "The prediction log needs batch_size >= 1 and flush_interval_s > 0. "
                 f"Got batch_size={batch_size} and flush_interval_s={flush_interval_s}."
             )
-        self._engine, self._url = _engine(url)
+        self._engine, self._url = make_engine(url)
         self._batch_size, self._flush_interval = batch_size, flush_interval_s
-        self._spool = Path(spool_path) if spool_path is not None else _default_spool(self._url)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # The writer sleeps a flush interval at a time and is woken early only for a full batch, a flush
-        # or a stop. Waking it per record would cost a thread switch and a GIL hand-off per request.
-        self._signal = threading.Event()
-        self._buffer: list[PredictionRecord] = []  # taken off the queue, not yet written
-        self._lock = threading.Lock()  # guards the counters, the buffer and the closed flags; held briefly
+        self._spool = Path(spool_path) if spool_path is not None else default_spool(self._url)
+        self._fresh: list[bytes] = []  # JSON lines logged, not yet handed to the writer process
+        self._unacked: deque[bytes] = deque()  # handed to the writer, not yet confirmed written or rejected
+        self._lock = threading.Lock()  # guards the lines, the counters and the closed flag; held briefly
         self._done = threading.Condition(self._lock)
         self._logged = self._written = self._failed = self._spooled = self._replayed = self._rejected = 0
-        self._closed = self._abandoned = self._stop_seen = False
+        self._closed = False
         self._stop_at = float("inf")
+        self._wake_r = self._wake_w = -1  # a self-pipe that wakes the feeder thread early
+        self._child: WriterProcess | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The process id of the writer process, or None when it does not run."""
+        child = self._child
+        return child.proc.pid if child is not None and child.proc.poll() is None else None
+
     def start(self) -> None:
-        """Create the table if missing, replay the spool file, and start the writer thread.
+        """Create the table if missing, replay the spool file, and start the writer process.
 
         Raises:
-            ServeError: The database cannot be reached, or the log was closed already.
+            ServeError: The database cannot be reached, the writer process cannot start, or the log was
+                closed already.
         """
         if self._closed:
             raise ServeError("This prediction log was closed. Create a new PredictionLog to log again.")
         if self._thread is not None:
             return
-        try:
-            if self._url.get_backend_name() == "sqlite":
-                Path(self._url.database or "").parent.mkdir(parents=True, exist_ok=True)
-            for attempt in range(_CREATE_ATTEMPTS):
-                try:
-                    metadata.create_all(self._engine)
-                    break
-                except sa.exc.DBAPIError:  # e.g. another worker creating the table at the same moment
-                    if attempt == _CREATE_ATTEMPTS - 1:
-                        raise
-                    time.sleep(0.05 * 2**attempt)
-        except (*_TRANSIENT, OSError) as exc:
-            raise ServeError(
-                f"Cannot reach the prediction log database {_shown(self._url)} ({_reason(exc)}). "
-                "Expected a running database that accepts connections; check the URL, the credentials "
-                "and that the database server is up."
-            ) from exc
+        self._create_table()
         try:
             self._replay_spool()
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise ServeError(
-                f"Cannot replay the prediction spool file {self._spool} into {_shown(self._url)} "
-                f"({_reason(exc)}). Expected a reachable database that accepts these rows; fix the "
+                f"Cannot replay the prediction spool file {self._spool} into {shown(self._url)} "
+                f"({reason(exc)}). Expected a reachable database that accepts these rows; fix the "
                 "database, or move the spool file aside to start without it."
             ) from exc
-        self._thread = threading.Thread(target=self._run, name="kiln-predlog", daemon=True)
+        self._engine.dispose()  # the writer process has its own connections
+        child = self._spawn(resent=0)
+        child.wait_ready(_READY_TIMEOUT_S)
+        self._child = child
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="kiln-predlog-feeder", daemon=True)
         self._thread.start()
 
     def log(self, record: PredictionRecord) -> None:
-        """Queue ``record`` for writing; never waits on the database (safe on the event loop).
+        """Hand ``record`` to the writer; never waits on the database (safe on the event loop).
+
+        The record becomes one JSON line here (a few microseconds); a record that cannot be written as JSON
+        is counted as rejected and logged as an error, as the database would refuse it.
 
         Raises:
             ServeError: The log was closed: stop taking requests before closing it.
         """
+        try:
+            # The instance dict holds the fields in order; pydantic-core writes a dict ~30 % faster than it
+            # writes the dataclass, same JSON.
+            line = pydantic_core.to_json(vars(record), bytes_mode="base64", inf_nan_mode="null")
+        except pydantic_core.PydanticSerializationError as exc:
+            line, error = b"", exc
         with self._lock:
             if self._closed:
                 raise ServeError(
                     f"Prediction {record.request_id} came after the prediction log was closed. "
                     "Expected close() only once the server takes no more requests."
                 )
-            self._queue.put(record)
             self._logged += 1
-        if self._queue.qsize() >= self._batch_size:
-            self._signal.set()
+            if not line:
+                self._rejected += 1
+            else:
+                self._fresh.append(line)
+            waiting = len(self._fresh)
+        if not line:
+            logger.error(
+                "Prediction log: prediction %s cannot be written as JSON (%s); it is counted as rejected. "
+                "Expected JSON-ready outputs and input summaries.",
+                record.request_id,
+                error,
+            )
+        elif waiting % self._batch_size == 0:
+            self._wake()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record logged so far is written.
@@ -213,8 +185,7 @@ class PredictionLog:
             target = self._logged
             running = self._thread is not None and not self._closed
         if running:
-            self._queue.put(_WAKE)
-            self._signal.set()
+            self._wake()
         with self._done:  # records are written in order, so a count is enough
             written = lambda: self._written + self._rejected >= target  # noqa: E731
             return self._done.wait_for(written, timeout_s if running else 0)
@@ -228,19 +199,28 @@ class PredictionLog:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True  # log() now refuses, so the queue only shrinks from here
+            self._closed = True  # log() now refuses, so the lines only shrink from here
+        start = time.monotonic()
         if self._thread is not None:
-            self._stop_at = time.monotonic() + timeout_s * 0.8  # leave time to spool after the last retry
-            self._queue.put(_STOP)
-            self._signal.set()
-            self._thread.join(timeout_s)
+            self._stop_at = start + timeout_s * 0.8  # leave time to spool after the last retry
+            self._wake()
+            self._thread.join(timeout_s * 0.9)
+            if not self._thread.is_alive():
+                with self._lock:
+                    os.close(self._wake_r)
+                    os.close(self._wake_w)
+                    self._wake_r = self._wake_w = -1
+        if self._child is not None:  # normally it has exited by now; if not, it is killed
+            self._child.stop(max(0.0, start + timeout_s * 0.9 - time.monotonic()))
+            self._apply(self._child.read_status())  # what it confirmed before it exited
+            self._child.close()
         with self._lock:
-            self._abandoned = True  # a writer still stuck in the database must not count its batch
-            rest = self._buffer + [r for r in _drain(self._queue) if r is not _WAKE and r is not _STOP]
-            self._buffer = []
+            rest = [*self._unacked, *self._fresh]
+            self._unacked.clear()
+            self._fresh = []
         if rest:
             try:
-                self._append_spool(rest)
+                append_spool(self._spool, rest)
             except OSError as exc:
                 raise ServeError(
                     f"{len(rest)} predictions could not be written to the database nor to the spool file "
@@ -259,100 +239,136 @@ class PredictionLog:
             counts = (self._logged, self._written, pending, self._failed, self._spooled, self._replayed)
             return LogStats(*counts, rejected=self._rejected)
 
-    # The writer thread.
+    # The feeder thread: hands the lines to the writer process and reads back what it wrote. It sleeps in
+    # select() a flush interval at a time, so it holds this process's GIL only for a join and a write.
 
     def _run(self) -> None:
-        failures, due = 0, float("inf")  # due: when to retry the buffered records after a failure
+        try:
+            self._feed()
+        except Exception:  # a bug here must not go unseen: the lines stay in memory, and close() spools them
+            logger.exception("Prediction log: the feeder thread failed; predictions are spooled at close")
+
+    def _feed(self) -> None:
+        restarts = 0
         while True:
-            now = time.monotonic()
-            until = due if self._buffer else now + self._flush_interval
-            self._collect(max(0.0, min(until, self._stop_at) - now))
-            now = time.monotonic()
-            if self._buffer and failures == 0:
-                due = now  # what was collected has waited up to one flush interval: write it
-            if self._buffer and now >= due:
-                while self._buffer and self._write_batch():
-                    pass
-                if self._buffer:
-                    failures += 1
-                    due = now + min(_BACKOFF_S[0] * 2 ** (failures - 1), _BACKOFF_S[1])
-            if not self._buffer:
-                failures, due = 0, float("inf")
-            if self._stop_seen and (not self._buffer or time.monotonic() >= self._stop_at):
+            child, closing = self._child, self._stop_at < float("inf")
+            if child is None or child.exited:
+                if closing:
+                    return  # close() spools what was not confirmed
+                self._sleep(min(BACKOFF_S[0] * 2**restarts, BACKOFF_S[1]))
+                restarts += 1
+                self._restart(child)
+                continue
+            wait_to_send = [child.data_fd] if child.outbox and child.data_fd >= 0 else []
+            readable, _, _ = select.select([self._wake_r, child.status_fd], wait_to_send, [], self._timeout())
+            if self._wake_r in readable:
+                _drain_pipe(self._wake_r)
+            if self._apply(child.read_status()):
+                restarts = 0
+            if not child.exited:
+                self._hand_over(child, closing=closing)
+            if closing and time.monotonic() >= self._stop_at:
                 return
 
-    def _collect(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` (less when signalled), then move the queued records into the buffer."""
-        self._signal.wait(timeout)
-        self._signal.clear()
-        items = _drain(self._queue)
-        records = [r for r in items if r is not _WAKE and r is not _STOP]
-        self._stop_seen |= any(r is _STOP for r in items)  # all records logged before close() are in
-        with self._lock:
-            self._buffer += records
+    def _timeout(self) -> float:
+        return max(0.0, min(self._flush_interval, self._stop_at - time.monotonic()))
 
-    def _write_batch(self) -> bool:
-        """Insert the first batch of the buffer; False when the database is unavailable."""
-        batch, rejected = self._buffer[: self._batch_size], []
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, woken early by close()."""
+        select.select([self._wake_r], [], [], max(0.0, min(seconds, self._stop_at - time.monotonic())))
+
+    def _hand_over(self, child: WriterProcess, *, closing: bool) -> None:
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+            self._unacked.extend(fresh)
+        if fresh:
+            child.outbox += b"\n".join(fresh) + b"\n"
+        if closing and not child.stopping:  # log() refuses by now: these were the last lines
+            child.queue_stop(self._stop_at - time.monotonic())
+        child.send()
+
+    def _apply(self, confirmed: tuple[int, int, int]) -> bool:
+        """Count what the writer confirmed and forget those lines; True when it confirmed any."""
+        written, rejected, failed = confirmed
+        with self._lock:
+            for _ in range(written + rejected):
+                self._unacked.popleft()
+            self._written += written
+            self._rejected += rejected
+            self._failed += failed
+            if written or rejected:
+                self._done.notify_all()
+        return written + rejected > 0
+
+    def _restart(self, dead: WriterProcess | None) -> None:
+        """Start a new writer process and hand it every line the dead one did not confirm."""
+        if dead is not None:
+            code = dead.close()
+            pid = dead.proc.pid
+            logger.error("Prediction log: writer process %d exited with code %s; starting another", pid, code)
+        with self._lock:
+            resent = list(self._unacked)
         try:
-            _insert(self._engine, batch)
-            done = len(batch)
-        except _TRANSIENT as exc:
-            logger.warning("Prediction log: database unavailable, will retry (%s)", _reason(exc))
-            done = 0
-        except Exception:  # a record the database refuses must not block the ones behind it
-            done, rejected = self._insert_one_by_one(batch)
-        with self._lock:
-            if self._abandoned:
-                return False
-            del self._buffer[:done]
-            self._written += done - len(rejected)
-            self._rejected += len(rejected)
-            self._failed += done < len(batch)
-            self._done.notify_all()
-        return done == len(batch)
+            child = self._spawn(resent=len(resent))
+        except (OSError, ServeError) as exc:
+            logger.error("Prediction log: cannot start a new writer process (%s); retrying", exc)
+            self._child = None
+            return
+        child.outbox += b"".join(line + b"\n" for line in resent)
+        self._child = child
+        logger.warning(
+            "Prediction log: writer process %d started, %d predictions resent", child.proc.pid, len(resent)
+        )
 
-    def _insert_one_by_one(self, batch: list[PredictionRecord]) -> tuple[int, list[PredictionRecord]]:
-        rejected = []
-        for i, record in enumerate(batch):
-            try:
-                _insert(self._engine, [record])
-            except _TRANSIENT:
-                return i, rejected
-            except Exception:
-                logger.exception("Prediction log: the database refused prediction %s", record.request_id)
-                rejected.append(record)
-        return len(batch), rejected
+    def _spawn(self, *, resent: int) -> WriterProcess:
+        config = {
+            "url": self._url.render_as_string(hide_password=False),
+            "batch_size": self._batch_size,
+            "spool": str(self._spool),
+            "resent": resent,  # these first lines may be in the table already: skip those
+        }
+        return WriterProcess.spawn(config)
 
-    # The spool file.
+    def _wake(self) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError):  # full: the feeder has wake-ups waiting
+            if self._wake_w >= 0:  # under the lock: close() cannot close it (and the number be reused) now
+                os.write(self._wake_w, b"\0")
 
-    def _append_spool(self, records: list[PredictionRecord]) -> None:
-        self._spool.parent.mkdir(parents=True, exist_ok=True)
-        with _spool_lock(self._spool), open(self._spool, "a+b") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() > 0:  # a crash mid-append may have left half a line: never glue a record to it
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-            fh.write("".join(_to_json(r) + "\n" for r in records).encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(self._spool.parent)
+    # The table and the spool file (the writer process only inserts).
+
+    def _create_table(self) -> None:
+        try:
+            if self._url.get_backend_name() == "sqlite":
+                Path(self._url.database or "").parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    metadata.create_all(self._engine)
+                    break
+                except sa.exc.DBAPIError:  # e.g. another worker creating the table at the same moment
+                    if attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.05 * 2**attempt)
+        except (*TRANSIENT, OSError) as exc:
+            raise ServeError(
+                f"Cannot reach the prediction log database {shown(self._url)} ({reason(exc)}). "
+                "Expected a running database that accepts connections; check the URL, the credentials "
+                "and that the database server is up."
+            ) from exc
 
     def _replay_spool(self) -> None:
         if not self._spool.exists():
             return
-        with _spool_lock(self._spool):
+        with spool_lock(self._spool):
             if not self._spool.exists():  # another worker replayed it while we waited for the lock
                 return
             records, unreadable = [], ""
             for line in self._spool.read_text("utf-8", errors="replace").splitlines(keepends=True):
                 try:
-                    records.append(_from_json(line))
+                    records.append(from_json(line))
                 except (ValueError, TypeError, KeyError, AttributeError):
                     unreadable += line if line.strip() else ""
             for i in range(0, len(records), _REPLAY_CHUNK):
-                _insert_new(self._engine, records[i : i + _REPLAY_CHUNK])
+                insert_new(self._engine, records[i : i + _REPLAY_CHUNK])
             if unreadable:  # e.g. half a line from a crash: keep it for a human, out of the way
                 with open(f"{self._spool}.unreadable", "a", encoding="utf-8") as fh:
                     fh.write(unreadable)
@@ -362,6 +378,12 @@ class PredictionLog:
         with self._lock:
             self._replayed += len(records)
         logger.info("Prediction log: replayed %d predictions from %s", len(records), self._spool)
+
+
+def _drain_pipe(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def read_predictions(
@@ -381,7 +403,7 @@ def read_predictions(
     Raises:
         ServeError: The URL is invalid, the database unreachable, or it holds no prediction log.
     """
-    engine, parsed = _engine(url)
+    engine, parsed = make_engine(url)
     try:
         if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
             raise ServeError(
@@ -392,157 +414,16 @@ def read_predictions(
         if model is not None:
             query = query.where(predictions.c.model == model)
         if since is not None:
-            query = query.where(predictions.c.time >= _utc(since))
+            query = query.where(predictions.c.time >= utc(since))
         if limit is not None:
             query = query.limit(limit)
         with engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
     except sa.exc.DBAPIError as exc:  # unreachable, or no 'predictions' table
         raise ServeError(
-            f"Cannot read the prediction log {_shown(parsed)} ({_reason(exc)}). Expected a reachable "
+            f"Cannot read the prediction log {shown(parsed)} ({reason(exc)}). Expected a reachable "
             "database written by `kiln serve`; check the URL and that the server is up."
         ) from exc
     finally:
         engine.dispose()
-    return [PredictionRecord(**{k: row[k] for k in _FIELDS}) for row in reversed(rows)]
-
-
-def _engine(url: str) -> tuple[sa.Engine, URL]:
-    try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ServeError(f"The prediction log URL '{url}' cannot be parsed ({exc}). {_URL_HINT}") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ServeError(
-            f"The prediction log URL '{url}' is an in-memory SQLite database, which loses every prediction "
-            f"when the server stops. {_URL_HINT}"
-        )
-    try:
-        # pydantic-core's JSON encoder is ~10x faster than json.dumps; NaN/inf become null, which every
-        # database accepts.
-        options: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": _json_column}
-        if backend == "postgresql":
-            options["connect_args"] = {"connect_timeout": 5}
-        engine = sa.create_engine(parsed, **options)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise ServeError(
-            f"The prediction log URL '{_shown(parsed)}' is not a database URL SQLAlchemy knows ({exc}). "
-            f"{_URL_HINT}"
-        ) from None
-    if backend == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine, parsed
-
-
-def _json_column(value: Any) -> str:
-    return pydantic_core.to_json(value, inf_nan_mode="null").decode()
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets the monitor and dashboard read while the server writes; NORMAL is durable enough in WAL.
-    cursor = dbapi_conn.cursor()
-    for pragma in (f"busy_timeout={_BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=NORMAL"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _insert(engine: sa.Engine, records: list[PredictionRecord]) -> None:
-    """Insert ``records`` in one transaction: one DBAPI ``executemany`` of plain tuples.
-
-    The writer thread shares the GIL with the event loop. SQLAlchemy's ``execute(insert, dicts)`` spends
-    ~25 us of Python per row building and processing parameters; converting each row with the columns'
-    own bind processors (the same conversions) and handing tuples to the driver takes a fraction of it.
-    """
-    with engine.begin() as conn:
-        _insert_rows(conn, records)
-
-
-def _insert_rows(conn: sa.Connection, records: list[PredictionRecord]) -> None:
-    sql, processors = _insert_plan(conn.dialect)
-    rows = []
-    for record in records:
-        row = list(_VALUES(record))
-        for i, process in processors:
-            row[i] = process(row[i])
-        rows.append(tuple(row))
-    conn.exec_driver_sql(sql, rows)
-
-
-@functools.cache
-def _insert_plan(dialect: sa.Dialect) -> tuple[str, list[tuple[int, Any]]]:
-    """The positional INSERT for ``dialect`` and the columns' bind processors, as (position, function)."""
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"  # sqlite3: qmark; psycopg: format/pyformat
-    sql = f"INSERT INTO predictions ({', '.join(_FIELDS)}) VALUES ({', '.join([mark] * len(_FIELDS))})"
-    processors = [predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _FIELDS]
-    return sql, [(i, f) for i, f in enumerate(processors) if f is not None]
-
-
-_VALUES = operator.attrgetter(*_FIELDS)  # a record's column values, in _FIELDS order
-
-
-def _insert_new(engine: sa.Engine, records: list[PredictionRecord]) -> None:
-    """Insert the records not yet in the table, so a replay interrupted after its insert is harmless."""
-    c = predictions.c
-    with engine.begin() as conn:
-        ids = list({r.request_id for r in records})
-        query = sa.select(c.request_id, c.model, c.arm, c.shadow, c.time).where(c.request_id.in_(ids))
-        seen = {_key(row) for row in conn.execute(query)}
-        fresh = [r for r in records if _key(r) not in seen]
-        if fresh:
-            _insert_rows(conn, fresh)
-
-
-def _key(r: Any) -> tuple[Any, ...]:
-    """What tells two logged predictions apart (a record or a row)."""
-    return (r.request_id, r.model, r.arm, bool(r.shadow), _utc(r.time))
-
-
-def _to_json(record: PredictionRecord) -> str:
-    data = asdict(record)
-    data["time"] = _utc(record.time).isoformat()
-    data["payload"] = None if record.payload is None else base64.b64encode(record.payload).decode("ascii")
-    return json.dumps(data, separators=(",", ":"), default=repr)  # repr: better a string than a lost record
-
-
-def _from_json(line: str) -> PredictionRecord:
-    data = json.loads(line)
-    data["time"] = _utc(datetime.fromisoformat(data["time"]))
-    data["payload"] = None if data["payload"] is None else base64.b64decode(data["payload"])
-    return PredictionRecord(**data)
-
-
-def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
-
-
-@contextmanager
-def _spool_lock(spool: Path) -> Iterator[None]:
-    # A separate lock file that is never deleted: server workers sharing a spool take turns appending and
-    # replaying, and nobody appends to a spool file another worker has just removed.
-    with open(spool.with_name(spool.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def _default_spool(url: URL) -> Path:
-    if url.get_backend_name() == "sqlite":
-        return Path(f"{url.database}.spool.jsonl")
-    return Path("runs/serve/predictions.spool.jsonl")
-
-
-def _shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip()
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return [PredictionRecord(**{k: row[k] for k in FIELDS}) for row in reversed(rows)]
