@@ -8,7 +8,8 @@ thread pool). At each concurrency the faster of the two is the baseline. Two mor
 measured but are not baselines: the ``async def`` endpoint with ``torch.set_num_threads(1)`` (tuned),
 and an endpoint that validates the same body and answers a constant (what FastAPI alone can do).
 
-Every server is its own process under uvicorn (1 worker, no access log), started one at a time and
+Every server is its own process under uvicorn (1 worker, no access log; one kiln serve row runs 2 uvicorn
+workers under gunicorn, to use both cores), started one at a time and
 driven by the same load generator at the same concurrencies: ``wrk`` (C, one thread, closed loop) with
 a Lua script that POSTs ``{"image": <base64 PNG>}`` bodies of real Fashion-MNIST test images in
 rotation and counts every status code. A raw-asyncio responder with a canned answer, measured the same
@@ -60,6 +61,7 @@ BACKENDS = {"torch": "bundle", "onnx fp32": "bundle-onnx", "onnx int8 static": "
 # (max_batch_size, max_wait_ms) tried on the best backend; (32, 2.0) is the default and runs anyway.
 SWEEP = [(1, 0.0), (8, 2.0), (32, 0.0), (32, 5.0), (64, 2.0)]
 P99_LIMIT_MS = 50.0
+WORKERS = 2  # kiln serve --workers for the row that uses both cores
 KILN_PATH = "/v1/models/fashion/predict"
 NAIVE_PATH = "/predict"
 # FastAPI servers other than kiln serve: the book's two spellings, a tuned one, and an empty endpoint.
@@ -122,6 +124,7 @@ class Row:
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
     log_and_metrics: bool | None = None
+    workers: int = 1  # kiln serve --workers: uvicorn alone, or that many uvicorn workers under gunicorn
     rps: float = 0.0  # 200 answers per second
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -366,10 +369,12 @@ def make_bodies(n: int, path: Path) -> tuple[list[str], list[bytes], list[str]]:
     return bodies, pngs, [data.classes[int(data.labels[i])] for i in pick]
 
 
-def kiln_cmd(bundle: Path, port: int, batch: int, wait_ms: float, config: Path) -> list[str]:
+def kiln_cmd(
+    bundle: Path, port: int, batch: int, wait_ms: float, config: Path, workers: int = 1
+) -> list[str]:
     return [
         KILN, "serve", str(bundle), "--config", str(config), "--name", "fashion", "--port", str(port),
-        "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms),
+        "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--workers", str(workers),
     ]  # fmt: skip
 
 
@@ -409,10 +414,11 @@ def run_kiln(
     wait_ms: float = 2.0,
     on: bool = True,
     concurrency: int = 0,
+    workers: int = 1,
 ) -> list[Row]:
     port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="kiln-serve-bench-"))
-    base = Row("kiln serve", backend, concurrency, batch, wait_ms, on)
-    cmd = kiln_cmd(args.run / BACKENDS[backend], port, batch, wait_ms, serve_yaml(tmp, on=on))
+    base = Row("kiln serve", backend, concurrency, batch, wait_ms, on, workers)
+    cmd = kiln_cmd(args.run / BACKENDS[backend], port, batch, wait_ms, serve_yaml(tmp, on=on), workers)
     try:
         with server(cmd, port=port, ready="/readyz", log=tmp / "server.log") as proc:
             base.correct = check_answers(port, KILN_PATH, *refs[backend])
@@ -450,6 +456,8 @@ def fmt_row(r: Row) -> str:
     settings = "" if r.max_batch_size is None else f"b{r.max_batch_size}/{r.max_wait_ms:g}ms"
     if r.log_and_metrics is not None:
         settings += " log+metrics" if r.log_and_metrics else " no log/metrics"
+    if r.workers > 1:
+        settings += f" x{r.workers}"
     other = {k: v for k, v in r.statuses.items() if k != "200"}
     return (
         f"  {r.server:28s} {r.backend:17s} {settings:24s} c={r.concurrency:<3d} {r.rps:8.1f} req/s  "
@@ -536,6 +544,8 @@ def summarize(args: argparse.Namespace, files: dict, refs: dict, rows: list[Row]
     print(f"settings sweep on {backend} at concurrency {conns}:", flush=True)
     for batch, wait in SWEEP:
         rows += run_kiln(args, files, refs, backend, batch=batch, wait_ms=wait, concurrency=conns)
+    print(f"{WORKERS} workers under gunicorn ({backend}, batch 32, 2 ms, c={conns}):", flush=True)
+    rows += run_kiln(args, files, refs, backend, concurrency=conns, workers=WORKERS)
     print(f"prediction log + metrics off vs on ({backend}, batch 32, 2 ms, c={conns}):", flush=True)
     pairs = []
     for _ in range(args.repeats):
@@ -595,6 +605,7 @@ def print_table(rows: list[Row]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         settings = "—" if r.max_batch_size is None else f"{r.max_batch_size} / {r.max_wait_ms:g} ms"
+        settings += f", {r.workers} workers" if r.workers > 1 else ""
         lm = "—" if r.log_and_metrics is None else ("on" if r.log_and_metrics else "off")
         other = sum(v for k, v in r.statuses.items() if k != "200") + r.socket_errors
         cpu = r.server_cores / r.rps * 1000 if r.rps else float("nan")
