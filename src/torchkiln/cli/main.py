@@ -154,21 +154,40 @@ def backtest(
     step: Annotated[
         int | None, typer.Option(min=1, help="Steps between the folds' ends (default: data.horizon).")
     ] = None,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Train every fold with this many seeds, from the config's seed up.")
+    ] = 1,
 ) -> None:
     """Rolling-origin backtest: train and test a forecasting config at FOLDS successive ends of its data."""
     from torchkiln import api
 
     try:
-        result = api.backtest(api.load_config(config, set_ or []), folds=folds, step=step)
+        cfg = api.load_config(config, set_ or [])
+        result = api.backtest(cfg, folds=folds, step=step, seeds=range(cfg.seed, cfg.seed + seeds))
     except KilnError as exc:
         _fail(exc)
     for f in result.folds:
         m = f.metrics["model"]
         out.print(
-            f"fold {f.index}: data to {f.end}, test {f.test[0]} .. {f.test[1]}: MASE {m['mase']:.3f}  "
-            f"rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.4g}  ({f.train_seconds:.1f} s of training)"
+            f"{f'seed {f.seed}, ' if seeds > 1 else ''}fold {f.index}: data to {f.end}, test {f.test[0]} .. "
+            f"{f.test[1]}: MASE {m['mase']:.3f}  rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.4g}  "
+            f"({f.train_seconds:.1f} s of training)"
         )
-    out.print(_forecast_table(f"mean over {len(result.folds)} folds", result.mean))
+    runs = f"{folds} folds" + (f" x {seeds} seeds" if seeds > 1 else "")
+    out.print(_forecast_table(f"mean over {runs}", result.mean))
+    if result.seed_std:
+        for seed, m in result.per_seed.items():
+            n = m["model"]
+            out.print(
+                f"network, seed {seed}: MASE {n['mase']:.3f}  rel. MAE {n['relative_mae']:.3f}  "
+                f"RMSE {n['rmse']:.4g}"
+            )
+        n, sd = result.mean["model"], result.seed_std["model"]
+        out.print(
+            f"network over seeds (mean ± sd of the per-seed means): MASE {n['mase']:.3f} ± {sd['mase']:.3f}  "
+            f"rel. MAE {n['relative_mae']:.3f} ± {sd['relative_mae']:.3f}  "
+            f"RMSE {n['rmse']:.4g} ± {sd['rmse']:.2g}"
+        )
     out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
     out.print(f"summary: {result.summary}")
 
