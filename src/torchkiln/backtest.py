@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ def backtest(
     return BacktestResult(done, mean, summary, per_seed, seed_std)
 
 
-def _reduce(runs: list[Metrics], how: Any) -> Metrics:
+def _reduce(runs: list[Metrics], how: Callable[[list[float]], float]) -> Metrics:
     """``how`` (a mean, a standard deviation) of each metric over ``runs``, where every run has it."""
     out: Metrics = {}
     for model in runs[0]:

@@ -13,6 +13,8 @@ from torchkiln.models.forecast import Forecaster
 class Zero(nn.Module):
     """A core that predicts no correction: the forecast is the anchor itself."""
 
+    outputs = (1, 3)
+
     def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         return past.new_zeros(past.shape[0], future.shape[1], 1, 3)
 
@@ -22,8 +24,6 @@ def wrapped(anchor: str, *, season: int = 4, lookback: int = 8, window_norm: boo
         Zero(),
         lookback=lookback,
         horizon=6,
-        num_targets=1,
-        num_quantiles=3,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -73,6 +73,8 @@ def test_the_interval_offset_moves_each_quantile_by_its_value_times_the_window_s
 class Crossing(nn.Module):
     """A core whose raw quantiles cross: the first output is the largest."""
 
+    outputs = (1, 3)
+
     def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         raw = torch.tensor([2.0, 0.0, 1.0])
         return raw.expand(past.shape[0], future.shape[1], 1, 3).clone()
@@ -83,8 +85,6 @@ def test_the_offset_widens_sorted_quantiles_and_never_moves_the_median() -> None
         Crossing(),
         lookback=8,
         horizon=6,
-        num_targets=1,
-        num_quantiles=3,
         season=4,
         window_norm=False,
         anchor="none",

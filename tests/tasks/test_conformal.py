@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from torchkiln.tasks.conformal import TOLERANCE, conformal_offsets
+from torchkiln.tasks.conformal import TOLERANCE, conformal_offsets, interval_pairs
 
 
 def test_offsets_match_the_hand_computed_rank() -> None:
@@ -61,3 +61,9 @@ def test_an_outer_pair_is_widened_at_least_as_much_as_an_inner_one() -> None:
     calibrated = (q + offsets)[0, 0, 0]
     assert offsets[0, 0, 1] < 0 and offsets[0, 0, 0] == offsets[0, 0, 1]  # the outer pair moved with it
     assert np.all(np.diff(calibrated) > 0)
+
+
+def test_interval_pairs_pair_levels_from_the_outside_in_around_the_median() -> None:
+    assert interval_pairs([0.05, 0.25, 0.5, 0.75, 0.95]) == [(0, 4), (1, 3)]
+    assert interval_pairs([0.1, 0.5, 0.8]) == [(0, 2)]
+    assert interval_pairs([0.5, 0.7, 0.9]) == [] and interval_pairs([0.5]) == []

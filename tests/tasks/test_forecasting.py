@@ -119,6 +119,22 @@ def test_training_calibrates_the_intervals_on_val_and_the_bundle_carries_them(
     assert report["coverage_after"] >= min(report["coverage_before"], 0.8)
 
 
+def test_no_calibration_when_it_is_off_or_there_is_no_interval(tiny_forecast_bundle: Path) -> None:
+    bundle = load_bundle(tiny_forecast_bundle)
+    cfg = bundle.config
+    _, data = bundle.task.prepare(without_pretrained(cfg), splits={"val"}, state=bundle.state)
+    loader = bundle.task.loader(cfg, data, "val", train=False)
+    calibrated = bundle.model.interval_offset.clone()
+    off = validate({**cfg.model_dump(mode="json"), "task": {"kind": "forecasting", "conformal": False}})
+    upper = validate(
+        {**cfg.model_dump(mode="json"), "task": {"kind": "forecasting", "quantiles": [0.5, 0.7, 0.9]}}
+    )
+    for settings in (off, upper):
+        assert bundle.task.calibrate(settings, bundle.model, loader, torch.device("cpu")) == {}
+        assert torch.equal(bundle.model.interval_offset, calibrated)  # left as it was
+    assert bundle.task.calibrate(cfg, bundle.model, None, torch.device("cpu")) == {}  # no val windows
+
+
 def test_too_short_history_is_refused(tiny_forecast_bundle: Path) -> None:
     predictor = load_predictor(tiny_forecast_bundle)
     with pytest.raises(PredictError) as err:

@@ -32,10 +32,11 @@ class Forecaster(nn.Module):
     """Splits the input, normalizes each window, runs ``core``, adds the anchor, maps the quantiles back.
 
     ``core(past, future)`` gets ``past`` ``(B, L, C + K)`` and ``future`` ``(B, H, K)`` and returns
-    ``(B, H, C, Q)``. With ``anchor="season"`` the core learns a correction to seasonal naive (the last
-    season of the window repeated); with ``"last"`` to the last value; with ``"none"`` the forecast
-    itself. On short series an anchored network starts from a forecast that is already sound. The
-    outputs are sorted along the quantile axis, so quantiles never cross.
+    ``(B, H, C, Q)``; its ``outputs`` attribute is ``(C, Q)``. With ``anchor="season"`` the core learns a
+    correction to seasonal naive (the last season of the window repeated); with ``"last"`` to the last
+    value; with ``"none"`` the forecast itself. On short series an anchored network starts from a
+    forecast that is already sound. The outputs are sorted along the quantile axis, so quantiles never
+    cross.
     """
 
     def __init__(
@@ -44,8 +45,6 @@ class Forecaster(nn.Module):
         *,
         lookback: int,
         horizon: int,
-        num_targets: int,
-        num_quantiles: int,
         season: int,
         window_norm: bool,
         anchor: Literal["season", "last", "none"],
@@ -56,6 +55,7 @@ class Forecaster(nn.Module):
                 f"anchor must be 'season', 'last' or 'none'; got {anchor!r}. Set model.args.anchor."
             )
         self.core = core
+        num_targets, num_quantiles = core.outputs
         self.lookback, self.horizon, self.num_targets = lookback, horizon, num_targets
         self.window_norm, self.anchor = window_norm, anchor
         # A season longer than the window cannot be repeated from it: the last value is the anchor then.
@@ -275,8 +275,6 @@ def lstm_forecaster(
         core,
         lookback=lookback,
         horizon=horizon,
-        num_targets=num_targets,
-        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -313,8 +311,6 @@ def seq2seq_forecaster(
         core,
         lookback=lookback,
         horizon=horizon,
-        num_targets=num_targets,
-        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,
@@ -352,8 +348,6 @@ def mlp_forecaster(
         core,
         lookback=lookback,
         horizon=horizon,
-        num_targets=num_targets,
-        num_quantiles=num_quantiles,
         season=season,
         window_norm=window_norm,
         anchor=anchor,

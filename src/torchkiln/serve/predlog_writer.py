@@ -87,24 +87,16 @@ class Writer:
             return
         if not select.select([self.data_fd], [], [], timeout)[0]:
             return
-        chunks, eof = [], False
-        while True:
-            try:
-                chunk = os.read(self.data_fd, 1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                eof = True
-                break
-            chunks.append(chunk)
-        *lines, self.partial = (self.partial + b"".join(chunks)).split(b"\n")
+        chunk = _read_available(self.data_fd)  # lines, then b"" on the next call at end of file
+        if chunk == b"":
+            self.end_of_file()
+            return
+        *lines, self.partial = (self.partial + (chunk or b"")).split(b"\n")
         for line in lines:
             if line.startswith(b"!stop "):
                 self.stopped, self.stop_at = True, time.monotonic() + float(line[6:])
             elif line:
                 self.buffer.append(line)
-        if eof:
-            self.end_of_file()
 
     def end_of_file(self) -> None:
         self.eof = True
@@ -290,7 +282,7 @@ def _read_available(fd: int) -> bytes | None:
     chunks = []
     while True:
         try:
-            chunk = os.read(fd, 1 << 16)
+            chunk = os.read(fd, 1 << 20)
         except BlockingIOError:
             return b"".join(chunks) if chunks else None
         if not chunk:

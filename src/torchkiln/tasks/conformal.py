@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -52,7 +52,19 @@ class ConformalReport:
     capped: bool
 
     def as_dict(self) -> dict[str, float | int | bool | str]:
-        return {"method": "conformalized quantile regression", **self.__dict__}
+        return {"method": "conformalized quantile regression", **asdict(self)}
+
+
+def interval_pairs(levels: Sequence[float]) -> list[tuple[int, int]]:
+    """The indices of the intervals among ``levels``, outermost first: a level paired from the outside in
+    (first with last, ...) while the lower one is below 0.5 and the upper one above it.
+
+    Example:
+        >>> interval_pairs([0.05, 0.25, 0.5, 0.75, 0.95]), interval_pairs([0.5, 0.7, 0.9])
+        ([(0, 4), (1, 3)], [])
+    """
+    pairs = [(k, len(levels) - 1 - k) for k in range(len(levels) // 2)]
+    return [(lo, hi) for lo, hi in pairs if levels[lo] < 0.5 < levels[hi]]
 
 
 def conformal_offsets(
@@ -63,9 +75,8 @@ def conformal_offsets(
     Args:
         quantiles: ``(W, H, C, Q)`` predicted quantiles, increasing along the last axis.
         targets: ``(W, H, C)`` what happened, in the same units.
-        levels: the ``Q`` quantile levels, increasing. Levels are paired from the outside in (first with
-            last, ...) while the lower one is below 0.5 and the upper above it; the median and any
-            unpaired level keep offset 0.
+        levels: the ``Q`` quantile levels, increasing, paired by :func:`interval_pairs`; the median and
+            any unpaired level keep offset 0.
 
     Returns:
         ``(offsets, report)``: ``offsets`` ``(H, C, Q)`` to add to the quantiles (at most 0 for a lower
@@ -91,8 +102,7 @@ def conformal_offsets(
             f"with Q = {len(levels)} levels."
         )
     n = q.shape[0]
-    pairs = [(k, len(levels) - 1 - k) for k in range(len(levels) // 2)]
-    pairs = [(lo, hi) for lo, hi in pairs if levels[lo] < 0.5 < levels[hi]]
+    pairs = interval_pairs(levels)
     if n == 0 or not pairs:
         raise ValueError(
             f"Cannot calibrate intervals from {n} windows and levels {list(levels)}: expected at least one "

@@ -35,7 +35,7 @@ from torchkiln.errors import PredictError
 from torchkiln.io import absolute_if_exists
 from torchkiln.models.forecast import Forecaster, create_forecast_model
 from torchkiln.tasks.base import TASKS, ParamGroup, PrimaryMetric, RequestLimits
-from torchkiln.tasks.conformal import conformal_offsets
+from torchkiln.tasks.conformal import conformal_offsets, interval_pairs
 from torchkiln.tasks.forecast_metrics import METRICS, seasonal_naive_scale, summarize_errors
 
 MAX_HISTORY = 100_000  # points per request
@@ -412,8 +412,8 @@ class ForecastingTask:
         the window's scale is put back), so one offset serves a series whose level grows.
         """
         _, t = _parts(cfg)
-        if not t.conformal or loader is None or len(t.quantiles) < 3:
-            return {}
+        if not t.conformal or loader is None or not interval_pairs(t.quantiles):
+            return {}  # off, no val windows, or no interval (e.g. quantiles [0.5, 0.7, 0.9])
         assert isinstance(model, Forecaster), "forecasting models are Forecasters"
         model.interval_offset.zero_()
         model.eval()
