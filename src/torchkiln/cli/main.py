@@ -186,7 +186,7 @@ def backtest(
         out.print(
             f"network over seeds (mean ± sd of the per-seed means): MASE {n['mase']:.3f} ± {sd['mase']:.3f}  "
             f"rel. MAE {n['relative_mae']:.3f} ± {sd['relative_mae']:.3f}  "
-            f"RMSE {n['rmse']:.4g} ± {sd['rmse']:.2g}"
+            f"RMSE {n['rmse']:.2f} ± {sd['rmse']:.2f}"
         )
     out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
     out.print(f"summary: {result.summary}")
