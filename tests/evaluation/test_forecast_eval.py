@@ -121,6 +121,12 @@ def test_writes_metrics_json_and_a_self_contained_report(
     assert payload["metrics"]["model"]["mase"] == pytest.approx(evaluated.metrics["model"]["mase"])
     assert payload["model"] == bundle.config.model.name and payload["windows"] == 7
     assert payload["baselines"] == evaluated.baselines and len(payload["per_step"]["arima"]["mae"]) == 6
+    cal = bundle.meta["calibration"]["intervals"]
+    assert payload["extra"]["intervals"] == (
+        "widened on the val split by conformalized quantile regression: "
+        f"{100 * cal['coverage_before']:.1f} % -> {100 * cal['coverage_after']:.1f} % of its "
+        f"{cal['windows']} windows' targets inside (80 % nominal)"
+    )
     page = evaluated.report.read_text(encoding="utf-8")
     assert "http" not in page and "<script" not in page  # nothing loaded from elsewhere
     assert page.count('src="data:image/png;base64,') == 3  # two per-step plots, one series plot

@@ -37,8 +37,9 @@ class ForecastingTaskConfig(Strict):
     )
     conformal: bool = Field(
         default=True,
-        description="After training, widen or narrow each quantile interval on the val split so that it "
-        "covers its nominal share there (conformalized quantile regression, per horizon step).",
+        description="After training, widen each quantile interval that covered less than its nominal "
+        "share of the val split until it does (conformalized quantile regression, per horizon step and "
+        "target; an interval is never narrowed).",
     )
 
     @field_validator("quantiles")

@@ -302,7 +302,8 @@ def _summary(bundle: Bundle, fc: SplitForecasts, split: str) -> dict[str, str]:
 def _calibration(report: dict[str, Any] | None) -> str:
     if not report:
         return (
-            "as the network predicts them (not calibrated: task.conformal is off, or there is no val split)"
+            "as the network predicts them (not calibrated: task.conformal is off, there is no val split, "
+            "or the quantiles hold no interval around the median)"
         )
     return (
         f"widened on the {report['split']} split by conformalized quantile regression: "
