@@ -13,10 +13,12 @@ import base64
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -339,15 +341,18 @@ def test_an_invalid_setting_exits_2_with_the_problem_listed(
 # --- several workers ------------------------------------------------------------------------------------
 # What each gunicorn worker does at boot: open the shared prediction log, creating it the first time. The
 # workers boot within milliseconds of each other; here two processes do it at the same instant, a few
-# rounds on fresh SQLite files, so a race shows every time instead of once in a while.
+# rounds on fresh SQLite files, so a race shows every time instead of once in a while. A barrier makes the
+# instant: each process says "ready" on stdout, then blocks on stdin until the test releases both together.
 OPEN_LOG_TOGETHER = """
-import sys, time
+import sys
 from torchkiln.serve.predlog import PredictionLog
 
-folder, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+folder, rounds = sys.argv[1], int(sys.argv[2])
 for k in range(rounds):
     log = PredictionLog(f"sqlite:///{folder}/{k}.db")
-    time.sleep(max(0.0, start + 0.5 * k - time.time()))
+    print(f"ready {k}", flush=True)
+    if sys.stdin.readline() != "go\\n":
+        sys.exit(f"round {k}: the test stopped before releasing this round")
     try:
         log.start()
     except Exception as exc:
@@ -357,11 +362,58 @@ for k in range(rounds):
 
 
 def test_workers_that_start_together_all_open_the_prediction_log(tmp_path: Path) -> None:
-    start, rounds = time.time() + 1.5, 4  # 1.5 s: time for both to import
-    args = [sys.executable, "-c", OPEN_LOG_TOGETHER, str(tmp_path), str(start), str(rounds)]
-    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [p.communicate(timeout=30)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+    rounds = 4
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = [sys.executable, "-c", OPEN_LOG_TOGETHER, str(tmp_path), str(rounds)]
+    procs, lines = [], []
+    for i in range(2):
+        stderr = (logs / f"{i}.stderr").open("w")
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        stderr.close()
+        procs.append(proc)
+        lines.append(line_queue(proc))
+
+    def explain() -> str:
+        return "\n".join(f"process {i} stderr:\n{(logs / f'{i}.stderr').read_text()}" for i in range(2))
+
+    try:
+        for k in range(rounds):
+            for i, q in enumerate(lines):  # both have imported and are waiting for the go
+                try:
+                    said = q.get(timeout=READY_TIMEOUT_S)
+                except queue.Empty:
+                    pytest.fail(f"process {i} did not get ready for round {k} in {READY_TIMEOUT_S} s")
+                if said != f"ready {k}\n":
+                    for p in procs:
+                        p.kill()
+                        p.wait(timeout=30)
+                    pytest.fail(f"process {i} said {said!r} instead of 'ready {k}'\n{explain()}")
+            for p in procs:  # the go for both, back to back: they open their logs at the same moment
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    assert codes == [0, 0], explain()
+
+
+def line_queue(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``proc`` writes to stdout, as they come; ``""`` once it closes stdout."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 def predict_200s_per_worker(server: Server) -> dict[str, float]:

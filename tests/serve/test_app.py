@@ -12,7 +12,9 @@ import base64
 import hashlib
 import io
 import json
+import math
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -381,12 +383,44 @@ def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundl
     run(go())
 
 
-def test_metrics_parse_and_count_the_requests_sent(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_metrics_parse_and_count_the_requests_sent(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = 24
+    first_batch: list[int] = []  # how many inputs the model call that was held had
+
     async def go() -> str:
-        async with serving(tmp_path, tiny_bundle, max_batch_size=8, max_wait_ms=20) as (client, _):
-            ok = await asyncio.gather(*(client.post(URL, json={"images": [b64(png(i))]}) for i in range(24)))
+        async with serving(tmp_path, tiny_bundle, max_batch_size=8, max_wait_ms=20) as (client, app):
+            batcher = app.state.kiln.manager.deployments["shapes"].models["champion"].batcher
+            # The first model call waits until every request is queued: the rest must go in full batches.
+            started, release, all_queued = threading.Event(), threading.Event(), asyncio.Event()
+            real_forward, real_submit, submitted = Predictor.forward, batcher.submit, 0
+
+            def forward(self: Predictor, x: Any) -> Any:
+                if not started.is_set():
+                    first_batch.append(len(x))
+                    started.set()
+                    assert release.wait(60), "the test never released the model"
+                return real_forward(self, x)
+
+            async def submit(x: torch.Tensor, options: Any = None) -> Any:
+                nonlocal submitted
+                submitted += 1
+                if submitted == sent:
+                    all_queued.set()  # set after this request joins the queue, before anything else runs
+                return await real_submit(x, options)
+
+            monkeypatch.setattr(Predictor, "forward", forward)
+            monkeypatch.setattr(batcher, "submit", submit)
+            posts = asyncio.gather(*(client.post(URL, json={"images": [b64(png(i))]}) for i in range(sent)))
+            try:
+                await asyncio.wait_for(all_queued.wait(), 60)
+                assert await asyncio.to_thread(started.wait, 60), "the model was never called"
+            finally:
+                release.set()
+            ok = await posts
             bad = await asyncio.gather(*(client.post(URL, json={"images": []}) for _ in range(5)))
-            assert [r.status_code for r in ok] == [200] * 24 and [r.status_code for r in bad] == [422] * 5
+            assert [r.status_code for r in ok] == [200] * sent and [r.status_code for r in bad] == [422] * 5
             return (await client.get("/metrics")).text
 
     text = run(go())
@@ -401,7 +435,9 @@ def test_metrics_parse_and_count_the_requests_sent(tmp_path: Path, tiny_bundle: 
         s.name: s.value for s in families["kiln_batch_size"].samples if s.name.endswith(("_count", "_sum"))
     }
     assert batch["kiln_batch_size_sum"] == 24.0
-    assert batch["kiln_batch_size_count"] < 24  # batching gathered requests into fewer model calls
+    # The held call, then the rest of the 24 queued requests in full batches of 8 (and what is left over).
+    assert len(first_batch) == 1 and 1 <= first_batch[0] <= 8, first_batch
+    assert batch["kiln_batch_size_count"] == 1 + math.ceil((sent - first_batch[0]) / 8)
     predicted = sum(s.value for s in families["kiln_predicted_class"].samples if s.name.endswith("_total"))
     assert predicted == 24.0
     info = next(s for s in families["kiln_model_info"].samples)

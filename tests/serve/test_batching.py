@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -13,18 +13,30 @@ import torch
 
 from torchkiln.serve.batching import DynamicBatcher, QueueFullError
 
+GUARD_S = 30.0  # only bounds a broken test's hang; no assertion depends on how long anything takes
+
 
 class Recorder:
-    """A batch function that remembers each call's sizes and the thread it ran in."""
+    """A batch function that remembers each call's sizes and the thread it ran in.
 
-    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+    With ``hold=True`` every call sets ``started`` and then blocks until the test sets ``release``: the test
+    knows a batch is in the model, and decides when it finishes.
+    """
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False, hold: bool = False) -> None:
         self.calls: list[list[int]] = []
         self.threads: set[str] = set()
         self.delay_s, self.fail = delay_s, fail
+        self.started, self.release = threading.Event(), threading.Event()
+        if not hold:
+            self.release.set()
 
     def __call__(self, xs: Sequence[torch.Tensor], options: Sequence[Any]) -> list[Any]:
         self.calls.append([len(x) for x in xs])
         self.threads.add(threading.current_thread().name)
+        self.started.set()
+        if not self.release.wait(GUARD_S):
+            raise TimeoutError(f"the test did not release the model within {GUARD_S} s")
         time.sleep(self.delay_s)
         if self.fail:
             raise ValueError("model exploded")
@@ -65,29 +77,76 @@ def test_a_batch_never_exceeds_max_batch_size_in_inputs() -> None:
     assert all(sum(c) <= 4 for c in run.calls) and sum(map(sum, run.calls)) == 12, run.calls
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
-    async def go() -> float:
-        b = batcher(Recorder(), max_wait_s=0.03)
-        start = time.perf_counter()
-        await b.submit(torch.ones(1, 1))
-        took = time.perf_counter() - start
-        await b.stop()
-        return took
+async def ticks_until(condition: Callable[[], bool], what: str) -> None:
+    """Let the event loop run, one step at a time, until ``condition()`` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what}: still not so after 1000 event-loop steps")
 
-    assert 0.025 < asyncio.run(go()) < 0.5
+
+def test_a_lone_request_goes_alone_once_max_wait_passes() -> None:
+    """Nobody else comes: the max-wait timer sends the request as a batch of one, not a full batch later."""
+    run = Recorder()
+
+    async def go() -> None:
+        b = batcher(run, max_batch_size=8, max_wait_s=0.01)
+        # Nothing else is submitted until it is answered: only the timer can have sent it.
+        assert await asyncio.wait_for(b.submit(torch.ones(1, 1), options="a"), GUARD_S) == (1.0, "a")
+        assert run.calls == [[1]]
+        assert await asyncio.wait_for(b.submit(torch.ones(2, 1), options="b"), GUARD_S) == (2.0, "b")
+        assert run.calls == [[1], [2]]  # a later request is a batch of its own
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_a_request_waits_for_company_while_max_wait_runs() -> None:
+    """A request that comes while the first one's window is open joins its batch.
+
+    The window (an hour) cannot close during the test; the batch goes once it is full.
+    """
+    run = Recorder()
+
+    async def go() -> None:
+        b = batcher(run, max_batch_size=2, max_wait_s=3600)
+        first = asyncio.ensure_future(b.submit(torch.ones(1, 1), options=1))
+        await asyncio.sleep(0)  # submit() ran up to its await: the request is queued
+        assert b.depth == 1
+        await ticks_until(lambda: b.depth == 0, "the gatherer took the first request")
+        assert not first.done() and run.calls == []  # taken, and held back for company
+        second = asyncio.ensure_future(b.submit(torch.ones(1, 1), options=2))
+        answers = await asyncio.wait_for(asyncio.gather(first, second), GUARD_S)
+        assert answers == [(1.0, 1), (1.0, 2)]
+        assert run.calls == [[1, 1]]  # one model call for both
+        await b.stop()
+
+    asyncio.run(go())
 
 
 def test_a_full_queue_refuses_at_once() -> None:
+    run = Recorder(hold=True)
+
     async def go() -> None:
-        b = batcher(Recorder(delay_s=0.2), max_queue=2, max_batch_size=1, max_wait_s=0)
-        first = asyncio.ensure_future(b.submit(torch.ones(1, 1)))
-        await asyncio.sleep(0.05)  # the first is in the model now; two more fill the queue
-        queued = [asyncio.ensure_future(b.submit(torch.ones(1, 1))) for _ in range(2)]
-        await asyncio.sleep(0)
-        with pytest.raises(QueueFullError) as info:
-            await b.submit(torch.ones(1, 1))
-        assert info.value.retry_after_s >= 1.0
-        await asyncio.gather(first, *queued)
+        b = batcher(run, max_queue=2, max_batch_size=1, max_wait_s=0)
+        try:
+            first = asyncio.ensure_future(b.submit(torch.ones(1, 1)))
+            assert await asyncio.to_thread(run.started.wait, GUARD_S), "the first request never ran"
+            # The first is in the model, held there; two more fill the queue.
+            queued = [asyncio.ensure_future(b.submit(torch.ones(1, 1))) for _ in range(2)]
+            await asyncio.sleep(0)
+            assert b.depth == 2 and run.calls == [[1]]
+            refused = asyncio.ensure_future(b.submit(torch.ones(1, 1)))
+            await asyncio.sleep(0)  # one step: submit() either raised or waits
+            assert refused.done(), "submit() on a full queue waited instead of refusing"
+            assert isinstance(refused.exception(), QueueFullError)
+            assert refused.exception().retry_after_s >= 1.0
+            assert run.calls == [[1]] and not first.done()  # refused while the model was still busy
+        finally:
+            run.release.set()
+        await asyncio.wait_for(asyncio.gather(first, *queued), GUARD_S)
+        assert run.calls == [[1], [1], [1]]  # the refused request never reached the model
         await b.stop()
 
     asyncio.run(go())
