@@ -1,7 +1,9 @@
 """The self-contained HTML report of a forecasting evaluation: scores beside the baselines, and plots.
 
 Same page shell, CSS and figure helpers as the classification report (:mod:`torchkiln.evaluation.report`):
-inline CSS, base64 PNGs drawn on a ``matplotlib.figure.Figure`` with an Agg canvas, nothing external.
+inline CSS, base64 PNGs drawn on a ``matplotlib.figure.Figure`` with an Agg canvas, nothing external. The
+HTML is the Jinja2 template ``forecast_report.html.j2`` (:mod:`torchkiln.components.html`); this module
+computes the values it shows (formatted numbers, plots as ``data:`` URIs, tables as lists of dicts).
 """
 
 from __future__ import annotations
@@ -14,16 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
+from torchkiln.components.html import render
 from torchkiln.data.timeseries import iso_time
-from torchkiln.evaluation.report import (
-    esc,
-    figure_png,
-    headline_cards,
-    html_page,
-    img_tag,
-    kv_table,
-    plot_label,
-)
+from torchkiln.evaluation.report import figure_png, plot_label
 
 if TYPE_CHECKING:
     from torchkiln.evaluation.forecast import SplitForecasts
@@ -67,30 +62,28 @@ def render_report(
     labels = {"model": f"{model_name} (network)", **NAMES}
     columns = fc.frame.target_names[:MAX_TARGETS]
     series = [
-        img_tag(_series_png(fc, c, labels), f"{name}: series and forecasts") for c, name in enumerate(columns)
+        {"uri": _series_png(fc, c, labels), "alt": f"{name}: series and forecasts"}
+        for c, name in enumerate(columns)
     ]
-    return html_page(
-        title,
-        [
-            f"<h1>{esc(title)}</h1>",
-            kv_table(extra),
-            _cards(fc, metrics),
-            "".join(f'<p class="note">{esc(note)}</p>' for note in _notes(fc)),
-            "<h2>How to read this</h2>",
-            _reading(fc, split),
-            "<h2>Scores on the same windows</h2>",
-            _score_table(metrics, labels),
-            "<h2>Baseline models</h2>",
-            _baseline_table(fc),
-            "<h2>Error per horizon step</h2>",
-            f'<div class="plots">{_steps_pngs(per_step, labels, len(fc.origins))}</div>',
-            "<h2>Series and forecasts</h2>",
-            *(f'<div class="wide">{s}</div>' for s in series),
-        ],
+    return render(
+        "forecast_report.html.j2",
+        title=title,
+        extra=extra,
+        cards=_cards(fc, metrics),
+        notes=_notes(fc),
+        split=split,
+        **_reading(fc),
+        headers=[header for _, header in COLUMNS],
+        scores=_score_rows(metrics, labels),
+        baselines=_baseline_rows(fc),
+        train_last=iso_time(fc.frame.time[fc.bounds["train"][1] - 1]),
+        step_plots=_steps_pngs(per_step, labels, len(fc.origins)),
+        series_plots=series,
     )
 
 
-# ---- HTML pieces -----------------------------------------------------------------------------------
+# ---- values for the template -----------------------------------------------------------------------
+# Numbers arrive in the template formatted, names as plain text: the template escapes them.
 
 
 def _num(value: float) -> str:
@@ -99,7 +92,7 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
-def _cards(fc: SplitForecasts, metrics: Metrics) -> str:
+def _cards(fc: SplitForecasts, metrics: Metrics) -> list[tuple[str, str]]:
     net = metrics["model"]
     cards = [("MASE", _num(net["mase"])), ("MAE / seasonal naive", _num(net["relative_mae"]))]
     classical = [m for m in ("ets", "arima") if m in metrics]
@@ -114,7 +107,7 @@ def _cards(fc: SplitForecasts, metrics: Metrics) -> str:
         label = f"inside the {100 * lo:g}-{100 * hi:g} % interval (nominal {round(100 * (hi - lo))} %)"
         cards.append((label, f"{100 * net['coverage']:.1f} %"))
     cards.append(("Windows x steps", f"{len(fc.origins)} x {fc.target.shape[1]}"))
-    return headline_cards(cards)
+    return cards
 
 
 def _notes(fc: SplitForecasts) -> list[str]:
@@ -132,73 +125,53 @@ def _notes(fc: SplitForecasts) -> list[str]:
     return notes
 
 
-def _reading(fc: SplitForecasts, split: str) -> str:
-    windows, horizon = fc.target.shape[:2]
-    train_end = fc.bounds["train"][1]
-    interval = ""
+def _reading(fc: SplitForecasts) -> dict[str, Any]:
+    """The numbers of the "How to read this" text."""
+    interval = None
     if fc.interval is not None:
         lo, hi = fc.interval
-        interval = (
-            f", so its point forecast is the median and its band the {lo:g}-{hi:g} quantile interval "
-            f"(the card says how many of these targets fell inside it; {round(100 * (hi - lo))} % would be "
-            "exact calibration)"
-        )
-    return (
-        f"<p>Every model forecasts the same {windows} windows of the {split} split: from each origin, the "
-        f"next {horizon} steps, reading only the values before the origin. The network reads the last "
-        f"{fc.lookback} steps. Its prediction interval comes from the quantile (pinball) loss: it is trained "
-        f"to predict the quantiles {', '.join(f'{q:g}' for q in fc.levels)}, and unless task.conformal is "
-        f"off the interval is then widened where it covered too little on the val split (the summary "
-        f"says whether and by how much){interval}. Naive repeats the last value and seasonal naive the "
-        "value one season back; ETS and ARIMA are chosen and fitted on "
-        f"the train part alone (the first {train_end} steps) and then run with those parameters from "
-        "every origin.</p>"
-        "<p>MASE divides the absolute errors by the in-sample MAE of seasonal naive on the train part. "
-        "<i>MAE / seas. naive</i> divides the MAE by seasonal naive's MAE on these same windows: below 1 "
-        "beats seasonal naive. MAPE and sMAPE are in percent. The best value of each column is in "
-        "green.</p>"
-    )
+        interval = {"low": f"{lo:g}", "high": f"{hi:g}", "nominal": round(100 * (hi - lo))}
+    return {
+        "windows": fc.target.shape[0],
+        "horizon": fc.target.shape[1],
+        "lookback": fc.lookback,
+        "levels": [f"{q:g}" for q in fc.levels],
+        "interval": interval,
+        "train_end": fc.bounds["train"][1],
+    }
 
 
-def _score_table(metrics: Metrics, labels: dict[str, str]) -> str:
+def _score_rows(metrics: Metrics, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per model: its label, a cell per column of ``COLUMNS`` (the best marked), its coverage."""
     best = {
         key: min((m[key] for m in metrics.values() if not math.isnan(m[key])), default=None)
         for key, _ in COLUMNS
     }
-    head = "".join(f"<th>{esc(header)}</th>" for _, header in COLUMNS)
-    rows = []
-    for name, m in metrics.items():
-        cells = "".join(
-            f'<td class="good"><b>{_num(m[key])}</b></td>'
-            if m[key] == best[key]
-            else f"<td>{_num(m[key])}</td>"
-            for key, _ in COLUMNS
-        )
-        coverage = f"{100 * m['coverage']:.1f} %" if "coverage" in m else "—"
-        rows.append(f"<tr><td>{esc(labels[name])}</td>{cells}<td>{coverage}</td></tr>")
-    return f"<table><tr><th>Model</th>{head}<th>Coverage</th></tr>{''.join(rows)}</table>"
+    return [
+        {
+            "label": labels[name],
+            "cells": [{"value": _num(m[key]), "best": m[key] == best[key]} for key, _ in COLUMNS],
+            "coverage": f"{100 * m['coverage']:.1f} %" if "coverage" in m else "—",
+        }
+        for name, m in metrics.items()
+    ]
 
 
-def _baseline_table(fc: SplitForecasts) -> str:
+def _baseline_rows(fc: SplitForecasts) -> dict[str, str]:
+    """Baseline -> the model it chose (per target when there are several)."""
     names = fc.frame.target_names
-    rows = {
+    return {
         NAMES[method]: models[0]
         if len(names) == 1
         else ", ".join(f"{n}: {m}" for n, m in zip(names, models, strict=True))
         for method, models in fc.baselines.items()
     }
-    train_end = fc.bounds["train"][1]
-    last = iso_time(fc.frame.time[train_end - 1])
-    return (
-        f'{kv_table(rows)}<p class="muted">Chosen and fitted on the first {train_end} steps (to {last}); '
-        "ETS by AICc over error, trend and season forms, ARIMA by AIC over a small seasonal grid.</p>"
-    )
 
 
 # ---- plots -----------------------------------------------------------------------------------------
 
 
-def _steps_pngs(per_step: PerStep, labels: dict[str, str], windows: int) -> str:
+def _steps_pngs(per_step: PerStep, labels: dict[str, str], windows: int) -> list[dict[str, str]]:
     pngs = []
     for key, ylabel in (("mae", "MAE"), ("relative_mae", "MAE / seasonal naive's MAE")):
         fig = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
@@ -213,8 +186,8 @@ def _steps_pngs(per_step: PerStep, labels: dict[str, str], windows: int) -> str:
         ax.set(xlabel="Horizon step", ylabel=ylabel, title=f"{ylabel} per step ({windows} windows)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        pngs.append(img_tag(figure_png(fig), f"{ylabel} per horizon step"))
-    return "".join(pngs)
+        pngs.append({"uri": figure_png(fig), "alt": f"{ylabel} per horizon step"})
+    return pngs
 
 
 def _picks(windows: int) -> list[int]:

@@ -4,17 +4,20 @@ The page embeds every image as a base64 PNG and uses no external CSS, JS or font
 mailed, archived with a run, or opened offline. Figures are built with ``matplotlib.figure.Figure``
 and an explicit Agg canvas, never through pyplot: nothing is registered in pyplot's global figure
 list (so nothing leaks or needs closing) and the user's backend, say inline in a notebook, is untouched.
+The HTML is the Jinja2 template ``classification_report.html.j2`` (:mod:`torchkiln.components.html`): this
+module computes the values (formatted numbers, plots as ``data:`` URIs, tables as lists of dicts) and the
+template lays them out and escapes them.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -25,6 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from torchkiln.components.html import render
 from torchkiln.errors import DataError, KilnError
 from torchkiln.evaluation.metrics import ECE_BINS, ClassificationMetrics, check_inputs, pr_curves, roc_curves
 from torchkiln.io import atomic_write_text
@@ -40,25 +44,6 @@ _CURVE_TEXT = {  # kind -> x label, y label, score in the legend, title
 Curves = list[tuple[np.ndarray, np.ndarray]]  # per class: (x, y) of a curve
 ImageFn = Callable[[int], np.ndarray]  # sample index -> uint8 (H, W) or (H, W, C)
 _GAP_STYLE = {"facecolor": "none", "edgecolor": "#cf222e", "hatch": "///", "linewidth": 1.0}
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0}
-body{background:#f6f8fa}main{max-width:1120px;margin:0 auto;padding:24px}h1{margin:0 0 12px;font-size:26px}
-h2{margin:32px 0 10px;font-size:19px;border-bottom:1px solid #d0d7de}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
-.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:10px 16px;min-width:110px}
-.card b{display:block;font-size:22px}.card span{color:#59636e;font-size:12px;text-transform:uppercase}
-table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de}tr.empty td{color:#8c959f}
-th,td{padding:4px 12px;border-bottom:1px solid #eaeef2;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}table.kv td{text-align:left}
-.note{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:8px 12px;margin:8px 0}
-.good{color:#1a7f37}.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:16px}
-.plots img,.wide img{max-width:100%;background:#fff;border:1px solid #d0d7de;border-radius:6px}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}
-figure.mistake{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px;width:150px}
-figure.mistake img{display:block;margin:0 auto 6px;max-width:128px;image-rendering:pixelated}
-figcaption{font-size:12px;word-wrap:break-word}.bad{color:#cf222e}.muted{color:#59636e}
-"""
 
 
 def write_report(
@@ -116,67 +101,45 @@ def write_report(
             f"The 'mistakes' parameter of write_report must be an int >= 0. Got {mistakes} instead."
         )
     extra = {str(key): str(value) for key, value in (extra or {}).items()}
-    gallery = _gallery(probs, targets, class_names, images, texts, mistakes)  # a bad images() fails fast
+    gallery = _mistakes(probs, targets, class_names, images, texts, mistakes)  # a bad images() fails fast
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"title": title, **metrics.to_dict(), "extra": extra}
     atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    body = [
-        f"<h1>{esc(title)}</h1>",
-        kv_table(extra),
-        _headline(metrics),
-        _notes(metrics),
-        "<h2>Per-class metrics</h2>",
-        _class_table(metrics),
-        "<h2>Confusion matrix</h2>",
-        f'<div class="wide">{img_tag(_confusion_png(metrics), "confusion matrix")}</div>',
-        "<h2>Curves and calibration</h2>",
-        _curves_section(metrics, probs, targets),
-        gallery,
-    ]
+    page = render(
+        "classification_report.html.j2",
+        title=title,
+        extra=extra,
+        cards=_headline(metrics),
+        notes=_notes(metrics),
+        classes=_class_rows(metrics),
+        plots=_plots(metrics, probs, targets),
+        **gallery,
+    )
     path = out_dir / "report.html"
-    atomic_write_text(path, html_page(title, body))
+    atomic_write_text(path, page)
     return path
 
 
 def html_page(title: str, parts: Sequence[str]) -> str:
-    """A self-contained report page (inline CSS, no external assets) around HTML ``parts``."""
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
-        + "\n".join(part for part in parts if part)
-        + '\n<p class="muted">Generated by torchkiln.</p>\n</main></body></html>\n'
-    )
+    """A self-contained report page (inline CSS, no external assets) around HTML ``parts``.
+
+    ``parts`` are trusted HTML, inserted as they are (empty ones are skipped); ``title`` is plain text.
+    New pages should get a template of their own (see ``classification_report.html.j2``) instead.
+    """
+    return render("page.html.j2", title=title, parts=list(parts))
 
 
-# ---- HTML pieces ---------------------------------------------------------------------------------
-
-
-# The pieces below are shared with the forecasting report (forecast_report.py).
-
-
-def esc(value: object) -> str:
-    """``value`` as HTML text, quotes escaped."""
-    return html.escape(str(value), quote=True)
+# ---- values for the template -----------------------------------------------------------------------
+# Numbers arrive in the template formatted, names and texts as plain text: the template escapes them.
 
 
 def _fmt(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.3f}"
 
 
-def img_tag(data_uri: str, alt: str) -> str:
-    """An ``<img>`` of a ``data:`` URI (from :func:`figure_png`)."""
-    return f'<img src="{data_uri}" alt="{esc(alt)}">'
-
-
-def kv_table(extra: dict[str, str]) -> str:
-    """A two-column key/value table; empty string when there is nothing to show."""
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in extra.items())
-    return f'<table class="kv">{rows}</table>' if rows else ""
-
-
-def _headline(m: ClassificationMetrics) -> str:
+def _headline(m: ClassificationMetrics) -> list[tuple[str, str]]:
+    """The headline cards: (label, formatted value) pairs."""
     cards = [
         ("Accuracy", _fmt(m.accuracy)),
         ("Macro precision", _fmt(m.macro_precision)),
@@ -189,51 +152,36 @@ def _headline(m: ClassificationMetrics) -> str:
     if m.binary is not None:
         b = m.binary
         cards[1:1] = [(f"F1 ('{b.positive}')", _fmt(b.f1)), (f"AUC ('{b.positive}')", _fmt(b.auc))]
-    return headline_cards(cards)
+    return cards
 
 
-def headline_cards(cards: Sequence[tuple[str, str]]) -> str:
-    """A row of cards, each a label (escaped) over a value (HTML, already formatted)."""
-    inner = "".join(f'<div class="card"><span>{esc(k)}</span><b>{v}</b></div>' for k, v in cards)
-    return f'<div class="cards">{inner}</div>'
-
-
-def _name_list(names: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(f"'{esc(n)}'" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _notes(m: ClassificationMetrics) -> str:
-    empty = [c.name for c in m.per_class if c.support == 0]
-    only = [c.name for c in m.per_class if c.support == m.num_samples]
+def _notes(m: ClassificationMetrics) -> dict[str, list[str]]:
+    """Class names without samples, owning every sample, and never predicted (the template words them)."""
     predicted = np.asarray(m.confusion_matrix).sum(axis=0)  # (K,) how often each class was predicted
-    never = [c.name for c, n in zip(m.per_class, predicted, strict=True) if n == 0]
-    notes = []
-    if empty:
-        notes.append(
-            f"No samples of {_name_list(empty)}: recall and AUC are undefined for "
-            "these classes (AUC shown as —, left out of the macro AUC)."
-        )
-    if only:
-        notes.append(f"Every sample belongs to {_name_list(only)}, so its one-vs-rest AUC is undefined.")
-    if never:
-        notes.append(f"Never predicted: {_name_list(never)}.")
-    return "".join(f'<p class="note">{note}</p>' for note in notes)
+    return {
+        "empty": [c.name for c in m.per_class if c.support == 0],
+        "only": [c.name for c in m.per_class if c.support == m.num_samples],
+        "never": [c.name for c, n in zip(m.per_class, predicted, strict=True) if n == 0],
+    }
 
 
-def _class_table(m: ClassificationMetrics) -> str:
-    head = "<tr><th>Class</th><th>Precision</th><th>Recall</th><th>F1</th><th>Support</th><th>AUC</th></tr>"
-    rows = []
-    for c in m.per_class:
-        attr = ' class="empty"' if c.support == 0 else ""  # no samples: recall and AUC are undefined
-        rows.append(
-            f"<tr{attr}><td>{esc(c.name)}</td><td>{_fmt(c.precision)}</td><td>{_fmt(c.recall)}</td>"
-            f"<td>{_fmt(c.f1)}</td><td>{c.support:,}</td><td>{_fmt(c.auc)}</td></tr>"
-        )
-    return f"<table>{head}{''.join(rows)}</table>"
+def _class_rows(m: ClassificationMetrics) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": c.name,
+            "precision": _fmt(c.precision),
+            "recall": _fmt(c.recall),
+            "f1": _fmt(c.f1),
+            "support": f"{c.support:,}",
+            "auc": _fmt(c.auc),
+            "empty": c.support == 0,  # no samples: recall and AUC are undefined
+        }
+        for c in m.per_class
+    ]
 
 
-def _curves_section(m: ClassificationMetrics, probs: Tensor, targets: Tensor) -> str:
+def _plots(m: ClassificationMetrics, probs: Tensor, targets: Tensor) -> dict[str, str]:
+    """The confusion matrix, ROC and PR curves and reliability diagram as PNG ``data:`` URIs."""
     names = [c.name for c in m.per_class]
     support = [c.support for c in m.per_class]
     roc = [(fpr.numpy(), tpr.numpy()) for fpr, tpr in roc_curves(probs, targets)]
@@ -241,60 +189,49 @@ def _curves_section(m: ClassificationMetrics, probs: Tensor, targets: Tensor) ->
     # Average precision: the area under the step-wise PR curve, as torchmetrics computes it.
     ap = [float(-np.sum((r[1:] - r[:-1]) * p[:-1])) for r, p in pr]
     auc = [c.auc for c in m.per_class]
-    roc_png = _curves_png(roc, names, auc, [c for c, s in enumerate(support) if 0 < s < len(targets)], "roc")
-    pr_png = _curves_png(pr, names, ap, [c for c, s in enumerate(support) if s > 0], "pr")
-    images = (
-        img_tag(roc_png, "ROC curves"),
-        img_tag(pr_png, "PR curves"),
-        img_tag(_reliability_png(probs, targets, m.ece), "reliability diagram"),
-    )
-    return f'<div class="plots">{"".join(images)}</div>'
+    return {
+        "confusion": _confusion_png(m),
+        "roc": _curves_png(
+            roc, names, auc, [c for c, s in enumerate(support) if 0 < s < len(targets)], "roc"
+        ),
+        "pr": _curves_png(pr, names, ap, [c for c, s in enumerate(support) if s > 0], "pr"),
+        "reliability": _reliability_png(probs, targets, m.ece),
+    }
 
 
-def _gallery(
+def _mistakes(
     probs: Tensor,
     targets: Tensor,
     names: list[str],
     images: ImageFn | None,
     texts: Callable[[int], str] | None,
     limit: int,
-) -> str:
+) -> dict[str, Any]:
+    """The ``limit`` most confident wrong predictions, as template values (thumbnails drawn here)."""
     conf, pred = probs.max(dim=1)  # (N,), (N,)
     wrong = (pred != targets).nonzero().squeeze(1)
     picked = wrong[conf[wrong].argsort(descending=True, stable=True)[:limit]].tolist()
-    head = (
-        f'<h2>Most confident mistakes</h2><p class="muted">The {len(picked)} most confident of '
-        f"{len(wrong):,} wrong predictions.</p>"
-    )
-    if not picked:
-        return head
-
-    def cells(i: int) -> tuple[str, str, str, str]:
-        t, p = int(targets[i]), int(pred[i])
-        return esc(names[t]), esc(names[p]), f"{float(conf[i]):.3f}", f"{float(probs[i, t]):.3f}"
-
-    if images is None:
-        text = (lambda i: f"<td>{esc(texts(i))}</td>") if texts is not None else (lambda i: "")
-        rows = "".join(
-            f'<tr class="mistake"><td>#{i}</td>{text(i)}'
-            + "".join(f"<td>{c}</td>" for c in cells(i))
-            + "</tr>"
-            for i in picked
-        )
-        return (
-            f"{head}<table><tr><th>Sample</th>{'<th>Text</th>' if texts is not None else ''}<th>True</th>"
-            f"<th>Predicted</th><th>Confidence</th><th>p(true)</th></tr>{rows}</table>"
-        )
-    figures = []
+    rows = []
     for i in picked:
-        true, predicted, confidence, p_true = cells(i)
-        figures.append(
-            f'<figure class="mistake">{img_tag(_thumbnail(images(i), i), f"sample {i}")}<figcaption>'
-            f"<b>#{i}</b> · conf {confidence}<br>true: {true}<br>"
-            f'<span class="bad">pred: {predicted}</span><br><span class="muted">p(true) {p_true}</span>'
-            "</figcaption></figure>"
-        )
-    return f'{head}<div class="gallery">{"".join(figures)}</div>'
+        t, p = int(targets[i]), int(pred[i])
+        row = {
+            "index": i,
+            "true": names[t],
+            "predicted": names[p],
+            "confidence": f"{float(conf[i]):.3f}",
+            "p_true": f"{float(probs[i, t]):.3f}",
+        }
+        if images is not None:
+            row["thumbnail"] = _thumbnail(images(i), i)
+        elif texts is not None:
+            row["text"] = texts(i)
+        rows.append(row)
+    return {
+        "mistakes": rows,
+        "wrong": f"{len(wrong):,}",
+        "thumbnails": images is not None,
+        "texts": texts is not None,
+    }
 
 
 # ---- images and plots ------------------------------------------------------------------------------
