@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from torchkiln.core._version import __version__
+
 __all__ = ["__version__", "evaluate", "export", "load_config", "load_predictor", "train"]
 
 if TYPE_CHECKING:

@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import sys
 import threading
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def test_digits():
     assert data.images.max() == 255 and data.images.min() == 0
     assert data.classes == [str(i) for i in range(10)] and data.splits is None
     assert np.bincount(data.labels).tolist()[:3] == [178, 182, 177]
+
+
+def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
+    # scikit-learn is optional (the datasets extra): the entry stays listed, loading it says what to install.
+    for name in ("sklearn", "sklearn.datasets"):  # a None entry makes the import fail, even when cached
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(DataError) as info:
+        load_catalog("digits")
+    assert str(info.value) == (
+        "The 'digits' dataset ships with scikit-learn, which is not installed; expected the datasets extra. "
+        "Fix: pip install 'torchkiln[datasets]' (or scikit-learn>=1.4)."
+    )
+    assert "digits" in DATASETS.names()
 
 
 @needs_debian

@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from torchkiln.cli.common import err
+from torchkiln.cli.common import fail as _fail
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
 from torchkiln.errors import KilnError, PredictError
@@ -36,18 +38,11 @@ app.add_typer(registry_app, name="registry")
 app.command("containerize")(containerize_command)
 
 out = Console()
-err = Console(stderr=True)
 
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a setting: --set train.epochs=5 (repeatable)."),
 ]
-
-
-def _fail(exc: KilnError) -> None:
-    # Text, not markup: messages quote user data such as file names with [brackets].
-    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from torchkiln.cli.common import err, fail
 from torchkiln.errors import KilnError
 
 registry_app = typer.Typer(
@@ -18,7 +19,6 @@ registry_app = typer.Typer(
 )
 
 out = Console()
-err = Console(stderr=True)
 
 TrackingUriOpt = Annotated[
     str | None,
@@ -32,12 +32,6 @@ TrackingUriOpt = Annotated[
 class Alias(StrEnum):
     champion = "champion"
     challenger = "challenger"
-
-
-def _fail(exc: KilnError) -> None:
-    from torchkiln.cli.main import _fail  # imported when used: cli.main mounts this app
-
-    _fail(exc)
 
 
 @registry_app.command()
@@ -55,7 +49,7 @@ def register(
             bundle, name=name, alias=alias.value if alias else None, tracking_uri=tracking_uri
         )
     except KilnError as exc:
-        _fail(exc)
+        fail(exc)
     aliases = f" ({', '.join(info.aliases)})" if info.aliases else ""
     err.print(f"registered {info.source} as {info.name} version {info.version}{aliases}", soft_wrap=True)
     print(f"models:/{info.name}/{info.version}")
@@ -72,7 +66,7 @@ def list_(
     try:
         versions = list_versions(name, tracking_uri=tracking_uri)
     except KilnError as exc:
-        _fail(exc)
+        fail(exc)
     if not versions:
         err.print(
             f"no registered models in {registry_uri(tracking_uri)}. "
@@ -102,5 +96,5 @@ def alias_(
     try:
         set_alias(name, version, alias.value, tracking_uri=tracking_uri)
     except KilnError as exc:
-        _fail(exc)
+        fail(exc)
     print(f"models:/{name}@{alias.value} -> version {version}")

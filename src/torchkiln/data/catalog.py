@@ -314,14 +314,25 @@ def load_fashion_mnist() -> ArrayData:
 def load_digits() -> ArrayData:
     """scikit-learn's digits: 1,797 real 8x8 handwritten digits, classes "0".."9", no split.
 
+    The data ships with scikit-learn, which is optional: ``pip install 'torchkiln[datasets]'``.
+
     Returns:
         An :class:`ArrayData`; pixel values 0..16 are scaled to 0..255.
+
+    Raises:
+        DataError: scikit-learn is not installed.
 
     Example:
         >>> load_digits().images.shape
         (1797, 8, 8)
     """
-    from sklearn.datasets import load_digits as sk_load_digits  # imported late: sklearn is slow to import
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits  # imported late: sklearn is slow to import
+    except ImportError:
+        raise DataError(
+            "The 'digits' dataset ships with scikit-learn, which is not installed; expected the datasets "
+            "extra. Fix: pip install 'torchkiln[datasets]' (or scikit-learn>=1.4)."
+        ) from None
 
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
@@ -343,7 +354,7 @@ DATASETS.add(
     CatalogEntry(
         load=load_digits,
         summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",
-        source="sklearn.datasets.load_digits (bundled with scikit-learn)",
+        source="sklearn.datasets.load_digits (bundled with scikit-learn: the datasets extra)",
         license="BSD-3-Clause",
     ),
     summary="scikit-learn digits: 1,797 real 8x8 grayscale handwritten digits, 10 classes",

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,12 +22,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from torchkiln import __version__
+from torchkiln.core._version import __version__
 from torchkiln.serve.deployments import ModelManager
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.predlog import PredictionLog
+from torchkiln.serve.routes import router
 from torchkiln.serve.schemas import request_schemas
 from torchkiln.serve.settings import ServeSettings
+from torchkiln.serve.state import ApiError, ServerState
 
 log = logging.getLogger("torchkiln.serve")
 Scope = MutableMapping[str, Any]
@@ -36,25 +37,6 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
 ]
-
-
-@dataclass
-class ServerState:
-    """What the routes share. One per app; reached through ``request.app.state.kiln``."""
-
-    settings: ServeSettings
-    manager: ModelManager
-    metrics: ServeMetrics | None
-    predlog: PredictionLog | None
-    draining: bool = False
-
-
-class ApiError(Exception):
-    """An error answer: status, kind and a message that says what to do."""
-
-    def __init__(self, status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
 
 
 def error_response(
@@ -153,8 +135,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
         >>> app = create_app(load_settings(models=[{"uri": "runs/fashion/latest/bundle"}]))
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
-    from torchkiln.serve.routes import router
-
     metrics = ServeMetrics() if settings.metrics else None
     predlog = PredictionLog(settings.log_url) if settings.log_url else None
     state = ServerState(settings, ModelManager(settings, metrics), metrics, predlog)

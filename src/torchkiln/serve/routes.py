@@ -26,7 +26,6 @@ from starlette.formparsers import MultiPartException
 
 from torchkiln.config.loader import format_errors
 from torchkiln.errors import KilnError
-from torchkiln.serve.app import ApiError, ServerState
 from torchkiln.serve.batching import QueueFullError
 from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
 from torchkiln.serve.predlog import PredictionRecord
@@ -40,6 +39,7 @@ from torchkiln.serve.schemas import (
     predict_response_model,
     request_schemas,
 )
+from torchkiln.serve.state import ApiError, ServerState
 from torchkiln.tasks.base import RequestLimits
 
 router = APIRouter()

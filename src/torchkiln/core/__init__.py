@@ -1,0 +1,1 @@
+"""The lowest layer: config base, registry, errors, io, version."""
