@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from torchkiln.config import load_config
-from torchkiln.engine.trainer import fit
 from torchkiln.tasks import get_task
+from torchkiln.tasks.training import train_task
 
 
 def config(steps: int, batch_size: int, runs_dir: str):
@@ -72,7 +72,7 @@ def baseline(cfg, task, data) -> float:
 
 def engine(cfg, task, data, runs_dir: Path) -> float:
     run_dir = Path(tempfile.mkdtemp(dir=runs_dir))
-    state = fit(cfg, task, data, run_dir)
+    state = train_task(cfg, task, data, run_dir, bundle=False).state
     return state.elapsed  # time inside train_one_epoch, measured by the engine itself
 
 

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from torchkiln.backtest import BacktestResult, backtest
-from torchkiln.config import RunConfig, dump_config, load_config, validate
+from torchkiln.config import RunConfig, load_config
 from torchkiln.config.loader import format_errors
 from torchkiln.engine.precision import resolve_device
-from torchkiln.engine.trainer import fit
-from torchkiln.errors import CheckpointError, ExportError
+from torchkiln.errors import ExportError
 from torchkiln.evaluation.forecast import ForecastEvalResult
 from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle
 from torchkiln.tasks.predictor import Predictor, load_predictor
+from torchkiln.tasks.training import resume_run, train_new_run
 
 if TYPE_CHECKING:
     from torchkiln.serve.settings import ServeSettings
@@ -53,17 +50,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return get_task(cfg.task.kind).prepare(cfg)[0]
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    base = Path(cfg.runs_dir) / cfg.run_name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir, n = base / stamp, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base / f"{stamp}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
 def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | None = None) -> Path:
     """Train a model; returns the run directory (``runs/<name>/<timestamp>/``).
 
@@ -82,40 +68,10 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
         >>> run_dir = train(load_config("kiln.yaml", ["train.epochs=2"]))
     """
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(
-                f"'{run_dir}' is not a run directory (no config.yaml). Pass the directory that "
-                f"'kiln train' printed as its last line."
-            )
-        resolved = validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
-        task = get_task(resolved.task.kind)
-        files = {p.name: p.read_bytes() for p in sorted((run_dir / "state").glob("*"))}
-        # The state the run started with (a tokenizer): refitting could differ, and the weights fit it.
-        _, data = task.prepare(resolved, state=task.load_state(resolved, files) if files else None)
-        fit(resolved, task, data, run_dir, resume=True)
-        return run_dir
+        return resume_run(Path(resume))
     if cfg is None:
         raise TypeError("train() needs a config or resume=RUN_DIR")
-    if not isinstance(cfg, RunConfig):
-        cfg = load_config(cfg)
-    task = get_task(cfg.task.kind)
-    resolved, data = task.prepare(cfg)  # all data checks happen here, before any compute
-    run_dir = new_run_dir(resolved)
-    (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
-    for name, content in task.state_files(data).items():  # fitted on train: what a resume must reuse
-        (run_dir / "state").mkdir(exist_ok=True)
-        (run_dir / "state" / name).write_bytes(content)
-    if data.problems:
-        lines = [f"{item}\t{reason}" for item, reason in data.problems]
-        (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        fit(resolved, task, data, run_dir)
-    except BaseException:
-        if not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
-        raise
-    return run_dir
+    return train_new_run(cfg if isinstance(cfg, RunConfig) else load_config(cfg))
 
 
 def evaluate(

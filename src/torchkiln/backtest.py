@@ -77,9 +77,9 @@ def backtest(
         >>> result.mean["model"]["relative_mae"]
         >>> backtest(cfg, folds=3, seeds=[0, 1, 2]).seed_std["model"]["rmse"]
     """
-    from torchkiln import api
     from torchkiln.evaluation.forecast import evaluate_forecast
     from torchkiln.tasks.bundle import load_bundle
+    from torchkiln.tasks.training import train_new_run
 
     d = cfg.data
     if not isinstance(d, TimeSeriesDataConfig):
@@ -110,7 +110,7 @@ def backtest(
             raw["data"] = {**raw["data"], "end": iso_time(times[last])}
             raw["seed"], raw["runs_dir"] = seed, str(root)
             raw["name"] = f"fold{k + 1}" if len(seeds) == 1 else f"seed{seed}-fold{k + 1}"
-            run_dir = api.train(validate(raw))
+            run_dir = train_new_run(validate(raw))  # what api.train does with a config
             bundle = load_bundle(run_dir / "bundle")
             result = evaluate_forecast(bundle, split="test", out_dir=run_dir / "eval" / "test")
             done.append(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
+from torch.optim import lr_scheduler
 
 from torchkiln.config.schema import OptimizerConfig, SchedulerConfig, TrainConfig
 from torchkiln.engine import precision as prec
-from torchkiln.engine.optim import build_optimizer, build_scheduler
+from torchkiln.engine.optim import ParamGroup, build_optimizer, build_scheduler
 from torchkiln.errors import ConfigError
-from torchkiln.tasks.base import ParamGroup
 
 
 def groups() -> tuple[nn.Module, list[ParamGroup]]:
@@ -25,7 +28,7 @@ def groups() -> tuple[nn.Module, list[ParamGroup]]:
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
 def test_weight_decay_skips_biases_and_norms_and_lr_mults_apply(name: str) -> None:
     model, g = groups()
-    opt = build_optimizer(g, model, OptimizerConfig(name=name, lr=0.1, weight_decay=0.01))
+    opt = build_optimizer(g, OptimizerConfig(name=name, lr=0.1, weight_decay=0.01))
     for group in opt.param_groups:
         ndims = {p.ndim for p in group["params"]}
         assert group["weight_decay"] == (0.01 if ndims == {4} or ndims == {2} else 0.0)
@@ -36,21 +39,73 @@ def test_weight_decay_skips_biases_and_norms_and_lr_mults_apply(name: str) -> No
 
 
 def test_sgd_nesterov_is_passed_through() -> None:
-    model, g = groups()
-    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", nesterov=True, momentum=0.9))
+    _, g = groups()
+    opt = build_optimizer(g, OptimizerConfig(name="sgd", nesterov=True, momentum=0.9))
     assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.9
 
 
 def lrs_over(cfg: SchedulerConfig, steps: int = 20, spe: int = 2) -> list[float]:
-    model, g = groups()
-    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    _, g = groups()
+    opt = build_optimizer(g, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
     sched = build_scheduler(opt, cfg, epochs=steps // spe, steps_per_epoch=spe)
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[-1]["lr"])
         opt.step()
+        if sched is not None:
+            sched.step()
+    return out
+
+
+def torch_lrs(make: Callable[[torch.optim.Optimizer], Any], steps: int = 20) -> list[float]:
+    """The same 20 steps under PyTorch's own scheduler classes (lr 1.0)."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, out = make(opt), []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step()
     return out
+
+
+def warmup_then_cosine(o: torch.optim.Optimizer) -> Any:
+    warm = lr_scheduler.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=3)
+    return lr_scheduler.SequentialLR(o, [warm, lr_scheduler.CosineAnnealingLR(o, T_max=16)], milestones=[4])
+
+
+# 20 steps, 2 per epoch: epochs count in steps of 2 (step_size 3 -> 6 steps; milestones 2, 5 -> 4, 10).
+SCHEDULES = {
+    "none": (SchedulerConfig(name="none"), lambda o: lr_scheduler.ConstantLR(o, factor=1.0, total_iters=0)),
+    "step": (SchedulerConfig(name="step", step_size=3, gamma=0.5), lambda o: lr_scheduler.StepLR(o, 6, 0.5)),
+    "multistep": (
+        SchedulerConfig(name="multistep", milestones=[2, 5], gamma=0.1),
+        lambda o: lr_scheduler.MultiStepLR(o, [4, 10], 0.1),
+    ),
+    "onecycle": (
+        SchedulerConfig(name="onecycle", pct_start=0.25),
+        lambda o: lr_scheduler.OneCycleLR(o, max_lr=1.0, total_steps=20, pct_start=0.25),
+    ),
+    "cosine": (
+        SchedulerConfig(name="cosine", min_lr=0.01),
+        lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=20, eta_min=0.01),
+    ),
+    "cosine+warmup": (SchedulerConfig(name="cosine", warmup_epochs=2), warmup_then_cosine),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_schedule_matches_pytorchs_own(name: str) -> None:
+    cfg, make = SCHEDULES[name]
+    assert lrs_over(cfg) == pytest.approx(torch_lrs(make), rel=1e-6, abs=1e-9)
+
+
+def test_warmup_with_a_schedule_that_ignores_it_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        SchedulerConfig(name="onecycle", warmup_epochs=1)
+    assert (
+        "warmup_epochs is used only by the cosine schedule; this one is 'onecycle', which would ignore it. "
+        "Set name: cosine, or remove warmup_epochs (onecycle warms up by itself: set pct_start)."
+    ) in str(info.value)
 
 
 def test_cosine_with_warmup_rises_then_decays_to_min() -> None:
@@ -105,8 +160,8 @@ def test_auto_precision_on_cuda_uses_amp_and_trains() -> None:
 
 
 def test_cosine_floor_is_min_lr_for_every_group() -> None:
-    model, g = groups()  # backbone lr = 0.1 x head lr
-    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    _, g = groups()  # backbone lr = 0.1 x head lr
+    opt = build_optimizer(g, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
     sched = build_scheduler(opt, SchedulerConfig(name="cosine", min_lr=0.01), epochs=5, steps_per_epoch=2)
     for _ in range(10):
         opt.step()
@@ -115,16 +170,16 @@ def test_cosine_floor_is_min_lr_for_every_group() -> None:
 
 
 def test_all_frozen_is_a_config_error() -> None:
-    model, _ = groups()
+    groups()
     with pytest.raises(ConfigError, match="The model has no trainable parameters"):
-        build_optimizer([ParamGroup("head", [], 1.0)], model, OptimizerConfig())
+        build_optimizer([ParamGroup("head", [], 1.0)], OptimizerConfig())
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
 def test_onecycle_runs_on_a_handful_of_steps(steps: int) -> None:
     """A tiny data set (4 optimizer steps in all) must not make OneCycleLR divide by zero."""
-    model, g = groups()
-    opt = build_optimizer(g, model, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
+    _, g = groups()
+    opt = build_optimizer(g, OptimizerConfig(name="sgd", lr=1.0, weight_decay=0))
     sched = build_scheduler(opt, SchedulerConfig(name="onecycle"), epochs=1, steps_per_epoch=steps)
     for _ in range(steps):
         opt.step()

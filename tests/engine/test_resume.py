@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,7 +60,7 @@ def run_dir_of(output: str) -> Path:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["modules"]
 
 
 @pytest.mark.slow
@@ -102,6 +103,9 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path) -> N
     different = [k for k in reference if not torch.equal(reference[k], weights[k])]
     assert not different, f"{len(different)} tensors differ after resume, first: {different[:3]}"
     assert (run_dir / "bundle" / "model.safetensors").is_file()
+    # The resumed epoch's train/* figures cover the whole epoch (its running sums were checkpointed).
+    full_history = json.loads((run_dir_of(full.stdout) / "history.json").read_text())
+    assert json.loads((run_dir / "history.json").read_text()) == full_history
 
 
 def test_resume_without_run_dir_fails_clearly(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,11 +18,12 @@ from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
 from torchkiln.config import validate
-from torchkiln.data.windows import fit_scaler
+from torchkiln.data.windows import fit_scaler, scale, unscale
 from torchkiln.errors import PredictError
 from torchkiln.evaluation.forecast import network_quantiles
 from torchkiln.tasks import get_task
 from torchkiln.tasks.bundle import load_bundle, without_pretrained
+from torchkiln.tasks.forecast_metrics import summarize_errors
 from torchkiln.tasks.forecasting import History, PinballLoss
 from torchkiln.tasks.predictor import load_predictor
 
@@ -230,3 +232,31 @@ def test_a_history_file_gives_the_covariates_of_the_steps_to_forecast(tmp_path: 
         "ends with 2 row(s) without target values, but this model needs the covariates ['price'] of the 3 "
         in (" ".join((short.stdout + short.stderr).split()))
     )
+
+
+def test_the_training_metrics_on_the_device_match_the_numpy_definitions(tiny_forecast_bundle: Path) -> None:
+    """ForecastMetrics sums on the device; its figures are those of summarize_errors on the same arrays."""
+    cfg = load_bundle(tiny_forecast_bundle).config
+    d = cfg.data
+    g = torch.Generator().manual_seed(0)
+    q = len(cfg.task.quantiles)
+    metrics = get_task("forecasting").metrics(cfg)
+    preds, targets = [], []
+    for _ in range(3):  # three batches of 4 windows
+        out = torch.randn(4, d.horizon, 1, q, generator=g).sort(dim=-1).values
+        y = torch.randn(4, d.horizon, 1, generator=g)
+        y[0, 0, 0] = unscale_inverse_zero(d)  # one target of exactly 0 in the data's units (MAPE skips it)
+        metrics.update(out, y)
+        preds.append(unscale(out.double()[..., q // 2], d.scaler_stats).numpy())
+        targets.append(unscale(y.double(), d.scaler_stats).numpy())
+    expected = summarize_errors(
+        np.concatenate(preds), np.concatenate(targets), mase_scale=np.array(d.mase_scale)
+    )
+    got = metrics.compute()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-9), name
+
+
+def unscale_inverse_zero(d: Any) -> float:
+    """The scaled value whose original value is 0."""
+    return float(scale(np.zeros((1, 1)), d.scaler_stats)[0, 0])

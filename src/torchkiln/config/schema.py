@@ -301,6 +301,16 @@ class SchedulerConfig(Strict):
     pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.25
     patience: Annotated[int, Field(ge=0)] = 3
 
+    @model_validator(mode="after")
+    def _warmup_only_with_cosine(self) -> SchedulerConfig:
+        if self.warmup_epochs and self.name != "cosine":
+            raise ValueError(
+                f"warmup_epochs is used only by the cosine schedule; this one is '{self.name}', which "
+                f"would ignore it. Set name: cosine, or remove warmup_epochs"
+                + (" (onecycle warms up by itself: set pct_start)." if self.name == "onecycle" else ".")
+            )
+        return self
+
 
 class EarlyStoppingConfig(Strict):
     patience: Annotated[int, Field(ge=1)] | None = None

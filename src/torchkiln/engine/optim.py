@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,10 +13,20 @@ from torch.optim import lr_scheduler
 
 from torchkiln.config.schema import OptimizerConfig, SchedulerConfig
 from torchkiln.errors import ConfigError
-from torchkiln.tasks.base import ParamGroup
+
+log = logging.getLogger(__name__)
 
 
-def split_decay(groups: list[ParamGroup], model: nn.Module) -> list[dict]:
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters that share a learning-rate multiplier (discriminative learning rates)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_mult: float = 1.0
+
+
+def split_decay(groups: list[ParamGroup]) -> list[dict]:
     """Torch param groups; weight decay is kept off biases and norm weights (all 1-D tensors)."""
     out = []
     for g in groups:
@@ -38,9 +50,7 @@ def split_decay(groups: list[ParamGroup], model: nn.Module) -> list[dict]:
     return out
 
 
-def build_optimizer(
-    groups: list[ParamGroup], model: nn.Module, cfg: OptimizerConfig
-) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[ParamGroup], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam, AdamW or RMSprop over the task's parameter groups.
 
     ``foreach=True``: one multi-tensor kernel per update instead of a Python loop over parameters
@@ -52,7 +62,7 @@ def build_optimizer(
             "lr": cfg.lr * g["lr_mult"],
             "weight_decay": cfg.weight_decay if g["decay"] else 0.0,
         }
-        for g in split_decay(groups, model)
+        for g in split_decay(groups)
     ]
     match cfg.name:
         case "sgd":
@@ -65,7 +75,7 @@ def build_optimizer(
             return torch.optim.AdamW(torch_groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
         case "rmsprop":
             return torch.optim.RMSprop(torch_groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
-    raise AssertionError(cfg.name)  # unreachable: the config schema lists the names
+    raise ConfigError(f"Unknown optimizer '{cfg.name}'. Expected one of sgd, adam, adamw, rmsprop.")
 
 
 def build_scheduler(
@@ -85,6 +95,12 @@ def build_scheduler(
             )
         case "onecycle":
             if total < 3:  # too short for a cycle: OneCycleLR divides by the length of each phase
+                log.warning(
+                    "scheduler onecycle needs at least 3 optimizer steps; this run has %d, so the "
+                    "learning rate stays constant at %g. Train longer or use a smaller batch for a cycle.",
+                    total,
+                    opt.param_groups[0]["lr"],
+                )
                 return None
             # Each phase needs at least two steps, or OneCycleLR divides by zero (a tiny data set).
             pct = min(max(cfg.pct_start, 2 / total), 1 - 1 / total)
@@ -96,7 +112,9 @@ def build_scheduler(
             # One factor per group: each group decays from its own lr to min_lr.
             floors = [cfg.min_lr / g["lr"] if g["lr"] else 0.0 for g in opt.param_groups]
             return lr_scheduler.LambdaLR(opt, [_cosine(warmup, total, f) for f in floors])
-    raise AssertionError(cfg.name)
+    raise ConfigError(
+        f"Unknown scheduler '{cfg.name}'. Expected one of none, step, multistep, onecycle, plateau, cosine."
+    )
 
 
 def _cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +92,15 @@ class Tracker:
             metrics = {k.replace("/", "_"): float(v) for k, v in values.items()}
             self.mlflow.log_metrics(metrics, step=step, synchronous=False)
 
-    def model_histograms(self, model: nn.Module, step: int) -> None:
-        if self.tb is None or not self.histograms:
+    @property
+    def wants_histograms(self) -> bool:
+        return self.tb is not None and self.histograms
+
+    def param_histograms(self, params: Iterable[tuple[str, nn.Parameter]], step: int) -> None:
+        """Weights and gradients by name; the engine calls it after unscaling, so fp16 grads are true."""
+        if not self.wants_histograms:
             return
-        for name, p in model.named_parameters():
+        for name, p in params:
             if p.requires_grad:
                 self.tb.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
                 if p.grad is not None:

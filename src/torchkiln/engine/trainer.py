@@ -1,9 +1,11 @@
 """The training loop: plain functions over a task, read top to bottom.
 
-``fit`` sets up, then alternates ``train_one_epoch`` and ``evaluate_split``. Losses and metrics stay
-on the device and are read every ``train.log_every`` optimizer steps, so there is no host sync per
-step. Checkpoints are written at optimizer-step boundaries with every RNG state and the position
-in the epoch, which is what makes ``--resume`` bitwise exact on CPU.
+``fit`` sets up, then alternates ``train_one_epoch`` and ``evaluate_split``. The task's
+:class:`~torchkiln.engine.step.TrainModule` owns the steps; this module owns the loop around them.
+Losses and metrics stay on the device and are read every ``train.log_every`` optimizer steps, so
+there is no host sync per step. Checkpoints are written at optimizer-step boundaries with every RNG
+state, the position in the epoch and the epoch's running train figures, which is what makes
+``--resume`` bitwise exact on CPU.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,16 +26,15 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
-from torchkiln.config.schema import DataConfig, RunConfig
+from torchkiln.config.schema import RunConfig
 from torchkiln.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from torchkiln.engine.optim import build_optimizer, build_scheduler
 from torchkiln.engine.precision import Precision, resolve_precision
 from torchkiln.engine.progress import Progress
+from torchkiln.engine.step import OptimSpec, StepContext, TrainModule
+from torchkiln.engine.tally import EpochTally, computed
 from torchkiln.engine.tracking import Tracker
 from torchkiln.errors import ConfigError, did_you_mean
 from torchkiln.io import atomic_write_text
-from torchkiln.tasks.base import Task
-from torchkiln.tasks.bundle import save_bundle
 
 
 @dataclass
@@ -51,21 +53,34 @@ class TrainState:
     mlflow_run_id: str = ""
 
 
+class Loaders(NamedTuple):
+    """The batches a run trains on, and the held-out ones it validates on (None: no val split)."""
+
+    train: DataLoader
+    val: DataLoader | None
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` leaves: where the run got to, and its modules with the best epoch's weights."""
+
+    state: TrainState
+    modules: nn.ModuleDict
+    device: torch.device
+
+
 @dataclass
 class Loop:
     """The objects one run trains with (built once by :func:`setup`)."""
 
     cfg: RunConfig
-    task: Task
-    model: nn.Module
-    forward: nn.Module  # ``model`` or its torch.compile wrapper
+    train: TrainModule
+    modules: nn.ModuleDict  # the weights: checkpointed and bundled
+    forward: nn.ModuleDict  # what the steps call: ``modules``, or their torch.compile wrappers
     precision: Precision
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    loss_fn: nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader | None
+    optimizers: list[OptimSpec]
+    ctx: StepContext
+    loaders: Loaders
     steps_per_epoch: int
 
 
@@ -75,50 +90,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(cfg: RunConfig, task: Task, data: Any, model: nn.Module | None = None) -> Loop:
-    """Build everything a run trains with; ``model`` replaces ``task.build_model(cfg)`` (e.g. a
+def setup(cfg: RunConfig, train: TrainModule, loaders: Loaders, modules: nn.ModuleDict | None = None) -> Loop:
+    """Build everything a run trains with; ``modules`` replaces ``train.build_modules(cfg)`` (e.g. a
     pruned model to fine-tune)."""
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    precision = resolve_precision(cfg.train, image_input=isinstance(cfg.data, DataConfig))
-    model = (model if model is not None else task.build_model(cfg)).to(precision.device)
+    precision = resolve_precision(cfg.train, image_input=train.image_input)
+    modules = (modules if modules is not None else train.build_modules(cfg)).to(precision.device)
     if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader = task.loader(cfg, data, "train", train=True)
-    val_loader = task.loader(cfg, data, "val", train=False) if len(data.splits["val"]) else None
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
-    optimizer = build_optimizer(task.param_groups(cfg, model), model, cfg.train.optimizer)
-    scheduler = build_scheduler(
-        optimizer,
-        cfg.train.scheduler,
-        epochs=cfg.train.epochs,
-        steps_per_epoch=steps_per_epoch,
-        mode=cfg.train.monitor_mode,
+        modules = modules.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(loaders.train) / cfg.train.accumulate)
+    optimizers = train.configure_optimizers(cfg, modules, steps_per_epoch=steps_per_epoch)
+    forward = (
+        nn.ModuleDict({k: torch.compile(m) for k, m in modules.items()}) if cfg.train.compile else modules
     )
-    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_scaler)
-    forward = torch.compile(model) if cfg.train.compile else model
-    return Loop(
-        cfg,
-        task,
-        model,
-        forward,
-        precision,
-        optimizer,
-        scheduler,
-        scaler,
-        task.loss(cfg),
-        train_loader,
-        val_loader,
-        steps_per_epoch,
+    ctx = StepContext(
+        precision=precision, optimizers=optimizers, modules=forward, grad_clip=cfg.train.grad_clip
     )
+    return Loop(cfg, train, modules, forward, precision, optimizers, ctx, loaders, steps_per_epoch)
 
 
 def check_monitor(loop: Loop) -> None:
     """``train.monitor`` must name a metric this run reports, or best/early stopping would be blind."""
-    names = [*loop.task.metrics(loop.cfg).compute(), "loss"]
-    splits = ("train", "val") if loop.val_loader is not None else ("train",)
+    names = [*computed(loop.train.metrics(loop.cfg)), *loop.train.losses]
+    splits = ("train", "val") if loop.loaders.val is not None else ("train",)
     valid = [f"{s}/{n}" for s in splits for n in names]
     if loop.cfg.train.monitor not in valid:
         hint = did_you_mean(loop.cfg.train.monitor, valid)
@@ -128,31 +125,38 @@ def check_monitor(loop: Loop) -> None:
         )
 
 
-def checkpoint_state(loop: Loop, state: TrainState) -> dict[str, Any]:
+def checkpoint_state(loop: Loop, state: TrainState, tally: EpochTally | None = None) -> dict[str, Any]:
+    """Everything a resume needs; ``tally``: the epoch in progress's running figures (mid-epoch only)."""
     return {
-        "model": loop.model.state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
-        "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else {},
-        "scaler": loop.scaler.state_dict(),
+        "modules": loop.modules.state_dict(),
+        "optimizers": {o.name: o.optimizer.state_dict() for o in loop.optimizers},
+        "schedulers": {o.name: o.scheduler.state_dict() for o in loop.optimizers if o.scheduler is not None},
+        "scaler": loop.ctx.scaler.state_dict(),
         "rng": rng_state(),
         "state": asdict(state),
+        "tally": tally.state_dict() if tally is not None else {},
         "data_order": {"seed": loop.cfg.seed, "epoch": state.epoch, "next_batch": state.batch},
     }
 
 
-def restore(loop: Loop, ckpt: dict[str, Any]) -> TrainState:
-    loop.model.load_state_dict(ckpt["model"])
-    loop.optimizer.load_state_dict(ckpt["optimizer"])
-    if loop.scheduler is not None:
-        loop.scheduler.load_state_dict(ckpt["scheduler"])
-    loop.scaler.load_state_dict(ckpt["scaler"])
+def restore(loop: Loop, ckpt: dict[str, Any], tally: EpochTally) -> TrainState:
+    ckpt = upgrade_checkpoint(ckpt, loop.train.serves)
+    loop.modules.load_state_dict(ckpt["modules"])
+    for o in loop.optimizers:
+        o.optimizer.load_state_dict(ckpt["optimizers"][o.name])
+        if o.scheduler is not None:
+            o.scheduler.load_state_dict(ckpt["schedulers"][o.name])
+    loop.ctx.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
+    if ckpt.get("tally"):
+        tally.load_state_dict(ckpt["tally"])
     return TrainState(**ckpt["state"])
 
 
 def train_one_epoch(
     loop: Loop,
     state: TrainState,
+    tally: EpochTally,
     ckpt_dir: Path,
     tracker: Tracker,
     progress: Progress,
@@ -160,95 +164,95 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One epoch from ``state.batch`` on; ``budget_from`` is ``state.elapsed`` when this process
     started, so ``train.max_minutes`` is a budget per invocation (a resumed run gets a fresh one)."""
-    cfg, t = loop.cfg, loop.cfg.train
-    loop.model.train()
-    sampler = loop.train_loader.sampler
+    t, ctx, train = loop.cfg.train, loop.ctx, loop.train
+    loop.modules.train()
+    sampler = loop.loaders.train.sampler
     sampler.set_epoch(state.epoch, start_batch=state.batch)  # type: ignore[attr-defined]
     n_batches = len(sampler)  # type: ignore[arg-type]
-    metrics = loop.task.metrics(cfg)
-    running = torch.zeros((), device=loop.precision.device)  # loss sum since the last log, on device
-    epoch_loss = torch.zeros((), device=loop.precision.device)
-    epoch_batches = 0
-    since_log, seen, t0, started = 0, 0, time.perf_counter(), time.perf_counter()
+    full = n_batches - n_batches % t.accumulate  # batches before this index are in full groups
+    ctx.metrics = tally.metrics
+    seen, t0, started = 0, time.perf_counter(), time.perf_counter()
     progress.start_epoch(state.epoch, n_batches, done=state.batch)
-    for batch in loop.train_loader:
+    for batch in loop.loaders.train:
         b = state.batch
-        x, y = loop.task.to_device(batch, loop.precision.device, channels_last=loop.precision.channels_last)
-        with loop.precision.autocast():
-            out = loop.forward(x)
-            loss = loop.loss_fn(out, y)
-        loop.scaler.scale(loss / t.accumulate).backward()
-        metrics.update(out, y)
-        running += loss.detach()
-        since_log += 1
-        epoch_batches += 1
-        seen += len(y)
+        last_in_group = (b + 1) % t.accumulate == 0 or b + 1 == n_batches
+        ctx.begin_batch(
+            group_size=t.accumulate if b < full else n_batches - full, last_in_group=last_in_group
+        )
+        # Gradients exist only until the step clears them: histograms of the epoch's last step.
+        ctx.before_step = _histograms(loop, tracker, state.step + 1) if b + 1 == n_batches else None
+        tally.add(train.training_step(ctx, loop.forward, batch))
+        ctx.end_batch()
+        seen += train.batch_size(batch)
         state.batch = b + 1
-        if state.batch % t.accumulate and state.batch != n_batches:
+        if not last_in_group:
             continue
-        if state.batch == n_batches:  # gradients exist only until the step clears them
-            tracker.model_histograms(loop.model, state.step + 1)
-        optimizer_step(loop)
         state.step += 1
         if state.step % t.log_every == 0 or state.batch == n_batches:
             now = time.perf_counter()
-            avg = running.item() / since_log  # the one host sync
-            lr = loop.optimizer.param_groups[-1]["lr"]
+            losses = tally.flush()  # the one host sync
             tracker.scalars(
-                {"step/loss": avg, "step/lr": lr, "step/samples_per_s": seen / (now - t0)}, state.step
+                {f"step/{k}": v for k, v in losses.items()}
+                | _learning_rates(loop)
+                | {"step/samples_per_s": seen / (now - t0)},
+                state.step,
             )
-            progress.update(state.batch, loss=avg, metrics=metrics.compute(), throughput=seen / (now - t0))
-            epoch_loss += running
-            running.zero_()
-            since_log, seen, t0 = 0, 0, now
+            first = losses.get(train.losses[0], float("nan"))
+            progress.update(
+                state.batch, loss=first, metrics=computed(tally.metrics), throughput=seen / (now - t0)
+            )
+            seen, t0 = 0, now
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.batch < n_batches:
             state.elapsed += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state))
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
         if t.max_minutes and state.elapsed - budget_from + time.perf_counter() - started > t.max_minutes * 60:
             state.stopped = f"time budget of {t.max_minutes} min reached"
             break
     state.elapsed += time.perf_counter() - started
-    epoch_loss += running
-    results = {f"train/{k}": v for k, v in metrics.compute().items()}
-    return results | {"train/loss": epoch_loss.item() / max(1, epoch_batches)}
+    return tally.results("train")
 
 
-def optimizer_step(loop: Loop) -> None:
-    clip = loop.cfg.train.grad_clip
-    if clip is not None:
-        loop.scaler.unscale_(loop.optimizer)
-        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), clip)
-    loop.scaler.step(loop.optimizer)
-    loop.scaler.update()
-    loop.optimizer.zero_grad(set_to_none=True)
-    if loop.scheduler is not None and not isinstance(loop.scheduler, lr_scheduler.ReduceLROnPlateau):
-        loop.scheduler.step()
+def _learning_rates(loop: Loop) -> dict[str, float]:
+    if len(loop.optimizers) == 1:
+        return {"step/lr": loop.optimizers[0].optimizer.param_groups[-1]["lr"]}
+    return {f"step/lr/{o.name}": o.optimizer.param_groups[-1]["lr"] for o in loop.optimizers}
+
+
+def _histograms(loop: Loop, tracker: Tracker, step: int) -> Callable[[OptimSpec], None] | None:
+    """A ``before_step`` hook: each optimizer's parameters, with their gradients unscaled."""
+    if not tracker.wants_histograms:
+        return None
+    names = {id(p): n for n, p in loop.modules.named_parameters()}
+
+    def log(spec: OptimSpec) -> None:
+        params = [p for g in spec.optimizer.param_groups for p in g["params"] if id(p) in names]
+        tracker.param_histograms(((names[id(p)], p) for p in params), step)
+
+    return log
 
 
 @torch.inference_mode()
 def evaluate_split(loop: Loop, loader: DataLoader, prefix: str) -> dict[str, float]:
-    loop.model.eval()
-    metrics = loop.task.metrics(loop.cfg)
-    loss_sum, n = torch.zeros((), device=loop.precision.device), 0
+    """Held-out figures: the task's metrics, and each loss its ``validation_step`` returns, per item."""
+    loop.modules.eval()
+    tally = EpochTally(loop.train.metrics(loop.cfg).to(loop.precision.device), loop.precision.device)
+    loop.ctx.metrics = tally.metrics
     for batch in loader:
-        x, y = loop.task.to_device(batch, loop.precision.device, channels_last=loop.precision.channels_last)
-        with loop.precision.autocast():
-            out = loop.forward(x)
-        metrics.update(out, y)
-        loss_sum += loop.loss_fn(out.float(), y) * len(y)
-        n += len(y)
-    results = {f"{prefix}/{k}": v for k, v in metrics.compute().items()}
-    return results | {f"{prefix}/loss": loss_sum.item() / max(1, n)}
+        tally.add(
+            loop.train.validation_step(loop.ctx, loop.forward, batch), weight=loop.train.batch_size(batch)
+        )
+    return tally.results(prefix)
 
 
 def end_of_epoch(loop: Loop, state: TrainState, results: dict[str, float], ckpt_dir: Path) -> None:
-    """Best checkpoint, plateau scheduler, early stopping, then the ``last`` checkpoint."""
+    """Best checkpoint, plateau schedulers, early stopping, then the ``last`` checkpoint."""
     t = loop.cfg.train
     monitor = t.monitor if t.monitor in results else None
     value = results.get(monitor) if monitor else None
-    if isinstance(loop.scheduler, lr_scheduler.ReduceLROnPlateau) and value is not None:
-        loop.scheduler.step(value)
+    for o in loop.optimizers:
+        if isinstance(o.scheduler, lr_scheduler.ReduceLROnPlateau) and value is not None:
+            o.scheduler.step(value)
     sign = 1 if t.monitor_mode == "max" else -1
     improved = (
         value is None
@@ -271,32 +275,39 @@ def end_of_epoch(loop: Loop, state: TrainState, results: dict[str, float], ckpt_
 
 def fit(
     cfg: RunConfig,
-    task: Task,
-    data: Any,
+    train: TrainModule,
+    loaders: Loaders,
     run_dir: Path,
     *,
     resume: bool = False,
-    model: nn.Module | None = None,
-) -> TrainState:
-    """Train ``cfg`` on ``data`` into ``run_dir``; write checkpoints, history and the bundle.
+    modules: nn.ModuleDict | None = None,
+    finish: Callable[[FitResult], Path] | None = None,
+) -> FitResult:
+    """Train ``cfg`` with ``train``'s steps on ``loaders`` into ``run_dir``; write checkpoints and history.
 
     Args:
         cfg: the resolved run config.
-        task: the task that owns model, loss, metrics and loaders.
-        data: what ``task.prepare`` returned.
+        train: the task's train module (modules, optimizers, metrics, steps).
+        loaders: the train batches and the val batches (None without a val split).
         run_dir: the run directory (``config.yaml`` already written).
         resume: continue from ``run_dir/checkpoints/last.pt``.
-        model: train this model instead of a new one from ``cfg`` (it is trained in place and ends
-            with the best epoch's weights).
+        modules: train these modules instead of new ones from ``cfg`` (trained in place; they end with
+            the best epoch's weights).
+        finish: called with the best weights loaded, before the run is closed; writes the run's
+            artifact (the bundle) and returns its path, which is logged to the tracker.
 
     Returns:
-        The final :class:`TrainState` (epochs, best metric, history).
+        The final :class:`TrainState` (epochs, best metric, history) and the trained modules.
+
+    Example:
+        >>> result = fit(cfg, task.train_module(cfg), Loaders(train_dl, val_dl), run_dir)
     """
-    loop = setup(cfg, task, data, model)
+    loop = setup(cfg, train, loaders, modules)
     check_monitor(loop)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state = restore(loop, load_checkpoint(ckpt_dir / "last.pt")) if resume else TrainState()
+    tally = EpochTally(train.metrics(cfg).to(loop.precision.device), loop.precision.device)
+    state = restore(loop, load_checkpoint(ckpt_dir / "last.pt"), tally) if resume else TrainState()
     if state.stopped.startswith("time budget"):
         state.stopped = ""  # resuming a run that ran out of time continues it
     budget_from = state.elapsed
@@ -306,56 +317,49 @@ def fit(
     status = "FAILED"
     try:
         if not resume:
-            first = next(iter(loop.train_loader))[0]  # images: uint8 (B, C, H, W); texts: ids (B, L)
-            if first.dtype == torch.uint8 and first.ndim == 4:
-                tracker.sample_grid(first)
-            tracker.graph(loop.model, first[:2].to(loop.precision.device))
-            seed_everything(cfg.seed)  # logging must not shift the RNG stream of training
+            _log_first_batch(loop, tracker)
         with progress:
             while state.epoch < cfg.train.epochs and not state.stopped:
-                results = train_one_epoch(loop, state, ckpt_dir, tracker, progress, budget_from)
-                if state.stopped and state.batch < len(loop.train_loader):
-                    save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state))
+                results = train_one_epoch(loop, state, tally, ckpt_dir, tracker, progress, budget_from)
+                if state.stopped and state.batch < len(loop.loaders.train):
+                    save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
                     break
-                if loop.val_loader is not None:
-                    results |= evaluate_split(loop, loop.val_loader, "val")
+                tally = EpochTally(train.metrics(cfg).to(loop.precision.device), loop.precision.device)
+                if loop.loaders.val is not None:
+                    results |= evaluate_split(loop, loop.loaders.val, "val")
                 results["epoch"] = state.epoch
                 state.history.append(results)
                 tracker.scalars({k: v for k, v in results.items() if k != "epoch"}, state.step)
                 end_of_epoch(loop, state, results, ckpt_dir)
                 progress.end_epoch(results)
                 atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
-        _write_bundle(loop, state, run_dir, tracker, task.state_files(data))
+        best = ckpt_dir / "best.pt"
+        if best.exists():
+            loop.modules.load_state_dict(upgrade_checkpoint(load_checkpoint(best), train.serves)["modules"])
+        result = FitResult(state, loop.modules, loop.precision.device)
+        if finish is not None:
+            tracker.artifacts(finish(result), "bundle")
         status = "FINISHED"
     finally:
         tracker.close(status)
-    return state
+    return result
 
 
-def _write_bundle(
-    loop: Loop, state: TrainState, run_dir: Path, tracker: Tracker, state_files: dict[str, bytes]
-) -> None:
-    best = run_dir / "checkpoints" / "best.pt"
-    if best.exists():
-        loop.model.load_state_dict(load_checkpoint(best)["model"])
-    calibration = loop.task.calibrate(loop.cfg, loop.model, loop.val_loader, loop.precision.device)
-    summary = state.history[state.best_epoch] if 0 <= state.best_epoch < len(state.history) else {}
-    save_bundle(
-        run_dir / "bundle",
-        model=loop.model,
-        cfg=loop.cfg,
-        task=loop.task,
-        state_files=state_files,
-        extra={
-            "trained": {
-                "epochs": state.epoch,
-                "best_epoch": state.best_epoch,
-                "steps": state.step,
-                "seconds": round(state.elapsed, 1),
-                "stopped": state.stopped,
-                "metrics": summary,
-            },
-            **({"calibration": calibration} if calibration else {}),
-        },
-    )
-    tracker.artifacts(run_dir / "bundle", "bundle")
+def upgrade_checkpoint(ckpt: dict[str, Any], serves: str) -> dict[str, Any]:
+    """A checkpoint written before named modules (one model, optimizer and schedule) in today's layout."""
+    if "modules" in ckpt:
+        return ckpt
+    return ckpt | {
+        "modules": {f"{serves}.{k}": v for k, v in ckpt["model"].items()},
+        "optimizers": {serves: ckpt["optimizer"]},
+        "schedulers": {serves: ckpt["scheduler"]} if ckpt["scheduler"] else {},
+    }
+
+
+def _log_first_batch(loop: Loop, tracker: Tracker) -> None:
+    first = loop.train.example_input(next(iter(loop.loaders.train)))
+    if first is not None:
+        if first.dtype == torch.uint8 and first.ndim == 4:
+            tracker.sample_grid(first)
+        tracker.graph(loop.modules[loop.train.serves], first[:2].to(loop.precision.device))
+    seed_everything(loop.cfg.seed)  # logging must not shift the RNG stream of training

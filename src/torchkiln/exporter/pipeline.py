@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from torchkiln.config import validate
-from torchkiln.engine.trainer import fit
 from torchkiln.errors import ExportError
 from torchkiln.exporter.bench import measure
 from torchkiln.exporter.gate import (
@@ -49,6 +48,7 @@ from torchkiln.exporter.quantize import check_calibration, load_calibration_file
 from torchkiln.exporter.report import write_reports
 from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks.bundle import Bundle, load_bundle, save_bundle, without_pretrained
+from torchkiln.tasks.training import train_task
 
 EVAL_BATCH = 256
 
@@ -164,7 +164,7 @@ def _finetune(bundle: Bundle, model: nn.Module, data: Any, opts: ExportOptions, 
     cfg = validate(raw)
     run_dir = work / "finetune"
     run_dir.mkdir()
-    fit(cfg, bundle.task, data, run_dir, model=model)
+    train_task(cfg, bundle.task, data, run_dir, modules=nn.ModuleDict({bundle.serves: model}), bundle=False)
     model.cpu().eval()
 
 
@@ -263,6 +263,7 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
                 cfg=bundle.config,
                 task=bundle.task,
                 model=None if model_file else model,
+                serves=bundle.serves,
                 model_file=model_file,
                 extra={"trained": bundle.meta.get("trained"), **extra, "variant": summary["variant"]},
                 attachments={"export_report.json": report_json, "export_report.html": report_html},

@@ -16,18 +16,14 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 from torchkiln.config.schema import RunConfig
+from torchkiln.engine.optim import ParamGroup
+from torchkiln.engine.step import TrainModule
 from torchkiln.registry import Registry
 
-
-@dataclass(frozen=True)
-class ParamGroup:
-    """Parameters that share a learning-rate multiplier (discriminative learning rates)."""
-
-    name: str
-    params: list[nn.Parameter]
-    lr_mult: float = 1.0
+__all__ = ["TASKS", "ParamGroup", "PrimaryMetric", "RequestLimits", "Task", "TrainModule", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -52,20 +48,12 @@ class RequestLimits:
 
 
 @runtime_checkable
-class MetricSet(Protocol):
-    """Accumulates over batches; the engine calls ``reset``, ``update``, ``compute``."""
-
-    def reset(self) -> None: ...
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None: ...
-    def compute(self) -> dict[str, float]: ...
-
-
-@runtime_checkable
 class Task(Protocol):
     """What every task provides. ``prepare`` runs once per run; the rest are pure given the config."""
 
     kind: str
     primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
+    image_input: bool  # inputs are image batches (channels_last pays off; the engine's "auto")
     input_dynamic_axes: tuple[int, ...]  # model input axes whose size varies: (0,) the batch; texts (0, 1)
 
     def prepare(
@@ -90,6 +78,14 @@ class Task(Protocol):
         """Parse what :meth:`state_files` wrote; the result goes to ``preprocess`` and ``prepare``."""
         ...
 
+    def train_module(self, cfg: RunConfig) -> TrainModule:
+        """How this task trains: its modules, optimizers, metrics and steps (the engine's only view).
+
+        The one-model tasks return :class:`~torchkiln.engine.supervised.Supervised` over the methods
+        below (``build_model``, ``to_device``, ``loss``, ``metrics``, ``param_groups``).
+        """
+        ...
+
     def build_model(self, cfg: RunConfig) -> nn.Module:
         """The model for a *resolved* config (no data needed: bundles rebuild models this way)."""
         ...
@@ -102,7 +98,9 @@ class Task(Protocol):
 
     def loss(self, cfg: RunConfig) -> nn.Module: ...
 
-    def metrics(self, cfg: RunConfig) -> MetricSet: ...
+    def metrics(self, cfg: RunConfig) -> Metric:
+        """A fresh torchmetrics ``Metric`` whose ``compute()`` gives ``{name: float}``."""
+        ...
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]: ...
 

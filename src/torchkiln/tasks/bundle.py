@@ -1,14 +1,18 @@
 """The bundle: the one artifact that prediction, export, serving and monitoring consume.
 
     bundle/
-      model.safetensors   weights (no pickle anywhere), or model.onnx for an ONNX Runtime variant
+      model.safetensors   weights of every named module, keys "<module>.<parameter>" (no pickle
+                          anywhere), or model.onnx (the serving module) for an ONNX Runtime variant
       config.yaml         the resolved run config (rebuilds the architecture)
-      bundle.json         format version, task, runtime, labels, preprocessing, model-file SHA-256,
-                          metrics; for an exported variant also what it was made from and its checks
+      bundle.json         format version, task, runtime, the modules and the one that serves (a GAN
+                          serves its generator), labels, preprocessing, model-file SHA-256, metrics;
+                          for an exported variant also what it was made from and its checks
       state/              fitted preprocessing the config cannot hold (a text task's tokenizer.json),
                           each file's SHA-256 in bundle.json; absent for image tasks
 
 A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
+Bundles written before named modules (no "modules" in bundle.json) hold one module's keys unprefixed;
+they load as the task's serving module.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from torchkiln import __version__
 from torchkiln.config import RunConfig, dump_config, validate
+from torchkiln.core._version import __version__
 from torchkiln.errors import BundleError, ConfigError
 from torchkiln.io import sha256_file
 from torchkiln.models.base import resize_to_state
@@ -50,9 +54,11 @@ class Bundle:
     config: RunConfig
     meta: dict[str, Any]
     task: Task
-    model: nn.Module
+    model: nn.Module  # the serving module (``modules[serves]``), or an ONNX Runtime model
     state: Any = None  # task.load_state(config, state_files): what preprocess needs beyond the config
     state_files: dict[str, bytes] = field(default_factory=dict)
+    serves: str = "model"
+    modules: dict[str, nn.Module] = field(default_factory=dict)  # every module the bundle holds
 
 
 def save_bundle(
@@ -61,6 +67,8 @@ def save_bundle(
     cfg: RunConfig,
     task: Task,
     model: nn.Module | None = None,
+    modules: Mapping[str, nn.Module] | None = None,
+    serves: str = "model",
     model_file: Path | None = None,
     extra: dict[str, Any] | None = None,
     attachments: dict[str, Path] | None = None,
@@ -72,8 +80,10 @@ def save_bundle(
         path: the bundle folder to create (replaced if it exists).
         cfg: the *resolved* run config.
         task: the run's task; gives labels and preprocessing.
-        model: a model whose ``state_dict`` is saved as ``model.safetensors`` (torch runtime) ...
-        model_file: ... or an exported ``model.onnx`` to copy in (ONNX Runtime); give one of the two.
+        model: the serving module, saved alone in ``model.safetensors`` (torch runtime) ...
+        modules: ... or every module by name (a GAN's generator and discriminator) ...
+        serves: ... the name of the module that answers predictions ...
+        model_file: ... or an exported ``model.onnx`` of it to copy in (ONNX Runtime); give one of three.
         extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics, export checks).
         attachments: more files to copy in, by name (e.g. ``export_report.json``).
         state_files: the task's fitted preprocessing (``task.state_files(data)``), saved under ``state/``.
@@ -81,18 +91,27 @@ def save_bundle(
     Returns:
         The bundle path.
     """
-    if (model is None) == (model_file is None):
-        raise TypeError("save_bundle needs exactly one of model= and model_file=")
+    if sum(x is not None for x in (model, modules, model_file)) != 1:
+        raise TypeError("save_bundle needs exactly one of model=, modules= and model_file=")
+    if model is not None:
+        modules = {serves: model}
+    if modules is not None and serves not in modules:
+        raise TypeError(f"save_bundle: serves={serves!r} is not one of the modules ({', '.join(modules)})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        if model is not None:
+        if modules is not None:
             runtime, name = "torch", RUNTIMES["torch"]
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            state = {
+                f"{m}.{k}": v.detach().cpu().contiguous()
+                for m, module in modules.items()
+                for k, v in module.state_dict().items()
+            }
             save_file(state, str(tmp / name), metadata={"format": BUNDLE_FORMAT})
         else:
-            assert model_file is not None and model_file.suffix == ".onnx", model_file
+            if model_file is None or model_file.suffix != ".onnx":
+                raise TypeError(f"save_bundle: model_file must be an exported .onnx file; got {model_file}")
             runtime, name = "onnxruntime", RUNTIMES["onnxruntime"]
             shutil.copyfile(model_file, tmp / name)
         for fname, src in (attachments or {}).items():
@@ -113,6 +132,8 @@ def save_bundle(
             "task": task.kind,
             "model": cfg.model.name,
             "runtime": runtime,
+            "modules": list(modules) if modules is not None else [serves],
+            "serves": serves,
             "model_file": name,
             "weights_sha256": sha256_file(tmp / name),
             **task.bundle_meta(cfg),
@@ -177,9 +198,14 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     task = get_task(cfg.task.kind)
     files = _read_state_files(path, meta, verify=verify)
     state = task.load_state(cfg, files)
-    model = OnnxModel(model_file) if runtime == "onnxruntime" else _torch_model(path, cfg, task, meta)
-    model.eval()
-    return Bundle(path, cfg, meta, task, model, state, files)
+    serves = meta.get("serves") or task.train_module(cfg).serves
+    if runtime == "onnxruntime":
+        modules: dict[str, nn.Module] = {serves: OnnxModel(model_file)}
+    else:
+        modules = _torch_modules(path, cfg, task, meta, serves)
+    for module in modules.values():
+        module.eval()
+    return Bundle(path, cfg, meta, task, modules[serves], state, files, serves, modules)
 
 
 def _read_state_files(path: Path, meta: dict[str, Any], *, verify: bool) -> dict[str, bytes]:
@@ -231,16 +257,36 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _torch_model(path: Path, cfg: RunConfig, task: Task, meta: dict[str, Any]) -> nn.Module:
-    model = task.build_model(without_pretrained(cfg))
+def _torch_modules(
+    path: Path, cfg: RunConfig, task: Task, meta: dict[str, Any], serves: str
+) -> dict[str, nn.Module]:
+    """The bundle's modules, rebuilt from the config and loaded from ``model.safetensors``."""
+    built = task.train_module(cfg).build_modules(without_pretrained(cfg))
     state = load_file(str(path / RUNTIMES["torch"]))
-    if meta.get("pruning", {}).get("structured"):
-        resize_to_state(model, state)  # channel-pruned: narrower layers than the config's architecture
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    if "modules" in meta:
+        names = list(meta["modules"])
+        parts = {n: {k[len(n) + 1 :]: v for k, v in state.items() if k.startswith(f"{n}.")} for n in names}
+    else:  # written before named modules: the serving module's keys, unprefixed
+        names, parts = [serves], {serves: state}
+    unknown = [n for n in names if n not in built]
+    if unknown:
         raise BundleError(
-            f"Bundle '{path}': the weights do not fit the '{cfg.model.name}' architecture in config.yaml "
-            f"({str(exc).splitlines()[0]}). The bundle is inconsistent; retrain to rewrite it."
-        ) from None
-    return model
+            f"Bundle '{path}' holds the module(s) {', '.join(unknown)}, which the '{cfg.task.kind}' task "
+            f"does not build (it builds {', '.join(built)}). The bundle is inconsistent; retrain to "
+            "rewrite it."
+        )
+    modules = {}
+    for name in names:
+        module = built[name]
+        if name == serves and meta.get("pruning", {}).get("structured"):
+            resize_to_state(module, parts[name])  # channel-pruned: narrower layers than the config's
+        try:
+            module.load_state_dict(parts[name], strict=True)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"Bundle '{path}': the weights of '{name}' do not fit the '{cfg.model.name}' architecture "
+                f"in config.yaml ({str(exc).splitlines()[0]}). The bundle is inconsistent; retrain to "
+                "rewrite it."
+            ) from None
+        modules[name] = module
+    return modules

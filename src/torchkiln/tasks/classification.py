@@ -7,29 +7,29 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
+from torchmetrics import Metric
 
 
-class MulticlassMetrics:
+class MulticlassMetrics(Metric):
     """Accuracy over an epoch, accumulated on the device (no host sync per batch).
 
-    The loss is the engine's to track; this set holds what only the task knows how to score.
+    The loss is the engine's to track; this set holds what only the task knows how to score. The
+    counts are torchmetrics states: they sum across processes and go into mid-epoch checkpoints.
     """
 
-    def __init__(self) -> None:
-        self.reset()
+    full_state_update = False
 
-    def reset(self) -> None:
-        self.correct = torch.zeros((), dtype=torch.long)
-        self.count = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        if self.correct.device != outputs.device:
-            self.correct = self.correct.to(outputs.device)
         self.correct += (outputs.detach().argmax(1) == targets).sum()
-        self.count += len(targets)
+        self.count += targets.numel()
 
     def compute(self) -> dict[str, float]:
-        return {"accuracy": self.correct.item() / max(self.count, 1)}
+        return {"accuracy": self.correct.item() / max(int(self.count.item()), 1)}
 
 
 class ClassScore(BaseModel):

@@ -21,6 +21,7 @@ from torchkiln.config.schema import RunConfig
 from torchkiln.data.dataset import ImageData, load_image_data
 from torchkiln.data.images import ImageLike, to_model_input
 from torchkiln.data.loader import build_augment, make_loader
+from torchkiln.engine.supervised import Supervised
 from torchkiln.errors import PredictError
 from torchkiln.io import absolute_if_exists
 from torchkiln.models import Classifier, create_model
@@ -130,6 +131,7 @@ def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
 class ImageClassificationTask:
     kind = "image-classification"
     primary_metric = PrimaryMetric("accuracy")
+    image_input = True
     input_dynamic_axes = (0,)  # (B, C, H, W): only the batch varies
 
     def prepare(
@@ -162,6 +164,9 @@ class ImageClassificationTask:
         )
         # Validate again: the filled-in values meet the config's own rules (e.g. one mean per channel).
         return validate(resolved.model_dump(mode="json")), data
+
+    def train_module(self, cfg: RunConfig) -> Supervised:
+        return Supervised(self, cfg)
 
     def build_model(self, cfg: RunConfig) -> ImageClassifierModel:
         d, m = cfg.data, cfg.model

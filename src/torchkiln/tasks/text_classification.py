@@ -34,6 +34,7 @@ from torchkiln.data.tokenize import (
     tokenizer_to_json,
     train_tokenizer,
 )
+from torchkiln.engine.supervised import Supervised
 from torchkiln.errors import ConfigError, DataError, PredictError, did_you_mean
 from torchkiln.io import absolute_if_exists
 from torchkiln.models.base import check_model
@@ -119,6 +120,7 @@ def _check_text(text: Any, index: int) -> str:
 class TextClassificationTask:
     kind = "text-classification"
     primary_metric = PrimaryMetric("accuracy")
+    image_input = False
     input_dynamic_axes = (0, 1)  # (B, L) token ids, padded to the longest row of each batch
 
     # Data ------------------------------------------------------------------------------------------
@@ -209,6 +211,9 @@ class TextClassificationTask:
         return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), cfg.data.max_length)
 
     # Model -----------------------------------------------------------------------------------------
+    def train_module(self, cfg: RunConfig) -> Supervised:
+        return Supervised(self, cfg)
+
     def build_model(self, cfg: RunConfig) -> TextClassifier:
         d, m = cfg.data, cfg.model
         assert isinstance(d, TextDataConfig) and d.classes and d.tokenizer.pad_id is not None, (

@@ -1,0 +1,150 @@
+"""A task's run through the engine: its loaders and train module into ``fit``, and the bundle after.
+
+The engine knows nothing of tasks or bundles; this is where the two meet, once, for ``kiln train``,
+its resume and the backtests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from torchkiln.config import dump_config, validate
+from torchkiln.config.schema import RunConfig
+from torchkiln.engine.trainer import FitResult, Loaders, fit
+from torchkiln.errors import CheckpointError
+from torchkiln.tasks.base import Task, get_task
+from torchkiln.tasks.bundle import save_bundle
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    """``runs_dir/run_name/<timestamp>`` (with ``-2``, ``-3``... when that exists), created."""
+    base = Path(cfg.runs_dir) / cfg.run_name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base / stamp, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def train_new_run(cfg: RunConfig) -> Path:
+    """Check the data, then train a new run; returns its directory (the bundle is ``run_dir/bundle``).
+
+    Raises:
+        ConfigError, DataError: before any compute, if the config or data is bad (no run is left).
+    """
+    task = get_task(cfg.task.kind)
+    resolved, data = task.prepare(cfg)  # all data checks happen here, before any compute
+    run_dir = new_run_dir(resolved)
+    (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
+    for name, content in task.state_files(data).items():  # fitted on train: what a resume must reuse
+        (run_dir / "state").mkdir(exist_ok=True)
+        (run_dir / "state" / name).write_bytes(content)
+    if data.problems:
+        lines = [f"{item}\t{reason}" for item, reason in data.problems]
+        (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        train_task(resolved, task, data, run_dir)
+    except BaseException:
+        if not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
+        raise
+    return run_dir
+
+
+def resume_run(run_dir: Path) -> Path:
+    """Continue ``run_dir`` from its last checkpoint, with its saved config and fitted state.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a run directory, or has no usable checkpoint.
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"'{run_dir}' is not a run directory (no config.yaml). Pass the directory that "
+            f"'kiln train' printed as its last line."
+        )
+    resolved = validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+    task = get_task(resolved.task.kind)
+    files = {p.name: p.read_bytes() for p in sorted((run_dir / "state").glob("*"))}
+    # The state the run started with (a tokenizer): refitting could differ, and the weights fit it.
+    _, data = task.prepare(resolved, state=task.load_state(resolved, files) if files else None)
+    train_task(resolved, task, data, run_dir, resume=True)
+    return run_dir
+
+
+def task_loaders(task: Task, cfg: RunConfig, data: Any) -> Loaders:
+    """The train batches (shuffled, augmented) and the val batches, None if the val split is empty."""
+    val = task.loader(cfg, data, "val", train=False) if len(data.splits["val"]) else None
+    return Loaders(task.loader(cfg, data, "train", train=True), val)
+
+
+def train_task(
+    cfg: RunConfig,
+    task: Task,
+    data: Any,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    modules: nn.ModuleDict | None = None,
+    bundle: bool = True,
+) -> FitResult:
+    """Train ``task`` on ``data`` into ``run_dir``; with ``bundle``, calibrate and write ``run_dir/bundle``.
+
+    Args:
+        cfg: the resolved config (``task.prepare`` gave it, with ``data``).
+        task: the run's task.
+        data: what ``task.prepare`` returned.
+        run_dir: the run directory (``config.yaml`` already written).
+        resume: continue from the last checkpoint.
+        modules: train these instead of new modules (a pruned model to fine-tune).
+        bundle: write the bundle at the end (a fine-tune inside ``kiln export`` does not).
+
+    Returns:
+        What :func:`~torchkiln.engine.trainer.fit` returns: the state and the best weights.
+
+    Example:
+        >>> resolved, data = task.prepare(cfg)
+        >>> train_task(resolved, task, data, run_dir).state.best_value
+    """
+    loaders = task_loaders(task, cfg, data)
+    train = task.train_module(cfg)
+
+    def write_bundle(result: FitResult) -> Path:
+        model = result.modules[train.serves]
+        calibration = task.calibrate(cfg, model, loaders.val, result.device)
+        s = result.state
+        summary = s.history[s.best_epoch] if 0 <= s.best_epoch < len(s.history) else {}
+        trained = {
+            "epochs": s.epoch,
+            "best_epoch": s.best_epoch,
+            "steps": s.step,
+            "seconds": round(s.elapsed, 1),
+            "stopped": s.stopped,
+            "metrics": summary,
+        }
+        return save_bundle(
+            run_dir / "bundle",
+            modules=result.modules,
+            serves=train.serves,
+            cfg=cfg,
+            task=task,
+            state_files=task.state_files(data),
+            extra={"trained": trained, **({"calibration": calibration} if calibration else {})},
+        )
+
+    return fit(
+        cfg,
+        train,
+        loaders,
+        run_dir,
+        resume=resume,
+        modules=modules,
+        finish=write_bundle if bundle else None,
+    )
