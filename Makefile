@@ -22,6 +22,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/lint-imports  # the layers in .importlinter (docs/architecture.md)
 
 test: lint
 	$(PY) -m pytest -q

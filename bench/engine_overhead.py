@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchkiln.config import load_config
 from torchkiln.tasks import get_task
+from torchkiln.tasks.base import load_config
 from torchkiln.tasks.training import train_task
 
 

@@ -25,9 +25,9 @@ import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from torchkiln.artifacts.bundle import load_bundle, without_pretrained
+from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.exporter.onnx import INPUT_NAME, export_onnx
-from torchkiln.models.runtime import OnnxModel
-from torchkiln.tasks.bundle import load_bundle, without_pretrained
 
 
 def split_arrays(bundle, data, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:

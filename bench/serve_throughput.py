@@ -354,7 +354,7 @@ def check_answers(port: int, path: str, samples: list[str], expected: list[str])
 
 def make_bodies(n: int, path: Path) -> tuple[list[str], list[bytes], list[str]]:
     """``n`` Fashion-MNIST test images as JSON bodies (one per line), their PNG bytes and true labels."""
-    from torchkiln.data.catalog import load_catalog
+    from torchkiln.components.catalog import load_catalog
 
     data = load_catalog("fashion-mnist")
     test = np.flatnonzero(data.splits == "test") if data.splits is not None else np.arange(len(data.images))

@@ -19,10 +19,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from torchkiln.config import load_config
-from torchkiln.config.schema import TextDataConfig
-from torchkiln.data.splits import class_list, make_splits
-from torchkiln.tasks.text_classification import read_table, split_array
+from torchkiln.components.splits import class_list, make_splits
+from torchkiln.tasks.base import load_config
+from torchkiln.tasks.text_classification.config import TextDataConfig
+from torchkiln.tasks.text_classification.task import read_table, split_array
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import torchkiln
-from torchkiln.data.catalog import fashion_mnist_files
+from torchkiln.components.catalog import fashion_mnist_files
 
 RECIPE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist.yaml"
 

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from torchkiln.tasks import TASKS
+
+TASKS.names()  # loads every family; each registers its models (model tests iterate over all of them)
+
 CLASSES = ("dot", "hbar", "vbar")
 
 ImageFolderFactory = Callable[..., Path]

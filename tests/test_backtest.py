@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from torchkiln.backtest import backtest
-from torchkiln.config import validate
-from torchkiln.errors import ConfigError, DataError
+from torchkiln.core.errors import ConfigError, DataError
+from torchkiln.tasks.base import validate
+from torchkiln.tasks.forecasting.backtest import backtest
 
 
 def test_bad_backtests_say_why(tmp_path: Path, make_series_csv, make_forecast_config, make_config) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchkiln.errors import ConfigError, RegistryError
-from torchkiln.models import MODELS, create_model
-from torchkiln.registry import Registry, check_kwargs
+from torchkiln.components.models import MODELS
+from torchkiln.core.errors import ConfigError, RegistryError
+from torchkiln.core.registry import Registry, check_kwargs
+from torchkiln.tasks.image_classification.models import create_model
 
 
 def make_registry() -> Registry[object]:

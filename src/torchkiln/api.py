@@ -7,29 +7,25 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from torchkiln.backtest import BacktestResult, backtest
-from torchkiln.config import RunConfig, load_config
-from torchkiln.config.loader import format_errors
+from torchkiln.artifacts.bundle import load_bundle
+from torchkiln.artifacts.predictor import Predictor, load_predictor
+from torchkiln.components.splits import SPLITS
+from torchkiln.core.config import RunConfig
+from torchkiln.core.config_io import format_errors
+from torchkiln.core.errors import DataError, ExportError
 from torchkiln.engine.precision import resolve_device
-from torchkiln.errors import ExportError
-from torchkiln.evaluation.forecast import ForecastEvalResult
-from torchkiln.evaluation.runner import EvalResult, evaluate_bundle
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
-from torchkiln.tasks.bundle import load_bundle
-from torchkiln.tasks.predictor import Predictor, load_predictor
+from torchkiln.tasks.base import Evaluation, load_config
 from torchkiln.tasks.training import resume_run, train_new_run
 
 if TYPE_CHECKING:
     from torchkiln.serve.settings import ServeSettings
 
 __all__ = [
-    "BacktestResult",
-    "EvalResult",
+    "Evaluation",
     "ExportResult",
-    "ForecastEvalResult",
     "Predictor",
-    "backtest",
     "evaluate",
     "export",
     "load_config",
@@ -76,7 +72,7 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
 
 def evaluate(
     path: str | Path, *, split: str | None = None, out_dir: str | Path | None = None, device: str = "auto"
-) -> EvalResult | ForecastEvalResult:
+) -> Evaluation:
     """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
 
     A classifier's report has per-class metrics, curves and the worst mistakes. A forecaster's puts the
@@ -91,8 +87,8 @@ def evaluate(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
 
     Returns:
-        An :class:`EvalResult` (classification) or a :class:`ForecastEvalResult` (forecasting): the
-        metrics and the paths of ``metrics.json`` and ``report.html``.
+        The task's :class:`~torchkiln.tasks.base.Evaluation`: its figures (a classifier's accuracy, ECE...;
+        a forecaster's scores beside the baselines) and the paths of ``metrics.json`` and ``report.html``.
 
     Raises:
         BundleError: ``path`` holds no usable bundle.
@@ -104,6 +100,8 @@ def evaluate(
     """
     bundle = load_bundle(path)
     split = split or bundle.config.evaluate.split
+    if split not in SPLITS:
+        raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")
     if out_dir is None:
         base = (
             bundle.path.parent / "eval"
@@ -112,7 +110,7 @@ def evaluate(
         )
         out_dir = base / split
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return evaluate_bundle(bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device))
+    return bundle.task.evaluate(bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device))
 
 
 def export(path: str | Path, **options: Any) -> ExportResult:

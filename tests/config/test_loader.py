@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from torchkiln.config import RunConfig, apply_override, dump_config, load_config, validate
-from torchkiln.errors import ConfigError
+from torchkiln.core.config import RunConfig
+from torchkiln.core.config_io import apply_override, dump_config
+from torchkiln.core.errors import ConfigError
+from torchkiln.tasks.base import load_config, validate
 
 MINIMAL: dict[str, Any] = {
     "task": "image-classification",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchkiln.config import validate
+from torchkiln.artifacts.bundle import load_bundle, save_bundle
+from torchkiln.artifacts.runtime import OnnxModel
+from torchkiln.components.models import MODELS
 from torchkiln.exporter.onnx import export_onnx
 from torchkiln.exporter.prune import prune_structured
-from torchkiln.models import MODELS
-from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks import get_task
-from torchkiln.tasks.bundle import load_bundle, save_bundle
+from torchkiln.tasks.base import validate
 
 CLASSES = ["a", "b", "c"]
 IMAGE_MODELS = [n for n in MODELS.names() if MODELS.get(n).task == "image-classification"]

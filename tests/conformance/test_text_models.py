@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchkiln.config import validate
+from torchkiln.artifacts.bundle import load_bundle, save_bundle
+from torchkiln.artifacts.runtime import OnnxModel
+from torchkiln.components.models import MODELS
 from torchkiln.exporter.onnx import export_onnx
-from torchkiln.models import MODELS
-from torchkiln.models.runtime import OnnxModel
 from torchkiln.tasks import get_task
-from torchkiln.tasks.bundle import load_bundle, save_bundle
+from torchkiln.tasks.base import validate
 
 TEXT_MODELS = [n for n in MODELS.names() if MODELS.get(n).task == "text-classification"]
 SMALL = {  # small widths keep the suite fast; the architecture is the registered one

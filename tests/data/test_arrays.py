@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from torchkiln.data import arrays
-from torchkiln.data.arrays import ArrayData, load_idx_dataset, load_npz, read_idx, read_idx_pair
-from torchkiln.errors import DataError
+from torchkiln.components import arrays
+from torchkiln.components.arrays import ArrayData, load_idx_dataset, load_npz, read_idx, read_idx_pair
+from torchkiln.core.errors import DataError
 
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 
@@ -30,7 +30,7 @@ def write_idx(path: Path, a: np.ndarray, *, gz: bool | None = None) -> Path:
 
 
 def test_modules_do_not_import_torch():
-    for module in (arrays, __import__("torchkiln.data.catalog", fromlist=["x"])):
+    for module in (arrays, __import__("torchkiln.components.catalog", fromlist=["x"])):
         tree = ast.parse(Path(module.__file__).read_text())
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torchkiln.data import catalog
-from torchkiln.data.arrays import ArrayData
-from torchkiln.data.catalog import DATASETS, load_catalog, safe_folder_name, write_image_folder
-from torchkiln.errors import DataError, RegistryError
+from torchkiln.components import catalog
+from torchkiln.components.arrays import ArrayData
+from torchkiln.components.catalog import DATASETS, load_catalog, safe_folder_name, write_image_folder
+from torchkiln.core.errors import DataError, RegistryError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_debian = pytest.mark.skipif(
@@ -275,7 +275,7 @@ def test_download_accepts_any_listed_digest(tmp_path):
 
 
 def test_select_split_keeps_one_split_and_refuses_unknown_ones() -> None:
-    from torchkiln.data.catalog import select_split
+    from torchkiln.components.catalog import select_split
 
     data = ArrayData(
         np.zeros((4, 2, 2), np.uint8),

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from torchkiln.config.schema import DataConfig
-from torchkiln.data.dataset import ImageData, load_image_data
-from torchkiln.data.images import to_model_input
-from torchkiln.errors import DataError
+from torchkiln.components.images import to_model_input
+from torchkiln.core.errors import DataError
+from torchkiln.tasks.image_classification.config import ImageDataConfig
+from torchkiln.tasks.image_classification.data import ImageData, load_image_data
 
 CLASSES = ["dot", "hbar", "vbar"]
 
 
 def load(path: Path, **settings: Any) -> ImageData:
-    return load_image_data(DataConfig(path=str(path), **settings), seed=0)
+    return load_image_data(ImageDataConfig(path=str(path), **settings), seed=0)
 
 
 def split_sizes(data: ImageData) -> dict[str, int]:
@@ -81,7 +81,7 @@ def test_config_size_and_channels_win(tiny_image_folder: Path) -> None:
 def test_mixed_sizes_use_the_model_default(tmp_path: Path, make_image_folder) -> None:
     root = make_image_folder(tmp_path / "sizes", per_class=4)
     Image.new("RGB", (40, 20)).save(root / "dot" / "wide.png")
-    data = load_image_data(DataConfig(path=str(root)), seed=0, default_size=24)
+    data = load_image_data(ImageDataConfig(path=str(root)), seed=0, default_size=24)
     assert data.size == 24
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from torchkiln.data import images
-from torchkiln.data.images import decode_all, open_image, scan_csv, scan_folder, to_model_input
-from torchkiln.errors import DataError
+from torchkiln.components import images
+from torchkiln.components.images import decode_all, open_image, scan_csv, scan_folder, to_model_input
+from torchkiln.core.errors import DataError
 
 
 def save(path: Path, arr: np.ndarray) -> Path:

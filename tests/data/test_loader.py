@@ -8,9 +8,10 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from torchkiln.config.schema import AugmentStep, DataConfig
-from torchkiln.data.dataset import SplitData, load_image_data
-from torchkiln.data.loader import BatchSet, EpochBatchSampler, build_augment, make_loader
+from torchkiln.components.augment import AugmentStep, build_augment
+from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.tasks.image_classification.config import ImageDataConfig
+from torchkiln.tasks.image_classification.data import BatchSet, SplitData, load_image_data, make_loader
 
 STEPS = TypeAdapter(list[AugmentStep])
 ALL_STEPS = [
@@ -150,8 +151,8 @@ def test_evaluation_loader_keeps_every_item_in_order() -> None:
 
 
 def test_loader_over_lazy_files(tiny_image_folder: Path) -> None:
-    data = load_image_data(DataConfig(path=str(tiny_image_folder), cache="none"), seed=0)
-    eager = load_image_data(DataConfig(path=str(tiny_image_folder)), seed=0)
+    data = load_image_data(ImageDataConfig(path=str(tiny_image_folder), cache="none"), seed=0)
+    eager = load_image_data(ImageDataConfig(path=str(tiny_image_folder)), seed=0)
     lazy_x = torch.cat(
         [x for x, _ in make_loader(data.splits["val"], batch_size=2, size=16, channels=3, num_workers=0)]
     )
@@ -159,7 +160,7 @@ def test_loader_over_lazy_files(tiny_image_folder: Path) -> None:
 
 
 def test_batch_flip_flips_each_image_on_its_own() -> None:
-    from torchkiln.data.loader import BatchFlip
+    from torchkiln.components.augment import BatchFlip
 
     torch.manual_seed(0)
     x = torch.arange(64 * 2 * 3, dtype=torch.uint8).view(64, 1, 2, 3)

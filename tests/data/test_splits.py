@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from torchkiln.data.splits import carve_val, limit_per_class, stratified_split
+from torchkiln.components.splits import carve_val, limit_per_class, stratified_split
 
 
 def counts(labels: np.ndarray, splits: np.ndarray, cls: int) -> dict[str, int]:

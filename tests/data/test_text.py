@@ -12,16 +12,16 @@ import pytest
 from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
-from torchkiln.data import movie_reviews
-from torchkiln.data.catalog import DATASETS, load_catalog, load_image_catalog, load_text_catalog
-from torchkiln.data.text import (
+from torchkiln.components import movie_reviews
+from torchkiln.components.catalog import DATASETS, load_catalog, load_image_catalog, load_text_catalog
+from torchkiln.components.text_table import (
     TextTable,
     detect_text_format,
     read_text_table,
     select_text_split,
     write_text_csv,
 )
-from torchkiln.errors import DataError
+from torchkiln.core.errors import DataError
 
 REAL_SDIST = Path("/tmp/t5dl/vaderSentiment-3.3.2.tar.gz")
 

@@ -14,17 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from torchkiln.config.schema import TimeSeriesDataConfig, TimeSeriesSplitConfig
-from torchkiln.data.catalog import DATASETS, load_image_catalog, load_series_catalog
-from torchkiln.data.timeseries import (
+from torchkiln.components.catalog import DATASETS, load_image_catalog, load_series_catalog, write_series_csv
+from torchkiln.core.errors import DataError
+from torchkiln.tasks.forecasting.config import TimeSeriesDataConfig, TimeSeriesSplitConfig
+from torchkiln.tasks.forecasting.data import (
     calendar_features,
     future_times,
     infer_season,
     read_series,
-    write_series_csv,
 )
-from torchkiln.data.windows import fit_scaler, split_bounds
-from torchkiln.errors import DataError
+from torchkiln.tasks.forecasting.windows import fit_scaler, split_bounds
 
 
 def write(path: Path, content: str) -> Path:

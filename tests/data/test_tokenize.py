@@ -10,8 +10,8 @@ import pytest
 import tokenizers
 import torch
 
-from torchkiln.data.loader import EpochBatchSampler
-from torchkiln.data.tokenize import (
+from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.tokenize import (
     BucketBatchSampler,
     TextEncoder,
     load_pretrained_tokenizer,
@@ -21,7 +21,7 @@ from torchkiln.data.tokenize import (
     tokenizer_to_json,
     train_tokenizer,
 )
-from torchkiln.errors import ConfigError, DataError
+from torchkiln.core.errors import ConfigError, DataError
 
 # No 'q', 'x' or 'z' in the corpus: words with them are out of vocabulary.
 WORDS = [

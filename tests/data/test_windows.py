@@ -1,4 +1,5 @@
-"""Splits in time, windows and scalers (torchkiln.data.windows): nothing from val or test reaches training."""
+"""Splits in time, windows and scalers (tasks/forecasting/windows.py): nothing from val or test reaches
+training."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from torchkiln.config.schema import ScalerStats, TimeSeriesSplitConfig
-from torchkiln.data.windows import fit_scaler, scale, split_bounds, unscale, window_origins
-from torchkiln.errors import DataError
+from torchkiln.core.errors import DataError
+from torchkiln.tasks.forecasting.config import ScalerStats, TimeSeriesSplitConfig
+from torchkiln.tasks.forecasting.windows import fit_scaler, scale, split_bounds, unscale, window_origins
 
 
 def message(call, *args, **kw) -> str:

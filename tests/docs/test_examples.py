@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln.config import load_config
+from torchkiln.tasks.base import load_config
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 

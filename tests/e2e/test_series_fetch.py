@@ -6,8 +6,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
-from torchkiln.config.schema import TimeSeriesDataConfig
-from torchkiln.data.timeseries import read_series
+from torchkiln.tasks.forecasting.config import TimeSeriesDataConfig
+from torchkiln.tasks.forecasting.data import read_series
 
 
 def unwrapped(text: str) -> str:

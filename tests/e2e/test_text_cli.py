@@ -74,5 +74,8 @@ def test_bad_input_gets_a_clear_message(project: Path, run_dir: Path) -> None:
     for proc in (nocol, a_file, nothing):
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, explain(proc)
     assert "has no column 'body'" in nocol.stdout + nocol.stderr, explain(nocol)
-    assert "it takes texts, not files as arguments" in a_file.stdout + a_file.stderr, explain(a_file)
+    assert (
+        "This bundle is a text-classification model, which does not take file arguments. "
+        "It takes --text, --file and --top-k."
+    ) in a_file.stderr, explain(a_file)
     assert "No texts were given. Use --text" in nothing.stdout + nothing.stderr, explain(nothing)

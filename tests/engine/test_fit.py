@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import torchkiln
 from torchkiln.cli.main import app
-from torchkiln.errors import ConfigError
+from torchkiln.core.errors import ConfigError
 
 
 def test_monitor_typo_fails_before_training_and_leaves_no_run(tiny_config: dict[str, Any]) -> None:

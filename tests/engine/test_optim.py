@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from torch import nn
 from torch.optim import lr_scheduler
 
-from torchkiln.config.schema import OptimizerConfig, SchedulerConfig, TrainConfig
+from torchkiln.core.config import OptimizerConfig, SchedulerConfig, TrainConfig
+from torchkiln.core.errors import ConfigError
 from torchkiln.engine import precision as prec
 from torchkiln.engine.optim import ParamGroup, build_optimizer, build_scheduler
-from torchkiln.errors import ConfigError
 
 
 def groups() -> tuple[nn.Module, list[ParamGroup]]:

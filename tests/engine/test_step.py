@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics import Metric
 
 import torchkiln
-from torchkiln.config.schema import RunConfig
-from torchkiln.data.loader import EpochBatchSampler
+from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.metric import Metric
+from torchkiln.core.config import RunConfig
 from torchkiln.engine.optim import ParamGroup, build_optimizer
 from torchkiln.engine.precision import Precision
 from torchkiln.engine.step import OptimSpec, StepContext, TrainModule
@@ -44,12 +44,10 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool =
 
 
 class MeanAbsError(Metric):
-    full_state_update = False
-
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.float64))
+        self.add_state("count", torch.zeros((), dtype=torch.long))
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.total += (outputs.detach() - targets).abs().sum().double()

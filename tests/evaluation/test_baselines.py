@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from torchkiln.errors import ConfigError, DataError
-from torchkiln.evaluation.baselines import (
+from torchkiln.core.errors import ConfigError, DataError
+from torchkiln.tasks.forecasting.baselines import (
     BASELINES,
     ArimaFit,
     EtsFit,

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from torchkiln.errors import DataError
-from torchkiln.evaluation.baselines import baseline_forecasts
-from torchkiln.evaluation.forecast import ForecastEvalResult, evaluate_forecast, run_baselines
-from torchkiln.tasks.bundle import Bundle, load_bundle, without_pretrained
-from torchkiln.tasks.forecast_metrics import METRICS, forecast_errors, summarize_errors
-from torchkiln.tasks.forecasting import History, SeriesData
-from torchkiln.tasks.predictor import Predictor
+from torchkiln.artifacts.bundle import Bundle, load_bundle, without_pretrained
+from torchkiln.artifacts.predictor import Predictor
+from torchkiln.core.errors import DataError
+from torchkiln.tasks.forecasting.baselines import baseline_forecasts
+from torchkiln.tasks.forecasting.evaluate import ForecastEvalResult, evaluate_forecast, run_baselines
+from torchkiln.tasks.forecasting.metrics import METRICS, forecast_errors, summarize_errors
+from torchkiln.tasks.forecasting.task import History, SeriesData
 
 KILN = str(Path(sys.executable).parent / "kiln")
 

@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from torchkiln.errors import DataError
-from torchkiln.evaluation import classification_metrics, pr_curves, roc_curves
+from torchkiln.components.classification_metrics import classification_metrics, pr_curves, roc_curves
+from torchkiln.core.errors import DataError
 
 NAMES = ["cat", "dog", "bird"]
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchkiln.errors import DataError, KilnError
-from torchkiln.evaluation import classification_metrics, report, write_report
+from torchkiln.components import classification_report as report
+from torchkiln.components.classification_metrics import classification_metrics
+from torchkiln.components.classification_report import write_report
+from torchkiln.core.errors import DataError, KilnError
 
 PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchkiln.errors import ExportError
+from torchkiln.core.errors import ExportError
 from torchkiln.exporter.onnx import export_onnx
 
 
@@ -35,8 +35,8 @@ def test_unsupported_operator_is_named(tmp_path) -> None:
 def test_a_second_export_keeps_every_dynamic_axis(tmp_path) -> None:
     """The dynamo exporter can fix an LSTM's length to the example's on a second export in one
     process; such a graph is not accepted: the next exporter is tried, and both files take any length."""
-    from torchkiln.models.runtime import OnnxModel
-    from torchkiln.models.text import lstm
+    from torchkiln.artifacts.runtime import OnnxModel
+    from torchkiln.tasks.text_classification.models import lstm
 
     torch.manual_seed(0)
     model = lstm(num_classes=2, vocab_size=40, pad_id=0, max_length=16, embed_dim=8, hidden_size=8).eval()

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from torchkiln import api
+from torchkiln.artifacts.bundle import load_bundle
 from torchkiln.cli.main import app
-from torchkiln.errors import BundleError, ExportError
-from torchkiln.tasks.bundle import load_bundle
+from torchkiln.core.errors import BundleError, ExportError
 
 FAST = {"bench_seconds": 0.01}  # latency numbers are not under test here; 100 runs still happen
 

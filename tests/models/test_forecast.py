@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchkiln.errors import ConfigError
-from torchkiln.models.forecast import Forecaster
+from torchkiln.core.errors import ConfigError
+from torchkiln.tasks.forecasting.models import Forecaster
 
 
 class Zero(nn.Module):

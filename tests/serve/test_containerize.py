@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from torchkiln import load_predictor
 from torchkiln.cli.deploy import containerize_command
-from torchkiln.errors import BundleError, ServeError
+from torchkiln.core.errors import BundleError, ServeError
 from torchkiln.serve import containerize as cz
 from torchkiln.serve.deployments import model_name
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from torchkiln.errors import ServeError
+from torchkiln.core.errors import ServeError
 from torchkiln.serve import predlog, predlog_db
 from torchkiln.serve.predlog import PredictionLog, PredictionRecord, read_predictions
 

@@ -15,12 +15,12 @@ import typer
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from torchkiln.artifacts.bundle import BUNDLE_FORMAT
+from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.cli.registry import registry_app
-from torchkiln.errors import BundleError, ServeError
-from torchkiln.io import sha256_file
+from torchkiln.core.errors import BundleError, ServeError
+from torchkiln.core.io import sha256_file
 from torchkiln.serve import registry as reg
-from torchkiln.tasks.bundle import BUNDLE_FORMAT
-from torchkiln.tasks.predictor import load_predictor
 
 
 @dataclass(frozen=True)

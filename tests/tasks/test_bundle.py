@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from torchkiln.io import sha256_file
-from torchkiln.tasks.bundle import load_bundle
+from torchkiln.artifacts.bundle import load_bundle
+from torchkiln.core.io import sha256_file
 
 
 def test_a_bundle_names_its_modules_and_the_one_that_serves(tiny_bundle: Path) -> None:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from torchkiln.tasks.conformal import TOLERANCE, conformal_offsets, interval_pairs
+from torchkiln.tasks.forecasting.conformal import TOLERANCE, conformal_offsets, interval_pairs
 
 
 def test_offsets_match_the_hand_computed_rank() -> None:

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from torchkiln.errors import ConfigError, DataError
-from torchkiln.tasks.forecast_metrics import forecast_errors, seasonal_naive_scale, summarize_errors
+from torchkiln.core.errors import ConfigError, DataError
+from torchkiln.tasks.forecasting.metrics import forecast_errors, seasonal_naive_scale, summarize_errors
 
 # Two windows, two horizon steps, one column: (W, H, C) = (2, 2, 1).
 #   window 0: target 1, 2   pred 2, 2   error  1, 0

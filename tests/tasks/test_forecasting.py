@@ -16,16 +16,16 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from torchkiln.artifacts.bundle import load_bundle, without_pretrained
+from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.cli.main import app
-from torchkiln.config import validate
-from torchkiln.data.windows import fit_scaler, scale, unscale
-from torchkiln.errors import PredictError
-from torchkiln.evaluation.forecast import network_quantiles
+from torchkiln.core.errors import PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.bundle import load_bundle, without_pretrained
-from torchkiln.tasks.forecast_metrics import summarize_errors
-from torchkiln.tasks.forecasting import History, PinballLoss
-from torchkiln.tasks.predictor import load_predictor
+from torchkiln.tasks.base import validate
+from torchkiln.tasks.forecasting.evaluate import network_quantiles
+from torchkiln.tasks.forecasting.metrics import summarize_errors
+from torchkiln.tasks.forecasting.task import History, PinballLoss
+from torchkiln.tasks.forecasting.windows import fit_scaler, scale, unscale
 
 TASK = get_task("forecasting")
 KILN = str(Path(sys.executable).parent / "kiln")
@@ -260,3 +260,12 @@ def test_the_training_metrics_on_the_device_match_the_numpy_definitions(tiny_for
 def unscale_inverse_zero(d: Any) -> float:
     """The scaled value whose original value is 0."""
     return float(scale(np.zeros((1, 1)), d.scaler_stats)[0, 0])
+
+
+def test_predict_options_of_another_task_are_refused(tiny_forecast_bundle: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", str(tiny_forecast_bundle), "--text", "hello", "--top-k", "2"])
+    assert result.exit_code == 2
+    assert (
+        "This bundle is a forecasting model, which does not take --text or --top-k. "
+        "It takes --history and --horizon."
+    ) in " ".join(result.output.split())

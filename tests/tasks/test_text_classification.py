@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from torchkiln import api
-from torchkiln.config import validate
-from torchkiln.errors import BundleError, ConfigError, DataError, PredictError
+from torchkiln.artifacts.bundle import load_bundle
+from torchkiln.artifacts.predictor import load_predictor
+from torchkiln.core.errors import BundleError, ConfigError, DataError, PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.bundle import load_bundle
-from torchkiln.tasks.predictor import load_predictor
+from torchkiln.tasks.base import validate
 
 TASK = get_task("text-classification")
 

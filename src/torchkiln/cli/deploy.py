@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from torchkiln.errors import KilnError
+from torchkiln.core.errors import KilnError
 
 
 def _fail(exc: KilnError) -> None:

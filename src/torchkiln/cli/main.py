@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from torchkiln.cli.common import err
-from torchkiln.cli.common import fail as _fail
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
-from torchkiln.errors import KilnError, PredictError
+from torchkiln.core.console import err, out
+from torchkiln.core.console import fail as _fail
+from torchkiln.core.errors import KilnError, PredictError
 
 if TYPE_CHECKING:
-    from torchkiln.evaluation.forecast import ForecastEvalResult
     from torchkiln.exporter import ExportResult
 
 app = typer.Typer(
@@ -37,7 +36,6 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(registry_app, name="registry")
 app.command("containerize")(containerize_command)
 
-out = Console()
 
 SetOpt = Annotated[
     list[str] | None,
@@ -100,91 +98,12 @@ def evaluate(
         result = api.evaluate(path, split=split, out_dir=out_dir)
     except KilnError as exc:
         _fail(exc)
-    if isinstance(result, api.ForecastEvalResult):
-        _print_forecast_eval(result)
-    else:
-        m = result.metrics
-        out.print(
-            f"{result.split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  "
-            f"macro-AUC {m.macro_auc:.4f}  ECE {m.ece:.4f}  (n={m.num_samples})"
-        )
-    out.print(f"metrics: {result.metrics_file}")
-    out.print(f"report:  {result.report}")
-
-
-def _forecast_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
-    """Models x (MAE, RMSE, sMAPE, MASE, rel. MAE), the network first."""
-    names = {"model": "network", "naive": "naive", "seasonal_naive": "seasonal naive"}
-    table = Table(title=title)
-    table.add_column("model")
-    for header in ("MAE", "RMSE", "sMAPE %", "MASE", "rel. MAE"):
-        table.add_column(header, justify="right")
-    for name, m in metrics.items():
-        values = (m["mae"], m["rmse"], m["smape"], m["mase"], m["relative_mae"])
-        table.add_row(
-            names.get(name, name.upper()), *(f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" for v in values)
-        )
-    return table
-
-
-def _print_forecast_eval(result: ForecastEvalResult) -> None:
-    """The models x metrics table of a forecasting evaluation, the coverage and any notes."""
-    title = f"{result.split} split: {result.windows} windows, same for every model"
-    out.print(_forecast_table(title, result.metrics))
-    out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
-    if result.interval is not None:
-        lo, hi = result.interval
-        coverage = result.metrics["model"]["coverage"]
-        nominal = 100 * (hi - lo)
-        out.print(f"coverage of the {lo:g}-{hi:g} interval: {100 * coverage:.1f} % (nominal {nominal:.0f} %)")
+    for part in result.summary():
+        out.print(part)
     for note in result.notes:
         err.print(Text(f"note: {note}"), soft_wrap=True)
-
-
-@app.command()
-def backtest(
-    config: Annotated[Path, typer.Argument(help="A forecasting run config YAML.")],
-    set_: SetOpt = None,
-    folds: Annotated[int, typer.Option(min=2, help="How many successive forecast origins.")] = 3,
-    step: Annotated[
-        int | None, typer.Option(min=1, help="Steps between the folds' ends (default: data.horizon).")
-    ] = None,
-    seeds: Annotated[
-        int, typer.Option(min=1, help="Train every fold with this many seeds, from the config's seed up.")
-    ] = 1,
-) -> None:
-    """Rolling-origin backtest: train and test a forecasting config at FOLDS successive ends of its data."""
-    from torchkiln import api
-
-    try:
-        cfg = api.load_config(config, set_ or [])
-        result = api.backtest(cfg, folds=folds, step=step, seeds=range(cfg.seed, cfg.seed + seeds))
-    except KilnError as exc:
-        _fail(exc)
-    for f in result.folds:
-        m = f.metrics["model"]
-        out.print(
-            f"{f'seed {f.seed}, ' if seeds > 1 else ''}fold {f.index}: data to {f.end}, test {f.test[0]} .. "
-            f"{f.test[1]}: MASE {m['mase']:.3f}  rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.4g}  "
-            f"({f.train_seconds:.1f} s of training)"
-        )
-    runs = f"{folds} folds" + (f" x {seeds} seeds" if seeds > 1 else "")
-    out.print(_forecast_table(f"mean over {runs}", result.mean))
-    if result.seed_std:
-        for seed, m in result.per_seed.items():
-            n = m["model"]
-            out.print(
-                f"network, seed {seed}: MASE {n['mase']:.3f}  rel. MAE {n['relative_mae']:.3f}  "
-                f"RMSE {n['rmse']:.4g}"
-            )
-        n, sd = result.mean["model"], result.seed_std["model"]
-        out.print(
-            f"network over seeds (mean ± sd of the per-seed means): MASE {n['mase']:.3f} ± {sd['mase']:.3f}  "
-            f"rel. MAE {n['relative_mae']:.3f} ± {sd['relative_mae']:.3f}  "
-            f"RMSE {n['rmse']:.2f} ± {sd['rmse']:.2f}"
-        )
-    out.print("rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it).")
-    out.print(f"summary: {result.summary}")
+    out.print(f"metrics: {result.metrics_file}")
+    out.print(f"report:  {result.report}")
 
 
 @app.command()
@@ -214,106 +133,28 @@ def predict(
 ) -> None:
     """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history)."""
     from torchkiln import api
+    from torchkiln.tasks.base import PredictArgs
 
+    args = PredictArgs(tuple(inputs or ()), tuple(text or ()), file, history, horizon, top_k)
     try:
         predictor = api.load_predictor(bundle)
-        if predictor.bundle.task.kind == "forecasting":
-            _forecast(predictor, history, horizon, as_json)
-            return
-        if history is not None or horizon is not None:
-            raise PredictError("--history and --horizon are for forecasting bundles; this one classifies.")
-        items, shown = _predict_inputs(predictor, inputs or [], text or [], file)
-        results = predictor.predict(items, top_k=top_k)
+        task = predictor.bundle.task
+        extra = [PredictArgs.FLAGS[f] for f in args.given() if f not in task.cli_options]
+        if extra:
+            takes = [flag for f, flag in PredictArgs.FLAGS.items() if f in task.cli_options]
+            listed = f"{', '.join(takes[:-1])} and {takes[-1]}" if len(takes) > 1 else takes[0]
+            raise PredictError(
+                f"This bundle is a {task.kind} model, which does not take {' or '.join(extra)}. "
+                f"It takes {listed}."
+            )
+        lines = task.cli_predict(predictor, args, as_json=as_json)
     except KilnError as exc:
         _fail(exc)
-    for name, res in zip(shown, results, strict=True):
+    for line in lines:
         if as_json:
-            print(json.dumps({"input": name, **res}))
+            print(line)
         else:
-            alts = ", ".join(f"{t['label']} {t['score']:.3f}" for t in res["top_k"])
-            out.print(
-                f"{escape(name)}: [bold]{escape(res['label'])}[/] ({res['score']:.3f})   "
-                f"top-{len(res['top_k'])}: {escape(alts)}",
-                highlight=False,
-                soft_wrap=True,
-            )
-
-
-def _forecast(predictor: Any, history: Path | None, horizon: int | None, as_json: bool) -> None:
-    """``kiln predict BUNDLE --history series.csv [--horizon H]``: a table of timestamps and quantiles."""
-    from torchkiln.tasks.forecasting import read_history
-
-    cfg = predictor.bundle.config
-    if history is None:
-        raise PredictError("A forecaster needs the series so far: pass --history series.csv.")
-    if horizon is not None and horizon > cfg.data.horizon:
-        raise PredictError(
-            f"--horizon {horizon} is longer than the {cfg.data.horizon} steps this model forecasts. Pass "
-            f"--horizon {cfg.data.horizon} or less, or retrain with data.horizon: {horizon}."
-        )
-    [res] = predictor.predict([read_history(cfg, history)])
-    n = horizon or cfg.data.horizon
-    res = {
-        "timestamps": res["timestamps"][:n],
-        "steps": res["steps"][:n],
-        "forecast": {k: v[:n] for k, v in res["forecast"].items()},
-        "quantiles": {q: {k: v[:n] for k, v in by.items()} for q, by in res["quantiles"].items()},
-    }
-    if as_json:
-        print(json.dumps(res))
-        return
-    qs = list(res["quantiles"])
-    table = Table(title=f"forecast from {history.name}")
-    table.add_column("time")
-    for name in res["forecast"]:
-        table.add_column(f"{name} (median)", justify="right")
-        table.add_column(f"{name} {qs[0]}-{qs[-1]}", justify="right")
-    for i, t in enumerate(res["timestamps"]):
-        cells = [t]
-        for name, values in res["forecast"].items():
-            low, high = res["quantiles"][qs[0]][name][i], res["quantiles"][qs[-1]][name][i]
-            cells += [f"{values[i]:.4g}", f"{low:.4g} .. {high:.4g}"]
-        table.add_row(*cells)
-    out.print(table)
-
-
-def _predict_inputs(
-    predictor: Any, paths: list[Path], texts: list[str], file: Path | None
-) -> tuple[list[Any], list[str]]:
-    """What to predict on, and how to name each input in the output."""
-    kind = predictor.bundle.task.kind
-    if kind == "text-classification":
-        if paths:
-            raise PredictError(
-                f"This bundle is a {kind} model; it takes texts, not files as arguments. Use --text "
-                f"'...' or --file texts.txt."
-            )
-        items = list(texts) + (_read_texts(file, predictor) if file is not None else [])
-        if not items:
-            raise PredictError("No texts were given. Use --text '...' (repeatable) or --file texts.txt.")
-        return items, [t if len(t) <= 60 else t[:57] + "..." for t in items]
-    if texts or file is not None:
-        raise PredictError(
-            f"This bundle is a {kind} model; --text and --file are for text models. Pass image files."
-        )
-    if not paths:
-        raise PredictError("No inputs were given. Pass one or more image files after the bundle.")
-    return [str(p) for p in paths], [str(p) for p in paths]
-
-
-def _read_texts(file: Path, predictor: Any) -> list[str]:
-    from torchkiln.data.text import read_text_table
-
-    if file.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson"):
-        column = predictor.bundle.config.data.text_column
-        return read_text_table(file, text_column=column, require_labels=False).texts
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictError(
-            f"Cannot read '{file}' as UTF-8 text ({exc}). Expected one text per line; re-save it as UTF-8."
-        ) from None
-    return [line for line in lines if line.strip()]
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 class Format(StrEnum):
@@ -476,7 +317,7 @@ def config_show(
 ) -> None:
     """Print the resolved config: every default filled in, data-dependent ones from the data."""
     from torchkiln import api
-    from torchkiln.config import dump_config
+    from torchkiln.core.config_io import dump_config
 
     try:
         cfg = api.load_config(config, set_ or [])
@@ -494,8 +335,8 @@ class Kind(StrEnum):
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="datasets, models or tasks.")]) -> None:
     """List what is registered."""
-    from torchkiln.data.catalog import DATASETS
-    from torchkiln.models import MODELS
+    from torchkiln.components.catalog import DATASETS
+    from torchkiln.components.models import MODELS
     from torchkiln.tasks import TASKS
 
     table = Table(title=kind.value)
@@ -503,6 +344,7 @@ def list_(kind: Annotated[Kind, typer.Argument(help="datasets, models or tasks."
     if kind.value != "tasks":
         table.add_column("kind" if kind.value == "datasets" else "task")
     table.add_column("description")
+    TASKS.names()  # loads every task family, which registers its models
     registry = {"datasets": DATASETS, "models": MODELS, "tasks": TASKS}[kind.value]
     for entry in registry:
         what = getattr(entry.obj, "kind" if kind.value == "datasets" else "task", None)
@@ -523,16 +365,16 @@ def datasets_fetch(
     ] = None,
 ) -> None:
     """Write a catalog dataset out as you would bring it yourself: image folders, or text or series CSVs."""
-    from torchkiln.data.catalog import (
+    from torchkiln.components.catalog import (
         DATASETS,
         load_catalog,
         load_series_catalog,
         select_split,
         write_image_folder,
+        write_series_csv,
     )
-    from torchkiln.data.text import TextTable, select_text_split, write_text_csv
-    from torchkiln.data.timeseries import write_series_csv
-    from torchkiln.errors import DataError
+    from torchkiln.components.text_table import TextTable, select_text_split, write_text_csv
+    from torchkiln.core.errors import DataError
 
     try:
         if DATASETS.get(name).kind == "timeseries":
@@ -555,3 +397,8 @@ def datasets_fetch(
     except KilnError as exc:
         _fail(exc)
     out.print(f"wrote {written} to {path}")
+
+
+# A task family's own commands (forecasting's backtest) are ``torchkiln.commands`` entry points.
+for _ep in sorted(entry_points(group="torchkiln.commands"), key=lambda e: e.name):
+    app.command(_ep.name)(_ep.load())

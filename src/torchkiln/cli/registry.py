@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from torchkiln.cli.common import err, fail
-from torchkiln.errors import KilnError
+from torchkiln.core.console import err, fail
+from torchkiln.core.errors import KilnError
 
 registry_app = typer.Typer(
     help="Register bundles as model versions and point the champion/challenger aliases `kiln serve` loads.",

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchkiln.errors import CheckpointError
-from torchkiln.io import atomic_write
+from torchkiln.core.errors import CheckpointError
+from torchkiln.core.io import atomic_write
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from torchkiln.config.schema import OptimizerConfig, SchedulerConfig
-from torchkiln.errors import ConfigError
+from torchkiln.core.config import OptimizerConfig, SchedulerConfig
+from torchkiln.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

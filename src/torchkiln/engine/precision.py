@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from torchkiln.config.schema import TrainConfig
-from torchkiln.errors import ConfigError
+from torchkiln.core.config import TrainConfig
+from torchkiln.core.errors import ConfigError
 
 
 @lru_cache(maxsize=1)

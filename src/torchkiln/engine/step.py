@@ -29,11 +29,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
-from torchmetrics import Metric
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.components.metric import Metric
+from torchkiln.core.config import RunConfig
+from torchkiln.core.errors import did_you_mean
 from torchkiln.engine.precision import Precision
-from torchkiln.errors import did_you_mean
 
 Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
 
@@ -68,7 +68,7 @@ class TrainModule(Protocol):
     ) -> list[OptimSpec]: ...
 
     def metrics(self, cfg: RunConfig) -> Metric:
-        """A fresh torchmetrics ``Metric`` (or ``MetricCollection``) whose ``compute`` gives a dict."""
+        """A fresh :class:`~torchkiln.components.metric.Metric` whose ``compute`` gives ``{name: float}``."""
         ...
 
     def training_step(self, ctx: StepContext, modules: nn.ModuleDict, batch: Any) -> dict[str, torch.Tensor]:

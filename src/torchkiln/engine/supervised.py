@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torchmetrics import Metric
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.components.metric import Metric
+from torchkiln.core.config import RunConfig
 from torchkiln.engine.optim import ParamGroup, build_optimizer, build_scheduler
 from torchkiln.engine.step import OptimSpec, StepContext
 

@@ -7,19 +7,16 @@ steps (:meth:`EpochTally.flush`), never per step. The tally is part of a mid-epo
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-from torchmetrics import Metric
+
+from torchkiln.components.metric import Metric
 
 
 def computed(metrics: Metric) -> dict[str, float]:
-    """``metrics.compute()`` as plain floats (``{}`` of names with NaN for a metric not updated yet)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")  # a fresh metric
-        values = metrics.compute()
-    return {k: float(v) for k, v in values.items()}
+    """``metrics.compute()`` as plain floats."""
+    return {k: float(v) for k, v in metrics.compute().items()}
 
 
 class EpochTally:
@@ -33,8 +30,7 @@ class EpochTally:
     """
 
     def __init__(self, metrics: Metric, device: torch.device) -> None:
-        self.metrics = metrics
-        self.metrics.persistent(True)  # its states go into state_dict(), so a checkpoint holds them
+        self.metrics = metrics  # its states are buffers: state_dict() holds them
         self.device = device
         self.running: dict[str, torch.Tensor] = {}  # since the last flush
         self.total: dict[str, torch.Tensor] = {}  # since the start of the epoch
@@ -78,8 +74,7 @@ class EpochTally:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.metrics.load_state_dict(state["metrics"])
-        self.metrics.to(self.device)  # loading replaces the states with the checkpoint's (CPU) tensors
+        self.metrics.load_state_dict(state["metrics"])  # copied into the states, on their device
         self.running = {k: v.to(self.device) for k, v in state["running"].items()}
         self.total = {k: v.to(self.device) for k, v in state["total"].items()}
         self.since_log, self.weight = state["since_log"], state["weight"]

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchkiln.config.schema import RunConfig, TrackingConfig
-from torchkiln.errors import ConfigError
+from torchkiln.core.config import RunConfig, TrackingConfig
+from torchkiln.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

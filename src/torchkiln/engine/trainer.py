@@ -26,15 +26,15 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.core.config import RunConfig
+from torchkiln.core.errors import ConfigError, did_you_mean
+from torchkiln.core.io import atomic_write_text
 from torchkiln.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchkiln.engine.precision import Precision, resolve_precision
 from torchkiln.engine.progress import Progress
 from torchkiln.engine.step import OptimSpec, StepContext, TrainModule
 from torchkiln.engine.tally import EpochTally, computed
 from torchkiln.engine.tracking import Tracker
-from torchkiln.errors import ConfigError, did_you_mean
-from torchkiln.io import atomic_write_text
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchkiln.errors import ExportError
+from torchkiln.core.errors import ExportError
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 AXIS_NAMES = {0: "batch", 1: "length"}

@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from torchkiln.config import validate
-from torchkiln.errors import ExportError
+from torchkiln.artifacts.bundle import Bundle, load_bundle, save_bundle, without_pretrained
+from torchkiln.artifacts.runtime import OnnxModel
+from torchkiln.core.errors import ExportError
 from torchkiln.exporter.bench import measure
 from torchkiln.exporter.gate import (
     BENCH_BATCHES,
@@ -46,8 +47,7 @@ from torchkiln.exporter.prune import (
 )
 from torchkiln.exporter.quantize import check_calibration, load_calibration_file, quantize_onnx
 from torchkiln.exporter.report import write_reports
-from torchkiln.models.runtime import OnnxModel
-from torchkiln.tasks.bundle import Bundle, load_bundle, save_bundle, without_pretrained
+from torchkiln.tasks.base import validate
 from torchkiln.tasks.training import train_task
 
 EVAL_BATCH = 256

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from torchkiln.errors import ExportError
+from torchkiln.core.errors import ExportError
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchkiln.errors import ExportError
+from torchkiln.core.errors import ExportError
 
 _DYNAMIC_OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather"]
 

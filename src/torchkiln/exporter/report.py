@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchkiln.evaluation.report import html_page
-from torchkiln.io import atomic_write_text
+from torchkiln.components.classification_report import html_page
+from torchkiln.core.io import atomic_write_text
 
 
 def write_reports(out_dir: Path, summary: dict[str, Any]) -> tuple[Path, Path]:

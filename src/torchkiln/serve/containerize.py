@@ -27,11 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from torchkiln import __version__
+from torchkiln.artifacts.bundle import load_bundle
 from torchkiln.components.html import render
-from torchkiln.errors import ServeError
+from torchkiln.core._version import __version__
+from torchkiln.core.errors import ServeError
 from torchkiln.serve.deployments import model_name
-from torchkiln.tasks.bundle import load_bundle
 
 TORCH, TORCHVISION = "2.14.1", "0.29.1"  # the Makefile's pins: the image runs what the tests ran
 BASE_IMAGE = "python:3.11-slim"  # both stages: the venv's python symlink must resolve in the runtime

@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 
-from torchkiln.config import load_config
-from torchkiln.errors import KilnError
+from torchkiln.artifacts.predictor import Predictor, load_predictor
+from torchkiln.core.errors import KilnError
 from torchkiln.serve.batching import DynamicBatcher
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.settings import ModelSpec, ServeSettings
-from torchkiln.tasks.base import RequestLimits
-from torchkiln.tasks.predictor import Predictor, load_predictor
+from torchkiln.tasks.base import RequestLimits, load_config
 
 log = logging.getLogger("torchkiln.serve")
 REGISTRY_SCHEME = "models:/"

@@ -26,8 +26,8 @@ from pathlib import Path
 import pydantic_core
 import sqlalchemy as sa
 
-from torchkiln.errors import ServeError
-from torchkiln.io import fsync_dir
+from torchkiln.core.errors import ServeError
+from torchkiln.core.io import fsync_dir
 from torchkiln.serve.predlog_db import (
     BACKOFF_S,
     FIELDS,

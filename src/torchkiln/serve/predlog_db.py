@@ -24,8 +24,8 @@ import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from torchkiln.errors import ServeError
-from torchkiln.io import fsync_dir
+from torchkiln.core.errors import ServeError
+from torchkiln.core.io import fsync_dir
 
 # Errors that mean "the database is unavailable right now": keep the records and retry. Any other error
 # means the database refuses the records themselves, which retrying cannot fix.

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchkiln.errors import ServeError
+from torchkiln.core.errors import ServeError
 from torchkiln.serve.predlog_db import (
     BACKOFF_S,
     TRANSIENT,

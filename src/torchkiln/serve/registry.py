@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from torchkiln.errors import BundleError, KilnError, ServeError
-from torchkiln.io import sha256_file
-from torchkiln.tasks.bundle import RUNTIMES, _read_meta, load_bundle
+from torchkiln.artifacts.bundle import RUNTIMES, _read_meta, load_bundle
+from torchkiln.core.errors import BundleError, KilnError, ServeError
+from torchkiln.core.io import sha256_file
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -24,8 +24,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from torchkiln.config.loader import format_errors
-from torchkiln.errors import KilnError
+from torchkiln.core.config_io import format_errors
+from torchkiln.core.errors import KilnError
 from torchkiln.serve.batching import QueueFullError
 from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
 from torchkiln.serve.predlog import PredictionRecord

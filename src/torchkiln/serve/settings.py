@@ -9,7 +9,7 @@
     log_url: postgresql+psycopg://kiln@127.0.0.1/kiln
 
 Nothing is read at import time; :func:`load_settings` does the reading and turns every problem into
-one :class:`~torchkiln.errors.ServeError` that lists what to fix.
+one :class:`~torchkiln.core.errors.ServeError` that lists what to fix.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from torchkiln.config.loader import format_errors
-from torchkiln.errors import ServeError
+from torchkiln.core.config_io import format_errors
+from torchkiln.core.errors import ServeError
 
 SERVE_FIX = (
     "Fix the value in the serve YAML, the KILN_SERVE_* environment variable or the kiln serve option; "

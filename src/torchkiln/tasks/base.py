@@ -8,22 +8,38 @@ what keeps training and serving preprocessing identical.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import Metric
 
-from torchkiln.config.schema import RunConfig
+from torchkiln.components.metric import Metric
+from torchkiln.core.config import RunConfig
+from torchkiln.core.config_io import RUN_CONFIG_FIX, apply_override, format_errors, read_config_file
+from torchkiln.core.errors import ConfigError, RegistryError, did_you_mean
+from torchkiln.core.registry import Entry, Registry
 from torchkiln.engine.optim import ParamGroup
 from torchkiln.engine.step import TrainModule
-from torchkiln.registry import Registry
 
-__all__ = ["TASKS", "ParamGroup", "PrimaryMetric", "RequestLimits", "Task", "TrainModule", "get_task"]
+__all__ = [
+    "TASKS",
+    "Evaluation",
+    "ParamGroup",
+    "PredictArgs",
+    "PrimaryMetric",
+    "RequestLimits",
+    "Task",
+    "TrainModule",
+    "get_task",
+    "load_config",
+    "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -47,11 +63,52 @@ class RequestLimits:
     max_pixels: int = 4096 * 4096  # per image; a small PNG can decode to gigabytes
 
 
+@dataclass(frozen=True)
+class PredictArgs:
+    """What ``kiln predict`` was given besides the bundle; a task reads the ones in its ``cli_options``."""
+
+    paths: tuple[Path, ...] = ()  # FILES...
+    texts: tuple[str, ...] = ()  # --text
+    file: Path | None = None  # --file
+    history: Path | None = None  # --history
+    horizon: int | None = None  # --horizon
+    top_k: int | None = None  # --top-k
+
+    FLAGS: ClassVar[dict[str, str]] = {
+        "paths": "file arguments",
+        "texts": "--text",
+        "file": "--file",
+        "history": "--history",
+        "horizon": "--horizon",
+        "top_k": "--top-k",
+    }
+
+    def given(self) -> list[str]:
+        """The fields set on the command line, in flag order."""
+        return [name for name in self.FLAGS if getattr(self, name) not in (None, ())]
+
+
+@runtime_checkable
+class Evaluation(Protocol):
+    """What ``Task.evaluate`` returns: the figures, and where the report and metrics.json were written."""
+
+    split: str
+    report: Path
+    metrics_file: Path
+    notes: Sequence[str]  # what was skipped and why; printed as notes
+
+    def summary(self) -> list[Any]:
+        """What ``kiln evaluate`` prints: lines (rich markup) and tables."""
+        ...
+
+
 @runtime_checkable
 class Task(Protocol):
     """What every task provides. ``prepare`` runs once per run; the rest are pure given the config."""
 
     kind: str
+    summary: str  # one line for ``kiln list tasks``
+    config_type: type[RunConfig]  # the run config of this task: its ``task`` and ``data`` sections
     primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
     image_input: bool  # inputs are image batches (channels_last pays off; the engine's "auto")
     input_dynamic_axes: tuple[int, ...]  # model input axes whose size varies: (0,) the batch; texts (0, 1)
@@ -99,7 +156,7 @@ class Task(Protocol):
     def loss(self, cfg: RunConfig) -> nn.Module: ...
 
     def metrics(self, cfg: RunConfig) -> Metric:
-        """A fresh torchmetrics ``Metric`` whose ``compute()`` gives ``{name: float}``."""
+        """A fresh :class:`~torchkiln.components.metric.Metric`; ``compute()`` gives ``{name: float}``."""
         ...
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]: ...
@@ -164,9 +221,121 @@ class Task(Protocol):
         """A real, valid JSON request body, shown in the OpenAPI docs."""
         ...
 
+    # Evaluation and the command line.
+    cli_options: frozenset[str]  # the PredictArgs fields ``kiln predict`` takes for this task
 
-TASKS: Registry[Task] = Registry("task")
+    def evaluate(self, bundle: Any, *, split: str, out_dir: Path, device: torch.device) -> Evaluation:
+        """Score ``bundle`` on ``split``; write ``metrics.json`` and ``report.html`` into ``out_dir``."""
+        ...
+
+    def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
+        """Predict what ``kiln predict`` was given; what to print (rich lines or tables; JSON lines)."""
+        ...
+
+
+ENTRY_POINTS = "torchkiln.tasks"  # the entry point group: name = task kind, value = the Task object
+
+
+class TaskRegistry(Registry[Task]):
+    """Tasks by kind, found through the ``torchkiln.tasks`` entry point group on first use.
+
+    The built-in families are entry points of this package (pyproject.toml), and a separate package can
+    add a family the same way, so no generic module imports or names one. ``add`` still registers a
+    task directly (a test's toy task).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("task")
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+            if ep.name in self._entries:
+                continue
+            task = ep.load()
+            if getattr(task, "kind", None) != ep.name:
+                raise RegistryError(
+                    f"The entry point '{ep.name}' = {ep.value} gives a task of kind "
+                    f"{getattr(task, 'kind', None)!r}; expected kind '{ep.name}'. Make the entry point's "
+                    "name the task's kind."
+                )
+            self.add(ep.name, task, summary=task.summary)
+
+    def get(self, name: str) -> Task:
+        self._load()
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[Entry[Task]]:
+        self._load()
+        return super().__iter__()
+
+    def names(self) -> list[str]:
+        self._load()
+        return super().names()
+
+
+TASKS = TaskRegistry()
 
 
 def get_task(kind: str) -> Task:
     return TASKS.get(kind)
+
+
+def validate(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a raw config with the run config of its task (``task.kind`` picks it).
+
+    Raises:
+        ConfigError: no task, an unknown task, or any invalid setting (all problems listed, with fixes).
+
+    Example:
+        >>> validate({"task": "image-classification", "data": "data/shapes"}).train.epochs
+        10
+    """
+    task = raw.get("task") if isinstance(raw, Mapping) else None
+    kind = task if isinstance(task, str) else task.get("kind") if isinstance(task, Mapping) else None
+    if not isinstance(kind, str):
+        raise ConfigError(
+            "The run config has no task: 'task' is missing or has no 'kind'. Expected e.g. "
+            f"'task: {TASKS.names()[0]}'; the tasks are {', '.join(TASKS.names())} (kiln list tasks). "
+            f"{RUN_CONFIG_FIX}"
+        )
+    if kind not in TASKS:
+        raise ConfigError(
+            f"The run config's task is '{kind}', which is not a task.{did_you_mean(kind, TASKS.names())} "
+            f"Expected one of {', '.join(TASKS.names())} (kiln list tasks). {RUN_CONFIG_FIX}"
+        )
+    model = TASKS.get(kind).config_type
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, model)) from None
+
+
+def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a run config.
+
+    Args:
+        source: a YAML file path, or an already-parsed mapping.
+        overrides: ``key.path=value`` strings; each value is parsed as YAML, then validated
+            together with the file, so a bad value gets the same error as in the file.
+
+    Returns:
+        The validated, frozen run config of the task (data-dependent fields still unset).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, or a value is invalid.
+
+    Example:
+        >>> cfg = load_config("kiln.yaml", ["train.epochs=3"])
+    """
+    raw = read_config_file(source) if isinstance(source, str | Path) else dict(source)
+    for item in overrides:
+        raw = apply_override(raw, item)
+    return validate(raw)

@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 from torch import nn
 
-from torchkiln.config import dump_config, validate
-from torchkiln.config.schema import RunConfig
+from torchkiln.artifacts.bundle import save_bundle
+from torchkiln.core.config import RunConfig
+from torchkiln.core.config_io import dump_config
+from torchkiln.core.errors import CheckpointError
 from torchkiln.engine.trainer import FitResult, Loaders, fit
-from torchkiln.errors import CheckpointError
-from torchkiln.tasks.base import Task, get_task
-from torchkiln.tasks.bundle import save_bundle
+from torchkiln.tasks.base import Task, get_task, validate
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

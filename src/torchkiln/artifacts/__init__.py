@@ -1,0 +1,1 @@
+"""What training leaves and everything after it consumes: the bundle, the predictor, the runtimes."""

@@ -1,0 +1,84 @@
+"""Predict from a bundle with exactly the training preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchkiln.artifacts.bundle import Bundle, load_bundle
+
+
+class Predictor:
+    """Wraps a loaded bundle; ``predict`` takes raw inputs (for images: paths, bytes, arrays, PIL).
+
+    Example:
+        >>> p = Predictor(load_bundle("runs/x/bundle"))
+        >>> p.predict(["boot.png"], top_k=3)[0]["label"]
+        'Ankle boot'
+    """
+
+    def __init__(self, bundle: Bundle, *, device: str = "cpu", batch_size: int = 64) -> None:
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.model = bundle.model.to(self.device).eval()
+        self.batch_size = batch_size
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.bundle.meta.get("labels") or [])
+
+    @property
+    def version(self) -> str:
+        """A short content version: the first 12 hex digits of the model file's SHA-256."""
+        return str(self.bundle.meta.get("weights_sha256") or "unknown")[:12]
+
+    def preprocess(self, inputs: Sequence[Any]) -> torch.Tensor:
+        """Raw inputs -> the model's input batch, exactly as in training (on the CPU)."""
+        return self.bundle.task.preprocess(self.bundle.config, inputs, self.bundle.state)
+
+    def collate(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Several ``preprocess`` results -> one model batch (texts are padded to the longest)."""
+        return self.bundle.task.collate_inputs(self.bundle.config, parts)
+
+    def summarize(self, raw: Sequence[Any], x: torch.Tensor) -> list[dict[str, Any]]:
+        """JSON-ready descriptions of preprocessed inputs, for the prediction log and drift monitoring."""
+        return self.bundle.task.summarize_inputs(self.bundle.config, raw, x)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One model call on a preprocessed batch."""
+        return self.model(x.to(self.device))
+
+    def postprocess(
+        self, outputs: torch.Tensor, *, top_k: int | None = None, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Model outputs -> one JSON-ready answer per input; ``top_k`` defaults to ``task.top_k``.
+
+        ``raw``: the inputs of ``outputs``, for tasks whose answers need them (forecast timestamps).
+        """
+        cfg = self.bundle.config
+        default = getattr(cfg.task, "top_k", 1)  # tasks without classes (forecasting) have no top_k
+        return self.bundle.task.postprocess(cfg, outputs, top_k=top_k or default, raw=raw)
+
+    def predict(self, inputs: Sequence[Any], *, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Preprocess, run the model in batches, and return one answer per input.
+
+        ``top_k`` defaults to the config's ``task.top_k``.
+        """
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
+            chunk = inputs[start : start + self.batch_size]
+            out += self.postprocess(self.forward(self.preprocess(chunk)), top_k=top_k, raw=chunk)
+        return out
+
+
+def load_predictor(path: str | Path, *, device: str = "cpu") -> Predictor:
+    """Load a bundle (or a run directory holding ``bundle/``) for prediction.
+
+    Raises:
+        BundleError: the bundle is incomplete, from another version, or corrupt.
+    """
+    return Predictor(load_bundle(path), device=device)

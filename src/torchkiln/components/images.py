@@ -1,0 +1,215 @@
+"""Image preprocessing shared by training, evaluation and prediction, and the scan of image sources.
+
+One function, :func:`to_model_input`, turns any image into the uint8 ``(C, S, S)`` tensor the model
+sees: convert the mode, resize the shorter side to ``S``, center-crop. Training, ``kiln predict``
+and the server all call it, so their preprocessing cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from torchkiln.core.errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
+
+ImageLike = str | Path | bytes | np.ndarray | Image.Image
+
+
+def open_image(source: ImageLike) -> Image.Image:
+    """Open a path, encoded bytes, a uint8 array or a PIL image, fully decoded.
+
+    Raises:
+        DataError: the file is missing, not an image, truncated, or too large.
+    """
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise DataError(
+                f"Image array has dtype {source.dtype} and shape {source.shape}; expected uint8 (H, W) "
+                f"or (H, W, 3). Convert it with (array * 255).astype('uint8') if it is in [0, 1]."
+            )
+        return Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[-1] == 1 else source)
+    name = str(source) if isinstance(source, str | Path) else "<bytes>"
+    with _image_errors(name):
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if img.width * img.height > MAX_PIXELS:
+            raise DataError(
+                f"Image '{name}' is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} allowed. "
+                f"Downscale it before use."
+            )
+        img.load()
+    return img
+
+
+@contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Turn Pillow's errors into a DataError that names the file and the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(
+            f"Image file '{name}' does not exist. Check the path or remove it from the data."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"Image '{name}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
+            f"Replace or delete the file, or set data.on_error: skip to leave such files out."
+        ) from None
+
+
+def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tensor:
+    """Preprocess one image to a uint8 ``(C, size, size)`` tensor: mode, shorter side, center crop.
+
+    Example:
+        >>> to_model_input("cat.jpg", size=224, channels=3).shape
+        torch.Size([3, 224, 224])
+    """
+    img = _to_mode(open_image(source), channels)
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, S, S)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert to L or RGB; 16-bit and float grayscale are rescaled, not clipped at 255."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.round().astype(np.uint8))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def image_header(path: Path) -> tuple[int, int, str]:
+    """(width, height, mode) read from the header only; raises DataError like :func:`open_image`."""
+    with _image_errors(str(path)), Image.open(path) as img:
+        return img.width, img.height, img.mode
+
+
+@dataclass
+class FileItems:
+    """Image files found by a scan, before any split is made."""
+
+    paths: list[Path]
+    labels: list[str]
+    splits: list[str] | None  # None when the source brings no split
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (item, reason) skipped
+
+
+def scan_folder(root: Path) -> FileItems:
+    """Scan ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in subdirs if p.name in ("train", "val", "test")]
+    if split_dirs and "train" not in {p.name for p in split_dirs}:
+        raise DataError(
+            f"Image folder '{root}' has {[p.name for p in split_dirs]} but no 'train/' folder. "
+            f"Expected root/train/<class>/... (val/ and test/ optional), or root/<class>/... without splits."
+        )
+    layout = [(p.name, p) for p in split_dirs] if split_dirs else [(None, root)]
+    paths: list[Path] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    for split, base in layout:
+        for cls_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for f in sorted(cls_dir.rglob("*")):
+                hidden = any(part.startswith(".") for part in f.relative_to(cls_dir).parts)
+                if f.is_file() and not hidden and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(f)
+                    labels.append(cls_dir.name)
+                    splits.append(split or "")
+    if not paths:
+        raise DataError(
+            f"No images found in '{root}'. Expected one subfolder per class holding image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally inside train/, val/ and test/."
+        )
+    return FileItems(paths, labels, splits if split_dirs else None)
+
+
+def scan_csv(path: Path, *, on_error: str) -> FileItems:
+    """Scan a ``path,label[,split]`` manifest; relative paths are relative to the CSV's folder."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = set(reader.fieldnames or [])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"Manifest '{path}' is not valid UTF-8 ({exc}). Save it as UTF-8.") from None
+    if not {"path", "label"} <= header:
+        raise DataError(
+            f"Manifest '{path}' has columns {sorted(header)}; expected 'path,label' and optionally 'split'. "
+            f"Add a header line: path,label,split"
+        )
+    if not rows:
+        raise DataError(
+            f"Manifest '{path}' has a header but no rows. Add one line per image: path,label[,split]"
+        )
+    items = FileItems([], [], [] if "split" in header else None)
+    for line, row in enumerate(rows, start=2):
+        file = Path(row["path"] or "")
+        file = file if file.is_absolute() else path.parent / file
+        split = (row.get("split") or "").strip()
+        problem = _check_row(row, file, split, items.splits is not None)
+        if problem:
+            if on_error == "raise":
+                raise DataError(f"Manifest '{path}', line {line}: {problem}")
+            items.problems.append((f"{path.name}:{line}", problem))
+            continue
+        items.paths.append(file)
+        items.labels.append(row["label"].strip())
+        if items.splits is not None:
+            items.splits.append(split)
+    return items
+
+
+def _check_row(row: dict[str, str], file: Path, split: str, has_split: bool) -> str | None:
+    if not (row.get("label") or "").strip():
+        return "the label is empty. Give every row a label, or set data.on_error: skip."
+    if not file.is_file():
+        return f"image file '{file}' does not exist. Fix the path or set data.on_error: skip."
+    if has_split and split not in ("train", "val", "test"):
+        return f"split '{split}' is not one of train, val, test. Fix the value or leave the column out."
+    return None
+
+
+def decode_all(
+    paths: Sequence[Path], *, size: int, channels: int, workers: int = 4
+) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Decode and preprocess every file in parallel (Pillow releases the GIL while decoding).
+
+    Returns:
+        (images ``(M, C, S, S)`` uint8 for the M files that decoded, their indices, problems).
+    """
+
+    def one(p: Path) -> torch.Tensor | str:
+        try:
+            return to_model_input(p, size=size, channels=channels)
+        except DataError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, paths, chunksize=64))
+    ok = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
+    problems = [(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
+    empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
+    stacked = torch.stack([results[i] for i in ok]) if ok else empty  # type: ignore[misc]
+    return stacked, ok, problems

@@ -1,0 +1,45 @@
+"""``Metric``: figures accumulated over batches as device tensors, with no host sync until ``compute``.
+
+A subclass declares its running sums with :meth:`Metric.add_state`. They are buffers, so ``.to(device)``
+moves them, ``state_dict()`` holds them (the engine puts the epoch in progress in its mid-epoch
+checkpoints), and summing them across processes is all DDP will need.
+
+This is not torchmetrics' ``Metric``: importing torchmetrics took 6.0 s here and imports transformers,
+which every training and serving process would pay. torchmetrics' functional metrics are still used where
+a report is written (:mod:`torchkiln.components.classification_metrics`).
+
+Example:
+    >>> class Accuracy(Metric):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.add_state("correct", torch.zeros((), dtype=torch.long))
+    ...         self.add_state("count", torch.zeros((), dtype=torch.long))
+    ...
+    ...     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    ...         self.correct += (outputs.argmax(1) == targets).sum()
+    ...         self.count += targets.numel()
+    ...
+    ...     def compute(self) -> dict[str, float]:
+    ...         return {"accuracy": self.correct.item() / max(int(self.count), 1)}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Metric(nn.Module):
+    """Running sums as buffers; subclasses define ``update(...)`` and ``compute() -> {name: float}``."""
+
+    def add_state(self, name: str, default: torch.Tensor) -> None:
+        """A running sum, starting at ``default`` (a tensor; its dtype is kept)."""
+        self.register_buffer(name, default.clone())
+
+    def update(self, *args: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define update(...)")
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must define compute() -> dict[str, float]")

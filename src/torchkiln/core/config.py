@@ -1,0 +1,179 @@
+"""The run config every task shares: pydantic v2 models with ``extra="forbid"``.
+
+The smallest config a user writes works as written; every other setting has a default, and the
+data-dependent ones (classes, image size, channels, normalization, scalers) are filled in from the
+data by the task's ``prepare``, which returns a *new* config. Code never mutates a loaded config.
+Each task family defines its ``task`` and ``data`` sections and a RunConfig subclass (its
+``config.py``); :func:`torchkiln.tasks.base.validate` picks that subclass by ``task.kind``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(Strict):
+    """Fractions used only when the data brings no split of its own."""
+
+    val: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    test: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _leave_some_train(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must be < 0.9 so training keeps data; got {self.val + self.test}")
+        return self
+
+
+# --- model --------------------------------------------------------------------------------------
+class ModelConfig(Strict):
+    name: str = "cnn"
+    args: dict[str, Any] = {}
+    pretrained: bool | str = Field(
+        default=False,
+        description="true: the weights packaged with the model; a path: a local .safetensors/.pth file.",
+    )
+    freeze_backbone: bool = False
+    unfreeze_last: Annotated[int, Field(ge=0)] = 0
+    backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0
+    layer_lr_decay: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Layer-wise LR decay: block i of N (from the input) trains at lr * decay**(N - i).",
+    )
+
+
+# --- training -----------------------------------------------------------------------------------
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(Strict):
+    name: Literal["none", "step", "multistep", "cosine", "onecycle", "plateau"] = "onecycle"
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    step_size: Annotated[int, Field(ge=1)] = 10
+    milestones: list[int] = [30, 60, 90]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    patience: Annotated[int, Field(ge=0)] = 3
+
+    @model_validator(mode="after")
+    def _warmup_only_with_cosine(self) -> SchedulerConfig:
+        if self.warmup_epochs and self.name != "cosine":
+            raise ValueError(
+                f"warmup_epochs is used only by the cosine schedule; this one is '{self.name}', which "
+                f"would ignore it. Set name: cosine, or remove warmup_epochs"
+                + (" (onecycle warms up by itself: set pct_start)." if self.name == "onecycle" else ".")
+            )
+        return self
+
+
+class EarlyStoppingConfig(Strict):
+    patience: Annotated[int, Field(ge=1)] | None = None
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainConfig(Strict):
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    accumulate: Annotated[int, Field(ge=1)] = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    monitor: str = Field(default="val/accuracy", description="Metric that picks the best checkpoint.")
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200
+    log_every: Annotated[int, Field(ge=1)] = 50
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
+    deterministic: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got '{v}'")
+        return v
+
+
+class TrackingConfig(Strict):
+    tensorboard: bool = True
+    mlflow: bool = True
+    mlflow_uri: str | None = Field(
+        default=None, description="Any MLflow tracking URI; default: sqlite:///<runs_dir>/mlflow.db"
+    )
+    experiment: str | None = None
+    histograms: bool = True
+
+
+class EvaluateConfig(Strict):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    mistakes: Annotated[int, Field(ge=0, le=200)] = 24
+
+
+class TaskConfig(Strict):
+    """The ``task`` section; each family's subclass fixes ``kind`` and adds its settings."""
+
+    kind: str
+
+
+class DataConfig(Strict):
+    """The ``data`` section; each family's subclass says what a data set is (a path at least)."""
+
+    path: str
+
+
+class RunConfig(Strict):
+    """The settings every run has. A family's subclass narrows ``task`` and ``data`` to its own types;
+    :func:`torchkiln.tasks.base.validate` picks the subclass by ``task.kind``.
+    """
+
+    task: TaskConfig
+    data: DataConfig
+    default_monitor: ClassVar[tuple[str, str]] = ("val/accuracy", "max")  # (train.monitor, monitor_mode)
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    seed: int = 0
+    name: str | None = None
+    runs_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        # `task: image-classification` is shorthand for `task: {kind: image-classification}`.
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if isinstance(raw.get("task"), str):
+                raw["task"] = {"kind": raw["task"]}
+            if isinstance(raw.get("data"), str):
+                raw["data"] = {"path": raw["data"]}
+            monitor, mode = cls.default_monitor
+            if "train" not in raw or isinstance(raw.get("train"), dict):
+                raw["train"] = {"monitor": monitor, "monitor_mode": mode, **raw.get("train", {})}
+        return raw
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = self.data.path.rstrip("/").split("/")[-1].split(".")[0] or "data"
+        return f"{stem}-{self.model.name}"

@@ -1,0 +1,1 @@
+"""Forecasting: one or more time series -> quantile forecasts of the next steps, with backtests."""

@@ -1,0 +1,1 @@
+"""Image classification: image folders, CSV manifests or catalog images -> one of K classes."""

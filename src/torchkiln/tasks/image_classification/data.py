@@ -1,0 +1,331 @@
+"""From ``data.path`` to validated, split, preprocessed image data (statistics from train only), and the
+loader of whole, reproducibly augmented batches."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from torchkiln.components import arrays, catalog
+from torchkiln.components.augment import Augment
+from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.images import (
+    FileItems,
+    decode_all,
+    image_header,
+    scan_csv,
+    scan_folder,
+    to_model_input,
+)
+from torchkiln.components.splits import SPLITS, class_list, make_splits
+from torchkiln.core.errors import DataError, did_you_mean
+from torchkiln.tasks.image_classification.config import ImageDataConfig
+
+MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
+DECODE_CHUNK = 4096
+STATS_SAMPLE = 20_000  # train images used for mean/std: plenty for two decimals
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split: decoded images in memory, or file paths decoded on demand."""
+
+    labels: torch.Tensor  # (N,) int64
+    images: torch.Tensor | None = None  # (N, C, S, S) uint8
+    paths: tuple[Path, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Everything the image task needs from the data, resolved once before training."""
+
+    classes: list[str]
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    splits: dict[str, SplitData]
+    problems: list[tuple[str, str]]  # (item, reason) left out under on_error: skip
+    source: str
+
+
+def detect_format(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        return "folder"
+    if p.is_file():
+        suffixes = "".join(p.suffixes).lower()
+        if suffixes.endswith(".csv"):
+            return "csv"
+        if suffixes.endswith(".npz"):
+            return "npz"
+        if "idx" in p.name or "ubyte" in p.name:
+            return "idx"
+        raise DataError(
+            f"Cannot tell the format of '{path}'. Expected an image folder, a .csv manifest, an .npz file or "
+            f"an IDX file. Set data.format explicitly."
+        )
+    if path in catalog.DATASETS:
+        return "catalog"
+    raise DataError(
+        f"data.path '{path}' is neither an existing file or folder nor a catalog dataset."
+        f"{did_you_mean(path, catalog.DATASETS.names())} Run 'kiln list datasets' for the catalog, "
+        f"or 'kiln datasets fetch NAME --to DIR' to write one out as an image folder."
+    )
+
+
+def load_image_data(
+    cfg: ImageDataConfig,
+    *,
+    seed: int,
+    default_size: int | None = None,
+    need_channels: int | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    only_splits: Collection[str] | None = None,
+) -> ImageData:
+    """Scan, validate, split and preprocess the images named by ``cfg``.
+
+    Args:
+        cfg: the ``data`` section.
+        seed: makes the split (when the data has none) deterministic.
+        default_size: size to use when the config gives none and image sizes vary (the model's).
+        need_channels: channel count the model requires (3 for ImageNet weights), if any.
+        stats: normalization (mean, std) the pretrained weights expect, used unless the config sets one.
+        only_splits: decode only the files of these splits (evaluation needs one); the others come
+            back empty. The split itself is still computed from every label, so it is the same.
+
+    Raises:
+        DataError: with the file and the fix, before any training happens.
+    """
+    fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt in ("folder", "csv"):
+        files = (
+            scan_folder(Path(cfg.path))
+            if fmt == "folder"
+            else scan_csv(Path(cfg.path), on_error=cfg.on_error)
+        )
+        return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
+    if fmt == "catalog":
+        data = catalog.load_image_catalog(cfg.path)
+    elif fmt == "npz":
+        data = arrays.load_npz(cfg.path)
+    else:
+        data = arrays.load_idx_dataset(cfg.path)
+    return _from_arrays(cfg, data, seed, default_size, need_channels, stats, only_splits)
+
+
+def _resolve_channels(
+    cfg: ImageDataConfig, modes: list[str] | None, array_channels: int | None, need: int | None
+) -> int:
+    if cfg.channels is not None:
+        return cfg.channels
+    if need is not None:
+        return need
+    if array_channels is not None:
+        return array_channels
+    assert modes is not None
+    gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # palette (P) images count as colour
+    return 1 if all(m in gray for m in modes) else 3
+
+
+def _resolve_size(cfg: ImageDataConfig, sizes: list[tuple[int, int]], default: int | None) -> int:
+    if cfg.image_size is not None:
+        return cfg.image_size
+    common = Counter(sizes).most_common(2)
+    if len(common) == 1 and common[0][0][0] == common[0][0][1]:
+        return common[0][0][0]
+    if default is not None:
+        return default
+    return int(min(224, max(32, np.median([min(w, h) for w, h in sizes]))))
+
+
+def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats, only_splits) -> ImageData:
+    where = f"Data '{cfg.path}'"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        headers = list(pool.map(_safe_header, files.paths))
+    bad = [(str(p), h) for p, h in zip(files.paths, headers, strict=True) if isinstance(h, str)]
+    if bad and cfg.on_error == "raise":
+        raise DataError(bad[0][1] + f" ({len(bad)} bad image(s) in all.)")
+    keep = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    paths = [files.paths[i] for i in keep]
+    labels = [files.labels[i] for i in keep]
+    splits_in = np.array([files.splits[i] for i in keep]) if files.splits is not None else None
+    classes = class_list(cfg, labels, splits_in, where)
+    modes = [headers[i][2] for i in keep]  # type: ignore[index]
+    channels = _resolve_channels(cfg, modes, None, need_channels)
+    size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
+    label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+    splits = make_splits(cfg, label_idx, splits_in, seed)
+    in_memory = cfg.cache == "memory" or (
+        cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
+    )
+    todo = np.isin(splits, list(only_splits)) if only_splits else np.ones(len(paths), dtype=bool)
+    images, row, ok_mask, problems = _decode_checked(
+        cfg, paths, splits, size, channels, keep_all=in_memory, todo=np.flatnonzero(todo)
+    )
+    out: dict[str, SplitData] = {}
+    for split in SPLITS:
+        sel = np.flatnonzero((splits == split) & ok_mask)
+        labels_t = torch.from_numpy(label_idx[sel])
+        if in_memory:
+            out[split] = SplitData(labels_t, images=images[torch.from_numpy(row[sel])])
+        else:
+            out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
+    train_rows = row[(splits == "train") & (row >= 0)]
+    mean, std = _stats(cfg, stats, images[torch.from_numpy(train_rows)])
+    return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
+
+
+def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool, todo: np.ndarray):
+    """Decode the files at indices ``todo`` now, so a corrupt image fails before training, not in epoch 7.
+
+    Returns the kept images, ``row`` (index into them per path, -1 if not kept), which paths
+    decoded, and the problems.
+    Without ``keep_all`` (lazy data) only a train sample for the statistics is kept.
+    """
+    kept: list[torch.Tensor] = []
+    row = np.full(len(paths), -1, dtype=np.int64)
+    ok_mask = np.zeros(len(paths), dtype=bool)
+    problems: list[tuple[str, str]] = []
+    n_kept = 0
+    for start in range(0, len(todo), DECODE_CHUNK):
+        chunk = todo[start : start + DECODE_CHUNK]
+        imgs, ok, bad = decode_all([paths[i] for i in chunk], size=size, channels=channels)
+        problems += bad
+        ok_abs = chunk[np.asarray(ok, dtype=np.int64)]
+        ok_mask[ok_abs] = True
+        want = np.ones(len(ok_abs), dtype=bool) if keep_all else (splits[ok_abs] == "train")
+        if not keep_all:
+            want &= np.cumsum(want) + n_kept <= STATS_SAMPLE
+        kept.append(imgs[torch.from_numpy(np.flatnonzero(want))])
+        row[ok_abs[want]] = np.arange(n_kept, n_kept + int(want.sum()))
+        n_kept += int(want.sum())
+    if problems and cfg.on_error == "raise":
+        raise DataError(problems[0][1] + f" ({len(problems)} bad image(s) in all.)")
+    empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
+    return (torch.cat(kept) if kept else empty), row, ok_mask, problems
+
+
+def _safe_header(p: Path) -> tuple[int, int, str] | str:
+    try:
+        return image_header(p)
+    except DataError as exc:
+        return str(exc)
+
+
+def _from_arrays(
+    cfg, data: arrays.ArrayData, seed, default_size, need_channels, stats, only_splits
+) -> ImageData:
+    imgs = torch.from_numpy(np.ascontiguousarray(data.images))
+    imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
+    labels = [data.classes[i] for i in data.labels]
+    classes = class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
+    label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+    channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
+    size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
+    splits = make_splits(cfg, label_idx, data.splits, seed)
+    # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
+    # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.
+    used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))
+    imgs, label_idx, splits = imgs[torch.from_numpy(used)], label_idx[used], splits[used]
+    if imgs.shape[1] != channels:
+        imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
+    if imgs.shape[-2:] != (size, size):
+        imgs = torch.cat(
+            [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)]
+        )
+    imgs = imgs.contiguous()
+    out = {}
+    for split in SPLITS:
+        sel = torch.from_numpy(np.flatnonzero(splits == split))
+        out[split] = SplitData(torch.from_numpy(label_idx)[sel], images=imgs[sel])
+    mean, std = _stats(cfg, stats, out["train"].images)
+    return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path))
+
+
+def _stats(cfg, pretrained, train_images: torch.Tensor | None):
+    """(mean, std) per channel: the config's, the pretrained weights', or the train split's."""
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std)
+    if pretrained is not None:
+        return tuple(pretrained[0]), tuple(pretrained[1])
+    if train_images is None or len(train_images) == 0:
+        raise DataError("The train split is empty; there is nothing to learn from. Add training images.")
+    x = train_images[:STATS_SAMPLE].to(torch.float64).div_(255)  # (N, C, S, S)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+class BatchSet(Dataset):
+    """Builds whole batches: ``(epoch, b, indices) -> (uint8 images (B, C, S, S), labels (B,))``."""
+
+    def __init__(
+        self, split: SplitData, *, size: int, channels: int, augment: Augment | None, seed: int
+    ) -> None:
+        self.split, self.size, self.channels, self.augment, self.seed = split, size, channels, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b, idx = key
+        if self.split.images is not None:
+            x = self.split.images[idx]
+        else:
+            assert self.split.paths is not None
+            x = torch.stack(
+                [to_model_input(self.split.paths[i], size=self.size, channels=self.channels) for i in idx]
+            )
+        if self.augment is not None:
+            # Own RNG stream per batch: independent of worker count and of where a run resumed.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + b)
+                x = self.augment(x)
+        return x, self.split.labels[idx]
+
+
+def make_loader(
+    split: SplitData,
+    *,
+    batch_size: int,
+    size: int,
+    channels: int,
+    augment: Augment | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int | str = "auto",
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over whole batches (``batch_size=None``); its sampler is an :class:`EpochBatchSampler`."""
+    if num_workers == "auto":
+        # In-memory data is one tensor index per batch, and per-sample v2 augmentation of decoded
+        # uint8 tensors costs ~20 us an op: worker processes would only add IPC and steal the cores
+        # that the model's threads use. Decoding files is the slow case that workers pay off for.
+        num_workers = 0 if split.images is not None else min(4, os.cpu_count() or 1)
+    # Training drops a ragged last batch (a batch of 1 breaks BatchNorm); evaluation keeps every item.
+    drop_last = shuffle and len(split) > batch_size
+    sampler = EpochBatchSampler(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return DataLoader(
+        BatchSet(split, size=size, channels=channels, augment=augment, seed=seed),
+        batch_size=None,
+        sampler=sampler,
+        num_workers=int(num_workers),
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        # Its own generator: iterating must not consume the global RNG that dropout draws from,
+        # or a resumed run would see other dropout masks than an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+    )

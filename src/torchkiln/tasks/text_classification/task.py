@@ -1,0 +1,420 @@
+"""Text classification: a CSV/TSV/JSONL file (or a catalog set) of texts -> class probabilities.
+
+The fitted preprocessing is the tokenizer: trained on the train split only (WordPiece or BPE), or a
+pretrained model's own. It is the task's *state*: saved in the bundle as ``state/tokenizer.json`` and
+used, never refit, wherever the bundle goes (evaluation, export, serving).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.catalog import DATASETS, load_text_catalog
+from torchkiln.components.classification import (
+    ClassPrediction,
+    MulticlassMetrics,
+    answer_lines,
+    top_k_answers,
+)
+from torchkiln.components.models import check_model
+from torchkiln.components.splits import SPLITS, class_list, make_splits
+from torchkiln.components.text_table import TextTable, read_text_table
+from torchkiln.components.tokenize import (
+    BucketBatchSampler,
+    TextEncoder,
+    load_pretrained_tokenizer,
+    pad_batch,
+    tokenizer_from_json,
+    tokenizer_to_json,
+    train_tokenizer,
+)
+from torchkiln.core.config import RunConfig
+from torchkiln.core.errors import ConfigError, DataError, PredictError, did_you_mean
+from torchkiln.core.io import absolute_if_exists
+from torchkiln.engine.supervised import Supervised
+from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
+from torchkiln.tasks.text_classification.config import TextDataConfig, TextRunConfig
+from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
+from torchkiln.tasks.text_classification.models_hf import hf_config, pretrained_dir
+
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TEXT_CHARS = 100_000  # per text in a request; the model sees max_length tokens of it anyway
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    """One split: token ids per text (truncated, unpadded), labels, and the texts for reports."""
+
+    ids: list[list[int]]
+    labels: torch.Tensor  # (N,) int64
+    texts: list[str]
+    rows: list[int]  # the source row of each text, for messages
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class TextData:
+    classes: list[str]
+    encoder: TextEncoder
+    splits: dict[str, TextSplit]
+    problems: list[tuple[str, str]]  # (item, reason) left out under on_error: skip
+    source: str
+
+
+class TextBatches(Dataset):
+    """``(epoch, b, indices) -> (ids (B, L) padded to the batch's longest, labels (B,))``."""
+
+    def __init__(self, split: TextSplit, pad_id: int) -> None:
+        self.split, self.pad_id = split, pad_id
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, idx = key
+        rows = [torch.tensor(self.split.ids[i], dtype=torch.long).unsqueeze(0) for i in idx.tolist()]
+        return pad_batch(rows, self.pad_id), self.split.labels[idx]
+
+
+class TextPredictRequest(BaseModel):
+    """Texts as strings: one in ``text`` or several in ``texts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, description="One text to classify.")
+    texts: list[str] | None = Field(None, description="Several texts to classify.")
+    top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return per text.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TextPredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        return self
+
+    @property
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def _check_text(text: Any, index: int) -> str:
+    if not isinstance(text, str):
+        raise PredictError(f"texts[{index}] is a {type(text).__name__}, not a string. Send text.")
+    if not text.strip():
+        raise PredictError(f"texts[{index}] is empty. Expected some text to classify.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise PredictError(
+            f"texts[{index}] has {len(text):,} characters, more than the limit of {MAX_TEXT_CHARS:,}. "
+            f"Send a shorter text; the model reads only its first max_length tokens anyway."
+        )
+    return text
+
+
+class TextClassificationTask:
+    kind = "text-classification"
+    config_type = TextRunConfig
+    summary = "Texts -> one of K classes"
+    primary_metric = PrimaryMetric("accuracy")
+    image_input = False
+    cli_options = frozenset({"texts", "file", "top_k"})
+    input_dynamic_axes = (0, 1)  # (B, L) token ids, padded to the longest row of each batch
+
+    # Data ------------------------------------------------------------------------------------------
+    def prepare(
+        self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
+    ) -> tuple[RunConfig, TextData]:
+        d, m = cfg.data, cfg.model
+        assert isinstance(d, TextDataConfig)
+        hf = check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind).own_tokenizer
+        if hf and d.tokenizer.kind in ("wordpiece", "bpe"):
+            raise ConfigError(
+                f"Model '{m.name}' is pretrained with its own tokenizer; data.tokenizer.kind "
+                f"'{d.tokenizer.kind}' would give it ids it never learned. Remove data.tokenizer.kind "
+                f"(or set it to auto)."
+            )
+        if hf and not m.pretrained and "config" not in m.args:
+            raise ConfigError(
+                f"Model '{m.name}' fine-tunes a pretrained encoder: set model.pretrained: true (the "
+                f"packaged MiniLM) or the path of a local Hugging Face model folder."
+            )
+        table = read_table(d)
+        classes = class_list(d, table.labels, split_array(table), f"'{d.path}'", items="texts")
+        label_idx = np.array([classes.index(lab) for lab in table.labels], dtype=np.int64)
+        assign = make_splits(d, label_idx, split_array(table), cfg.seed)
+        train_texts = [t for t, s in zip(table.texts, assign, strict=True) if s == "train"]
+        if not train_texts:
+            raise DataError(f"'{d.path}' has no training texts. Add texts, or lower data.split.val/test.")
+        if state is not None:
+            encoder = state
+        elif hf:
+            encoder = TextEncoder.create(
+                load_pretrained_tokenizer(pretrained_dir(m.pretrained)), d.max_length
+            )
+        else:
+            kind = "wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind
+            tok = train_tokenizer(
+                train_texts,  # the train split only: val/test words must not shape the vocabulary
+                kind=kind,  # type: ignore[arg-type]
+                vocab_size=d.tokenizer.vocab_size,
+                lowercase=d.tokenizer.lowercase,
+                min_frequency=d.tokenizer.min_frequency,
+            )
+            encoder = TextEncoder.create(tok, d.max_length)
+        out: dict[str, TextSplit] = {}
+        for split in SPLITS:
+            sel = [i for i, s in enumerate(assign) if s == split]
+            wanted = splits is None or split in splits
+            texts = [table.texts[i] for i in sel] if wanted else []
+            out[split] = TextSplit(
+                encoder.encode(texts) if texts else [],
+                torch.from_numpy(label_idx[sel] if wanted else label_idx[:0]),
+                texts,
+                [table.rows[i] for i in sel] if wanted else [],
+            )
+        resolved_tok = d.tokenizer.model_copy(
+            update={
+                "kind": "pretrained"
+                if hf
+                else ("wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind),
+                "vocab_size": encoder.vocab_size(),
+                "pad_id": encoder.pad_id,
+            }
+        )
+        args = dict(m.args)
+        if hf and "config" not in args:
+            args["config"] = hf_config(m.pretrained)  # so a bundle rebuilds the encoder without its folder
+        resolved = cfg.model_copy(
+            update={
+                "data": d.model_copy(
+                    update={"path": absolute_if_exists(d.path), "classes": classes, "tokenizer": resolved_tok}
+                ),
+                "model": m.model_copy(update={"args": args}),
+            }
+        )
+        data = TextData(classes, encoder, out, table.problems, table.source)
+        return validate(resolved.model_dump(mode="json")), data
+
+    def state_files(self, data: TextData) -> dict[str, bytes]:
+        return {TOKENIZER_FILE: tokenizer_to_json(data.encoder.tokenizer).encode()}
+
+    def load_state(self, cfg: RunConfig, files: Mapping[str, bytes]) -> TextEncoder:
+        assert isinstance(cfg.data, TextDataConfig)
+        if TOKENIZER_FILE not in files:
+            raise DataError(
+                f"This text model's bundle has no state/{TOKENIZER_FILE}, the tokenizer it was trained "
+                f"with. Retrain to rewrite the bundle."
+            )
+        return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), cfg.data.max_length)
+
+    # Model -----------------------------------------------------------------------------------------
+    def train_module(self, cfg: RunConfig) -> Supervised:
+        return Supervised(self, cfg)
+
+    def build_model(self, cfg: RunConfig) -> TextClassifier:
+        d, m = cfg.data, cfg.model
+        assert isinstance(d, TextDataConfig) and d.classes and d.tokenizer.pad_id is not None, (
+            "build_model needs a resolved config"
+        )
+        model = create_text_model(
+            m.name,
+            num_classes=len(d.classes),
+            vocab_size=d.tokenizer.vocab_size,
+            pad_id=d.tokenizer.pad_id,
+            max_length=d.max_length,
+            pretrained=m.pretrained,
+            args=m.args,
+        )
+        if m.freeze_backbone:
+            frozen = max(0, len(model.blocks) - m.unfreeze_last)
+            for block in list(model.blocks)[:frozen]:
+                block.requires_grad_(False)
+        return model
+
+    def loader(self, cfg: RunConfig, data: TextData, split: str, *, train: bool) -> DataLoader:
+        part = data.splits[split]
+        batch_size = cfg.train.batch_size if train else cfg.evaluate.batch_size
+        assert isinstance(cfg.data, TextDataConfig)
+        drop_last = train and len(part) > batch_size
+        sampler: EpochBatchSampler | BucketBatchSampler
+        if cfg.data.bucket and train:  # evaluation keeps item order: reports map outputs back to texts
+            lengths = [len(ids) for ids in part.ids]
+            sampler = BucketBatchSampler(
+                lengths, batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last
+            )
+        else:
+            sampler = EpochBatchSampler(
+                len(part), batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last
+            )
+        return DataLoader(
+            TextBatches(part, data.encoder.pad_id),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=0,  # tokenized up front: a batch is a few tensor copies
+            generator=torch.Generator(),
+        )
+
+    def to_device(self, batch: Any, device: torch.device, *, channels_last: bool) -> tuple[Any, torch.Tensor]:
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def loss(self, cfg: RunConfig) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+
+    def metrics(self, cfg: RunConfig) -> MulticlassMetrics:
+        return MulticlassMetrics()
+
+    def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]:
+        assert isinstance(model, TextClassifier)
+        m = cfg.model
+        blocks = list(model.blocks)
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        if m.layer_lr_decay is None:
+            backbone = [p for b in blocks for p in b.parameters() if p.requires_grad]
+            return [ParamGroup("backbone", backbone, m.backbone_lr_mult), ParamGroup("head", head, 1.0)]
+        n = len(blocks)  # block i (from the input) trains at decay ** (n - i): the top block at decay ** 1
+        groups = [
+            ParamGroup(
+                f"block{i}", [p for p in b.parameters() if p.requires_grad], m.layer_lr_decay ** (n - i)
+            )
+            for i, b in enumerate(blocks)
+        ]
+        return [g for g in groups if g.params] + [ParamGroup("head", head, 1.0)]
+
+    # Prediction ------------------------------------------------------------------------------------
+    def preprocess(self, cfg: RunConfig, inputs: Sequence[str], state: Any = None) -> torch.Tensor:
+        if not inputs:
+            raise PredictError("No texts were given. Pass at least one text.")
+        if not isinstance(state, TextEncoder):
+            raise PredictError("A text model needs its tokenizer: load it from its bundle (load_predictor).")
+        texts = [_check_text(t, i) for i, t in enumerate(inputs)]
+        return state(texts)
+
+    def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        assert isinstance(cfg.data, TextDataConfig) and cfg.data.tokenizer.pad_id is not None
+        return parts[0] if len(parts) == 1 else pad_batch(parts, cfg.data.tokenizer.pad_id)
+
+    def postprocess(
+        self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        return top_k_answers(cfg.data.classes or [], outputs, top_k)
+
+    def calibrate(
+        self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
+    ) -> dict[str, Any]:
+        return {}  # argmax answers; temperature scaling would change scores, not labels
+
+    def evaluate(self, bundle: Any, *, split: str, out_dir: Path, device: torch.device) -> Any:
+        """Per-class metrics, curves, calibration and the worst mistakes (their texts) on ``split``."""
+        from torchkiln.tasks.classification_eval import evaluate_classifier
+
+        return evaluate_classifier(bundle, split=split, out_dir=out_dir, device=device)
+
+    def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
+        items = list(args.texts) + (read_cli_texts(args.file, predictor.bundle.config) if args.file else [])
+        if not items:
+            raise PredictError("No texts were given. Use --text '...' (repeatable) or --file texts.txt.")
+        names = [t if len(t) <= 60 else t[:57] + "..." for t in items]
+        return answer_lines(names, predictor.predict(items, top_k=args.top_k), as_json=as_json)
+
+    def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
+        d = cfg.data
+        assert isinstance(d, TextDataConfig)
+        return {
+            "labels": d.classes,
+            "preprocessing": {
+                "input": "token ids (B, L), right-padded with pad_id",
+                "tokenizer": f"state/{TOKENIZER_FILE}",
+                "tokenizer_kind": d.tokenizer.kind,
+                "vocab_size": d.tokenizer.vocab_size,
+                "pad_id": d.tokenizer.pad_id,
+                "max_length": d.max_length,
+                "lowercase": d.tokenizer.lowercase,
+            },
+        }
+
+    # Serving -------------------------------------------------------------------------------------
+    request_schema = TextPredictRequest
+    response_schema = ClassPrediction
+    upload_media = None
+
+    def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[str]:
+        assert isinstance(request, TextPredictRequest)
+        return [_check_text(t, i) for i, t in enumerate(request.items)]
+
+    def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[str]:
+        raise PredictError('Text models take JSON: {"texts": [...]}. Uploads are for image models.')
+
+    def summarize_inputs(
+        self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        d = cfg.data
+        assert isinstance(d, TextDataConfig)
+        tokens = (model_inputs != d.tokenizer.pad_id).sum(dim=1).tolist()
+        return [
+            {
+                "chars": len(text),
+                "words": len(text.split()),
+                "tokens": n,
+                "truncated": n >= d.max_length,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            }
+            for text, n in zip(raw, tokens, strict=True)
+        ]
+
+    def example_request(self) -> dict[str, Any]:
+        return {"texts": ["A gripping, beautifully acted film.", "Dull, and far too long."], "top_k": 2}
+
+
+def read_table(d: TextDataConfig) -> TextTable:
+    """The rows named by a text data section: a catalog set or a CSV/TSV/JSONL file."""
+    fmt = d.format
+    if fmt == "catalog" or (fmt == "auto" and not Path(d.path).exists()):
+        if d.path not in DATASETS:
+            raise DataError(
+                f"data.path '{d.path}' is neither an existing file nor a catalog data set."
+                f"{did_you_mean(d.path, DATASETS.names())} Expected a .csv, .tsv or .jsonl file, or a name "
+                f"from 'kiln list datasets' (e.g. movie-reviews)."
+            )
+        return load_text_catalog(d.path)
+    return read_text_table(
+        d.path,
+        format=fmt,  # type: ignore[arg-type]
+        text_column=d.text_column,
+        label_column=d.label_column,
+        split_column=d.split_column,
+        on_error=d.on_error,
+        classes=d.classes,
+    )
+
+
+def split_array(table: TextTable) -> np.ndarray | None:
+    """The file's own split column as an array, or None."""
+    return np.array(table.splits, dtype=str) if table.splits is not None else None
+
+
+def read_cli_texts(file: Path, cfg: RunConfig) -> list[str]:
+    """``kiln predict --file``: a .csv/.tsv/.jsonl (its ``data.text_column``) or a .txt, one text per line."""
+    if file.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson"):
+        return read_text_table(file, text_column=cfg.data.text_column, require_labels=False).texts
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictError(
+            f"Cannot read '{file}' as UTF-8 text ({exc}). Expected one text per line; re-save it as UTF-8."
+        ) from None
+    return [line for line in lines if line.strip()]
+
+
+TASK = TextClassificationTask()  # the ``torchkiln.tasks`` entry point
