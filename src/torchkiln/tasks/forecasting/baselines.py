@@ -18,7 +18,7 @@ covers ``series[o:o+horizon]`` and uses only ``series[:o]``: the fitted paramete
 state is updated with the observations before ``o``. For speed, each column is filtered once and the
 forecast of every origin is read off the state at that origin. That equals re-filtering ``series[:o]``
 and forecasting, e.g. ``fit.model(series[:o, c]).filter(np.array(fit.params)).forecast(horizon)`` for
-ARIMA (``.smooth`` for ETS); ``tests/evaluation/test_baselines.py`` checks it.
+ARIMA (``.smooth`` for ETS); ``tests/tasks/forecasting/test_baselines.py`` checks it.
 
 Example:
     >>> fitted = fit_baselines(series, train_end=101, season=12)  # series: (N, C), original units
