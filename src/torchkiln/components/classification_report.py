@@ -15,7 +15,7 @@ import base64
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +125,6 @@ def write_report(
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path
-
-
-def html_page(title: str, parts: Sequence[str]) -> str:
-    """A self-contained report page (inline CSS, no external assets) around HTML ``parts``.
-
-    ``parts`` are trusted HTML, inserted as they are (empty ones are skipped); ``title`` is plain text.
-    New pages should get a template of their own (see ``classification_report.html.j2``) instead.
-    """
-    return render("page.html.j2", title=title, parts=list(parts))
 
 
 # ---- values for the template -----------------------------------------------------------------------

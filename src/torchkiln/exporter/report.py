@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchkiln.components.classification_report import html_page
+from torchkiln.components.html import html_page
 from torchkiln.core.io import atomic_write_text
 
 

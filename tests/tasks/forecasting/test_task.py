@@ -263,7 +263,9 @@ def unscale_inverse_zero(d: Any) -> float:
 
 
 def test_predict_options_of_another_task_are_refused(tiny_forecast_bundle: Path) -> None:
-    result = CliRunner().invoke(app, ["predict", str(tiny_forecast_bundle), "--text", "hello", "--top-k", "2"])
+    result = CliRunner().invoke(
+        app, ["predict", str(tiny_forecast_bundle), "--text", "hello", "--top-k", "2"]
+    )
     assert result.exit_code == 2
     assert (
         "This bundle is a forecasting model, which does not take --text or --top-k. "
