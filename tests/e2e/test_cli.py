@@ -268,3 +268,16 @@ def test_datasets_fetch_writes_one_split_or_says_why_not(tmp_path: Path) -> None
     assert bad.exit_code == 2
     assert "This data set has no 'test' split (it has no splits)." in bad.output
     assert not (tmp_path / "e").exists()
+
+
+def test_kiln_starts_without_the_heavy_optional_imports() -> None:
+    """Every kiln command imports the CLI and the API; reports, baselines and BERT load only when used."""
+    heavy = ("matplotlib", "torchmetrics", "transformers", "scipy", "pandas", "statsmodels", "mlflow")
+    code = (
+        "import sys, torchkiln.api, torchkiln.cli.main\n"
+        "from torchkiln.tasks import TASKS\n"
+        "TASKS.names()\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
