@@ -287,3 +287,55 @@ def test_select_split_keeps_one_split_and_refuses_unknown_ones() -> None:
     assert test.labels.tolist() == [1, 0] and set(test.splits.tolist()) == {"test"}
     with pytest.raises(DataError, match=r"This data set has no 'val' split \(it has \['test', 'train'\]\)"):
         select_split(data, "val")
+
+
+# ---- runtime checks (they hold under python -O: no assert does the checking) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "load", "returned", "expected"),
+    [
+        ("images", catalog.load_image_catalog, "str", "an ArrayData"),
+        ("text", catalog.load_text_catalog, "ArrayData", "a TextTable"),
+        (
+            "timeseries",
+            catalog.load_series_catalog,
+            "ArrayData",
+            "a pandas DataFrame (a time column, then the values)",
+        ),
+    ],
+)
+def test_an_entry_whose_loader_returns_another_kind_is_refused(monkeypatch, kind, load, returned, expected):
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))  # the entry ends with the test
+    data = "not a data set" if returned == "str" else _small(splits=False)
+    DATASETS.add(
+        "mislabelled",
+        catalog.CatalogEntry(load=lambda: data, summary="s", source="s", license="MIT", kind=kind),
+    )
+    with pytest.raises(DataError) as e:
+        load("mislabelled")
+    assert str(e.value) == (
+        f"The catalog data set 'mislabelled' is registered as {kind}, but its loader returned a {returned}; "
+        f"expected {expected}. Fix: make the entry's load function return {expected}, or register it with "
+        f"the kind of what it returns."
+    )
+
+
+def test_a_file_removed_right_after_its_download_is_reported(fake_fashion, monkeypatch):
+    cache, _ = fake_fashion
+    download = catalog.download
+
+    def download_then_lose(url, path, **kwargs):  # as if a cache cleaner ran in between
+        download(url, path, **kwargs)
+        if path.name == "t10k-labels-idx1-ubyte.gz":
+            path.unlink()
+
+    monkeypatch.setattr(catalog, "download", download_then_lose)
+    with pytest.raises(DataError) as e:
+        catalog.fashion_mnist_files()
+    assert str(e.value) == (
+        f"Fashion-MNIST's t10k-labels-idx1-ubyte.gz disappeared from {cache} right after being downloaded; "
+        f"expected all of train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        f"t10k-labels-idx1-ubyte.gz there. Fix: make sure nothing else cleans {cache} while torchkiln runs "
+        f"(or point TORCHKILN_CACHE at another folder), and load again."
+    )

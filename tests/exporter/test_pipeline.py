@@ -14,6 +14,7 @@ from torchkiln import api
 from torchkiln.artifacts.bundle import load_bundle
 from torchkiln.cli.main import app
 from torchkiln.core.errors import BundleError, ExportError
+from torchkiln.exporter.quantize import quantize_onnx
 
 FAST = {"bench_seconds": 0.01}  # latency numbers are not under test here; 100 runs still happen
 
@@ -181,3 +182,15 @@ def test_bad_options_fail_before_any_work(run: Path, options: dict, expected: st
         api.export(run, **options)
     assert str(err.value).startswith("The export options are invalid (1 problem(s)):")
     assert expected in str(err.value)
+
+
+def test_static_quantization_without_calibration_inputs_is_refused(tmp_path: Path) -> None:
+    """A check, not an assert: it holds under python -O, and before ONNX Runtime is imported."""
+    src = tmp_path / "model.onnx"
+    with pytest.raises(ExportError) as exc:
+        quantize_onnx(src, tmp_path / "model.int8.onnx", mode="static", input_name="input")
+    assert str(exc.value) == (
+        f"Static int8 quantization of '{src}' got no calibration inputs; expected real model inputs (an "
+        f"array like the model's input batch) to measure activation ranges on. Fix: pass calibration= "
+        f"(checked with check_calibration), or use mode='dynamic'."
+    )

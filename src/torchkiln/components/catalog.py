@@ -90,7 +90,8 @@ def load_image_catalog(name: str) -> ArrayData:
         (1797, 8, 8)
     """
     data = _load_kind(name, "images")
-    assert isinstance(data, ArrayData), f"catalog entry {name!r} says images but loaded {type(data)}"
+    if not isinstance(data, ArrayData):
+        raise _wrong_kind(name, "images", data, "an ArrayData")
     return data
 
 
@@ -106,7 +107,8 @@ def load_text_catalog(name: str) -> TextTable:
         ['positive', 'positive']
     """
     data = _load_kind(name, "text")
-    assert isinstance(data, TextTable), f"catalog entry {name!r} says text but loaded {type(data)}"
+    if not isinstance(data, TextTable):
+        raise _wrong_kind(name, "text", data, "a TextTable")
     return data
 
 
@@ -125,7 +127,8 @@ def load_series_catalog(name: str) -> pd.DataFrame:
         ['time', 'passengers']
     """
     data = _load_kind(name, "timeseries")
-    assert hasattr(data, "columns"), f"catalog entry {name!r} says timeseries but loaded {type(data)}"
+    if not hasattr(data, "columns"):
+        raise _wrong_kind(name, "timeseries", data, "a pandas DataFrame (a time column, then the values)")
     return data
 
 
@@ -138,6 +141,15 @@ def _load_kind(name: str, kind: CatalogKind) -> ArrayData | TextTable | pd.DataF
             f"{', '.join(same) or 'none'}. Fix: choose one of those for this task (kiln list datasets)."
         )
     return entry.load()
+
+
+def _wrong_kind(name: str, kind: CatalogKind, data: object, expected: str) -> DataError:
+    """The error for an entry whose loader returns something other than its ``kind`` promises."""
+    return DataError(
+        f"The catalog data set '{name}' is registered as {kind}, but its loader returned a "
+        f"{type(data).__name__}; expected {expected}. Fix: make the entry's load function return "
+        f"{expected}, or register it with the kind of what it returns."
+    )
 
 
 # ---- Fashion-MNIST -------------------------------------------------------------------------------------
@@ -214,7 +226,13 @@ def fashion_mnist_files() -> dict[str, Path]:
             f"in {cache}."
         ) from None
     found = _find_files(cache, names)
-    assert found is not None  # every missing file was just downloaded
+    if found is None:  # every missing file was just downloaded: only something else can have removed it
+        gone = [name for name in names if _find_files(cache, [name]) is None]
+        raise DataError(
+            f"Fashion-MNIST's {', '.join(gone)} disappeared from {cache} right after being downloaded; "
+            f"expected all of {', '.join(names)} there. Fix: make sure nothing else cleans {cache} "
+            f"while torchkiln runs (or point TORCHKILN_CACHE at another folder), and load again."
+        )
     return found
 
 

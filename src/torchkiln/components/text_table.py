@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from torchkiln.components.splits import SPLITS
 from torchkiln.core.errors import DataError, did_you_mean
@@ -266,8 +266,8 @@ def _column_index(
                 f"`{setting}: <name>` to the column that holds the {role}, or rename the column.{hint}"
             )
         index.append(None)
-    assert index[0] is not None  # the text column is always required
-    return index[0], index[1], index[2]
+    # The text column is always required (a str name, required=True), so a missing one raised above.
+    return cast(int, index[0]), index[1], index[2]
 
 
 def _field_count_problem(record: list[str], header: list[str], delimiter: str) -> str:
@@ -363,13 +363,12 @@ def select_text_split(table: TextTable, split: str) -> TextTable:
         >>> select_text_split(table, "test").splits[:2]
         ['test', 'test']
     """
-    have = sorted(set(table.splits)) if table.splits is not None else []
-    if split not in have:
+    if table.splits is None or split not in table.splits:
+        have = sorted(set(table.splits)) if table.splits is not None else []
         raise DataError(
             f"This data set has no '{split}' split (it has {have or 'no splits'}). "
             f"Leave out --split to write all of it{', or use one of ' + ', '.join(have) if have else ''}."
         )
-    assert table.splits is not None
     keep = [i for i, s in enumerate(table.splits) if s == split]
     return TextTable(
         [table.texts[i] for i in keep],

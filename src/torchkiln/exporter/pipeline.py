@@ -169,22 +169,22 @@ def _finetune(bundle: Bundle, model: nn.Module, data: Any, opts: ExportOptions, 
 
 
 def _prune(
-    bundle: Bundle, data: Any, ev: _Eval, opts: ExportOptions, work: Path
+    bundle: Bundle, data: Any, ev: _Eval, opts: ExportOptions, amount: float, work: Path
 ) -> tuple[nn.Module, PruneResult]:
-    assert opts.prune is not None
+    """Prune ``amount`` (``opts.prune``, which the caller has checked is set) of a copy of the model."""
     model = copy.deepcopy(bundle.model).cpu().eval()
     before = count_params(model)
     channel_sparsity = 0.0
     if opts.prune_method == "l1-structured":
-        channel_sparsity = prune_structured(model, opts.prune, torch.from_numpy(ev.inputs[:2]))
+        channel_sparsity = prune_structured(model, amount, torch.from_numpy(ev.inputs[:2]))
     else:
-        add_unstructured_masks(model, opts.prune)
+        add_unstructured_masks(model, amount)
     if opts.finetune_epochs:
         _finetune(bundle, model, data, opts, work)
     make_permanent(model)
     result = PruneResult(
         method=opts.prune_method,
-        requested=opts.prune,
+        requested=amount,
         params_before=before,
         params_after=count_params(model),
         weight_sparsity=weight_sparsity(model),
@@ -245,12 +245,12 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         )
         model, model_file = bundle.model, None
         if opts.prune is not None:
-            model = _prune_step(bundle, data, ev, opts, work, m, extra, notes)
+            model = _prune_step(bundle, data, ev, opts, opts.prune, work, m, extra, notes)
         if opts.format == "onnx":
             axes = bundle.task.input_dynamic_axes
             model_file = _onnx_step(model, ev, axes, opts, work, m, extra, checks)
             if opts.quantize:
-                model_file = _quantize_step(model_file, calib, opts, m, notes)
+                model_file = _quantize_step(model_file, calib, opts.quantize, m, notes)
         pm, budget = bundle.task.primary_metric, opts.metric_budget
         checks.append(metric_check(pm, m.rows[0], m.rows[-1], budget=budget, split=opts.split))
         passed = all(c.passed for c in checks)
@@ -279,16 +279,17 @@ def _prune_step(
     data: Any,
     ev: _Eval,
     opts: ExportOptions,
+    amount: float,
     work: Path,
     m: _Measurer,
     extra: dict[str, Any],
     notes: list[str],
 ) -> nn.Module:
-    model, pruned = _prune(bundle, data, ev, opts, work)
+    model, pruned = _prune(bundle, data, ev, opts, amount, work)
     extra["pruning"] = pruned.as_json()
     weights = work / "pruned.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    label = f"torch fp32 pruned {opts.prune_method} {opts.prune:.0%}"
+    label = f"torch fp32 pruned {opts.prune_method} {amount:.0%}"
     row = m.add(label, weights, count_params(model), _eager(model), source=0)
     notes += prune_notes(pruned, row)
     return model
@@ -313,15 +314,12 @@ def _onnx_step(
     return model_file
 
 
-def _quantize_step(
-    fp32: Path, calib: np.ndarray | None, opts: ExportOptions, m: _Measurer, notes: list[str]
-) -> Path:
-    assert opts.quantize is not None
+def _quantize_step(fp32: Path, calib: np.ndarray | None, mode: str, m: _Measurer, notes: list[str]) -> Path:
     model_file = fp32.with_name("model.int8.onnx")
-    quantize_onnx(fp32, model_file, mode=opts.quantize, input_name=INPUT_NAME, calibration=calib)
+    quantize_onnx(fp32, model_file, mode=mode, input_name=INPUT_NAME, calibration=calib)
     predict = OnnxModel(model_file).run
     source = len(m.rows) - 2  # the eager model the fp32 ONNX row came from
-    row = m.add(f"onnx int8 {opts.quantize}", model_file, _onnx_params(model_file), predict, source=source)
+    row = m.add(f"onnx int8 {mode}", model_file, _onnx_params(model_file), predict, source=source)
     notes += int8_notes(m.rows[-2], row)
     return model_file
 

@@ -118,8 +118,18 @@ def quantize_onnx(
         calibration: real model inputs (static only), already checked with :func:`check_calibration`.
 
     Raises:
-        ExportError: ONNX Runtime cannot quantize the graph.
+        ExportError: ``static`` without calibration inputs, or ONNX Runtime cannot quantize the graph.
     """
+    if mode == "dynamic":
+        reader = None
+    elif calibration is None:
+        raise ExportError(
+            f"Static int8 quantization of '{src}' got no calibration inputs; expected real model inputs "
+            f"(an array like the model's input batch) to measure activation ranges on. Fix: pass "
+            f"calibration= (checked with check_calibration), or use mode='dynamic'."
+        )
+    else:
+        reader = _Reader(input_name, calibration)
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -153,11 +163,10 @@ def quantize_onnx(
                     reduce_range=True,
                 )
             else:
-                assert calibration is not None
                 quantize_static(
                     str(prepared),
                     str(dst),
-                    _Reader(input_name, calibration),
+                    reader,
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,

@@ -221,6 +221,13 @@ class Task(Protocol):
         """A real, valid JSON request body, shown in the OpenAPI docs."""
         ...
 
+    def example_config(self, root: Path) -> dict[str, Any]:
+        """Write a tiny real dataset under ``root``; return a raw config that trains on it in seconds.
+
+        The conformance suite (tests/conformance/test_tasks.py) runs every task and model on it.
+        """
+        ...
+
     # Evaluation and the command line.
     cli_options: frozenset[str]  # the PredictArgs fields ``kiln predict`` takes for this task
 

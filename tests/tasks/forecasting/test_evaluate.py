@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torchkiln.artifacts.bundle import Bundle, load_bundle, without_pretrained
 from torchkiln.artifacts.predictor import Predictor
-from torchkiln.core.errors import DataError
+from torchkiln.core.errors import BundleError, DataError
 from torchkiln.tasks.forecasting.baselines import baseline_forecasts
-from torchkiln.tasks.forecasting.evaluate import ForecastEvalResult, evaluate_forecast, run_baselines
+from torchkiln.tasks.forecasting.evaluate import (
+    ForecastEvalResult,
+    evaluate_forecast,
+    network_quantiles,
+    run_baselines,
+)
 from torchkiln.tasks.forecasting.metrics import METRICS, forecast_errors, summarize_errors
 from torchkiln.tasks.forecasting.task import History, SeriesData
 
@@ -153,3 +160,34 @@ def test_cli_evaluate_prints_the_models_by_metrics_table(tiny_forecast_bundle: P
         assert text in proc.stdout, text
     assert f"report:  {tmp_path / 'eval' / 'report.html'}" in proc.stdout
     assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def without(bundle: Bundle, field: str) -> Bundle:
+    """The bundle with ``data.<field>`` removed from its config, as in a hand-edited config.yaml."""
+    data = bundle.config.data.model_copy(update={field: None})
+    return dataclasses.replace(bundle, config=bundle.config.model_copy(update={"data": data}))
+
+
+def unresolved_bundle_message(bundle: Bundle, field: str) -> str:
+    return (
+        f"Bundle '{bundle.path}' has no data.{field} in its config.yaml; expected the resolved config that "
+        f"training writes (it fills data.{field} in from the train split). Fix: restore config.yaml from "
+        f"the run, or retrain to rewrite the bundle."
+    )
+
+
+def test_a_bundle_without_the_mase_scale_is_refused_before_forecasting(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    broken = without(bundle, "mase_scale")
+    with pytest.raises(BundleError) as exc:
+        evaluate_forecast(broken, split="test", out_dir=tmp_path)
+    assert str(exc.value) == unresolved_bundle_message(broken, "mase_scale")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_bundle_without_the_scaler_is_refused(bundle: Bundle) -> None:
+    broken = without(bundle, "scaler_stats")
+    with pytest.raises(BundleError) as exc:
+        network_quantiles(broken, [], torch.device("cpu"))
+    assert str(exc.value) == unresolved_bundle_message(broken, "scaler_stats")

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from torchkiln.components.models import MODELS, register_model
 from torchkiln.core.errors import ConfigError
-from torchkiln.tasks.forecasting.models import Forecaster
+from torchkiln.tasks.forecasting.models import Forecaster, create_forecast_model
 
 
 class Zero(nn.Module):
@@ -93,3 +94,22 @@ def test_the_offset_widens_sorted_quantiles_and_never_moves_the_median() -> None
     torch.testing.assert_close(model(x)[0, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
     model.interval_offset[:, 0] = torch.tensor([-1.0, 0.0, 1.0])
     torch.testing.assert_close(model(x)[0, 0, 0], torch.tensor([-1.0, 1.0, 3.0]))
+
+
+def test_a_registered_builder_that_returns_no_forecaster_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the registration ends with the test
+
+    @register_model("bare-linear", summary="returns a bare network", task="forecasting")
+    def bare_linear(**sizes: int) -> nn.Module:
+        return nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError) as exc:
+        create_forecast_model(
+            "bare-linear", lookback=8, horizon=4, num_targets=1, num_covariates=0, num_quantiles=3
+        )
+    assert str(exc.value) == (
+        "The builder registered as forecasting model 'bare-linear' returned a Linear; expected a "
+        "Forecaster, which splits the window, normalizes it and maps the quantiles back. Fix: have the "
+        "builder wrap its network as Forecaster(core, ...), as the built-in forecasting models do, or set "
+        "model.name to one of those ('kiln list models')."
+    )

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 from torchkiln.artifacts.bundle import load_bundle, without_pretrained
 from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.cli.main import app
-from torchkiln.core.errors import PredictError
+from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.base import validate
+from torchkiln.tasks.base import RequestLimits, validate
 from torchkiln.tasks.forecasting.evaluate import network_quantiles
 from torchkiln.tasks.forecasting.metrics import summarize_errors
-from torchkiln.tasks.forecasting.task import History, PinballLoss
+from torchkiln.tasks.forecasting.task import History, PinballLoss, read_history
 from torchkiln.tasks.forecasting.windows import fit_scaler, scale, unscale
 
 TASK = get_task("forecasting")
@@ -271,3 +271,70 @@ def test_predict_options_of_another_task_are_refused(tiny_forecast_bundle: Path)
         "This bundle is a forecasting model, which does not take --text or --top-k. "
         "It takes --history and --horizon."
     ) in " ".join(result.output.split())
+
+
+# ---- runtime checks (they hold under python -O: no assert does the checking) ---------------------------
+
+
+def unresolved_message(what: str, field: str) -> str:
+    return (
+        f"{what} needs a resolved config, but data.{field} is not set; expected the config that "
+        f"task.prepare returns, which fills data.{field} in from the data (a bundle's config is resolved "
+        f"too). Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+    )
+
+
+def test_a_config_of_another_task_names_the_sections_it_got(make_text_config) -> None:
+    cfg = validate(make_text_config("reviews.csv"))
+    with pytest.raises(ConfigError) as exc:
+        TASK.build_model(cfg)
+    assert str(exc.value) == (
+        "The forecasting task got a config whose data section is of type TextDataConfig and whose task "
+        "section is of type TextClassificationTaskConfig (task.kind 'text-classification'); expected a "
+        "forecasting config (TimeSeriesDataConfig, ForecastingTaskConfig). Fix: build it with "
+        "torchkiln.tasks.base.validate (or load_config), which picks the sections by task.kind, and hand "
+        "it to the task of that kind (torchkiln.tasks.get_task)."
+    )
+
+
+@pytest.mark.parametrize("what", ["build_model", "preprocess", "postprocess"])
+def test_an_unresolved_config_is_refused_with_the_field_prepare_fills_in(
+    what: str, tmp_path: Path, make_forecast_config
+) -> None:
+    cfg = validate(make_forecast_config(tmp_path / "series.csv", tmp_path))  # not through prepare
+    calls = {
+        "build_model": lambda: TASK.build_model(cfg),
+        "preprocess": lambda: TASK.preprocess(cfg, [History(np.zeros((12, 1)), months(12))]),
+        "postprocess": lambda: TASK.postprocess(cfg, torch.zeros(1, 6, 1, 3), top_k=1),
+    }
+    with pytest.raises(ConfigError) as exc:
+        calls[what]()
+    assert str(exc.value) == unresolved_message(what, "targets")
+
+
+def test_a_partly_resolved_config_names_the_field_that_is_missing(
+    tmp_path: Path, make_forecast_config
+) -> None:
+    cfg = validate(make_forecast_config(tmp_path / "series.csv", tmp_path))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"targets": ["value"], "freq": "MS"})})
+    with pytest.raises(ConfigError) as exc:
+        TASK.preprocess(cfg, [History(np.zeros((12, 1)), months(12))])
+    assert str(exc.value) == unresolved_message("preprocess", "scaler_stats")
+
+
+def test_read_history_with_covariates_needs_a_resolved_config(tmp_path: Path, make_forecast_config) -> None:
+    cfg = validate(make_forecast_config(tmp_path / "series.csv", tmp_path))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"covariates": ["temperature"]})})
+    with pytest.raises(ConfigError) as exc:
+        read_history(cfg, tmp_path / "history.csv")
+    assert str(exc.value) == unresolved_message("read_history", "targets")
+
+
+def test_a_request_of_another_schema_is_refused() -> None:
+    request = get_task("text-classification").request_schema(text="hello")
+    with pytest.raises(PredictError) as exc:
+        TASK.decode_request(request, limits=RequestLimits())
+    assert str(exc.value) == (
+        "decode_request got a TextPredictRequest; expected a ForecastRequest (this task's request_schema). "
+        "Fix: parse the JSON body with task.request_schema.model_validate(body) first."
+    )

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 
 from torchkiln.components.augment import AugmentStep, build_augment
 from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.core.errors import DataError
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 from torchkiln.tasks.image_classification.data import BatchSet, SplitData, load_image_data, make_loader
 
@@ -171,3 +172,13 @@ def test_batch_flip_flips_each_image_on_its_own() -> None:
     assert 16 < sum(flipped) < 48  # both outcomes occur, image by image
     assert torch.equal(BatchFlip(0.0, dim=-2)(x), x)
     assert torch.equal(BatchFlip(1.0, dim=-2)(x), x.flip(-2))
+
+
+def test_a_split_with_neither_images_nor_paths_is_refused() -> None:
+    with pytest.raises(DataError) as exc:
+        SplitData(torch.arange(3))
+    assert str(exc.value) == (
+        "A SplitData of 3 label(s) holds neither images nor paths; expected the decoded images (a uint8 "
+        "tensor (N, C, S, S)) or the image file paths, one per label. Fix: pass images= or paths= when "
+        "making it."
+    )

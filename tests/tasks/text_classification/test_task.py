@@ -15,9 +15,10 @@ import torch
 from torchkiln import api
 from torchkiln.artifacts.bundle import load_bundle
 from torchkiln.artifacts.predictor import load_predictor
+from torchkiln.components.models import MODELS, register_model
 from torchkiln.core.errors import BundleError, ConfigError, DataError, PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.base import validate
+from torchkiln.tasks.base import RequestLimits, validate
 
 TASK = get_task("text-classification")
 
@@ -215,3 +216,73 @@ def test_lstm_bundle_exports_to_int8_onnx_that_predicts_like_the_eager_one(
     eager = load_predictor(run / "bundle").predict(texts)
     int8 = load_predictor(result.variant).predict(texts)  # rows of three lengths, padded in one batch
     assert [a["label"] for a in int8] == [a["label"] for a in eager]
+
+
+# ---- runtime checks (they hold under python -O: no assert does the checking) ---------------------------
+
+
+def test_a_config_of_another_task_names_its_data_section(make_forecast_config) -> None:
+    cfg = validate(make_forecast_config("series.csv"))
+    with pytest.raises(ConfigError) as exc:
+        TASK.bundle_meta(cfg)
+    assert str(exc.value) == (
+        "The text-classification task got a config whose data section is of type TimeSeriesDataConfig "
+        "(task.kind 'forecasting'); expected a TextDataConfig. Fix: build the config with "
+        "torchkiln.tasks.base.validate (or load_config), which picks the data section by task.kind, and "
+        "hand it to the task of that kind (torchkiln.tasks.get_task)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "field"),
+    [("build_model", "data.classes"), ("collate_inputs", "data.tokenizer.pad_id")],
+)
+def test_an_unresolved_config_is_refused_with_the_field_prepare_fills_in(
+    config, what: str, field: str
+) -> None:
+    cfg = validate(config())  # not through prepare: no classes, no tokenizer
+    calls = {
+        "build_model": lambda: TASK.build_model(cfg),
+        "collate_inputs": lambda: TASK.collate_inputs(cfg, [torch.ones(1, 2), torch.ones(1, 3)]),
+    }
+    with pytest.raises(ConfigError) as exc:
+        calls[what]()
+    assert str(exc.value) == (
+        f"{what} needs a resolved config, but {field} is not set; expected the config that task.prepare "
+        f"returns, which fills it in from the data (a bundle's config is resolved too). Fix: pass the "
+        f"config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+    )
+
+
+def test_a_registered_builder_that_returns_no_text_classifier_is_refused(
+    config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the registration ends with the test
+
+    @register_model("bare-linear", summary="returns a bare network", task="text-classification")
+    def bare_linear(*, num_classes: int, vocab_size: int, pad_id: int, max_length: int, pretrained=False):
+        return torch.nn.Linear(4, num_classes)
+
+    raw = config()
+    raw["model"] = {"name": "bare-linear"}
+    raw["data"] |= {"classes": ["negative", "positive"], "tokenizer": {"vocab_size": 200, "pad_id": 0}}
+    cfg = validate(raw)  # resolved by hand
+    model = TASK.build_model(cfg)
+    with pytest.raises(ConfigError) as exc:
+        TASK.param_groups(cfg, model)
+    assert str(exc.value) == (
+        "The text model 'bare-linear' is a Linear, not a TextClassifier; expected its registered builder "
+        "to return a TextClassifier, whose blocks and head get their own learning rates. Fix: return a "
+        "TextClassifier from the builder, as the built-in text models do, or set model.name to one of "
+        "those ('kiln list models')."
+    )
+
+
+def test_a_request_of_another_schema_is_refused() -> None:
+    request = get_task("forecasting").request_schema(history=[1.0], timestamps=["2000-01-01"])
+    with pytest.raises(PredictError) as exc:
+        TASK.decode_request(request, limits=RequestLimits())
+    assert str(exc.value) == (
+        "decode_request got a ForecastRequest; expected a TextPredictRequest (this task's request_schema). "
+        "Fix: parse the JSON body with task.request_schema.model_validate(body) first."
+    )

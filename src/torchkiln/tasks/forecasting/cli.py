@@ -1,65 +1,29 @@
-"""Forecasting on the command line: ``kiln backtest``, ``kiln predict --history`` and the score tables.
+"""Forecasting on the command line: ``kiln backtest`` and what ``kiln predict --history`` prints.
 
-``backtest`` is a ``torchkiln.commands`` entry point: ``kiln`` mounts it without naming this family.
+``backtest`` is a ``torchkiln.commands`` entry point: ``kiln`` mounts it without naming this family, at
+every start, so this module imports nothing heavy at the top (the evaluation loads in the command).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from torchkiln.core.console import fail, out
-from torchkiln.core.errors import KilnError, PredictError
-
-if TYPE_CHECKING:
-    from torchkiln.tasks.base import PredictArgs
-
-MODEL_NAMES = {"model": "network", "naive": "naive", "seasonal_naive": "seasonal naive"}
-REL_MAE = "rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it)."
+from torchkiln.core.errors import KilnError
 
 
-def forecast_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
-    """Models x (MAE, RMSE, sMAPE, MASE, rel. MAE), the network first."""
-    table = Table(title=title)
-    table.add_column("model")
-    for header in ("MAE", "RMSE", "sMAPE %", "MASE", "rel. MAE"):
-        table.add_column(header, justify="right")
-    for name, m in metrics.items():
-        values = (m["mae"], m["rmse"], m["smape"], m["mase"], m["relative_mae"])
-        table.add_row(
-            MODEL_NAMES.get(name, name.upper()), *(f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" for v in values)
-        )
-    return table
-
-
-def predict_lines(predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
-    """``kiln predict BUNDLE --history series.csv [--horizon H]``: a table of timestamps and quantiles."""
-    from torchkiln.tasks.forecasting.task import read_history
-
-    cfg = predictor.bundle.config
-    if args.history is None:
-        raise PredictError("A forecaster needs the series so far: pass --history series.csv.")
-    if args.horizon is not None and args.horizon > cfg.data.horizon:
-        raise PredictError(
-            f"--horizon {args.horizon} is longer than the {cfg.data.horizon} steps this model forecasts. "
-            f"Pass --horizon {cfg.data.horizon} or less, or retrain with data.horizon: {args.horizon}."
-        )
-    [res] = predictor.predict([read_history(cfg, args.history)])
-    n = args.horizon or cfg.data.horizon
-    res = {
-        "timestamps": res["timestamps"][:n],
-        "steps": res["steps"][:n],
-        "forecast": {k: v[:n] for k, v in res["forecast"].items()},
-        "quantiles": {q: {k: v[:n] for k, v in by.items()} for q, by in res["quantiles"].items()},
-    }
+def forecast_lines(res: dict[str, Any], title: str, *, as_json: bool) -> list[Any]:
+    """What ``kiln predict --history`` prints: the answer as one JSON line, or a table of timestamps
+    with each target's median and outermost interval."""
     if as_json:
         return [json.dumps(res)]
     qs = list(res["quantiles"])
-    table = Table(title=f"forecast from {args.history.name}")
+    table = Table(title=title)
     table.add_column("time")
     for name in res["forecast"]:
         table.add_column(f"{name} (median)", justify="right")
@@ -90,6 +54,7 @@ def backtest(
     """Rolling-origin backtest: train and test a forecasting config at FOLDS successive ends of its data."""
     from torchkiln.tasks.base import load_config
     from torchkiln.tasks.forecasting.backtest import backtest as run_backtest
+    from torchkiln.tasks.forecasting.evaluate import REL_MAE, forecast_table
 
     try:
         cfg = load_config(config, set_ or [])

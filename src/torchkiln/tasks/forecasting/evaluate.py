@@ -17,26 +17,46 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from rich.table import Table
 from torch.utils.data import DataLoader
 
 from torchkiln.artifacts.bundle import Bundle, without_pretrained
 from torchkiln.components.splits import SPLITS
-from torchkiln.core.errors import DataError
+from torchkiln.core.errors import BundleError, DataError
 from torchkiln.core.io import atomic_write_text
 from torchkiln.tasks.forecasting.baselines import fit_baselines
 from torchkiln.tasks.forecasting.config import ForecastingTaskConfig, TimeSeriesDataConfig
-from torchkiln.tasks.forecasting.data import SeriesFrame, iso_time
+from torchkiln.tasks.forecasting.data import iso_time
 from torchkiln.tasks.forecasting.metrics import forecast_errors, summarize_errors
-from torchkiln.tasks.forecasting.report import render_report
+from torchkiln.tasks.forecasting.report import SplitForecasts, render_report
 from torchkiln.tasks.forecasting.windows import unscale
 
 MODEL = "model"  # the network's key in every per-model dict; the baselines use their method names
 REFERENCE = "seasonal_naive"  # relative_mae divides by its MAE on the same windows
 CLASSICAL = ("ets", "arima")  # fitted baselines: skipped with a note when they cannot run
+T = TypeVar("T")
+
+
+MODEL_NAMES = {"model": "network", "naive": "naive", "seasonal_naive": "seasonal naive"}
+REL_MAE = "rel. MAE = MAE / seasonal naive's MAE on the same windows (< 1 beats it)."
+
+
+def forecast_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    """Models x (MAE, RMSE, sMAPE, MASE, rel. MAE), the network first."""
+    table = Table(title=title)
+    table.add_column("model")
+    for header in ("MAE", "RMSE", "sMAPE %", "MASE", "rel. MAE"):
+        table.add_column(header, justify="right")
+    for name, m in metrics.items():
+        values = (m["mae"], m["rmse"], m["smape"], m["mase"], m["relative_mae"])
+        table.add_row(
+            MODEL_NAMES.get(name, name.upper()), *(f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" for v in values)
+        )
+    return table
 
 
 @dataclass(frozen=True)
@@ -70,8 +90,6 @@ class ForecastEvalResult:
 
     def summary(self) -> list[Any]:
         """The models x metrics table, what rel. MAE means, and the interval's coverage."""
-        from torchkiln.tasks.forecasting.cli import REL_MAE, forecast_table
-
         title = f"{self.split} split: {self.windows} windows, same for every model"
         lines: list[Any] = [forecast_table(title, self.metrics), REL_MAE]
         if self.interval is not None:
@@ -81,26 +99,6 @@ class ForecastEvalResult:
                 f"coverage of the {lo:g}-{hi:g} interval: {coverage:.1f} % (nominal {100 * (hi - lo):.0f} %)"
             )
         return lines
-
-
-@dataclass(frozen=True)
-class SplitForecasts:
-    """The forecasts of every model on the same windows, in the data's units (what the report draws)."""
-
-    frame: SeriesFrame
-    bounds: dict[str, tuple[int, int]]
-    lookback: int
-    origins: np.ndarray  # (W,) row of each window's first forecast step
-    target: np.ndarray  # (W, H, C)
-    points: dict[str, np.ndarray]  # model -> (W, H, C) point forecasts; the network's is its median
-    quantiles: np.ndarray  # (Q, W, H, C) the network's quantile forecasts
-    levels: tuple[float, ...]  # the Q quantile levels, increasing
-    baselines: dict[str, list[str]]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        return (self.levels[0], self.levels[-1]) if len(self.levels) > 1 else None
 
 
 def evaluate_forecast(
@@ -121,16 +119,17 @@ def evaluate_forecast(
     Raises:
         DataError: the split is unknown or has no windows, or seasonal naive has no value one season
             before a window.
+        BundleError: the bundle's config is not resolved (no data.mase_scale or data.scaler_stats).
 
     Example:
         >>> r = evaluate_forecast(load_bundle("runs/air/20261124-201525"), split="test", out_dir=Path("ev"))
         >>> r.metrics["model"]["mase"], r.baselines["arima"]
     """
     cfg = bundle.config
-    fc = forecast_split(bundle, split=split, device=device or torch.device("cpu"))
     d, _ = _parts(bundle)
-    assert d.mase_scale is not None, "a bundle's config is resolved"
-    metrics, per_step = score(fc, mase_scale=np.asarray(d.mase_scale))
+    mase_scale = _resolved(bundle, d.mase_scale, "mase_scale")  # checked before the slow forecasts
+    fc = forecast_split(bundle, split=split, device=device or torch.device("cpu"))
+    metrics, per_step = score(fc, mase_scale=np.asarray(mase_scale))
     title = f"{cfg.run_name}: {split} split"
     extra = _summary(bundle, fc, split)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +194,8 @@ def forecast_split(bundle: Bundle, *, split: str, device: torch.device) -> Split
     quantiles = network_quantiles(bundle, task.loader(cfg, data, split, train=False), device)
     series = data.frame.targets  # (N, C), original units
     target = series[origins[:, None] + np.arange(d.horizon)]  # (W, H, C)
+    # An internal invariant, not an input check: the forecasting task's own loader (evaluation: no
+    # shuffle, no drop_last) yields exactly these origins' windows, in order.
     assert quantiles.shape[1:] == target.shape, "the loader yields one window per origin, in order"
     forecasts, described, notes = run_baselines(
         series, origins, horizon=d.horizon, season=d.season or 1, train_end=data.bounds["train"][1]
@@ -217,13 +218,13 @@ def forecast_split(bundle: Bundle, *, split: str, device: torch.device) -> Split
 def network_quantiles(bundle: Bundle, loader: DataLoader, device: torch.device) -> np.ndarray:
     """The network's quantile forecasts ``(Q, W, H, C)`` in the data's units, windows in loader order."""
     d, _ = _parts(bundle)
-    assert d.scaler_stats is not None, "a bundle's config is resolved"
+    stats = _resolved(bundle, d.scaler_stats, "scaler_stats")
     model = bundle.model.to(device).eval()
     parts = []
     for batch in loader:
         x, _ = bundle.task.to_device(batch, device, channels_last=False)
         out = model(x).double().cpu().movedim(-1, 0)  # (Q, B, H, C), scaled; unscale works on the last axis
-        parts.append(unscale(out, d.scaler_stats).numpy())
+        parts.append(unscale(out, stats).numpy())
     return np.concatenate(parts, axis=1)
 
 
@@ -291,6 +292,17 @@ def _parts(bundle: Bundle) -> tuple[TimeSeriesDataConfig, ForecastingTaskConfig]
             "Fix: use torchkiln.api.evaluate, which picks the right evaluation for each task."
         )
     return d, t
+
+
+def _resolved(bundle: Bundle, value: T | None, field: str) -> T:
+    """``data.<field>`` of a bundle's config, which training resolved; unset is a BundleError."""
+    if value is None:
+        raise BundleError(
+            f"Bundle '{bundle.path}' has no data.{field} in its config.yaml; expected the resolved config "
+            f"that training writes (it fills data.{field} in from the train split). Fix: restore "
+            f"config.yaml from the run, or retrain to rewrite the bundle."
+        )
+    return value
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

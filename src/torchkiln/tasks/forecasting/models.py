@@ -369,6 +369,7 @@ def create_forecast_model(
 
     Raises:
         RegistryError: unknown model name or argument, or a model of another task.
+        ConfigError: the registered builder returned something other than a :class:`Forecaster`.
 
     Example:
         >>> model = create_forecast_model("lstm-forecaster", lookback=24, horizon=12, num_targets=1,
@@ -386,5 +387,11 @@ def create_forecast_model(
         season=season,
         **(args or {}),
     )
-    assert isinstance(model, Forecaster)
+    if not isinstance(model, Forecaster):
+        raise ConfigError(
+            f"The builder registered as forecasting model '{name}' returned a {type(model).__name__}; "
+            f"expected a Forecaster, which splits the window, normalizes it and maps the quantiles back. "
+            f"Fix: have the builder wrap its network as Forecaster(core, ...), as the built-in forecasting "
+            f"models do, or set model.name to one of those ('kiln list models')."
+        )
     return model

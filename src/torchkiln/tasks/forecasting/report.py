@@ -3,13 +3,14 @@
 Same page shell, CSS and figure helpers as the classification report
 (:mod:`torchkiln.components.classification_report`): inline CSS, base64 PNGs drawn on a
 ``matplotlib.figure.Figure`` with an Agg canvas, nothing external. The HTML is the Jinja2 template
-``forecast_report.html.j2`` (:mod:`torchkiln.components.html`); this module computes the values it shows
-(formatted numbers, plots as ``data:`` URIs, tables as lists of dicts)."""
+``templates/report.html.j2`` beside this module (:mod:`torchkiln.components.html`); this module computes
+the values it shows (formatted numbers, plots as ``data:`` URIs, tables as lists of dicts)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -18,10 +19,7 @@ from matplotlib.figure import Figure
 
 from torchkiln.components.classification_report import figure_png, plot_label
 from torchkiln.components.html import render
-from torchkiln.tasks.forecasting.data import iso_time
-
-if TYPE_CHECKING:
-    from torchkiln.tasks.forecasting.evaluate import SplitForecasts
+from torchkiln.tasks.forecasting.data import SeriesFrame, iso_time
 
 MAX_TARGETS = 4  # target columns that get their own series plots
 PANELS = 3  # forecast windows drawn per target: the last one and evenly spaced earlier ones
@@ -47,6 +45,26 @@ Metrics = dict[str, dict[str, float]]
 PerStep = dict[str, dict[str, list[float]]]
 
 
+@dataclass(frozen=True)
+class SplitForecasts:
+    """The forecasts of every model on the same windows, in the data's units (what the report draws)."""
+
+    frame: SeriesFrame
+    bounds: dict[str, tuple[int, int]]
+    lookback: int
+    origins: np.ndarray  # (W,) row of each window's first forecast step
+    target: np.ndarray  # (W, H, C)
+    points: dict[str, np.ndarray]  # model -> (W, H, C) point forecasts; the network's is its median
+    quantiles: np.ndarray  # (Q, W, H, C) the network's quantile forecasts
+    levels: tuple[float, ...]  # the Q quantile levels, increasing
+    baselines: dict[str, list[str]]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return (self.levels[0], self.levels[-1]) if len(self.levels) > 1 else None
+
+
 def render_report(
     fc: SplitForecasts,
     metrics: Metrics,
@@ -66,7 +84,8 @@ def render_report(
         for c, name in enumerate(columns)
     ]
     return render(
-        "forecast_report.html.j2",
+        "report.html.j2",
+        package="torchkiln.tasks.forecasting",
         title=title,
         extra=extra,
         cards=_cards(fc, metrics),

@@ -18,7 +18,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,12 @@ from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
-from torchkiln.tasks.forecasting.config import ForecastingTaskConfig, ForecastRunConfig, TimeSeriesDataConfig
+from torchkiln.tasks.forecasting.config import (
+    ForecastingTaskConfig,
+    ForecastRunConfig,
+    ScalerStats,
+    TimeSeriesDataConfig,
+)
 from torchkiln.tasks.forecasting.conformal import conformal_offsets, interval_pairs
 from torchkiln.tasks.forecasting.data import (
     SeriesFrame,
@@ -48,21 +53,50 @@ from torchkiln.tasks.forecasting.models import Forecaster, create_forecast_model
 from torchkiln.tasks.forecasting.windows import fit_scaler, scale, split_bounds, unscale, window_origins
 
 MAX_HISTORY = 100_000  # points per request
+T = TypeVar("T")
 
 
 def _parts(cfg: RunConfig) -> tuple[TimeSeriesDataConfig, ForecastingTaskConfig]:
+    """The data and task sections of a forecasting config; another task's config is a ConfigError."""
     d, t = cfg.data, cfg.task
-    assert isinstance(d, TimeSeriesDataConfig) and isinstance(t, ForecastingTaskConfig)
+    if not isinstance(d, TimeSeriesDataConfig) or not isinstance(t, ForecastingTaskConfig):
+        wrong = [
+            f"{name} section is of type {type(part).__name__}"
+            for name, part, want in (("data", d, TimeSeriesDataConfig), ("task", t, ForecastingTaskConfig))
+            if not isinstance(part, want)
+        ]
+        raise ConfigError(
+            f"The forecasting task got a config whose {' and whose '.join(wrong)} (task.kind "
+            f"'{t.kind}'); expected a forecasting config (TimeSeriesDataConfig, ForecastingTaskConfig). "
+            f"Fix: build it with torchkiln.tasks.base.validate (or load_config), which picks the sections "
+            f"by task.kind, and hand it to the task of that kind (torchkiln.tasks.get_task)."
+        )
     return d, t
 
 
-def num_targets(d: TimeSeriesDataConfig) -> int:
-    assert d.targets is not None, "needs a resolved config"
-    return len(d.targets)
+def _resolved(value: T | None, field: str, what: str) -> T:
+    """``data.<field>`` of a resolved config; unset (``prepare`` has not filled it in) is a ConfigError."""
+    if value is None:
+        raise ConfigError(
+            f"{what} needs a resolved config, but data.{field} is not set; expected the config that "
+            f"task.prepare returns, which fills data.{field} in from the data (a bundle's config is "
+            f"resolved too). Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+        )
+    return value
+
+
+def num_targets(d: TimeSeriesDataConfig, what: str = "num_targets") -> int:
+    return len(_resolved(d.targets, "targets", what))
 
 
 def num_covariates(d: TimeSeriesDataConfig) -> int:
     return len(d.covariates) + len(d.calendar)
+
+
+def _scaling(d: TimeSeriesDataConfig, what: str) -> tuple[list[str], str, ScalerStats]:
+    """What turns a history into model inputs and outputs back into values: targets, freq, scaler."""
+    targets, freq = _resolved(d.targets, "targets", what), _resolved(d.freq, "freq", what)
+    return targets, freq, _resolved(d.scaler_stats, "scaler_stats", what)
 
 
 @dataclass(frozen=True)
@@ -214,15 +248,15 @@ def read_history(cfg: RunConfig, path: str | Path) -> History:
     if not d.covariates:
         frame = read_series(d.model_copy(update=whole))
         return History(frame.targets, frame.time)
-    assert d.targets is not None and d.freq is not None
+    targets, freq = _resolved(d.targets, "targets", "read_history"), _resolved(d.freq, "freq", "read_history")
     raw = _read_raw(Path(path), d)
-    missing = [c for c in (d.time_column, *d.targets, *d.covariates) if c not in raw.columns]
+    missing = [c for c in (d.time_column, *targets, *d.covariates) if c not in raw.columns]
     if missing:
         raise PredictError(
             f"The history file '{path}' has no column(s) {missing}; it has {list(raw.columns)}. Expected "
             f"the training file's columns."
         )
-    known = ~(raw[d.targets] == "").all(axis=1).to_numpy()
+    known = ~(raw[targets] == "").all(axis=1).to_numpy()
     future = len(known) - (int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0)
     if future != d.horizon:
         raise PredictError(
@@ -234,12 +268,12 @@ def read_history(cfg: RunConfig, path: str | Path) -> History:
     frame = read_series(d.model_copy(update={**whole, "end": last}))
     tail = raw.iloc[-future:]
     times = pd.to_datetime(tail[d.time_column], errors="coerce").to_numpy().astype("datetime64[ns]")
-    expected = future_times(frame.time[-1], d.freq, d.horizon)
+    expected = future_times(frame.time[-1], freq, d.horizon)
     if not np.array_equal(times, expected):
         raise PredictError(
             f"The last {future} rows of '{path}' are for {[str(t) for t in tail[d.time_column]]}, but "
             f"the steps to forecast are {[iso_time(t) for t in expected]}. Give one row per step after "
-            f"the last value, at the data's frequency ({d.freq})."
+            f"the last value, at the data's frequency ({freq})."
         )
     try:
         covariates = tail[d.covariates].astype(float).to_numpy()
@@ -327,7 +361,7 @@ class ForecastingTask:
             cfg.model.name,
             lookback=d.lookback,
             horizon=d.horizon,
-            num_targets=num_targets(d),
+            num_targets=num_targets(d, "build_model"),
             num_covariates=num_covariates(d),
             num_quantiles=len(t.quantiles),
             season=d.season or 1,
@@ -336,7 +370,9 @@ class ForecastingTask:
 
     def loader(self, cfg: RunConfig, data: SeriesData, split: str, *, train: bool) -> DataLoader:
         d, _ = _parts(cfg)
-        windows = Windows(data, split, lookback=d.lookback, horizon=d.horizon, targets=num_targets(d))
+        windows = Windows(
+            data, split, lookback=d.lookback, horizon=d.horizon, targets=num_targets(d, "loader")
+        )
         batch_size = cfg.train.batch_size if train else cfg.evaluate.batch_size
         sampler = EpochBatchSampler(
             len(windows),
@@ -378,22 +414,22 @@ class ForecastingTask:
         d, _ = _parts(cfg)
         if not isinstance(h, History):
             raise PredictError(f"Got a {type(h).__name__}, not a History. Decode the request first.")
-        assert d.scaler_stats is not None and d.freq is not None and d.targets is not None
+        targets, freq, stats = _scaling(d, "preprocess")
         lb, hz = d.lookback, d.horizon
-        if h.values.ndim != 2 or h.values.shape[1] != len(d.targets):
+        if h.values.ndim != 2 or h.values.shape[1] != len(targets):
             got = h.values.shape[1] if h.values.ndim == 2 else "not a table of"
             raise PredictError(
-                f"The history has {got} value(s) per step, but the model forecasts {len(d.targets)} "
-                f"target(s) {d.targets}. Send one value per target at each step"
-                + (" (a plain list of numbers for one target)." if len(d.targets) == 1 else ".")
+                f"The history has {got} value(s) per step, but the model forecasts {len(targets)} "
+                f"target(s) {targets}. Send one value per target at each step"
+                + (" (a plain list of numbers for one target)." if len(targets) == 1 else ".")
             )
         if len(h.values) < lb:
             raise PredictError(
                 f"The history has {len(h.values)} points, but the model needs at least lookback = {lb}. "
                 f"Send the last {lb} (or more) values of the series."
             )
-        past = scale(h.values[-lb:].astype(np.float64), d.scaler_stats)
-        times = np.concatenate([h.time[-lb:], future_times(h.time[-1], d.freq, hz)])
+        past = scale(h.values[-lb:].astype(np.float64), stats)
+        times = np.concatenate([h.time[-lb:], future_times(h.time[-1], freq, hz)])
         known = [calendar_features(times, d.calendar)]
         if d.covariates:
             cov = h.covariates
@@ -414,14 +450,14 @@ class ForecastingTask:
         self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
         d, t = _parts(cfg)
-        assert d.scaler_stats is not None and d.targets is not None and d.freq is not None
-        out = unscale(outputs.detach().float().cpu().movedim(-1, 0), d.scaler_stats).movedim(0, -1)
+        targets, freq, stats = _scaling(d, "postprocess")
+        out = unscale(outputs.detach().float().cpu().movedim(-1, 0), stats).movedim(0, -1)
         median = t.quantiles.index(0.5)
         answers = []
         for i, row in enumerate(out.numpy()):  # (H, C, Q)
             history = raw[i] if raw is not None and i < len(raw) else None
             times = (
-                [iso_time(v) for v in future_times(history.time[-1], d.freq, d.horizon)]
+                [iso_time(v) for v in future_times(history.time[-1], freq, d.horizon)]
                 if isinstance(history, History)
                 else None
             )
@@ -429,9 +465,9 @@ class ForecastingTask:
                 {
                     "timestamps": times,
                     "steps": list(range(1, d.horizon + 1)),
-                    "forecast": {name: row[:, c, median].tolist() for c, name in enumerate(d.targets)},
+                    "forecast": {name: row[:, c, median].tolist() for c, name in enumerate(targets)},
                     "quantiles": {
-                        str(q): {name: row[:, c, k].tolist() for c, name in enumerate(d.targets)}
+                        str(q): {name: row[:, c, k].tolist() for c, name in enumerate(targets)}
                         for k, q in enumerate(t.quantiles)
                     },
                 }
@@ -450,7 +486,8 @@ class ForecastingTask:
         _, t = _parts(cfg)
         if not t.conformal or loader is None or not interval_pairs(t.quantiles):
             return {}  # off, no val windows, or no interval (e.g. quantiles [0.5, 0.7, 0.9])
-        assert isinstance(model, Forecaster), "forecasting models are Forecasters"
+        # build_model made it, and create_forecast_model refuses builders that return no Forecaster.
+        model = cast(Forecaster, model)
         model.interval_offset.zero_()
         model.eval()
         quantiles, targets = [], []
@@ -469,10 +506,33 @@ class ForecastingTask:
 
         return evaluate_forecast(bundle, split=split, out_dir=out_dir, device=device)
 
-    def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
-        from torchkiln.tasks.forecasting.cli import predict_lines
+    def example_config(self, root: Path) -> dict[str, Any]:
+        from torchkiln.tasks.forecasting.example import example_config
 
-        return predict_lines(predictor, args, as_json=as_json)
+        return example_config(root)
+
+    def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
+        """``kiln predict BUNDLE --history series.csv [--horizon H]``: dated quantile forecasts."""
+        from torchkiln.tasks.forecasting.cli import forecast_lines
+
+        cfg = predictor.bundle.config
+        if args.history is None:
+            raise PredictError("A forecaster needs the series so far: pass --history series.csv.")
+        if args.horizon is not None and args.horizon > cfg.data.horizon:
+            raise PredictError(
+                f"--horizon {args.horizon} is longer than the {cfg.data.horizon} steps this model "
+                f"forecasts. Pass --horizon {cfg.data.horizon} or less, or retrain with data.horizon: "
+                f"{args.horizon}."
+            )
+        [res] = predictor.predict([read_history(cfg, args.history)])
+        n = args.horizon or cfg.data.horizon
+        res = {
+            "timestamps": res["timestamps"][:n],
+            "steps": res["steps"][:n],
+            "forecast": {k: v[:n] for k, v in res["forecast"].items()},
+            "quantiles": {q: {k: v[:n] for k, v in by.items()} for q, by in res["quantiles"].items()},
+        }
+        return forecast_lines(res, f"forecast from {args.history.name}", as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         d, t = _parts(cfg)
@@ -497,7 +557,12 @@ class ForecastingTask:
     upload_media = None
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[History]:
-        assert isinstance(request, ForecastRequest)
+        if not isinstance(request, ForecastRequest):
+            raise PredictError(
+                f"decode_request got a {type(request).__name__}; expected a ForecastRequest (this task's "
+                f"request_schema). Fix: parse the JSON body with task.request_schema.model_validate(body) "
+                f"first."
+            )
         values = np.asarray(request.history, dtype=np.float64)
         values = values[:, None] if values.ndim == 1 else values
         if len(values) == 0:

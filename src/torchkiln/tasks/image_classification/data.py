@@ -9,6 +9,7 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,6 +43,14 @@ class SplitData:
     labels: torch.Tensor  # (N,) int64
     images: torch.Tensor | None = None  # (N, C, S, S) uint8
     paths: tuple[Path, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is None and self.paths is None:
+            raise DataError(
+                f"A SplitData of {len(self.labels)} label(s) holds neither images nor paths; expected the "
+                f"decoded images (a uint8 tensor (N, C, S, S)) or the image file paths, one per label. "
+                f"Fix: pass images= or paths= when making it."
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -126,16 +135,16 @@ def load_image_data(
     return _from_arrays(cfg, data, seed, default_size, need_channels, stats, only_splits)
 
 
-def _resolve_channels(
-    cfg: ImageDataConfig, modes: list[str] | None, array_channels: int | None, need: int | None
-) -> int:
+def _resolve_channels(cfg: ImageDataConfig, found: list[str] | int, need: int | None) -> int:
+    """The config's channels, else the model's, else what the data has: ``found`` is the arrays' channel
+    count, or the PIL modes of the image files."""
     if cfg.channels is not None:
         return cfg.channels
     if need is not None:
         return need
-    if array_channels is not None:
-        return array_channels
-    assert modes is not None
+    if isinstance(found, int):
+        return found
+    modes = found
     gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # palette (P) images count as colour
     return 1 if all(m in gray for m in modes) else 3
 
@@ -164,7 +173,7 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     splits_in = np.array([files.splits[i] for i in keep]) if files.splits is not None else None
     classes = class_list(cfg, labels, splits_in, where)
     modes = [headers[i][2] for i in keep]  # type: ignore[index]
-    channels = _resolve_channels(cfg, modes, None, need_channels)
+    channels = _resolve_channels(cfg, modes, need_channels)
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     splits = make_splits(cfg, label_idx, splits_in, seed)
@@ -233,7 +242,7 @@ def _from_arrays(
     labels = [data.classes[i] for i in data.labels]
     classes = class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    channels = _resolve_channels(cfg, None, imgs.shape[1], need_channels)
+    channels = _resolve_channels(cfg, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
     splits = make_splits(cfg, label_idx, data.splits, seed)
     # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
@@ -284,11 +293,9 @@ class BatchSet(Dataset):
         epoch, b, idx = key
         if self.split.images is not None:
             x = self.split.images[idx]
-        else:
-            assert self.split.paths is not None
-            x = torch.stack(
-                [to_model_input(self.split.paths[i], size=self.size, channels=self.channels) for i in idx]
-            )
+        else:  # a SplitData holds images or paths: __post_init__ refuses neither
+            paths = cast(tuple[Path, ...], self.split.paths)
+            x = torch.stack([to_model_input(paths[i], size=self.size, channels=self.channels) for i in idx])
         if self.augment is not None:
             # Own RNG stream per batch: independent of worker count and of where a run resumed.
             with torch.random.fork_rng(devices=[]):

@@ -337,6 +337,9 @@ def _lite_stages(net: nn.Module, drop_path: float) -> list[nn.Sequential]:
         if args.input_filters != args.output_filters:
             stages.append([])
         stages[-1].append(_MBConv(block, drop_path * i / n))  # rate grows with depth, as in the original
+    # An internal invariant, not an input check: ``net`` is always _lite0's "efficientnet-lite0" from the
+    # pinned architecture package (no config or weights file changes its blocks), so only a change in that
+    # package can break the split.
     assert len(stages) == len(net._blocks_args), "EfficientNet-Lite stage split changed"
     return [nn.Sequential(*s) for s in stages]
 

@@ -8,7 +8,7 @@ import hashlib
 import io
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from torchkiln.components.classification import (
 from torchkiln.components.images import ImageLike, to_model_input
 from torchkiln.components.models import Classifier, check_model
 from torchkiln.core.config import RunConfig
-from torchkiln.core.errors import PredictError
+from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
@@ -135,6 +135,18 @@ def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
     return raw
 
 
+def _check_resolved(d: Any, fields: Sequence[str], what: str) -> None:
+    """Refuse a data section that ``prepare`` has not filled in: ``fields`` it left unset or empty."""
+    missing = [f"data.{name}" for name in fields if not getattr(d, name, None)]
+    if missing:
+        verb, them = ("is", "it") if len(missing) == 1 else ("are", "them")
+        raise ConfigError(
+            f"{what} needs a resolved config, but {', '.join(missing)} {verb} not set; expected the config "
+            f"that task.prepare returns, which fills {them} in from the data (a bundle's config is resolved "
+            f"too). Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+        )
+
+
 class ImageClassificationTask:
     kind = "image-classification"
     config_type = ImageRunConfig
@@ -182,9 +194,7 @@ class ImageClassificationTask:
 
     def build_model(self, cfg: RunConfig) -> ImageClassifierModel:
         d, m = cfg.data, cfg.model
-        assert d.classes and d.image_size and d.channels and d.mean and d.std, (
-            "build_model needs a resolved config"
-        )
+        _check_resolved(d, ("classes", "image_size", "channels", "mean", "std"), "build_model")
         net = create_model(
             m.name,
             num_classes=len(d.classes),
@@ -228,7 +238,7 @@ class ImageClassificationTask:
         return MulticlassMetrics()
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]:
-        assert isinstance(model, ImageClassifierModel)
+        model = cast(ImageClassifierModel, model)  # build_model wraps every network in one
         backbone = [p for p in model.net.blocks.parameters() if p.requires_grad]
         head = [p for p in model.net.head.parameters() if p.requires_grad]
         return [ParamGroup("backbone", backbone, cfg.model.backbone_lr_mult), ParamGroup("head", head, 1.0)]
@@ -243,7 +253,7 @@ class ImageClassificationTask:
         if not inputs:
             raise PredictError("No images were given. Pass at least one image path, bytes or array.")
         d = cfg.data
-        assert d.image_size and d.channels
+        _check_resolved(d, ("image_size", "channels"), "preprocess")
         return torch.stack([to_model_input(x, size=d.image_size, channels=d.channels) for x in inputs])
 
     def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -264,6 +274,11 @@ class ImageClassificationTask:
         from torchkiln.tasks.classification_eval import evaluate_classifier
 
         return evaluate_classifier(bundle, split=split, out_dir=out_dir, device=device)
+
+    def example_config(self, root: Path) -> dict[str, Any]:
+        from torchkiln.tasks.image_classification.example import example_config
+
+        return example_config(root)
 
     def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
         if not args.paths:
@@ -292,7 +307,12 @@ class ImageClassificationTask:
     upload_media = "image/*"
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[bytes]:
-        assert isinstance(request, ImagePredictRequest)
+        if not isinstance(request, ImagePredictRequest):
+            raise PredictError(
+                f"decode_request got a {type(request).__name__}; expected an ImagePredictRequest (this "
+                f"task's request_schema). Fix: parse the JSON body with "
+                f"task.request_schema.model_validate(body) first."
+            )
         return [_check_image(_decode_base64(t, i), i, limits) for i, t in enumerate(request.encoded)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:

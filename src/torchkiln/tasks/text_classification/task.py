@@ -109,6 +109,34 @@ class TextPredictRequest(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
+def _data(cfg: RunConfig) -> TextDataConfig:
+    """The ``data`` section of a text-classification config; another task's is a ConfigError."""
+    d = cfg.data
+    if not isinstance(d, TextDataConfig):
+        raise ConfigError(
+            f"The text-classification task got a config whose data section is of type {type(d).__name__} "
+            f"(task.kind '{cfg.task.kind}'); expected a TextDataConfig. Fix: build the config with "
+            f"torchkiln.tasks.base.validate (or load_config), which picks the data section by task.kind, "
+            f"and hand it to the task of that kind (torchkiln.tasks.get_task)."
+        )
+    return d
+
+
+def _pad_id(d: TextDataConfig, what: str) -> int:
+    """The tokenizer's pad id, which ``prepare`` fills in; unset is a ConfigError."""
+    if d.tokenizer.pad_id is None:
+        raise _unresolved(what, "data.tokenizer.pad_id")
+    return d.tokenizer.pad_id
+
+
+def _unresolved(what: str, field: str) -> ConfigError:
+    return ConfigError(
+        f"{what} needs a resolved config, but {field} is not set; expected the config that task.prepare "
+        f"returns, which fills it in from the data (a bundle's config is resolved too). Fix: pass the "
+        f"config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+    )
+
+
 def _check_text(text: Any, index: int) -> str:
     if not isinstance(text, str):
         raise PredictError(f"texts[{index}] is a {type(text).__name__}, not a string. Send text.")
@@ -135,8 +163,7 @@ class TextClassificationTask:
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
     ) -> tuple[RunConfig, TextData]:
-        d, m = cfg.data, cfg.model
-        assert isinstance(d, TextDataConfig)
+        d, m = _data(cfg), cfg.model
         hf = check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind).own_tokenizer
         if hf and d.tokenizer.kind in ("wordpiece", "bpe"):
             raise ConfigError(
@@ -210,28 +237,27 @@ class TextClassificationTask:
         return {TOKENIZER_FILE: tokenizer_to_json(data.encoder.tokenizer).encode()}
 
     def load_state(self, cfg: RunConfig, files: Mapping[str, bytes]) -> TextEncoder:
-        assert isinstance(cfg.data, TextDataConfig)
+        d = _data(cfg)
         if TOKENIZER_FILE not in files:
             raise DataError(
                 f"This text model's bundle has no state/{TOKENIZER_FILE}, the tokenizer it was trained "
                 f"with. Retrain to rewrite the bundle."
             )
-        return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), cfg.data.max_length)
+        return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), d.max_length)
 
     # Model -----------------------------------------------------------------------------------------
     def train_module(self, cfg: RunConfig) -> Supervised:
         return Supervised(self, cfg)
 
     def build_model(self, cfg: RunConfig) -> TextClassifier:
-        d, m = cfg.data, cfg.model
-        assert isinstance(d, TextDataConfig) and d.classes and d.tokenizer.pad_id is not None, (
-            "build_model needs a resolved config"
-        )
+        d, m = _data(cfg), cfg.model
+        if not d.classes:
+            raise _unresolved("build_model", "data.classes")
         model = create_text_model(
             m.name,
             num_classes=len(d.classes),
             vocab_size=d.tokenizer.vocab_size,
-            pad_id=d.tokenizer.pad_id,
+            pad_id=_pad_id(d, "build_model"),
             max_length=d.max_length,
             pretrained=m.pretrained,
             args=m.args,
@@ -245,10 +271,9 @@ class TextClassificationTask:
     def loader(self, cfg: RunConfig, data: TextData, split: str, *, train: bool) -> DataLoader:
         part = data.splits[split]
         batch_size = cfg.train.batch_size if train else cfg.evaluate.batch_size
-        assert isinstance(cfg.data, TextDataConfig)
         drop_last = train and len(part) > batch_size
         sampler: EpochBatchSampler | BucketBatchSampler
-        if cfg.data.bucket and train:  # evaluation keeps item order: reports map outputs back to texts
+        if _data(cfg).bucket and train:  # evaluation keeps item order: reports map outputs back to texts
             lengths = [len(ids) for ids in part.ids]
             sampler = BucketBatchSampler(
                 lengths, batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last
@@ -276,8 +301,14 @@ class TextClassificationTask:
         return MulticlassMetrics()
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]:
-        assert isinstance(model, TextClassifier)
         m = cfg.model
+        if not isinstance(model, TextClassifier):
+            raise ConfigError(
+                f"The text model '{m.name}' is a {type(model).__name__}, not a TextClassifier; expected "
+                f"its registered builder to return a TextClassifier, whose blocks and head get their own "
+                f"learning rates. Fix: return a TextClassifier from the builder, as the built-in text "
+                f"models do, or set model.name to one of those ('kiln list models')."
+            )
         blocks = list(model.blocks)
         head = [p for p in model.head.parameters() if p.requires_grad]
         if m.layer_lr_decay is None:
@@ -302,13 +333,13 @@ class TextClassificationTask:
         return state(texts)
 
     def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        assert isinstance(cfg.data, TextDataConfig) and cfg.data.tokenizer.pad_id is not None
-        return parts[0] if len(parts) == 1 else pad_batch(parts, cfg.data.tokenizer.pad_id)
+        pad_id = _pad_id(_data(cfg), "collate_inputs")
+        return parts[0] if len(parts) == 1 else pad_batch(parts, pad_id)
 
     def postprocess(
         self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
-        return top_k_answers(cfg.data.classes or [], outputs, top_k)
+        return top_k_answers(_data(cfg).classes or [], outputs, top_k)
 
     def calibrate(
         self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
@@ -321,6 +352,11 @@ class TextClassificationTask:
 
         return evaluate_classifier(bundle, split=split, out_dir=out_dir, device=device)
 
+    def example_config(self, root: Path) -> dict[str, Any]:
+        from torchkiln.tasks.text_classification.example import example_config
+
+        return example_config(root)
+
     def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
         items = list(args.texts) + (read_cli_texts(args.file, predictor.bundle.config) if args.file else [])
         if not items:
@@ -329,8 +365,7 @@ class TextClassificationTask:
         return answer_lines(names, predictor.predict(items, top_k=args.top_k), as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
-        d = cfg.data
-        assert isinstance(d, TextDataConfig)
+        d = _data(cfg)
         return {
             "labels": d.classes,
             "preprocessing": {
@@ -350,7 +385,12 @@ class TextClassificationTask:
     upload_media = None
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[str]:
-        assert isinstance(request, TextPredictRequest)
+        if not isinstance(request, TextPredictRequest):
+            raise PredictError(
+                f"decode_request got a {type(request).__name__}; expected a TextPredictRequest (this "
+                f"task's request_schema). Fix: parse the JSON body with "
+                f"task.request_schema.model_validate(body) first."
+            )
         return [_check_text(t, i) for i, t in enumerate(request.items)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[str]:
@@ -359,8 +399,7 @@ class TextClassificationTask:
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
     ) -> list[dict[str, Any]]:
-        d = cfg.data
-        assert isinstance(d, TextDataConfig)
+        d = _data(cfg)
         tokens = (model_inputs != d.tokenizer.pad_id).sum(dim=1).tolist()
         return [
             {
@@ -407,7 +446,7 @@ def split_array(table: TextTable) -> np.ndarray | None:
 def read_cli_texts(file: Path, cfg: RunConfig) -> list[str]:
     """``kiln predict --file``: a .csv/.tsv/.jsonl (its ``data.text_column``) or a .txt, one text per line."""
     if file.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson"):
-        return read_text_table(file, text_column=cfg.data.text_column, require_labels=False).texts
+        return read_text_table(file, text_column=_data(cfg).text_column, require_labels=False).texts
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
