@@ -24,12 +24,18 @@ PACKAGE, FOLDER = "torchkiln.components", "templates"
 
 
 @functools.cache
-def environment() -> jinja2.Environment:
-    """The shared template environment, built on first use: importing this module loads nothing."""
+def environment(package: str | None = None) -> jinja2.Environment:
+    """The template environment, built on first use: importing this module loads nothing.
+
+    ``package``: a task family whose own ``templates`` folder is searched first (its report extends
+    ``_layout.html.j2`` and imports ``_macros.html.j2`` from here).
+    """
     import jinja2  # here, not at the top: jinja2 costs ~30 ms to import and only rendering needs it
 
+    # PackageLoader works from a checkout, an editable install or a wheel.
+    loaders = [jinja2.PackageLoader(p, FOLDER) for p in (package, PACKAGE) if p is not None]
     return jinja2.Environment(
-        loader=jinja2.PackageLoader(PACKAGE, FOLDER),  # works from a checkout, an editable install or a wheel
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html", "html.j2"), default_for_string=True, default=False
         ),
@@ -41,14 +47,15 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(template_name: str, /, **context: object) -> str:
-    """Render the template ``template_name`` (a file in ``torchkiln/components/templates``) with ``context``.
+def render(template_name: str, /, *, package: str | None = None, **context: object) -> str:
+    """Render the template ``template_name`` (a file in ``torchkiln/components/templates``, or in the
+    ``templates`` folder of ``package``, a task family) with ``context``.
 
     Raises:
         jinja2.TemplateNotFound: there is no such template (a packaging bug: the templates did not ship).
         jinja2.UndefinedError: the template uses a variable that ``context`` does not define.
     """
-    return environment().get_template(template_name).render(**context)
+    return environment(package).get_template(template_name).render(**context)
 
 
 def html_page(title: str, parts: Sequence[str]) -> str:
