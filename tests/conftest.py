@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from torchkiln.tasks import TASKS
+from torchkiln.tasks.image_classification.example import draw
+from torchkiln.tasks.text_classification.example import sentiment_rows as example_sentiment_rows
 
 TASKS.names()  # loads every family; each registers its models (model tests iterate over all of them)
 
@@ -22,21 +24,6 @@ CLASSES = ("dot", "hbar", "vbar")
 
 ImageFolderFactory = Callable[..., Path]
 ConfigFactory = Callable[..., dict[str, Any]]
-
-
-def draw(cls: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
-    """One ``(size, size)`` uint8 picture of class ``cls``: dark noise plus a bright shape."""
-    img = rng.integers(0, 60, (size, size)).astype(np.uint8)
-    lo = size // 4 + int(rng.integers(-1, 2))  # the shape moves by a pixel, so it is not one fixed image
-    hi = lo + size // 2
-    band = slice(size // 2 - 2, size // 2 + 2)
-    if cls == 0:
-        img[lo:hi, lo:hi] = 230
-    elif cls == 1:
-        img[band, :] = 230
-    else:
-        img[:, band] = 230
-    return img
 
 
 def write_image_folder(
@@ -112,23 +99,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- text ------------------------------------------------------------------------------------------
-POSITIVE = ("great", "wonderful", "superb", "moving", "brilliant", "delightful", "charming", "gripping")
-NEGATIVE = ("awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "messy")
-FILLER = ("the", "film", "story", "cast", "is", "was", "and", "a", "plot", "with", "its", "acting", "of")
-
-
 def sentiment_rows(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` (text, label) pairs: filler words plus one to three words of the label's polarity."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = "positive" if i % 2 == 0 else "negative"
-        words = list(rng.choice(FILLER, size=int(rng.integers(2, 14))))
-        cue = POSITIVE if label == "positive" else NEGATIVE
-        for w in rng.choice(cue, size=int(rng.integers(1, 4))):
-            words.insert(int(rng.integers(0, len(words) + 1)), str(w))
-        rows.append((" ".join(words).capitalize() + ".", label))
-    return rows
+    """``n`` (text, label) pairs: 2 to 13 filler words plus one to three words of the label's polarity."""
+    return example_sentiment_rows(n, seed=seed, max_filler=13)
 
 
 def write_sentiment_csv(path: Path, n: int = 240, *, seed: int = 0) -> Path:

@@ -36,6 +36,7 @@ from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.components.models import MODELS
 from torchkiln.core.config import RunConfig
+from torchkiln.core.errors import PredictError
 from torchkiln.engine.trainer import FitResult
 from torchkiln.exporter.onnx import export_onnx
 from torchkiln.tasks.base import TASKS, RequestLimits, Task, get_task, validate
@@ -287,3 +288,23 @@ def test_every_model_belongs_to_a_registered_task() -> None:
 def test_exclusions_are_registered_pairs() -> None:
     stale = sorted(set(EXCLUDE) - set(all_pairs()))
     assert not stale, f"EXCLUDE names (task, model) pairs that are not registered: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "other"),
+    [pytest.param(a, b, id=f"{a}<-{b}") for a in TASKS.names() for b in TASKS.names() if a != b],
+)
+def test_a_request_of_another_task_is_refused(kind: str, other: str) -> None:
+    task, foreign = get_task(kind), get_task(other)
+    request = foreign.request_schema.model_validate(foreign.example_request())
+    with pytest.raises(PredictError) as info:
+        task.decode_request(request, limits=RequestLimits())
+
+    def a(name: str) -> str:
+        return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
+
+    assert str(info.value) == (
+        f"decode_request got {a(type(request).__name__)}; expected {a(task.request_schema.__name__)} "
+        "(this task's request_schema). Fix: parse the JSON body with "
+        "task.request_schema.model_validate(body) first."
+    )

@@ -177,3 +177,14 @@ class RunConfig(Strict):
             return self.name
         stem = self.data.path.rstrip("/").split("/")[-1].split(".")[0] or "data"
         return f"{stem}-{self.model.name}"
+
+
+def quick_run(runs_dir: str, *, batch_size: int) -> dict[str, Any]:
+    """The ``train``, ``tracking`` and ``runs_dir`` sections of a run that takes seconds on a CPU.
+
+    One epoch in fp32 without a schedule (one-cycle needs more than a few steps) and without tracking; the
+    task families' example configs (``Task.example_config``) share it.
+    """
+    train = {"epochs": 1, "batch_size": batch_size, "scheduler": {"name": "none"}}
+    train |= {"device": "cpu", "precision": "fp32"}
+    return {"train": train, "tracking": {"tensorboard": False, "mlflow": False}, "runs_dir": runs_dir}

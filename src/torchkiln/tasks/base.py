@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import RUN_CONFIG_FIX, apply_override, format_errors, read_config_file
-from torchkiln.core.errors import ConfigError, RegistryError, did_you_mean
+from torchkiln.core.errors import ConfigError, PredictError, RegistryError, did_you_mean
 from torchkiln.core.registry import Entry, Registry
 from torchkiln.engine.optim import ParamGroup
 from torchkiln.engine.step import TrainModule
@@ -61,6 +61,27 @@ class RequestLimits:
 
     max_items: int = 64
     max_pixels: int = 4096 * 4096  # per image; a small PNG can decode to gigabytes
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def checked_request(request: BaseModel, schema: type[RequestT]) -> RequestT:
+    """``request`` as the task's ``request_schema``; a body parsed with another task's is a PredictError.
+
+    Example:
+        >>> body = checked_request(request, ImagePredictRequest)  # in ImageClassificationTask.decode_request
+    """
+    if not isinstance(request, schema):
+
+        def a(name: str) -> str:
+            return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
+
+        raise PredictError(
+            f"decode_request got {a(type(request).__name__)}; expected {a(schema.__name__)} (this task's "
+            f"request_schema). Fix: parse the JSON body with task.request_schema.model_validate(body) first."
+        )
+    return request
 
 
 @dataclass(frozen=True)

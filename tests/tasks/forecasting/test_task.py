@@ -21,7 +21,7 @@ from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.cli.main import app
 from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.base import RequestLimits, validate
+from torchkiln.tasks.base import validate
 from torchkiln.tasks.forecasting.evaluate import network_quantiles
 from torchkiln.tasks.forecasting.metrics import summarize_errors
 from torchkiln.tasks.forecasting.task import History, PinballLoss, read_history
@@ -328,13 +328,3 @@ def test_read_history_with_covariates_needs_a_resolved_config(tmp_path: Path, ma
     with pytest.raises(ConfigError) as exc:
         read_history(cfg, tmp_path / "history.csv")
     assert str(exc.value) == unresolved_message("read_history", "targets")
-
-
-def test_a_request_of_another_schema_is_refused() -> None:
-    request = get_task("text-classification").request_schema(text="hello")
-    with pytest.raises(PredictError) as exc:
-        TASK.decode_request(request, limits=RequestLimits())
-    assert str(exc.value) == (
-        "decode_request got a TextPredictRequest; expected a ForecastRequest (this task's request_schema). "
-        "Fix: parse the JSON body with task.request_schema.model_validate(body) first."
-    )

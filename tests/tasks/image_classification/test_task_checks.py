@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from torchkiln.core.errors import ConfigError, PredictError
+from torchkiln.core.errors import ConfigError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.base import RequestLimits, validate
+from torchkiln.tasks.base import validate
 
 TASK = get_task("image-classification")
 
@@ -36,13 +36,3 @@ def test_preprocess_names_the_one_field_a_partly_resolved_config_lacks(tmp_path:
     with pytest.raises(ConfigError) as exc:
         TASK.preprocess(validate(raw), [np.zeros((16, 16), dtype=np.uint8)])
     assert str(exc.value) == unresolved_message("preprocess", "data.channels", "is", "it")
-
-
-def test_a_request_of_another_schema_is_refused() -> None:
-    request = get_task("text-classification").request_schema(text="hello")
-    with pytest.raises(PredictError) as exc:
-        TASK.decode_request(request, limits=RequestLimits())
-    assert str(exc.value) == (
-        "decode_request got a TextPredictRequest; expected an ImagePredictRequest (this task's "
-        "request_schema). Fix: parse the JSON body with task.request_schema.model_validate(body) first."
-    )

@@ -18,7 +18,7 @@ from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.components.models import MODELS, register_model
 from torchkiln.core.errors import BundleError, ConfigError, DataError, PredictError
 from torchkiln.tasks import get_task
-from torchkiln.tasks.base import RequestLimits, validate
+from torchkiln.tasks.base import validate
 
 TASK = get_task("text-classification")
 
@@ -275,14 +275,4 @@ def test_a_registered_builder_that_returns_no_text_classifier_is_refused(
         "to return a TextClassifier, whose blocks and head get their own learning rates. Fix: return a "
         "TextClassifier from the builder, as the built-in text models do, or set model.name to one of "
         "those ('kiln list models')."
-    )
-
-
-def test_a_request_of_another_schema_is_refused() -> None:
-    request = get_task("forecasting").request_schema(history=[1.0], timestamps=["2000-01-01"])
-    with pytest.raises(PredictError) as exc:
-        TASK.decode_request(request, limits=RequestLimits())
-    assert str(exc.value) == (
-        "decode_request got a ForecastRequest; expected a TextPredictRequest (this task's request_schema). "
-        "Fix: parse the JSON body with task.request_schema.model_validate(body) first."
     )

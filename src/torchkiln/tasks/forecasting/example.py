@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from torchkiln.core.config import quick_run
+
 MONTHS = 72
 
 
@@ -57,13 +59,5 @@ def example_config(root: Path) -> dict[str, Any]:
             "split": {"val": 12, "test": 12},
         },
         "model": {"name": "lstm-forecaster", "args": {"hidden_size": 8}},
-        "train": {
-            "epochs": 1,
-            "batch_size": 16,
-            "scheduler": {"name": "none"},  # a one-cycle schedule needs more than these few steps
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "tracking": {"tensorboard": False, "mlflow": False},
-        "runs_dir": str(root / "runs"),
+        **quick_run(str(root / "runs"), batch_size=16),
     }

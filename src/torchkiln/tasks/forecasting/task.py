@@ -33,7 +33,14 @@ from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
-from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
+from torchkiln.tasks.base import (
+    ParamGroup,
+    PredictArgs,
+    PrimaryMetric,
+    RequestLimits,
+    checked_request,
+    validate,
+)
 from torchkiln.tasks.forecasting.config import (
     ForecastingTaskConfig,
     ForecastRunConfig,
@@ -557,12 +564,7 @@ class ForecastingTask:
     upload_media = None
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[History]:
-        if not isinstance(request, ForecastRequest):
-            raise PredictError(
-                f"decode_request got a {type(request).__name__}; expected a ForecastRequest (this task's "
-                f"request_schema). Fix: parse the JSON body with task.request_schema.model_validate(body) "
-                f"first."
-            )
+        request = checked_request(request, ForecastRequest)
         values = np.asarray(request.history, dtype=np.float64)
         values = values[:, None] if values.ndim == 1 else values
         if len(values) == 0:

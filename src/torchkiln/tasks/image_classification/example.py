@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from torchkiln.core.config import quick_run
+
 CLASSES = ("dot", "hbar", "vbar")
 IMAGE_SIZE = 32  # the smallest side every registered architecture takes (ResNet and MobileNet: 32)
 PER_CLASS = 8
 
 
-def _draw(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def draw(cls: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
     """One ``(size, size)`` uint8 picture of class ``cls``: dark noise plus a bright square or bar."""
     img = rng.integers(0, 60, (size, size)).astype(np.uint8)
     lo = size // 4 + int(rng.integers(-1, 2))  # the shape moves by a pixel, so no two images are equal
@@ -38,7 +40,7 @@ def write_images(folder: Path, *, per_class: int = PER_CLASS, size: int = IMAGE_
     for c, name in enumerate(CLASSES):
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            gray = _draw(c, rng, size)
+            gray = draw(c, rng, size)
             # A class-dependent tint, so the three channels really differ.
             rgb = np.stack([gray, gray // (1 + c), gray // (3 - c)], axis=-1)
             Image.fromarray(rgb).save(folder / name / f"{i:02d}.png")
@@ -64,13 +66,5 @@ def example_config(root: Path) -> dict[str, Any]:
         "task": "image-classification",
         "data": {"path": str(images), "num_workers": 0, "split": {"val": 0.15, "test": 0.15}},
         "model": {"name": "cnn", "args": {"channels": [8, 16], "hidden": 0}},
-        "train": {
-            "epochs": 1,
-            "batch_size": 8,
-            "scheduler": {"name": "none"},  # a one-cycle schedule needs more than these few steps
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "tracking": {"tensorboard": False, "mlflow": False},
-        "runs_dir": str(root / "runs"),
+        **quick_run(str(root / "runs"), batch_size=8),
     }

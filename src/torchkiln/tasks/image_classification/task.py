@@ -30,7 +30,14 @@ from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
-from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
+from torchkiln.tasks.base import (
+    ParamGroup,
+    PredictArgs,
+    PrimaryMetric,
+    RequestLimits,
+    checked_request,
+    validate,
+)
 from torchkiln.tasks.image_classification import simple_models  # noqa: F401  (registers cnn and mlp)
 from torchkiln.tasks.image_classification.config import ImageRunConfig
 from torchkiln.tasks.image_classification.data import ImageData, load_image_data, make_loader
@@ -307,12 +314,7 @@ class ImageClassificationTask:
     upload_media = "image/*"
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[bytes]:
-        if not isinstance(request, ImagePredictRequest):
-            raise PredictError(
-                f"decode_request got a {type(request).__name__}; expected an ImagePredictRequest (this "
-                f"task's request_schema). Fix: parse the JSON body with "
-                f"task.request_schema.model_validate(body) first."
-            )
+        request = checked_request(request, ImagePredictRequest)
         return [_check_image(_decode_base64(t, i), i, limits) for i, t in enumerate(request.encoded)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:

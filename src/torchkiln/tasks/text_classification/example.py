@@ -12,19 +12,22 @@ from typing import Any
 
 import numpy as np
 
+from torchkiln.core.config import quick_run
+
 POSITIVE = ("great", "wonderful", "superb", "moving", "brilliant", "delightful", "charming", "gripping")
 NEGATIVE = ("awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "messy")
 FILLER = ("the", "film", "story", "cast", "is", "was", "and", "a", "plot", "with", "its", "acting", "of")
 ROWS = 40
 
 
-def sentiment_rows(n: int = ROWS, *, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` (text, label) pairs, alternating positive and negative: filler words plus 1-3 cue words."""
+def sentiment_rows(n: int = ROWS, *, seed: int = 0, max_filler: int = 9) -> list[tuple[str, str]]:
+    """``n`` (text, label) pairs, alternating positive and negative: 2 to ``max_filler`` filler words
+    plus 1-3 cue words."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         label = "positive" if i % 2 == 0 else "negative"
-        words = [str(w) for w in rng.choice(FILLER, size=int(rng.integers(2, 10)))]
+        words = [str(w) for w in rng.choice(FILLER, size=int(rng.integers(2, max_filler + 1)))]
         for w in rng.choice(POSITIVE if label == "positive" else NEGATIVE, size=int(rng.integers(1, 4))):
             words.insert(int(rng.integers(0, len(words) + 1)), str(w))
         rows.append((" ".join(words).capitalize() + ".", label))
@@ -68,13 +71,5 @@ def example_config(root: Path) -> dict[str, Any]:
             "split": {"val": 0.15, "test": 0.15},
         },
         "model": {"name": "lstm", "args": {"embed_dim": 16, "hidden_size": 16}},
-        "train": {
-            "epochs": 1,
-            "batch_size": 16,
-            "scheduler": {"name": "none"},  # a one-cycle schedule needs more than these few steps
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "tracking": {"tensorboard": False, "mlflow": False},
-        "runs_dir": str(root / "runs"),
+        **quick_run(str(root / "runs"), batch_size=16),
     }

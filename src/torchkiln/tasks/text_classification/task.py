@@ -43,7 +43,14 @@ from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, DataError, PredictError, did_you_mean
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
-from torchkiln.tasks.base import ParamGroup, PredictArgs, PrimaryMetric, RequestLimits, validate
+from torchkiln.tasks.base import (
+    ParamGroup,
+    PredictArgs,
+    PrimaryMetric,
+    RequestLimits,
+    checked_request,
+    validate,
+)
 from torchkiln.tasks.text_classification.config import TextDataConfig, TextRunConfig
 from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
 from torchkiln.tasks.text_classification.models_hf import hf_config, pretrained_dir
@@ -385,12 +392,7 @@ class TextClassificationTask:
     upload_media = None
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[str]:
-        if not isinstance(request, TextPredictRequest):
-            raise PredictError(
-                f"decode_request got a {type(request).__name__}; expected a TextPredictRequest (this "
-                f"task's request_schema). Fix: parse the JSON body with "
-                f"task.request_schema.model_validate(body) first."
-            )
+        request = checked_request(request, TextPredictRequest)
         return [_check_text(t, i) for i, t in enumerate(request.items)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[str]:
