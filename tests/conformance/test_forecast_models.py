@@ -16,7 +16,7 @@ from torchkiln.exporter.onnx import export_onnx
 from torchkiln.tasks import get_task
 from torchkiln.tasks.base import validate
 
-FORECASTERS = [n for n in MODELS.names() if MODELS.get(n).task == "forecasting"]
+FORECASTERS = MODELS.of("forecasting").names()
 SMALL = {
     "lstm-forecaster": {"hidden_size": 8},
     "seq2seq-forecaster": {"hidden_size": 8},

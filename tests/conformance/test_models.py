@@ -15,7 +15,7 @@ from torchkiln.tasks import get_task
 from torchkiln.tasks.base import validate
 
 CLASSES = ["a", "b", "c"]
-IMAGE_MODELS = [n for n in MODELS.names() if MODELS.get(n).task == "image-classification"]
+IMAGE_MODELS = MODELS.of("image-classification").names()
 
 
 def resolved_config(model: str, channels: int) -> object:

@@ -1,7 +1,7 @@
 """One conformance suite for every registered task and each of its registered models.
 
-The cases are every task of ``TASKS`` (found through entry points) times every model of ``MODELS`` whose
-``task`` is that task's kind, less :data:`EXCLUDE`; a model or task registered later is covered without
+The cases are every task of ``TASKS`` (found through entry points) times every model ``MODELS.of(kind)``
+holds, less :data:`EXCLUDE`; a model or task registered later is covered without
 touching this file. Each case goes, on a tiny data set the task itself writes (its ``example_config``):
 
 1. two optimizer steps through the engine (``train_task``), which also writes the bundle;
@@ -67,9 +67,7 @@ CPU = torch.device("cpu")
 
 def all_pairs() -> list[tuple[str, str]]:
     """Every (task kind, model name) the registries hold, tasks in name order."""
-    return [
-        (kind, name) for kind in TASKS.names() for name in MODELS.names() if MODELS.get(name).task == kind
-    ]
+    return [(kind, name) for kind in TASKS.names() for name in MODELS.of(kind).names()]
 
 
 def cases() -> list[Any]:
@@ -86,7 +84,7 @@ def cases() -> list[Any]:
 def case_config(task: Task, model: str, root: Path) -> dict[str, Any]:
     """The task's example config with ``model`` (at its small size) in place of the example's model."""
     raw = task.example_config(root)
-    spec = MODELS.get(model)
+    spec = MODELS.of(task.kind).get(model)
     if raw["model"]["name"] != model:
         raw["model"] = {"name": model, "args": SMALL_ARGS.get(model, {})}
     if spec.own_tokenizer:  # a pretrained encoder that reads only its own tokenizer's ids (MiniLM)
@@ -281,7 +279,7 @@ def test_every_task_has_a_model_that_runs() -> None:
 
 def test_every_model_belongs_to_a_registered_task() -> None:
     kinds = set(TASKS.names())
-    orphans = {n: MODELS.get(n).task for n in MODELS.names() if MODELS.get(n).task not in kinds}
+    orphans = {e.name: e.obj.task for e in MODELS if e.obj.task not in kinds}
     assert not orphans, f"models whose task is not registered (never tested here): {orphans}"
 
 

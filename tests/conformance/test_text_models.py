@@ -15,7 +15,7 @@ from torchkiln.exporter.onnx import export_onnx
 from torchkiln.tasks import get_task
 from torchkiln.tasks.base import validate
 
-TEXT_MODELS = [n for n in MODELS.names() if MODELS.get(n).task == "text-classification"]
+TEXT_MODELS = MODELS.of("text-classification").names()
 SMALL = {  # small widths keep the suite fast; the architecture is the registered one
     "lstm": {"embed_dim": 16, "hidden_size": 16},
     "gru": {"embed_dim": 16, "hidden_size": 16, "pool": "max"},
@@ -35,9 +35,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, make_sentiment_csv, make_
     for name in TEXT_MODELS:
         cfg = make_text_config(csv, root / "runs")
         cfg["model"] = {"name": name, "args": SMALL.get(name, {})}
-        if MODELS.get(name).packaged_weights:
+        if MODELS.of("text-classification").get(name).packaged_weights:
             cfg["model"]["pretrained"] = True
-        if MODELS.get(name).own_tokenizer:
+        if MODELS.of("text-classification").get(name).own_tokenizer:
             cfg["data"].pop("tokenizer")  # it brings its own
         out[name] = task.prepare(validate(cfg))
     return out

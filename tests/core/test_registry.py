@@ -63,7 +63,7 @@ def test_unknown_name_without_close_matches() -> None:
 
 def test_unknown_model_suggests_the_one_obvious_name() -> None:
     with pytest.raises(RegistryError) as info:
-        MODELS.get("resnet-18")
+        MODELS.of("image-classification").get("resnet-18")
     assert str(info.value) == (
         "Unknown model 'resnet-18'. Did you mean 'resnet18'? Run 'kiln list models' to see all of them."
     )

@@ -6,7 +6,7 @@ freeze the backbone, unfreeze the last N blocks, give the backbone a smaller lea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from torchkiln.core.errors import ConfigError
-from torchkiln.core.registry import Registry, check_kwargs
+from torchkiln.core.registry import Entry, Registry, check_kwargs
 
 
 class Classifier(nn.Module):
@@ -68,7 +68,41 @@ class ModelSpec:
     own_tokenizer: bool = False
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+class ModelRegistry:
+    """Registered models by task kind, then by name: a name is unique within a task, not across tasks.
+
+    Each family registers its models (``register_model(..., task=...)``) when it is loaded; ``kiln list
+    models`` shows every task's.
+
+    Example:
+        >>> MODELS.of("image-classification").get("cnn").summary
+    """
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, Registry[ModelSpec]] = {}
+
+    def of(self, task: str) -> Registry[ModelSpec]:
+        """The models of ``task`` (an empty registry for a task that has none)."""
+        return self._by_task.setdefault(task, Registry("model"))
+
+    def add(self, name: str, spec: ModelSpec) -> None:
+        self.of(spec.task).add(name, spec, summary=spec.summary)
+
+    def tasks(self) -> list[str]:
+        """The task kinds that have models."""
+        return sorted(t for t, models in self._by_task.items() if models.names())
+
+    def tasks_with(self, name: str) -> list[str]:
+        """The task kinds that have a model called ``name``."""
+        return [t for t in self.tasks() if name in self._by_task[t]]
+
+    def __iter__(self) -> Iterator[Entry[ModelSpec]]:
+        """Every model, by task kind, then by name."""
+        for task in self.tasks():
+            yield from self._by_task[task]
+
+
+MODELS = ModelRegistry()
 # Set by torchkiln from the data and the config, never in model.args.
 RESERVED_ARGS = frozenset(
     {"num_classes", "in_channels", "image_size", "pretrained", "vocab_size", "pad_id", "max_length"}
@@ -100,7 +134,7 @@ def register_model(
             task,
             own_tokenizer,
         )
-        MODELS.add(name, spec, summary=summary)
+        MODELS.add(name, spec)
         return builder
 
     return deco
@@ -111,13 +145,14 @@ def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str, task
 
     Runs at config time so a typo fails before the data is scanned. Returns the model's spec.
     """
-    spec = MODELS.get(name)
-    if spec.task != task:
-        fitting = ", ".join(sorted(n for n in MODELS.names() if MODELS.get(n).task == task)) or "none"
+    models = MODELS.of(task)
+    if name not in models and (others := MODELS.tasks_with(name)):
+        fitting = ", ".join(models.names()) or "none"
         raise ConfigError(
-            f"Model '{name}' is a {spec.task} model, but the task is {task}. Set model.name to one of: "
+            f"Model '{name}' is a {others[0]} model, but the task is {task}. Set model.name to one of: "
             f"{fitting} ('kiln list models' describes them)."
         )
+    spec = models.get(name)  # an unknown name: did-you-mean among this task's models
     reserved = sorted(set(args) & RESERVED_ARGS)
     if reserved:
         raise ConfigError(

@@ -97,7 +97,8 @@ def test_the_offset_widens_sorted_quantiles_and_never_moves_the_median() -> None
 
 
 def test_a_registered_builder_that_returns_no_forecaster_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the registration ends with the test
+    models = MODELS.of("forecasting")
+    monkeypatch.setattr(models, "_entries", dict(models._entries))  # the registration ends with the test
 
     @register_model("bare-linear", summary="returns a bare network", task="forecasting")
     def bare_linear(**sizes: int) -> nn.Module:

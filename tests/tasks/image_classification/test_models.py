@@ -97,7 +97,7 @@ def test_pretrained_needs_three_channels(tmp_path: Path) -> None:
 
 
 def test_no_packaged_weights_for_torchvision_models() -> None:
-    builder = MODELS.get("mobilenet_v3_small").builder
+    builder = MODELS.of("image-classification").get("mobilenet_v3_small").builder
     with pytest.raises(ConfigError, match="no packaged pretrained weights"):
         builder(num_classes=3, in_channels=3, image_size=64, pretrained=True)
 
@@ -119,7 +119,7 @@ def test_missing_lite_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatc
 def _imagenet_batch() -> torch.Tensor:
     """chelsea (a tabby cat, class 285) and coffee (espresso, 967) as a normalized (2, 3, 224, 224) batch."""
     skdata = pytest.importorskip("skimage.data")
-    mean, std = MODELS.get("efficientnet_lite0").pretrained_stats
+    mean, std = MODELS.of("image-classification").get("efficientnet_lite0").pretrained_stats
     images = []
     for image in (skdata.chelsea(), skdata.coffee()):
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]

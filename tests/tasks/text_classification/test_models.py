@@ -60,8 +60,8 @@ def assert_padding_invariant(model: torch.nn.Module, ids: torch.Tensor, pad: int
 
 def test_registered_as_text_models() -> None:
     for name in [*TINY, "minilm"]:
-        assert MODELS.get(name).task == "text-classification"
-    assert MODELS.get("minilm").packaged_weights
+        assert MODELS.of("text-classification").get(name).task == "text-classification"
+    assert MODELS.of("text-classification").get("minilm").packaged_weights
 
 
 @pytest.mark.parametrize("name", list(TINY))

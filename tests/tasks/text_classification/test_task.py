@@ -257,7 +257,8 @@ def test_an_unresolved_config_is_refused_with_the_field_prepare_fills_in(
 def test_a_registered_builder_that_returns_no_text_classifier_is_refused(
     config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the registration ends with the test
+    models = MODELS.of("text-classification")
+    monkeypatch.setattr(models, "_entries", dict(models._entries))  # the registration ends with the test
 
     @register_model("bare-linear", summary="returns a bare network", task="text-classification")
     def bare_linear(*, num_classes: int, vocab_size: int, pad_id: int, max_length: int, pretrained=False):
