@@ -167,7 +167,18 @@ def test_the_wheel_is_there_and_complete(ctx: Path) -> None:
     (wheel,) = (ctx / "wheels").glob("torchkiln-*.whl")
     assert f"COPY wheels/{wheel.name} " in (ctx / "Dockerfile").read_text()
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"torchkiln/cli/main.py", "torchkiln/serve/containerize.py", "torchkiln/tasks/bundle.py"} <= names
+    assert {
+        "torchkiln/cli/main.py",
+        "torchkiln/serve/containerize.py",
+        "torchkiln/artifacts/bundle.py",
+        "torchkiln/tasks/forecasting/task.py",
+        "torchkiln/components/templates/Dockerfile.j2",  # templates ship as package data
+        "torchkiln/tasks/forecasting/templates/report.html.j2",
+    } <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    # The task families are found through these; a wheel without them would serve no task.
+    assert "[torchkiln.tasks]" in text and "forecasting = torchkiln.tasks.forecasting.task:TASK" in text
 
 
 def test_non_empty_out_is_refused_without_force(tiny_bundle: Path, tmp_path: Path) -> None:
