@@ -251,3 +251,80 @@ def test_sixteen_bit_grayscale_keeps_its_contrast(tmp_path: Path) -> None:
     assert Image.open(path).mode == "I;16"
     row = to_model_input(path, size=16, channels=1)[0, 0].tolist()
     assert row == sorted(row) and len(set(row)) == 16
+
+
+# --- hostile images (issue 16) -------------------------------------------------------------------
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_an_elongated_image_is_resampled_only_where_the_crop_keeps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (2, 5000, 3), dtype=np.uint8)  # 2x5000: 2,500:1
+    sizes: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(tuple(size))
+        return resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    x = to_model_input(arr, size=16, channels=3)
+    assert sizes == [(16, 16)]  # not (40000, 16): the work is bounded by the model's input size
+    monkeypatch.undo()
+    full = Image.fromarray(arr).resize((40_000, 16), Image.Resampling.BILINEAR, reducing_gap=None)
+    expected = np.asarray(full)[:, 19_992:20_008].transpose(2, 0, 1).astype(int)
+    assert np.abs(x.numpy().astype(int) - expected).max() <= 1  # the same pixels, up to rounding
+
+
+def test_a_lab_image_is_refused_with_the_fix() -> None:
+    lab = _encoded(Image.new("LAB", (8, 8)), "TIFF")
+    for channels, target in ((1, "L"), (3, "RGB")):
+        with pytest.raises(DataError) as info:
+            to_model_input(lab, size=8, channels=channels)
+        assert str(info.value) == (
+            f"The image has color mode LAB, which cannot be converted to {target} here; expected a "
+            f"grayscale, RGB, RGBA, palette, CMYK or YCbCr image. Convert it to RGB (e.g. save it as an "
+            f"sRGB PNG or JPEG) and try again."
+        )
+
+
+def test_a_decompression_bomb_gets_the_pixel_limit_message(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 10_000, 8, 2, 0, 0, 0))
+    bomb = header + chunk(b"IDAT", b"")
+    with pytest.raises(DataError) as info:
+        to_model_input(bomb, size=8, channels=3)
+    assert str(info.value) == (
+        "The image is 200,000,000 pixels, more than the 50,000,000 allowed. Downscale it before use."
+    )
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(DataError) as info:
+        images.image_header(path)
+    assert str(info.value) == (
+        f"Image '{path}' is 200,000,000 pixels, more than the 50,000,000 allowed. Downscale it before use."
+    )
+
+
+def test_only_the_formats_of_image_extensions_are_opened(tmp_path: Path) -> None:
+    pcx = _encoded(Image.new("RGB", (8, 8)), "PCX")  # Pillow reads PCX; training's file scan does not
+    with pytest.raises(DataError) as info:
+        open_image(pcx)
+    assert str(info.value).startswith("The image is corrupt or not an image (UnidentifiedImageError: ")
+    assert str(info.value).endswith(
+        "Expected a complete PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM file; send the whole file again or "
+        "re-encode it."
+    )
+    assert "data.on_error" not in str(info.value)  # no training advice for bytes
+    for fmt in images.PIL_FORMATS:  # every accepted format opens (PGM through the PPM decoder)
+        mode = "L" if fmt == "PPM" else "RGB"
+        assert open_image(_encoded(Image.new(mode, (4, 4)), fmt)).size == (4, 4)

@@ -137,8 +137,8 @@ BAD_INPUTS = [
     ),
     (
         {"images": [b64(b"plain text, not a picture")]},
-        "images[0] is not an image file Pillow can read (UnidentifiedImageError). Expected PNG, JPEG, BMP, "
-        "GIF, TIFF or WebP bytes.",
+        "images[0] is not an image file in a format this server reads (UnidentifiedImageError). Expected "
+        "PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM bytes; convert it to PNG or JPEG.",
     ),
     (
         {"images": []},
@@ -167,8 +167,9 @@ BAD_INPUTS = [
     ),
     (
         {"images": [b64(png(0)[:60])]},
-        "Input 0: Image '<bytes>' is corrupt or not an image (OSError: image file is truncated). Replace or "
-        "delete the file, or set data.on_error: skip to leave such files out.",
+        "images[0]: The image is corrupt or not an image (OSError: image file is truncated). Expected a "
+        "complete PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM file; send the whole file again or re-encode "
+        "it.",
     ),
 ]
 
@@ -362,10 +363,26 @@ def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundl
             body = {"images": [b64(png())]}
             load = [client.post(URL, json=body) for _ in range(60)]
             results = await asyncio.gather(client.post("/admin/reload", headers=admin()), *load)
-            assert "failed: BundleError" in results[0].json()["results"]["shapes"]["champion"]
+            problem = (
+                f"BundleError: Bundle '{bundle}': model.safetensors does not match the SHA-256 in "
+                "bundle.json (the file was changed or truncated). Restore the file or retrain."
+            )
+            # A failed reload is an error answer (409), so automation sees it; the old version keeps serving.
+            assert (results[0].status_code, results[0].json()) == (
+                409,
+                {
+                    "detail": f"Reloading shapes/champion failed: {problem[:-1]}. Version {before} keeps "
+                    "serving. Fix the bundle or the registry version and POST /admin/reload again; "
+                    "GET /admin/models shows the last error per arm.",
+                    "type": "reload_failed",
+                    "request_id": None,
+                    "results": {"shapes": {"champion": f"failed: {problem}"}},
+                },
+            )
             assert [r.status_code for r in results[1:]] == [200] * 60  # zero failed requests meanwhile
-            info = (await client.get("/v1/models")).json()["models"][0]
-            assert info["versions"][0]["version"] == before and "BundleError" in info["errors"]["champion"]
+            info = (await client.get("/admin/models", headers=admin())).json()["models"][0]
+            assert info["versions"][0]["version"] == before
+            assert info["errors"]["champion"].split(" ", 1)[1] == f"loading {bundle}: {problem}"
             assert (await client.post(URL, json=body)).json()["version"] == before
             # A good file again: the reload swaps it in and clears the error.
             variant_bundle(tiny_bundle, tmp_path / "v2", seed=3)
@@ -373,12 +390,90 @@ def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundl
             shutil.copy(tmp_path / "v2" / "bundle.json", bundle / "bundle.json")
             r = await client.post("/admin/reload", headers=admin())
             after = load_predictor(bundle).version
-            assert r.json()["results"]["shapes"]["champion"] == f"loaded {after}"
-            info = (await client.get("/v1/models")).json()["models"][0]
+            assert (r.status_code, r.json()) == (
+                200,
+                {"results": {"shapes": {"champion": f"loaded {after}"}}},
+            )
+            info = (await client.get("/admin/models", headers=admin())).json()["models"][0]
             assert info["errors"] == {} and info["versions"][0]["version"] == after != before
             assert (await client.post(URL, json=body)).json()["version"] == after
             metrics = (await client.get("/metrics")).text
             assert 'kiln_reload_failures_total{model="shapes"} 1.0' in metrics
+
+    run(go())
+
+
+def test_the_public_model_list_hides_paths_and_errors_and_the_admin_list_has_them(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+    async def go() -> None:
+        async with serving(tmp_path, bundle) as (client, _):
+            version = load_predictor(bundle).version
+            (bundle / "bundle.json").write_text("{garbage")  # the next reload fails and records why
+            assert (await client.post("/admin/reload", headers=admin())).status_code == 409
+            r = await client.get("/v1/models")
+            assert r.status_code == 200
+            [info] = r.json()["models"]
+            assert set(info) == {"name", "task", "ready", "versions", "traffic", "labels", "input_schema"}
+            [served] = info["versions"]
+            assert set(served) == {"arm", "version", "runtime", "loaded_at"}
+            assert (served["arm"], served["version"], served["runtime"]) == ("champion", version, "torch")
+            assert str(tmp_path) not in r.text and "bundle.json" not in r.text and "garbage" not in r.text
+            # The same list with the paths and the errors is an admin route, behind the admin token.
+            r = await client.get("/admin/models")
+            assert (r.status_code, r.headers["www-authenticate"]) == (401, "Bearer")
+            assert r.json()["detail"] == "This endpoint needs 'Authorization: Bearer <admin token>'."
+            r = await client.get("/admin/models", headers={"authorization": "Bearer " + "x" * len(TOKEN)})
+            assert (r.status_code, r.json()["detail"]) == (403, "The admin token is wrong.")
+            r = await client.get("/admin/models", headers=admin())
+            assert r.status_code == 200
+            [detail] = r.json()["models"]
+            assert {k: v for k, v in detail.items() if k not in ("versions", "errors")} == {
+                k: v for k, v in info.items() if k != "versions"
+            }
+            assert detail["versions"] == [served | {"uri": str(bundle)}]
+            assert detail["errors"]["champion"].split(" ", 1)[1] == (
+                f"loading {bundle}: BundleError: Bundle '{bundle}': bundle.json is not valid JSON (Expecting "
+                "property name enclosed in double quotes: line 1 column 2 (char 1)). Expected a JSON object "
+                "with the bundle's format, version and SHA-256s. Restore the file, or retrain (or re-export) "
+                "to rewrite it."
+            )
+
+    run(go())
+
+
+def test_an_unknown_model_name_is_cut_in_the_404(tmp_path: Path, tiny_bundle: Path) -> None:
+    long_name = "n" * 60_000
+
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle) as (client, _):
+            body = {"images": [b64(png())]}
+            r = await client.post(f"/v1/models/{long_name}/predict", json=body)
+            assert (r.status_code, r.json()["type"]) == (404, "unknown_model")
+            assert r.json()["detail"] == f"No model named '{'n' * 60}...' is served here. Served: shapes."
+            assert len(r.content) < 300
+            r = await client.post(f"/v1/models/{'m' * 60}/predict", json=body)  # 60 characters: shown whole
+            assert r.json()["detail"] == f"No model named '{'m' * 60}' is served here. Served: shapes."
+            r = await client.post("/admin/reload", params={"model": long_name}, headers=admin())
+            assert (r.status_code, r.json()["detail"]) == (
+                404,
+                f"No model named '{'n' * 60}...'. Served: shapes.",
+            )
+
+    run(go())
+
+
+def test_a_bad_reload_request_gets_422(tmp_path: Path, tiny_bundle: Path) -> None:
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle) as (client, _):
+            r = await client.post("/admin/reload", params={"force": "maybe"}, headers=admin())
+            assert (r.status_code, r.json()["type"]) == (422, "invalid_input")
+            assert r.json()["detail"] == (
+                "The request is invalid: query.force: Input should be a valid boolean, unable to interpret "
+                "input."
+            )
 
     run(go())
 

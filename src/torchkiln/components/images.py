@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,12 +24,26 @@ from torchkiln.core.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
+# The Pillow decoders for IMAGE_EXTENSIONS (PPM also reads .pgm): Image.open tries only these, so a file
+# never reaches a decoder we do not accept, in training or in serving.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM"
+# The server refuses images whose longer side is more than this many times the shorter one. Photos (3:2,
+# 16:9), phone panoramas (about 4:1 to 8:1) and scanned pages or receipts (up to about 10:1) stay below it;
+# a 1x2,000,000 strip is an attack, not a picture.
+MAX_ASPECT_RATIO = 20
+# to_model_input resizes the whole image while the resized image is at most this many times the model's
+# square; beyond that it resamples only the square it keeps, so the work is bounded by the model's size.
+_FULL_RESIZE_FACTOR = 4
 
 ImageLike = str | Path | bytes | np.ndarray | Image.Image
 
 
 def open_image(source: ImageLike) -> Image.Image:
     """Open a path, encoded bytes, a uint8 array or a PIL image, fully decoded.
+
+    Messages name a file by its path and give the training fix (``data.on_error``); encoded bytes (a
+    served request) are "The image", with a fix for whoever sent them.
 
     Raises:
         DataError: the file is missing, not an image, truncated, or too large.
@@ -42,31 +57,49 @@ def open_image(source: ImageLike) -> Image.Image:
                 f"or (H, W, 3). Convert it with (array * 255).astype('uint8') if it is in [0, 1]."
             )
         return Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[-1] == 1 else source)
-    name = str(source) if isinstance(source, str | Path) else "<bytes>"
+    name = str(source) if isinstance(source, str | Path) else None
+    subject = f"Image '{name}'" if name is not None else "The image"
     with _image_errors(name):
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS)
         if img.width * img.height > MAX_PIXELS:
             raise DataError(
-                f"Image '{name}' is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} allowed. "
+                f"{subject} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} allowed. "
                 f"Downscale it before use."
             )
         img.load()
     return img
 
 
+def bomb_pixels(exc: Image.DecompressionBombError) -> int | None:
+    """The pixel count in Pillow's DecompressionBombError message, or None where it has none."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
-def _image_errors(name: str) -> Iterator[None]:
-    """Turn Pillow's errors into a DataError that names the file and the fix."""
+def _image_errors(name: str | None) -> Iterator[None]:
+    """Turn Pillow's errors into a DataError that names the file (None: encoded bytes) and the fix."""
+    subject = f"Image '{name}'" if name is not None else "The image"
     try:
         yield
     except FileNotFoundError:
         raise DataError(
             f"Image file '{name}' does not exist. Check the path or remove it from the data."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked while reading the header
+        n = bomb_pixels(exc)
+        size = f"{n:,} pixels" if n is not None else "more pixels than Pillow's decompression-bomb limit"
         raise DataError(
-            f"Image '{name}' is corrupt or not an image ({type(exc).__name__}: {exc}). "
-            f"Replace or delete the file, or set data.on_error: skip to leave such files out."
+            f"{subject} is {size}, more than the {MAX_PIXELS:,} allowed. Downscale it before use."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        fix = (
+            "Replace or delete the file, or set data.on_error: skip to leave such files out."
+            if name is not None
+            else f"Expected a complete {FORMAT_NAMES} file; send the whole file again or re-encode it."
+        )
+        raise DataError(
+            f"{subject} is corrupt or not an image ({type(exc).__name__}: {exc}). {fix}"
         ) from None
 
 
@@ -77,32 +110,52 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
         >>> to_model_input("cat.jpg", size=224, channels=3).shape
         torch.Size([3, 224, 224])
     """
-    img = _to_mode(open_image(source), channels)
+    img = _to_mode(open_image(source), channels, str(source) if isinstance(source, str | Path) else None)
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
         left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        if nw * nh <= _FULL_RESIZE_FACTOR * size * size:
+            img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+            img = img.crop((left, top, left + size, top + size))
+        else:  # an elongated image: resample only the square kept (the same up to rounding), size² work
+            sx, sy = w / nw, h / nh
+            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+            img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
     arr = np.array(img, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, S, S)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert to L or RGB; 16-bit and float grayscale are rescaled, not clipped at 255."""
+def _to_mode(img: Image.Image, channels: int, name: str | None = None) -> Image.Image:
+    """Convert to L or RGB; 16-bit and float grayscale are rescaled, not clipped at 255.
+
+    Raises:
+        DataError: a color mode Pillow cannot convert (LAB: Pillow would copy L, a, b as R, G, B).
+    """
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(scaled.round().astype(np.uint8))
-    return img.convert("L" if channels == 1 else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    try:
+        if img.mode in ("LAB", "La"):
+            raise ValueError(f"conversion from {img.mode} to {target} not supported")
+        return img.convert(target)
+    except ValueError:
+        subject = f"Image '{name}'" if name is not None else "The image"
+        raise DataError(
+            f"{subject} has color mode {img.mode}, which cannot be converted to {target} here; expected a "
+            f"grayscale, RGB, RGBA, palette, CMYK or YCbCr image. Convert it to RGB (e.g. save it as an "
+            f"sRGB PNG or JPEG) and try again."
+        ) from None
 
 
 def image_header(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) read from the header only; raises DataError like :func:`open_image`."""
-    with _image_errors(str(path)), Image.open(path) as img:
+    with _image_errors(str(path)), Image.open(path, formats=PIL_FORMATS) as img:
         return img.width, img.height, img.mode
 
 

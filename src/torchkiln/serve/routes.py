@@ -8,6 +8,7 @@ import math
 import random
 import re
 import secrets
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,20 +33,26 @@ from torchkiln.serve.predlog import PredictionRecord
 from torchkiln.serve.schemas import (
     ErrorResponse,
     Health,
+    ModelDetail,
+    ModelDetailList,
     ModelInfo,
     ModelList,
+    ReloadFailed,
     ReloadResult,
     ServedVersion,
+    ServedVersionDetail,
     predict_response_model,
     request_schemas,
 )
 from torchkiln.serve.state import ApiError, ServerState
-from torchkiln.tasks.base import RequestLimits
+from torchkiln.tasks.base import RequestLimits, TooManyItemsError
 
 router = APIRouter()
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-INLINE_BYTES = 32 * 1024  # JSON bodies up to this size are decoded on the event loop (measured: bench/)
+# JSON bodies up to this size are decoded on the event loop (measured: bench/), except for image tasks: a
+# 4 KB PNG can decode to millions of pixels, so images are always decoded in the thread pool.
+INLINE_BYTES = 32 * 1024
 
 
 async def get_state(request: Request) -> ServerState:
@@ -83,7 +90,10 @@ async def readyz(state: StateDep) -> Any:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
 async def list_models(state: StateDep) -> ModelList:
-    """The served models: versions per arm, task, input schema, traffic split and reload problems."""
+    """The served models: versions per arm, task, labels, input schema and traffic split.
+
+    Anyone may call it, so it shows no file-system paths and no load errors: those are in /admin/models.
+    """
     return ModelList(models=[_info(d) for d in state.manager.deployments.values()])
 
 
@@ -95,14 +105,31 @@ def _info(dep: Deployment) -> ModelInfo:
         task=task.kind if task else None,
         ready=dep.ready,
         versions=[
-            ServedVersion(arm=m.arm, version=m.version, uri=m.uri, runtime=m.runtime, loaded_at=m.loaded_at)  # type: ignore[arg-type]
+            ServedVersion(arm=m.arm, version=m.version, runtime=m.runtime, loaded_at=m.loaded_at)  # type: ignore[arg-type]
             for m in dep.models.values()
         ],
         traffic=dep.traffic(),
         labels=champion.predictor.labels or None if champion else None,
         input_schema=task.request_schema.model_json_schema() if task else None,
-        errors=dict(dep.errors),
     )
+
+
+def _detail(dep: Deployment) -> ModelDetail:
+    """``_info`` plus what only an admin sees: where each version came from, and the last load failures."""
+    versions = [
+        ServedVersionDetail(arm=m.arm, version=m.version, uri=m.uri, runtime=m.runtime, loaded_at=m.loaded_at)  # type: ignore[arg-type]
+        for m in dep.models.values()
+    ]
+    public = _info(dep).model_dump(exclude={"versions"})
+    return ModelDetail(**public, versions=versions, errors=dict(dep.errors))
+
+
+SHOWN_NAME_CHARS = 60
+
+
+def _shown(name: str) -> str:
+    """A caller's model name as an error message quotes it: at most SHOWN_NAME_CHARS characters."""
+    return name if len(name) <= SHOWN_NAME_CHARS else f"{name[:SHOWN_NAME_CHARS]}..."
 
 
 def _predict_openapi() -> dict[str, Any]:
@@ -188,7 +215,9 @@ def _deployment(state: ServerState, name: str) -> Deployment:
     dep = state.manager.deployments.get(name)
     if dep is None:
         known = ", ".join(sorted(state.manager.deployments))
-        raise ApiError(404, "unknown_model", f"No model named '{name}' is served here. Served: {known}.")
+        raise ApiError(
+            404, "unknown_model", f"No model named '{_shown(name)}' is served here. Served: {known}."
+        )
     if state.draining:
         raise ApiError(
             503, "draining", "The server is shutting down. Retry on another replica.", {"Retry-After": "1"}
@@ -215,7 +244,7 @@ async def _parse(request: Request, body: bytes, model: ServedModel, state: Serve
     task, limits = model.task, state.manager.limits
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
-        if len(body) <= INLINE_BYTES:  # a small image decodes faster than a hop to the thread pool
+        if len(body) <= INLINE_BYTES and not task.image_input:  # small text: faster than a thread hop
             return _json_inputs(body, model, limits, media)
         return await run_in_threadpool(_json_inputs, body, model, limits, media)
     if media == "multipart/form-data" and task.upload_media:
@@ -238,8 +267,20 @@ def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: 
         raise ApiError(
             422, "invalid_json", f"The body is not valid JSON ({exc}). Example: see /docs."
         ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # the only other ValueError: an integer longer than int() converts from a string
+        raise ApiError(
+            422,
+            "invalid_json",
+            f"The body holds an integer of more than {sys.get_int_max_str_digits():,} digits, which this "
+            f"server does not parse; expected numbers of ordinary size (top_k is 1 to 1000). Send the "
+            f"number with fewer digits.",
+        ) from None
     try:
         parsed = task.request_schema.model_validate(data)
+    except RecursionError:
+        raise _too_deep() from None
     except ValidationError as exc:
         fix = f"Expected a JSON object like {json.dumps(_shape(task.example_request()))}."
         detail = format_errors(
@@ -248,6 +289,15 @@ def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: 
         raise ApiError(422, "invalid_input", detail) from None
     raw = _checked(task.decode_request, parsed, limits)
     return _preprocess(model, raw, getattr(parsed, "top_k", None), media)
+
+
+def _too_deep() -> ApiError:
+    return ApiError(
+        422,
+        "invalid_json",
+        "The body's JSON is nested too deeply to parse (arrays or objects inside each other about 1,000 "
+        "levels deep); expected a flat object like the example in /docs. Send the inputs as one list.",
+    )
 
 
 def _shape(example: dict[str, Any]) -> dict[str, Any]:
@@ -290,18 +340,17 @@ def _check_count(n: int, limits: RequestLimits) -> None:
             "empty_input",
             "The request has no inputs. Send at least one (JSON: a non-empty list; multipart: a file part).",
         )
-    if n > limits.max_items:
-        raise ApiError(
-            422,
-            "too_many_items",
-            f"The request has {n} inputs; this server takes at most {limits.max_items} per request. "
-            f"Split it into several requests.",
-        )
+    try:
+        limits.check_count(n)
+    except TooManyItemsError as exc:
+        raise ApiError(422, "too_many_items", str(exc)) from None
 
 
 def _checked(decode: Any, data: Any, limits: RequestLimits) -> list[Any]:
     try:
-        raw = decode(data, limits=limits)
+        raw = decode(data, limits=limits)  # a task counts the items before decoding any of them
+    except TooManyItemsError as exc:
+        raise ApiError(422, "too_many_items", str(exc)) from None
     except KilnError as exc:
         raise ApiError(422, "invalid_input", str(exc)) from None
     _check_count(len(raw), limits)
@@ -314,7 +363,9 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
         try:
             items.append(model.predictor.preprocess([item]))
         except KilnError as exc:
-            raise ApiError(422, "invalid_input", f"Input {i}: {exc}") from None
+            # Both the JSON list and the multipart field of an image task are named "images".
+            where = f"images[{i}]" if model.task.image_input else f"Input {i}"
+            raise ApiError(422, "invalid_input", f"{where}: {exc}") from None
     return Inputs(raw, model.predictor.collate(items), top_k, media)
 
 
@@ -444,10 +495,22 @@ def require_admin(state: StateDep, authorization: Annotated[str | None, Header()
         raise ApiError(403, "forbidden", "The admin token is wrong.")
 
 
+@router.get(
+    "/admin/models",
+    response_model=ModelDetailList,
+    responses=_errors(401, 403, 404),
+    dependencies=[Depends(require_admin)],
+    tags=["admin"],
+)
+async def admin_models(state: StateDep) -> ModelDetailList:
+    """/v1/models plus what only an admin sees: each version's URI and the last failed load per arm."""
+    return ModelDetailList(models=[_detail(d) for d in state.manager.deployments.values()])
+
+
 @router.post(
     "/admin/reload",
     response_model=ReloadResult,
-    responses=_errors(401, 403, 404, 422),
+    responses={409: {"model": ReloadFailed}} | _errors(401, 403, 404, 422),
     dependencies=[Depends(require_admin)],
     tags=["admin"],
 )
@@ -455,11 +518,38 @@ async def reload(
     state: StateDep,
     model: Annotated[str | None, Query(description="Reload only this model; default: all.")] = None,
     force: Annotated[bool, Query(description="Reload even if the registry version did not change.")] = True,
-) -> ReloadResult:
-    """Load each model's current version beside the old one, then swap; a failed load keeps the old one."""
+) -> Any:
+    """Load each model's current version beside the old one, then swap; a failed load keeps the old one.
+
+    200 when every arm loaded (or was unchanged); 409 when an arm failed to load, with every outcome.
+    """
     deps = state.manager.deployments
     if model is not None and model not in deps:
-        raise ApiError(404, "unknown_model", f"No model named '{model}'. Served: {', '.join(sorted(deps))}.")
+        raise ApiError(
+            404, "unknown_model", f"No model named '{_shown(model)}'. Served: {', '.join(sorted(deps))}."
+        )
     chosen = [deps[model]] if model else list(deps.values())
-    results = await asyncio.gather(*(state.manager.reload(d, force=force) for d in chosen))
-    return ReloadResult(results={d.name: r for d, r in zip(chosen, results, strict=True)})
+    outcomes = await asyncio.gather(*(state.manager.reload(d, force=force) for d in chosen))
+    results = {d.name: r for d, r in zip(chosen, outcomes, strict=True)}
+    failed = [
+        _reload_failure(deps[name], arm, outcome)
+        for name, arms in results.items()
+        for arm, outcome in arms.items()
+        if outcome.startswith("failed")
+    ]
+    if not failed:
+        return ReloadResult(results=results)
+    detail = (
+        f"{' '.join(failed)} Fix the bundle or the registry version and POST /admin/reload again; "
+        f"GET /admin/models shows the last error per arm."
+    )
+    body = ReloadFailed(detail=detail, type="reload_failed", results=results)
+    return JSONResponse(body.model_dump(), status_code=409)
+
+
+def _reload_failure(dep: Deployment, arm: str, outcome: str) -> str:
+    """One failed arm of a reload, for the 409 message: what failed, and what serves instead."""
+    reason = outcome.removeprefix("failed: ").rstrip(".")
+    kept = dep.models.get(arm)
+    serving = f"Version {kept.version} keeps serving." if kept else "No version of it serves yet."
+    return f"Reloading {dep.name}/{arm} failed: {reason}. {serving}"

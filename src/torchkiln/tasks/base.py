@@ -35,6 +35,7 @@ __all__ = [
     "PrimaryMetric",
     "RequestLimits",
     "Task",
+    "TooManyItemsError",
     "TrainModule",
     "get_task",
     "load_config",
@@ -61,6 +62,22 @@ class RequestLimits:
 
     max_items: int = 64
     max_pixels: int = 4096 * 4096  # per image; a small PNG can decode to gigabytes
+
+    def check_count(self, n: int) -> None:
+        """Refuse a request of more than ``max_items`` items; a task calls it before decoding any of them.
+
+        Raises:
+            TooManyItemsError: the server answers it as ``too_many_items``.
+        """
+        if n > self.max_items:
+            raise TooManyItemsError(
+                f"The request has {n} inputs; this server takes at most {self.max_items} per request. "
+                f"Split it into several requests."
+            )
+
+
+class TooManyItemsError(PredictError):
+    """A request carries more items than its :class:`RequestLimits` allow."""
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)

@@ -24,7 +24,14 @@ from torchkiln.components.classification import (
     answer_lines,
     top_k_answers,
 )
-from torchkiln.components.images import ImageLike, to_model_input
+from torchkiln.components.images import (
+    FORMAT_NAMES,
+    MAX_ASPECT_RATIO,
+    PIL_FORMATS,
+    ImageLike,
+    bomb_pixels,
+    to_model_input,
+)
 from torchkiln.components.models import Classifier, check_model
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
@@ -125,19 +132,32 @@ def _decode_base64(text: str, index: int) -> bytes:
 
 
 def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
-    """Read only the header: refuse non-images and decompression bombs before decoding anything."""
+    """Read only the header: refuse non-images, decompression bombs and absurd aspect ratios before
+    decoding anything (the resize costs work in proportion to the longer side)."""
+    too_big = (
+        f"more than this server's limit of {limits.max_pixels:,}. Downscale it before sending; the model "
+        f"sees it resized anyway."
+    )
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as img:
             width, height = img.size
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked while reading the header
+        n = bomb_pixels(exc)
+        size = f"{n:,} pixels" if n is not None else "more pixels than Pillow's decompression-bomb limit"
+        raise PredictError(f"images[{index}] is {size}, {too_big}") from None
     except Exception as exc:  # Pillow raises many types for foreign bytes
         raise PredictError(
-            f"images[{index}] is not an image file Pillow can read ({type(exc).__name__}). "
-            f"Expected PNG, JPEG, BMP, GIF, TIFF or WebP bytes."
+            f"images[{index}] is not an image file in a format this server reads ({type(exc).__name__}). "
+            f"Expected {FORMAT_NAMES} bytes; convert it to PNG or JPEG."
         ) from None
     if width * height > limits.max_pixels:
+        raise PredictError(f"images[{index}] is {width}x{height} = {width * height:,} pixels, {too_big}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise PredictError(
-            f"images[{index}] is {width}x{height} = {width * height:,} pixels, more than this server's "
-            f"limit of {limits.max_pixels:,}. Downscale it before sending; the model sees it resized anyway."
+            f"images[{index}] is {width}x{height} pixels: its longer side is more than {MAX_ASPECT_RATIO} "
+            f"times its shorter side, this server's limit (photos and scans stay below "
+            f"{MAX_ASPECT_RATIO}:1). Crop it to the part that matters before sending; the model sees only "
+            f"its central square."
         )
     return raw
 
@@ -315,9 +335,11 @@ class ImageClassificationTask:
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[bytes]:
         request = checked_request(request, ImagePredictRequest)
+        limits.check_count(len(request.encoded))  # count first: decoding every item costs CPU
         return [_check_image(_decode_base64(t, i), i, limits) for i, t in enumerate(request.encoded)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:
+        limits.check_count(len(files))
         return [_check_image(raw, i, limits) for i, raw in enumerate(files)]
 
     def summarize_inputs(

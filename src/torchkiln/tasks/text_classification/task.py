@@ -393,6 +393,7 @@ class TextClassificationTask:
 
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[str]:
         request = checked_request(request, TextPredictRequest)
+        limits.check_count(len(request.items))  # count first, then check each text
         return [_check_text(t, i) for i, t in enumerate(request.items)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[str]:
