@@ -6,10 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from torchkiln.artifacts.bundle import load_bundle
+from torchkiln.core.errors import BundleError
 from torchkiln.core.io import sha256_file
 
 
@@ -38,3 +40,37 @@ def test_a_bundle_from_before_named_modules_still_loads_and_predicts_the_same(
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     with torch.inference_mode():
         assert torch.equal(legacy.model(x), new.model(x))
+
+
+FIX = "Restore the file, or retrain (or re-export) to rewrite it."
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            b"{not json",
+            "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        ),
+        (
+            b"\xff\xfe garbage",
+            "is not valid JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)",
+        ),
+        (b"[1, 2]", "holds an array, not a JSON object"),
+        (b'"bundle"', "holds a string, not a JSON object"),
+        (b"null", "holds null, not a JSON object"),
+        (b"42", "holds a number, not a JSON object"),
+    ],
+    ids=["broken", "not-utf8", "array", "string", "null", "number"],
+)
+def test_a_garbage_bundle_json_is_a_bundle_error_naming_the_file(
+    tiny_bundle: Path, tmp_path: Path, content: bytes, problem: str
+) -> None:
+    bad = Path(shutil.copytree(tiny_bundle, tmp_path / "bad"))
+    (bad / "bundle.json").write_bytes(content)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(bad)
+    assert str(exc.value) == (
+        f"Bundle '{bad}': bundle.json {problem}. Expected a JSON object with the bundle's format, version "
+        f"and SHA-256s. {FIX}"
+    )

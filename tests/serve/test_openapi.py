@@ -46,6 +46,7 @@ OPERATIONS = [
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
     ("POST", "/v1/models/{name}/predict"),
+    ("GET", "/admin/models"),
     ("POST", "/admin/reload"),
 ]
 
@@ -137,6 +138,7 @@ def test_valid_requests_get_documented_200s(api_schema: schemathesis.BaseSchema)
         ),
         reload.Case(query={"model": "shapes", "force": False}, headers=ADMIN),
         reload.Case(headers=ADMIN),
+        api_schema["/admin/models"]["GET"].Case(headers=ADMIN),
     ]
     for case in cases:
         response = case.call_and_validate(checks=CHECKS)

@@ -236,7 +236,19 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"'{path}' is not a torchkiln bundle: bundle.json is missing. Expected {expected}. "
             f"Point at RUN_DIR/bundle (or an exported variant), or retrain to rewrite it."
         )
-    meta = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
+    fix = (
+        "Expected a JSON object with the bundle's format, version and SHA-256s. Restore the file, or retrain "
+        "(or re-export) to rewrite it."
+    )
+    try:
+        meta = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"Bundle '{path}': bundle.json is not valid JSON ({exc}). {fix}") from None
+    if not isinstance(meta, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(meta), "a number"
+        )
+        raise BundleError(f"Bundle '{path}': bundle.json holds {kind}, not a JSON object. {fix}")
     if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
         raise BundleError(
             f"Bundle '{path}' has format {meta.get('format')!r} version {meta.get('version')!r}; "

@@ -20,14 +20,21 @@ class ErrorResponse(BaseModel):
 
 
 class ServedVersion(BaseModel):
+    """A loaded version as anyone may see it: no file-system paths (those are in ``ServedVersionDetail``)."""
+
     arm: Literal["champion", "challenger"]
     version: str
-    uri: str
     runtime: str
     loaded_at: datetime
 
 
+class ServedVersionDetail(ServedVersion):
+    uri: str = Field(description="Where this version was loaded from: a folder or a models:/ URI.")
+
+
 class ModelInfo(BaseModel):
+    """A served model in ``GET /v1/models``: names, versions, task and schemas, nothing internal."""
+
     name: str
     task: str | None = Field(description="The task kind; null until a version has loaded.")
     ready: bool
@@ -35,11 +42,21 @@ class ModelInfo(BaseModel):
     traffic: dict[str, float | bool] = Field(description="champion/challenger shares, and shadow on/off.")
     labels: list[str] | None = None
     input_schema: dict[str, Any] | None = Field(description="JSON schema of the predict request body.")
+
+
+class ModelDetail(ModelInfo):
+    """A served model in ``GET /admin/models``: also where each version came from and the load failures."""
+
+    versions: list[ServedVersionDetail]  # type: ignore[assignment]  # a subclass of the public item
     errors: dict[str, str] = Field(description="The last failed load per arm; the old version kept serving.")
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class ModelDetailList(BaseModel):
+    models: list[ModelDetail]
 
 
 class Health(BaseModel):
@@ -48,6 +65,12 @@ class Health(BaseModel):
 
 
 class ReloadResult(BaseModel):
+    results: dict[str, dict[str, str]] = Field(description="model -> arm -> outcome")
+
+
+class ReloadFailed(ErrorResponse):
+    """A reload in which at least one arm failed to load (409); each failed arm's old version kept serving."""
+
     results: dict[str, dict[str, str]] = Field(description="model -> arm -> outcome")
 
 
