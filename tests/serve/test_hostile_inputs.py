@@ -213,3 +213,31 @@ def test_livez_answers_while_a_small_image_is_being_decoded(
 
     run(go())
     assert released == [True]
+
+
+def test_readyz_names_a_failed_model_but_not_its_error(tmp_path: Path) -> None:
+    """Anyone may call /readyz: after a failed first load it says which arm, never the path-laden error."""
+    broken = tmp_path / "broken-bundle"
+    broken.mkdir()
+    (broken / "bundle.json").write_text("{not json")
+
+    async def go() -> httpx.Response:
+        settings = load_settings(models=[{"uri": str(broken), "name": "shapes"}])
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                for _ in range(600):  # the load runs in the background; bounded, it fails at once
+                    answer = await client.get("/readyz")
+                    if answer.json()["status"] != "loading":
+                        return answer
+                    await asyncio.sleep(0.01)
+        raise AssertionError("the broken bundle was still loading")
+
+    answer = run(go())
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "status": "failed",
+        "detail": "shapes/champion failed to load; GET /admin/models shows why.",
+    }
+    assert str(broken) not in answer.text

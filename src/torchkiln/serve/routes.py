@@ -81,11 +81,11 @@ async def readyz(state: StateDep) -> Any:
         return JSONResponse(Health(status="draining").model_dump(), status_code=503)
     if manager.ready:
         return Health(status="ready")
-    problems = "; ".join(
-        f"{d.name}/{arm}: {e}" for d in manager.deployments.values() for arm, e in d.errors.items()
-    )
+    # Anyone may call it: it names the arms that failed, never the error text (it holds file paths).
+    failed = [f"{d.name}/{arm}" for d in manager.deployments.values() for arm in d.errors]
+    detail = f"{', '.join(failed)} failed to load; GET /admin/models shows why." if failed else None
     status = "failed" if manager.loading_done else "loading"
-    return JSONResponse(Health(status=status, detail=problems or None).model_dump(), status_code=503)
+    return JSONResponse(Health(status=status, detail=detail).model_dump(), status_code=503)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
