@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -83,8 +84,12 @@ def postgres_url() -> Iterator[str]:
 
 
 @asynccontextmanager
-async def _serve_one(tmp_path: Path, bundle: Path, name: str) -> AsyncIterator[httpx.AsyncClient]:
-    s = load_settings(models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db")
+async def _serve_one(
+    tmp_path: Path, bundle: Path, name: str, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    s = load_settings(
+        models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db", **settings
+    )
     app = create_app(s)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -93,11 +98,14 @@ async def _serve_one(tmp_path: Path, bundle: Path, name: str) -> AsyncIterator[h
                 if (await client.get("/readyz")).status_code == 200:
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
             yield client
 
 
 @pytest.fixture
-def serve_one() -> Callable[[Path, Path, str], AbstractAsyncContextManager[httpx.AsyncClient]]:
-    """``async with serve_one(tmp_path, bundle, name) as client``: the app with ``bundle`` loaded as
-    ``name`` and its prediction log in ``tmp_path/p.db``; the client talks to it in process."""
+def serve_one() -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
+    """``async with serve_one(tmp_path, bundle, name, **settings) as client``: the app with ``bundle``
+    loaded as ``name``, its prediction log in ``tmp_path/p.db`` and any other serve ``settings``
+    (``max_items=4``); the client talks to it in process."""
     return _serve_one

@@ -13,8 +13,6 @@ import json
 import struct
 import threading
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +48,6 @@ def b64(data: bytes) -> str:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-@asynccontextmanager
-async def serving(
-    tmp_path: Path, bundle: Path, **settings: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The app with ``bundle`` loaded as 'shapes' and ready; yields (client, app)."""
-    s = load_settings(
-        models=[{"uri": str(bundle), "name": "shapes"}], log_url=f"sqlite:///{tmp_path}/p.db", **settings
-    )
-    app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
-            yield client, app
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -120,10 +97,10 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("what", "body", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_a_hostile_image_gets_its_own_422(
-    tmp_path: Path, tiny_bundle: Path, what: str, body: Any, message: str
+    tmp_path: Path, serve_one: Any, tiny_bundle: Path, what: str, body: Any, message: str
 ) -> None:
     async def go() -> None:
-        async with serving(tmp_path, tiny_bundle) as (client, _):
+        async with serve_one(tmp_path, tiny_bundle, "shapes") as client:
             r = await client.post(URL, json=body)
             assert (r.status_code, r.json()["type"], r.json()["detail"]) == (422, "invalid_input", message)
             files = [("images", ("x", base64.b64decode(body["images"][0]), "application/octet-stream"))]
@@ -137,11 +114,13 @@ def raw_json(text: str) -> dict[str, Any]:
     return {"content": text.encode(), "headers": {"content-type": "application/json"}}
 
 
-def test_a_huge_integer_and_deep_nesting_get_422_not_500(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_a_huge_integer_and_deep_nesting_get_422_not_500(
+    tmp_path: Path, serve_one: Any, tiny_bundle: Path
+) -> None:
     image = json.dumps(b64(png()))
 
     async def go() -> None:
-        async with serving(tmp_path, tiny_bundle) as (client, _):
+        async with serve_one(tmp_path, tiny_bundle, "shapes") as client:
             r = await client.post(URL, **raw_json(f'{{"images": [{image}], "top_k": {"9" * 5000}}}'))
             assert (r.status_code, r.json()["type"], r.json()["detail"]) == (
                 422,
@@ -165,7 +144,7 @@ def test_a_huge_integer_and_deep_nesting_get_422_not_500(tmp_path: Path, tiny_bu
 
 
 def test_too_many_items_is_refused_before_any_item_is_decoded(
-    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, serve_one: Any, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[int] = []
     real = image_task._check_image
@@ -179,7 +158,7 @@ def test_too_many_items_is_refused_before_any_item_is_decoded(
     )
 
     async def go() -> None:
-        async with serving(tmp_path, tiny_bundle, max_items=4) as (client, _):
+        async with serve_one(tmp_path, tiny_bundle, "shapes", max_items=4) as client:
             monkeypatch.setattr(image_task, "_check_image", spy)  # after the load's warm-up request
             r = await client.post(URL, json={"images": [b64(png(i)) for i in range(5)]})
             assert (r.status_code, r.json()["type"], r.json()["detail"]) == (422, "too_many_items", message)
@@ -189,7 +168,7 @@ def test_too_many_items_is_refused_before_any_item_is_decoded(
 
 
 def test_livez_answers_while_a_small_image_is_being_decoded(
-    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, serve_one: Any, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 4 KB body is below INLINE_BYTES; its decoding must still leave the event loop free."""
     entered, release = threading.Event(), threading.Event()
@@ -202,7 +181,7 @@ def test_livez_answers_while_a_small_image_is_being_decoded(
         return real(raw, index, limits)
 
     async def go() -> None:
-        async with serving(tmp_path, tiny_bundle) as (client, _):
+        async with serve_one(tmp_path, tiny_bundle, "shapes") as client:
             monkeypatch.setattr(image_task, "_check_image", held)  # after the load's warm-up request
             predict = asyncio.create_task(client.post(URL, json={"images": [b64(png())]}))
             assert await asyncio.to_thread(entered.wait, 30)
