@@ -365,35 +365,10 @@ def datasets_fetch(
     ] = None,
 ) -> None:
     """Write a catalog dataset out as you would bring it yourself: image folders, or text or series CSVs."""
-    from torchkiln.components.catalog import (
-        DATASETS,
-        load_catalog,
-        load_series_catalog,
-        select_split,
-        write_image_folder,
-        write_series_csv,
-    )
-    from torchkiln.components.text_table import TextTable, select_text_split, write_text_csv
-    from torchkiln.core.errors import DataError
+    from torchkiln.components.catalog import write_catalog
 
     try:
-        if DATASETS.get(name).kind == "timeseries":
-            if split:
-                raise DataError(
-                    f"--split is not supported for the time series '{name}': its train/val/test parts are "
-                    f"chronological and set by data.split in the run config, not stored in the data. "
-                    f"Fix: leave out --split; the whole series is written."
-                )
-            frame = load_series_catalog(name)
-            path = write_series_csv(frame, to / f"{name}.csv", overwrite=overwrite)
-            written = f"{len(frame)} rows"
-        elif isinstance(data := load_catalog(name), TextTable):
-            table = select_text_split(data, split) if split else data
-            path = write_text_csv(table, to / f"{name}.csv", overwrite=overwrite)
-            written = f"{len(table.texts)} rows"
-        else:
-            path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
-            written = f"{sum(1 for _ in path.rglob('*.png'))} images"
+        path, written = write_catalog(name, to, split=split, overwrite=overwrite)
     except KilnError as exc:
         _fail(exc)
     out.print(f"wrote {written} to {path}")

