@@ -11,7 +11,7 @@ import numpy as np
 
 from torchkiln import load_predictor
 from torchkiln.serve.predlog import read_predictions
-from torchkiln.tasks.forecasting.task import History
+from torchkiln.tasks.forecasting.history import History
 
 URL = "/v1/models/series/predict"
 

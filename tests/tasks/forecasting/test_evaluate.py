@@ -23,8 +23,9 @@ from torchkiln.tasks.forecasting.evaluate import (
     network_quantiles,
     run_baselines,
 )
+from torchkiln.tasks.forecasting.history import History
 from torchkiln.tasks.forecasting.metrics import METRICS, forecast_errors, summarize_errors
-from torchkiln.tasks.forecasting.task import History, SeriesData
+from torchkiln.tasks.forecasting.task import SeriesData
 
 KILN = str(Path(sys.executable).parent / "kiln")
 

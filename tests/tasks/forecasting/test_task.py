@@ -23,8 +23,9 @@ from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.tasks import get_task
 from torchkiln.tasks.base import validate
 from torchkiln.tasks.forecasting.evaluate import network_quantiles
+from torchkiln.tasks.forecasting.history import History, read_history
 from torchkiln.tasks.forecasting.metrics import summarize_errors
-from torchkiln.tasks.forecasting.task import History, PinballLoss, read_history
+from torchkiln.tasks.forecasting.task import PinballLoss
 from torchkiln.tasks.forecasting.windows import fit_scaler, scale, unscale
 
 TASK = get_task("forecasting")

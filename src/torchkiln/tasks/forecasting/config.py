@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
 from torchkiln.core.config import DataConfig, RunConfig, Strict, TaskConfig
+from torchkiln.core.errors import ConfigError
 
 
 class ForecastingTaskConfig(TaskConfig):
@@ -108,3 +109,50 @@ class ForecastRunConfig(RunConfig):
     task: ForecastingTaskConfig
     data: TimeSeriesDataConfig
     default_monitor: ClassVar[tuple[str, str]] = ("val/mase", "min")  # lower is better
+
+
+# --- accessors: the sections of a forecasting config, and the values prepare fills in ----------------
+T = TypeVar("T")
+
+
+def parts(cfg: RunConfig) -> tuple[TimeSeriesDataConfig, ForecastingTaskConfig]:
+    """The data and task sections of a forecasting config; another task's config is a ConfigError."""
+    d, t = cfg.data, cfg.task
+    if not isinstance(d, TimeSeriesDataConfig) or not isinstance(t, ForecastingTaskConfig):
+        wrong = [
+            f"{name} section is of type {type(part).__name__}"
+            for name, part, want in (("data", d, TimeSeriesDataConfig), ("task", t, ForecastingTaskConfig))
+            if not isinstance(part, want)
+        ]
+        raise ConfigError(
+            f"The forecasting task got a config whose {' and whose '.join(wrong)} (task.kind "
+            f"'{t.kind}'); expected a forecasting config (TimeSeriesDataConfig, ForecastingTaskConfig). "
+            f"Fix: build it with torchkiln.tasks.base.validate (or load_config), which picks the sections "
+            f"by task.kind, and hand it to the task of that kind (torchkiln.tasks.get_task)."
+        )
+    return d, t
+
+
+def resolved(value: T | None, field: str, what: str) -> T:
+    """``data.<field>`` of a resolved config; unset (``prepare`` has not filled it in) is a ConfigError."""
+    if value is None:
+        raise ConfigError(
+            f"{what} needs a resolved config, but data.{field} is not set; expected the config that "
+            f"task.prepare returns, which fills data.{field} in from the data (a bundle's config is "
+            f"resolved too). Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+        )
+    return value
+
+
+def num_targets(d: TimeSeriesDataConfig, what: str = "num_targets") -> int:
+    return len(resolved(d.targets, "targets", what))
+
+
+def num_covariates(d: TimeSeriesDataConfig) -> int:
+    return len(d.covariates) + len(d.calendar)
+
+
+def scaling(d: TimeSeriesDataConfig, what: str) -> tuple[list[str], str, ScalerStats]:
+    """What turns a history into model inputs and outputs back into values: targets, freq, scaler."""
+    targets, freq = resolved(d.targets, "targets", what), resolved(d.freq, "freq", what)
+    return targets, freq, resolved(d.scaler_stats, "scaler_stats", what)

@@ -18,11 +18,11 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -42,10 +42,11 @@ from torchkiln.tasks.base import (
     validate,
 )
 from torchkiln.tasks.forecasting.config import (
-    ForecastingTaskConfig,
     ForecastRunConfig,
-    ScalerStats,
-    TimeSeriesDataConfig,
+    num_covariates,
+    num_targets,
+    parts,
+    scaling,
 )
 from torchkiln.tasks.forecasting.conformal import conformal_offsets, interval_pairs
 from torchkiln.tasks.forecasting.data import (
@@ -55,55 +56,12 @@ from torchkiln.tasks.forecasting.data import (
     iso_time,
     read_series,
 )
+from torchkiln.tasks.forecasting.history import ForecastAnswer, ForecastRequest, History, read_history
 from torchkiln.tasks.forecasting.metrics import METRICS, seasonal_naive_scale
 from torchkiln.tasks.forecasting.models import Forecaster, create_forecast_model
 from torchkiln.tasks.forecasting.windows import fit_scaler, scale, split_bounds, unscale, window_origins
 
 MAX_HISTORY = 100_000  # points per request
-T = TypeVar("T")
-
-
-def _parts(cfg: RunConfig) -> tuple[TimeSeriesDataConfig, ForecastingTaskConfig]:
-    """The data and task sections of a forecasting config; another task's config is a ConfigError."""
-    d, t = cfg.data, cfg.task
-    if not isinstance(d, TimeSeriesDataConfig) or not isinstance(t, ForecastingTaskConfig):
-        wrong = [
-            f"{name} section is of type {type(part).__name__}"
-            for name, part, want in (("data", d, TimeSeriesDataConfig), ("task", t, ForecastingTaskConfig))
-            if not isinstance(part, want)
-        ]
-        raise ConfigError(
-            f"The forecasting task got a config whose {' and whose '.join(wrong)} (task.kind "
-            f"'{t.kind}'); expected a forecasting config (TimeSeriesDataConfig, ForecastingTaskConfig). "
-            f"Fix: build it with torchkiln.tasks.base.validate (or load_config), which picks the sections "
-            f"by task.kind, and hand it to the task of that kind (torchkiln.tasks.get_task)."
-        )
-    return d, t
-
-
-def _resolved(value: T | None, field: str, what: str) -> T:
-    """``data.<field>`` of a resolved config; unset (``prepare`` has not filled it in) is a ConfigError."""
-    if value is None:
-        raise ConfigError(
-            f"{what} needs a resolved config, but data.{field} is not set; expected the config that "
-            f"task.prepare returns, which fills data.{field} in from the data (a bundle's config is "
-            f"resolved too). Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
-        )
-    return value
-
-
-def num_targets(d: TimeSeriesDataConfig, what: str = "num_targets") -> int:
-    return len(_resolved(d.targets, "targets", what))
-
-
-def num_covariates(d: TimeSeriesDataConfig) -> int:
-    return len(d.covariates) + len(d.calendar)
-
-
-def _scaling(d: TimeSeriesDataConfig, what: str) -> tuple[list[str], str, ScalerStats]:
-    """What turns a history into model inputs and outputs back into values: targets, freq, scaler."""
-    targets, freq = _resolved(d.targets, "targets", what), _resolved(d.freq, "freq", what)
-    return targets, freq, _resolved(d.scaler_stats, "scaler_stats", what)
 
 
 @dataclass(frozen=True)
@@ -162,7 +120,7 @@ class ForecastMetrics(Metric):
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
-        d, t = _parts(cfg)
+        d, t = parts(cfg)
         if d.scaler_stats is None or d.mase_scale is None:
             raise ConfigError(
                 "ForecastMetrics needs a resolved config (data.scaler_stats and data.mase_scale are "
@@ -204,103 +162,6 @@ class ForecastMetrics(Metric):
         }
 
 
-class ForecastRequest(BaseModel):
-    """The recent history of the series, oldest first, and its timestamps."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    history: list[float] | list[list[float]] = Field(
-        description="The last values, oldest first: numbers (one target) or rows of one number per target."
-    )
-    timestamps: list[str] = Field(description="The ISO 8601 time of each history value.")
-    covariates: list[list[float]] | None = Field(
-        None, description="The file covariates for each history step and each step to forecast (rows)."
-    )
-
-
-class ForecastAnswer(BaseModel):
-    """The forecast of every target: the median and each quantile, one value per future step."""
-
-    timestamps: list[str] | None = Field(description="The ISO 8601 time of each forecast step.")
-    steps: list[int] = Field(description="1 .. horizon: steps after the last history point.")
-    forecast: dict[str, list[float]]
-    quantiles: dict[str, dict[str, list[float]]]
-
-
-@dataclass(frozen=True)
-class History:
-    """One decoded request: values (n, C), their timestamps, and known covariates (n + H, Kf) or None."""
-
-    values: np.ndarray
-    time: np.ndarray
-    covariates: np.ndarray | None = None
-
-
-def read_history(cfg: RunConfig, path: str | Path) -> History:
-    """A history CSV (the training file's columns, oldest first) -> a :class:`History` to forecast from.
-
-    It goes through the same checks as training data (order, duplicates, gaps, ``data.fill``). A model
-    with file covariates also needs them for the steps to forecast: the file then ends with
-    ``horizon`` rows whose target cells are empty and whose covariate cells are filled.
-
-    Raises:
-        DataError: the file fails those checks.
-        PredictError: the covariate rows of the steps to forecast are missing, too many, not numbers, or
-            not the next ``horizon`` timestamps.
-    """
-    import pandas as pd
-
-    d, _ = _parts(cfg)
-    whole = {"path": str(path), "format": "csv", "calendar": [], "start": None, "end": None}
-    if not d.covariates:
-        frame = read_series(d.model_copy(update=whole))
-        return History(frame.targets, frame.time)
-    targets, freq = _resolved(d.targets, "targets", "read_history"), _resolved(d.freq, "freq", "read_history")
-    raw = _read_raw(Path(path), d)
-    missing = [c for c in (d.time_column, *targets, *d.covariates) if c not in raw.columns]
-    if missing:
-        raise PredictError(
-            f"The history file '{path}' has no column(s) {missing}; it has {list(raw.columns)}. Expected "
-            f"the training file's columns."
-        )
-    known = ~(raw[targets] == "").all(axis=1).to_numpy()
-    future = len(known) - (int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0)
-    if future != d.horizon:
-        raise PredictError(
-            f"'{path}' ends with {future} row(s) without target values, but this model needs the "
-            f"covariates {d.covariates} of the {d.horizon} steps it forecasts. Expected the history, then "
-            f"{d.horizon} rows with the target cells empty and the covariate cells filled."
-        )
-    last = str(raw[d.time_column].iloc[-future - 1])
-    frame = read_series(d.model_copy(update={**whole, "end": last}))
-    tail = raw.iloc[-future:]
-    times = pd.to_datetime(tail[d.time_column], errors="coerce").to_numpy().astype("datetime64[ns]")
-    expected = future_times(frame.time[-1], freq, d.horizon)
-    if not np.array_equal(times, expected):
-        raise PredictError(
-            f"The last {future} rows of '{path}' are for {[str(t) for t in tail[d.time_column]]}, but "
-            f"the steps to forecast are {[iso_time(t) for t in expected]}. Give one row per step after "
-            f"the last value, at the data's frequency ({freq})."
-        )
-    try:
-        covariates = tail[d.covariates].astype(float).to_numpy()
-    except ValueError as exc:
-        raise PredictError(
-            f"A covariate of the steps to forecast in '{path}' is not a number ({exc})."
-        ) from None
-    return History(frame.targets, frame.time, np.concatenate([frame.covariates, covariates]))
-
-
-def _read_raw(path: Path, d: TimeSeriesDataConfig) -> Any:
-    """The file as strings (empty cells as ""), to find the rows of the steps to forecast."""
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise PredictError(f"Cannot read the history file '{path}' ({exc}). Expected a CSV.") from None
-
-
 class ForecastingTask:
     kind = "forecasting"
     config_type = ForecastRunConfig
@@ -314,7 +175,7 @@ class ForecastingTask:
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
     ) -> tuple[RunConfig, SeriesData]:
-        d, _ = _parts(cfg)
+        d, _ = parts(cfg)
         frame = read_series(d)
         bounds = split_bounds(len(frame.time), d.split, lookback=d.lookback, horizon=d.horizon)
         train = frame.targets[bounds["train"][0] : bounds["train"][1]]  # the train rows, and only them
@@ -363,7 +224,7 @@ class ForecastingTask:
         return Supervised(self, cfg)
 
     def build_model(self, cfg: RunConfig) -> Forecaster:
-        d, t = _parts(cfg)
+        d, t = parts(cfg)
         return create_forecast_model(
             cfg.model.name,
             lookback=d.lookback,
@@ -376,7 +237,7 @@ class ForecastingTask:
         )
 
     def loader(self, cfg: RunConfig, data: SeriesData, split: str, *, train: bool) -> DataLoader:
-        d, _ = _parts(cfg)
+        d, _ = parts(cfg)
         windows = Windows(
             data, split, lookback=d.lookback, horizon=d.horizon, targets=num_targets(d, "loader")
         )
@@ -397,7 +258,7 @@ class ForecastingTask:
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def loss(self, cfg: RunConfig) -> nn.Module:
-        return PinballLoss(_parts(cfg)[1].quantiles)
+        return PinballLoss(parts(cfg)[1].quantiles)
 
     def metrics(self, cfg: RunConfig) -> ForecastMetrics:
         return ForecastMetrics(cfg)
@@ -418,10 +279,10 @@ class ForecastingTask:
         return torch.stack(rows)
 
     def _window(self, cfg: RunConfig, h: Any) -> torch.Tensor:
-        d, _ = _parts(cfg)
+        d, _ = parts(cfg)
         if not isinstance(h, History):
             raise PredictError(f"Got a {type(h).__name__}, not a History. Decode the request first.")
-        targets, freq, stats = _scaling(d, "preprocess")
+        targets, freq, stats = scaling(d, "preprocess")
         lb, hz = d.lookback, d.horizon
         if h.values.ndim != 2 or h.values.shape[1] != len(targets):
             got = h.values.shape[1] if h.values.ndim == 2 else "not a table of"
@@ -456,8 +317,8 @@ class ForecastingTask:
     def postprocess(
         self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
-        d, t = _parts(cfg)
-        targets, freq, stats = _scaling(d, "postprocess")
+        d, t = parts(cfg)
+        targets, freq, stats = scaling(d, "postprocess")
         out = unscale(outputs.detach().float().cpu().movedim(-1, 0), stats).movedim(0, -1)
         median = t.quantiles.index(0.5)
         answers = []
@@ -490,7 +351,7 @@ class ForecastingTask:
         Scores are measured in units of each window's own spread (what the network's outputs are before
         the window's scale is put back), so one offset serves a series whose level grows.
         """
-        _, t = _parts(cfg)
+        _, t = parts(cfg)
         if not t.conformal or loader is None or not interval_pairs(t.quantiles):
             return {}  # off, no val windows, or no interval (e.g. quantiles [0.5, 0.7, 0.9])
         # build_model made it, and create_forecast_model refuses builders that return no Forecaster.
@@ -542,7 +403,7 @@ class ForecastingTask:
         return forecast_lines(res, f"forecast from {args.history.name}", as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
-        d, t = _parts(cfg)
+        d, t = parts(cfg)
         return {
             "labels": None,
             "preprocessing": {
@@ -597,7 +458,7 @@ class ForecastingTask:
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
     ) -> list[dict[str, Any]]:
-        d, _ = _parts(cfg)
+        d, _ = parts(cfg)
         out = []
         for h in raw:
             last = h.values[-d.lookback :]
