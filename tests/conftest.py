@@ -98,6 +98,35 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return api.train(api.load_config(cfg)) / "bundle"
 
 
+def make_variant(src: Path, dst: Path, seed: int) -> Path:
+    """A copy of bundle ``src`` at ``dst`` with perturbed weights: another version of the same model."""
+    import hashlib
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    gen = torch.Generator().manual_seed(seed)
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+    save_file(state, dst / "model.safetensors")
+    meta = json.loads((dst / "bundle.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((dst / "model.safetensors").read_bytes()).hexdigest()
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.fixture
+def variant_bundle() -> Callable[[Path, Path, int], Path]:
+    """``variant_bundle(src, dst, seed)``: another version of bundle ``src``, written to ``dst``."""
+    return make_variant
+
+
 # --- text ------------------------------------------------------------------------------------------
 def sentiment_rows(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` (text, label) pairs: 2 to 13 filler words plus one to three words of the label's polarity."""

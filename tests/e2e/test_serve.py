@@ -14,6 +14,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,7 +43,9 @@ NAME = "shapes"
 PREDICT = f"/v1/models/{NAME}/predict"
 PREDICT_ROUTE = "/v1/models/{name}/predict"  # the route label in the metrics
 SHUTDOWN_TIMEOUT_S = 10.0
-READY_TIMEOUT_S = 60.0  # three servers import torch at once on two cores, maybe beside other work
+READY_TIMEOUT_S = 90.0  # four servers import torch at once on two cores, maybe beside other work
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+READ_TIMEOUT_S = 2.0
 
 
 def free_port() -> int:
@@ -119,7 +123,7 @@ class Server:
 
 
 def launch(folder: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    (folder / "tmp").mkdir(parents=True)
+    (folder / "tmp").mkdir(parents=True, exist_ok=False)
     port = free_port()
     cmd = [KILN, "serve", *args, "--port", str(port), "--log-url", f"sqlite:///{folder}/p.db"]
     # One torch thread per process: the servers and the test share two cores. TMPDIR: the metrics files of
@@ -136,11 +140,23 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iter
     root = tmp_path_factory.mktemp("serve")
     model = [str(tiny_bundle), "--name", NAME]
     shutdown = {"KILN_SERVE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S)}
+    # The reload server serves a copy that the test replaces with another version, then reloads.
+    (root / "reload").mkdir()
+    reloadable = shutil.copytree(tiny_bundle, root / "reload" / "bundle")
     started: dict[str, Server] = {}
     try:
-        started["steady"] = launch(root / "steady", *model, env=shutdown)  # predictions and metrics
+        # Short read timeouts: the tests hold connections open half-sent.
+        timeouts = {
+            "KILN_SERVE_HEADER_TIMEOUT_S": str(READ_TIMEOUT_S),
+            "KILN_SERVE_BODY_TIMEOUT_S": str(READ_TIMEOUT_S),
+        }
+        started["steady"] = launch(root / "steady", *model, env=shutdown | timeouts)  # predictions, metrics
         started["burst"] = launch(root / "burst", *model, env=shutdown)  # SIGTERM in a burst of requests
         started["workers"] = launch(root / "workers", *model, "--workers", "2", env=shutdown)  # gunicorn
+        admin = shutdown | timeouts | {"KILN_SERVE_ADMIN_TOKEN": ADMIN_TOKEN}
+        started["reload"] = launch(
+            root / "reload", str(reloadable), "--name", NAME, "--workers", "2", env=admin
+        )
         yield started
     finally:
         for server in started.values():
@@ -419,7 +435,7 @@ def line_queue(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 def predict_200s_per_worker(server: Server) -> dict[str, float]:
     """Each gunicorn worker's own count of predict 200s, read from its prometheus multiprocess file."""
     counts: dict[str, float] = {}
-    for path in (server.folder / "tmp").glob("kiln-metrics-*/counter_*.db"):
+    for path in (server.folder / "tmp").glob("kiln-serve-*/metrics/counter_*.db"):
         pid = path.stem.removeprefix("counter_")
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
             _, sample, labels, _ = json.loads(key)
@@ -432,22 +448,30 @@ def predict_200s_per_worker(server: Server) -> dict[str, float]:
     return counts
 
 
+def wait_for_workers(server: Server, n: int = 2) -> None:
+    """Until ``n`` workers have loaded the model: /readyz speaks only for the worker that answered it."""
+    server.wait_ready()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while server.stderr().count(f"'{NAME}' champion now serves version") < n:
+        assert time.monotonic() < deadline, f"{n} workers did not load the model:\n{server.explain()}"
+        time.sleep(0.1)
+
+
+async def fresh_wave(server: Server, k: int, image: str) -> list[httpx.Response]:
+    """``k`` predictions at once, each on a new connection, so that any worker may take each."""
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=fresh) as client:
+        return await asyncio.gather(*(client.post(PREDICT, json={"image": image}) for _ in range(k)))
+
+
 def test_two_workers_serve_and_metrics_add_up_across_them(servers: dict[str, Server]) -> None:
     """Requests on fresh connections spread over both workers; every /metrics answer has the sum of both."""
     server = servers["workers"]
-    server.wait_ready()
-    # /readyz speaks for the worker that answered it; each worker logs this line once its model is loaded.
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while server.stderr().count(f"'{NAME}' champion now serves version") < 2:
-        assert time.monotonic() < deadline, f"two workers did not load the model:\n{server.explain()}"
-        time.sleep(0.1)
+    wait_for_workers(server)
     image, sent, per_worker = b64(shape_png(1)), 0, {}
 
     async def wave(k: int) -> list[int]:
-        fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request: either worker
-        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=fresh) as client:
-            answers = await asyncio.gather(*(client.post(PREDICT, json={"image": image}) for _ in range(k)))
-        return [r.status_code for r in answers]
+        return [r.status_code for r in await fresh_wave(server, k, image)]
 
     for _ in range(8):  # until both workers have answered some (almost always the first wave)
         assert asyncio.run(wave(16)) == [200] * 16
@@ -460,3 +484,78 @@ def test_two_workers_serve_and_metrics_add_up_across_them(servers: dict[str, Ser
     for _ in range(4):  # each scrape is answered by either worker, and must count both
         got = total(scrape(server.url), "kiln_requests_total", model=NAME, route=PREDICT_ROUTE, status="200")
         assert got == sent, f"/metrics counts {got} of {sent} predict 200s; per worker: {per_worker}"
+
+
+def test_a_reload_reaches_every_worker_before_it_answers(
+    servers: dict[str, Server], tiny_bundle: Path, variant_bundle: Any
+) -> None:
+    server = servers["reload"]
+    wait_for_workers(server)
+    image, admin = b64(shape_png(2)), {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    old = load_predictor(tiny_bundle).version
+    assert {r.json()["version"] for r in asyncio.run(fresh_wave(server, 8, image))} == {old}
+    # A new version in the served folder, then one reload, answered by one of the two workers.
+    new = variant_bundle(tiny_bundle, server.folder / "v2", seed=7)
+    for name in ("model.safetensors", "bundle.json"):
+        shutil.copy(new / name, server.folder / "bundle" / name)
+    version = load_predictor(new).version
+    r = httpx.post(f"{server.url}/admin/reload", headers=admin, timeout=60)
+    assert (r.status_code, r.json()) == (
+        200,
+        {"results": {NAME: {"champion": f"loaded {version}"}}, "workers": {"total": 2, "serving": 2}},
+    )
+    answers = asyncio.run(fresh_wave(server, 40, image))
+    assert [a.status_code for a in answers] == [200] * 40
+    assert [a.json()["version"] for a in answers] == [version] * 40
+    # The model-info gauge has one current version, though each worker kept the old one's sample.
+    info = {
+        dict(labels)["version"]: value
+        for (sample, labels), value in scrape(server.url).items()
+        if sample == "kiln_model_info"
+    }
+    assert info == {old: 0.0, version: 1.0}
+    # Each multi-worker server has its own gunicorn control socket, in its own folder.
+    sockets = [
+        list((s.folder / "tmp").glob("kiln-serve-*/gunicorn.ctl")) for s in (server, servers["workers"])
+    ]
+    assert [len(found) for found in sockets] == [1, 1], sockets
+    assert all(found[0].is_socket() for found in sockets)
+
+
+# --- connections that never finish ----------------------------------------------------------------------
+def held_open(server: Server, sent: bytes) -> bytes:
+    """Open a connection, send ``sent``, and return what the server sends before it closes the connection.
+
+    The server must close it by itself: waiting on the socket fails the test after 60 s.
+    """
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(sent)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("name", ["steady", "reload"])  # one uvicorn process; gunicorn with two workers
+def test_a_connection_without_a_whole_request_head_is_closed(servers: dict[str, Server], name: str) -> None:
+    server = servers[name]
+    wait_for_workers(server, 2 if name == "reload" else 1)
+    assert held_open(server, b"") == b""  # connected, never sent a byte
+    assert held_open(server, f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Ty".encode()) == b""
+
+
+def test_a_body_that_stops_arriving_gets_408(servers: dict[str, Server]) -> None:
+    server = servers["steady"]
+    server.wait_ready()
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    answer = held_open(server, head.encode() + b'{"image": "')
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body) == {
+        "detail": f"The request body did not arrive whole within {READ_TIMEOUT_S:g} s (Content-Length: 100). "
+        "Send the whole body without pauses, or raise body_timeout_s for slow links.",
+        "type": "body_timeout",
+        "request_id": None,
+    }

@@ -24,6 +24,7 @@ import pytest
 
 from torchkiln.serve.app import create_app
 from torchkiln.serve.settings import load_settings
+from torchkiln.serve.workers import WorkerSync
 
 PG_USER = "kiln"
 PG_DB = "kiln_test"
@@ -85,12 +86,12 @@ def postgres_url() -> Iterator[str]:
 
 @asynccontextmanager
 async def _serve_one(
-    tmp_path: Path, bundle: Path, name: str, **settings: Any
+    tmp_path: Path, bundle: Path, name: str, sync: WorkerSync | None = None, **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     s = load_settings(
         models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db", **settings
     )
-    app = create_app(s)
+    app = create_app(s, sync)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
@@ -107,5 +108,5 @@ async def _serve_one(
 def serve_one() -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
     """``async with serve_one(tmp_path, bundle, name, **settings) as client``: the app with ``bundle``
     loaded as ``name``, its prediction log in ``tmp_path/p.db`` and any other serve ``settings``
-    (``max_items=4``); the client talks to it in process."""
+    (``max_items=4``); the client talks to it in process. ``sync=`` makes it one of several workers."""
     return _serve_one

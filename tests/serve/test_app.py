@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import json
 import math
 import shutil
 import threading
@@ -27,7 +26,6 @@ import pytest
 import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from safetensors.torch import load_file, save_file
 
 from torchkiln import load_predictor
 from torchkiln.artifacts.predictor import Predictor
@@ -50,22 +48,6 @@ def png(seed: int = 0, size: int = 16) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def variant_bundle(src: Path, dst: Path, seed: int) -> Path:
-    """A copy of ``src`` with perturbed weights: another version of the same model."""
-    shutil.copytree(src, dst)
-    state = load_file(dst / "model.safetensors")
-    gen = torch.Generator().manual_seed(seed)
-    state = {
-        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-        for k, v in state.items()
-    }
-    save_file(state, dst / "model.safetensors")
-    meta = json.loads((dst / "bundle.json").read_text())
-    meta["weights_sha256"] = hashlib.sha256((dst / "model.safetensors").read_bytes()).hexdigest()
-    (dst / "bundle.json").write_text(json.dumps(meta))
-    return dst
 
 
 @asynccontextmanager
@@ -306,7 +288,9 @@ def arms_for(keys: list[str], client: httpx.AsyncClient) -> Callable[[], Any]:
     return go
 
 
-def test_ab_split_holds_its_weight_and_is_sticky_per_key(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_ab_split_holds_its_weight_and_is_sticky_per_key(
+    tmp_path: Path, tiny_bundle: Path, variant_bundle: Callable[..., Path]
+) -> None:
     challenger = variant_bundle(tiny_bundle, tmp_path / "challenger", seed=1)
     model = {"challenger": str(challenger), "challenger_weight": 0.3}
 
@@ -330,7 +314,9 @@ def test_ab_split_holds_its_weight_and_is_sticky_per_key(tmp_path: Path, tiny_bu
     assert not any(r.shadow for r in rows)
 
 
-def test_shadow_answers_are_logged_and_never_returned(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_shadow_answers_are_logged_and_never_returned(
+    tmp_path: Path, tiny_bundle: Path, variant_bundle: Callable[..., Path]
+) -> None:
     challenger = variant_bundle(tiny_bundle, tmp_path / "challenger", seed=2)
     shadow_version = load_predictor(challenger).version
 
@@ -353,7 +339,9 @@ def test_shadow_answers_are_logged_and_never_returned(tmp_path: Path, tiny_bundl
     assert {(r.arm, r.version) for r in mirrored} == {("challenger", shadow_version)}
 
 
-def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_a_corrupt_reload_keeps_the_old_model_serving(
+    tmp_path: Path, tiny_bundle: Path, variant_bundle: Callable[..., Path]
+) -> None:
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
 
     async def go() -> None:
@@ -377,6 +365,7 @@ def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundl
                     "type": "reload_failed",
                     "request_id": None,
                     "results": {"shapes": {"champion": f"failed: {problem}"}},
+                    "workers": {"total": 1, "serving": 1},
                 },
             )
             assert [r.status_code for r in results[1:]] == [200] * 60  # zero failed requests meanwhile
@@ -392,7 +381,10 @@ def test_a_corrupt_reload_keeps_the_old_model_serving(tmp_path: Path, tiny_bundl
             after = load_predictor(bundle).version
             assert (r.status_code, r.json()) == (
                 200,
-                {"results": {"shapes": {"champion": f"loaded {after}"}}},
+                {
+                    "results": {"shapes": {"champion": f"loaded {after}"}},
+                    "workers": {"total": 1, "serving": 1},
+                },
             )
             info = (await client.get("/admin/models", headers=admin())).json()["models"][0]
             assert info["errors"] == {} and info["versions"][0]["version"] == after != before
@@ -560,7 +552,9 @@ def test_an_onnx_runtime_variant_serves_like_its_source(tmp_path: Path, tiny_bun
     run(go())
 
 
-def test_registry_aliases_resolve_and_an_alias_change_is_picked_up(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_registry_aliases_resolve_and_an_alias_change_is_picked_up(
+    tmp_path: Path, tiny_bundle: Path, variant_bundle: Callable[..., Path]
+) -> None:
     from torchkiln.serve.registry import register_bundle, set_alias
 
     registry = f"sqlite:///{tmp_path}/mlflow.db"

@@ -30,6 +30,7 @@ from torchkiln.serve.routes import router
 from torchkiln.serve.schemas import request_schemas
 from torchkiln.serve.settings import ServeSettings
 from torchkiln.serve.state import ApiError, ServerState
+from torchkiln.serve.workers import WorkerSync
 
 log = logging.getLogger("torchkiln.serve")
 Scope = MutableMapping[str, Any]
@@ -53,8 +54,10 @@ class LimitsAndMetrics:
     stops when the response has been sent: shadow calls that run after it are not counted.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body: int, metrics: ServeMetrics | None) -> None:
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, body_timeout_s: float, metrics: ServeMetrics | None
+    ) -> None:
+        self.app, self.max_body, self.body_timeout_s, self.metrics = app, max_body, body_timeout_s, metrics
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
         if scope["type"] != "http":
@@ -71,9 +74,14 @@ class LimitsAndMetrics:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_capped(scope, receive)
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        body = await self._read_capped(scope, receive)
+                except TimeoutError:
+                    await self._refuse(send_and_watch, 408, "body_timeout", self._timeout_detail(scope))
+                    return
                 if body is None:
-                    await self._too_large(send_and_watch)
+                    await self._refuse(send_and_watch, 413, "body_too_large", self._too_large_detail())
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_and_watch)
@@ -102,15 +110,31 @@ class LimitsAndMetrics:
                 break
         return b"".join(chunks)
 
-    async def _too_large(self, send: Callable[[Message], Awaitable[None]]) -> None:
-        detail = (
+    def _too_large_detail(self) -> str:
+        return (
             f"The request body is larger than this server's limit of {self.max_body:,} bytes. Send fewer or "
             f"smaller inputs per request (downscale images), or raise max_body_bytes."
         )
-        body = json.dumps({"detail": detail, "type": "body_too_large", "request_id": None}).encode()
+
+    def _timeout_detail(self, scope: Scope) -> str:
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"?").decode("latin-1")
+        return (
+            f"The request body did not arrive whole within {self.body_timeout_s:g} s (Content-Length: "
+            f"{declared[:20]}). Send the whole body without pauses, or raise body_timeout_s for slow links."
+        )
+
+    async def _refuse(
+        self, send: Callable[[Message], Awaitable[None]], status: int, kind: str, detail: str
+    ) -> None:
+        """An error answer before the app ran; the connection closes, as the body was not read whole."""
+        body = json.dumps({"detail": detail, "type": kind, "request_id": None}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send(
-            {"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]}
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"connection", b"close")],
+            }
         )
         await send({"type": "http.response.body", "body": body})
 
@@ -128,8 +152,11 @@ def _replay(body: bytes, receive: Callable[[], Awaitable[Message]]) -> Callable[
     return replay
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
+def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastAPI:
     """Build the server app for ``settings``; models load when it starts, not here.
+
+    ``sync`` is the folder shared with the other workers of the same server (``kiln serve --workers N``),
+    through which a reload reaches all of them.
 
     Example:
         >>> app = create_app(load_settings(models=[{"uri": "runs/fashion/latest/bundle"}]))
@@ -137,7 +164,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """
     metrics = ServeMetrics() if settings.metrics else None
     predlog = PredictionLog(settings.log_url) if settings.log_url else None
-    state = ServerState(settings, ModelManager(settings, metrics), metrics, predlog)
+    state = ServerState(settings, ModelManager(settings, metrics, sync), metrics, predlog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,6 +173,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         tasks = [asyncio.create_task(state.manager.load_all())]
         if settings.registry_poll_s > 0:
             tasks.append(asyncio.create_task(state.manager.poll()))
+        if sync is not None:
+            tasks.append(asyncio.create_task(state.manager.watch()))
         try:
             yield
         finally:
@@ -167,7 +196,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.kiln = state
     app.include_router(router)
     _add_error_handlers(app)
-    app.add_middleware(LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        LimitsAndMetrics,
+        max_body=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        metrics=metrics,
+    )
     app.openapi = lambda: _openapi(app, list(state.manager.deployments))  # type: ignore[method-assign]
     return app
 

@@ -28,6 +28,7 @@ from torchkiln.core.errors import KilnError
 from torchkiln.serve.batching import DynamicBatcher
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.settings import ModelSpec, ServeSettings
+from torchkiln.serve.workers import WATCH_INTERVAL_S, Agreement, Target, WorkerSync, pinned_uri
 from torchkiln.tasks.base import RequestLimits, load_config
 
 log = logging.getLogger("torchkiln.serve")
@@ -211,31 +212,54 @@ class Deployment:
 class ModelManager:
     """Loads, swaps and unloads every deployment of an app."""
 
-    def __init__(self, settings: ServeSettings, metrics: ServeMetrics | None) -> None:
+    def __init__(
+        self, settings: ServeSettings, metrics: ServeMetrics | None, sync: WorkerSync | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.sync = sync  # the other workers of this server, with --workers N
         self.limits = RequestLimits(max_items=settings.max_items, max_pixels=settings.max_image_pixels)
         self.deployments = {default_name(s): Deployment(default_name(s), s) for s in settings.models}
         self.loading_done = False
+        self.generation = 0  # the last generation of the workers' desired.json this worker applied
 
     @property
     def ready(self) -> bool:
         return all(d.ready for d in self.deployments.values())
 
     async def load_all(self) -> None:
-        await asyncio.gather(*(self.reload(d, force=True) for d in self.deployments.values()))
+        """Load every model; a worker that starts after a reload loads the versions the others serve."""
+        generation, targets = self.sync.desired() if self.sync else (0, {})
+        await asyncio.gather(
+            *(self.reload(d, force=True, targets=targets.get(d.name)) for d in self.deployments.values())
+        )
         self.loading_done = True
+        self._report(generation)
         # Move the startup objects (models, modules, schemas) out of the collector's generations: full
         # collections then stop walking them, which took tens of milliseconds off the p99 in bench/.
         gc.collect()
         gc.freeze()
 
-    async def reload(self, dep: Deployment, *, force: bool) -> dict[str, str]:
-        """(Re)load each arm; with ``force=False`` only arms whose version changed. Returns arm -> outcome."""
+    async def reload(
+        self, dep: Deployment, *, force: bool, targets: dict[str, Target] | None = None
+    ) -> dict[str, str]:
+        """(Re)load each arm; with ``force=False`` only arms whose version changed. Returns arm -> outcome.
+
+        ``targets`` (arm -> version and URI, from the other workers) replace the settings' URIs to load.
+        """
         outcomes: dict[str, str] = {}
         async with dep.lock:
             for arm, uri in dep.arms.items():
                 current = dep.models.get(arm)
+                target = None if targets is None else targets.get(arm)
+                if target is None and targets is not None and current is not None:
+                    continue  # the other workers did not change this arm
+                if target is not None:
+                    if current is not None and current.version == target.version:
+                        outcomes[arm] = f"unchanged ({current.version})"
+                    else:
+                        outcomes[arm] = await self._swap(dep, arm, uri, load_uri=target.uri)
+                    continue
                 if not force and current is not None:
                     try:
                         changed = await self._changed(uri, current.version)
@@ -260,18 +284,19 @@ class ModelManager:
         )
         return latest != version
 
-    async def _swap(self, dep: Deployment, arm: str, uri: str) -> str:
+    async def _swap(self, dep: Deployment, arm: str, uri: str, *, load_uri: str | None = None) -> str:
         start = time.perf_counter()
         try:
-            loaded = await asyncio.to_thread(load_version, uri, self.settings, self.limits)
+            loaded = await asyncio.to_thread(load_version, load_uri or uri, self.settings, self.limits)
         except Exception as exc:  # any failure: keep the old model serving, report it
             message = f"{type(exc).__name__}: {exc}"
-            dep.errors[arm] = f"{datetime.now(UTC).isoformat(timespec='seconds')} loading {uri}: {message}"
+            when = datetime.now(UTC).isoformat(timespec="seconds")
+            dep.errors[arm] = f"{when} loading {load_uri or uri}: {message}"
             if self.metrics is not None:
                 self.metrics.reload_failures.labels(dep.name).inc()
             log.error(
                 "Loading %s for '%s' (%s) failed; the previous version keeps serving: %s",
-                uri,
+                load_uri or uri,
                 dep.name,
                 arm,
                 message,
@@ -284,7 +309,10 @@ class ModelManager:
         dep.errors.pop(arm, None)
         if self.metrics is not None:
             if old is not None:
-                self.metrics.model_info.remove(dep.name, arm, old.version, old.task.kind, old.runtime)
+                # 0 first: with several workers the gauge lives in a shared file that remove() leaves as is.
+                old_labels = (dep.name, arm, old.version, old.task.kind, old.runtime)
+                self.metrics.model_info.labels(*old_labels).set(0)
+                self.metrics.model_info.remove(*old_labels)
             self.metrics.model_info.labels(dep.name, arm, model.version, model.task.kind, model.runtime).set(
                 1
             )
@@ -318,12 +346,67 @@ class ModelManager:
             on_batch=on_batch,
         )
 
+    async def reload_all(
+        self, deps: Sequence[Deployment], *, force: bool, wait: bool = True
+    ) -> tuple[dict[str, dict[str, str]], Agreement | None]:
+        """Reload ``deps`` here and, with several workers, in every worker.
+
+        Returns model -> arm -> outcome in this worker, and (with several workers, when ``wait``) how
+        many workers serve the same versions once each has applied the reload.
+        """
+        if self.sync is None:
+            outcomes = await asyncio.gather(*(self.reload(d, force=force) for d in deps))
+            return {d.name: o for d, o in zip(deps, outcomes, strict=True)}, None
+        async with self.sync.locked():
+            outcomes = await asyncio.gather(*(self.reload(d, force=force) for d in deps))
+            results = {d.name: o for d, o in zip(deps, outcomes, strict=True)}
+            if not wait and not any(o.startswith("loaded") for arms in outcomes for o in arms.values()):
+                return results, None  # a poll that found nothing new: nothing to tell the others
+            targets = {
+                d.name: {arm: Target(pinned_uri(m.uri, m.version), m.version) for arm, m in d.models.items()}
+                for d in deps
+            }
+            generation = self.sync.publish(targets)
+            self._report(generation)
+        if not wait:
+            return results, None
+        return results, await self.sync.wait(generation, targets, self.settings.reload_timeout_s)
+
+    async def watch(self) -> None:
+        """Apply what another worker published, every 100 ms (with several workers)."""
+        assert self.sync is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                if not self.sync.changed():
+                    continue
+                generation, targets = self.sync.desired()
+                if generation <= self.generation:
+                    continue
+                await asyncio.gather(
+                    *(
+                        self.reload(d, force=False, targets=targets[name])
+                        for name, d in self.deployments.items()
+                        if name in targets
+                    )
+                )
+                self._report(generation)
+            except (OSError, ValueError, KeyError) as exc:  # keep watching: the next publication may be fine
+                log.error("Reading the workers' shared state in %s failed: %s", self.sync.folder, exc)
+
+    def _report(self, generation: int) -> None:
+        self.generation = max(self.generation, generation)
+        if self.sync is None:
+            return
+        served = {n: {arm: m.version for arm, m in d.models.items()} for n, d in self.deployments.items()}
+        errors = {n: dict(d.errors) for n, d in self.deployments.items() if d.errors}
+        self.sync.report(self.generation, served, errors)
+
     async def poll(self) -> None:
-        """Reload any arm whose registry alias moved, every ``registry_poll_s`` seconds."""
+        """Reload any arm whose registry alias moved, every ``registry_poll_s`` seconds (in every worker)."""
         while True:
             await asyncio.sleep(self.settings.registry_poll_s)
-            for dep in self.deployments.values():
-                await self.reload(dep, force=False)
+            await self.reload_all(list(self.deployments.values()), force=False, wait=False)
 
     async def stop(self) -> None:
         await asyncio.gather(

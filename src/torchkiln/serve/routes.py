@@ -41,6 +41,7 @@ from torchkiln.serve.schemas import (
     ReloadResult,
     ServedVersion,
     ServedVersionDetail,
+    Workers,
     predict_response_model,
     request_schemas,
 )
@@ -521,7 +522,9 @@ async def reload(
 ) -> Any:
     """Load each model's current version beside the old one, then swap; a failed load keeps the old one.
 
-    200 when every arm loaded (or was unchanged); 409 when an arm failed to load, with every outcome.
+    With several workers, every worker loads the same versions, and the answer waits for all of them.
+    200 when every arm loaded (or was unchanged) in every worker; 409 when an arm failed to load (with
+    every outcome), or when a worker does not serve the new versions.
     """
     deps = state.manager.deployments
     if model is not None and model not in deps:
@@ -529,21 +532,33 @@ async def reload(
             404, "unknown_model", f"No model named '{_shown(model)}'. Served: {', '.join(sorted(deps))}."
         )
     chosen = [deps[model]] if model else list(deps.values())
-    outcomes = await asyncio.gather(*(state.manager.reload(d, force=force) for d in chosen))
-    results = {d.name: r for d, r in zip(chosen, outcomes, strict=True)}
+    results, agreement = await state.manager.reload_all(chosen, force=force)
+    workers = (
+        Workers(total=agreement.workers, serving=agreement.agreeing)
+        if agreement
+        else Workers(total=1, serving=1)
+    )
     failed = [
         _reload_failure(deps[name], arm, outcome)
         for name, arms in results.items()
         for arm, outcome in arms.items()
         if outcome.startswith("failed")
     ]
-    if not failed:
-        return ReloadResult(results=results)
-    detail = (
-        f"{' '.join(failed)} Fix the bundle or the registry version and POST /admin/reload again; "
-        f"GET /admin/models shows the last error per arm."
-    )
-    body = ReloadFailed(detail=detail, type="reload_failed", results=results)
+    problems = agreement.problems if agreement else []
+    if not failed and not problems:
+        return ReloadResult(results=results, workers=workers)
+    if failed:
+        kind = "reload_failed"
+        detail = f"{' '.join(failed)} Fix the bundle or the registry version and POST /admin/reload again; "
+        detail += "GET /admin/models shows the last error per arm."
+    else:
+        kind = "reload_incomplete"
+        detail = (
+            f"The reload reached {workers.serving} of {workers.total} workers: {'; '.join(problems)}. Until "
+            "every worker serves the same versions, requests may get either. See the server log for why, "
+            "then POST /admin/reload again."
+        )
+    body = ReloadFailed(detail=detail, type=kind, results=results, workers=workers)
     return JSONResponse(body.model_dump(), status_code=409)
 
 

@@ -64,14 +64,24 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+class Workers(BaseModel):
+    """How many of the server's worker processes serve the reloaded versions."""
+
+    total: int
+    serving: int
+
+
 class ReloadResult(BaseModel):
     results: dict[str, dict[str, str]] = Field(description="model -> arm -> outcome")
+    workers: Workers
 
 
 class ReloadFailed(ErrorResponse):
-    """A reload in which at least one arm failed to load (409); each failed arm's old version kept serving."""
+    """A reload that failed (409): an arm did not load (its old version kept serving), or not every worker
+    serves the new versions."""
 
     results: dict[str, dict[str, str]] = Field(description="model -> arm -> outcome")
+    workers: Workers
 
 
 @cache

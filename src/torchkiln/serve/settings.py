@@ -96,10 +96,17 @@ class ServeSettings(BaseSettings):
     max_items: int = Field(64, ge=1, description="Inputs per request; more get 422.")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Per image; larger ones get 422.")
     request_timeout_s: float = Field(10.0, gt=0.0, description="Waiting longer gets 504.")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, description="A connection whose request head is not whole by then is closed."
+    )
+    body_timeout_s: float = Field(30.0, gt=0.0, description="A body not whole by then gets 408.")
     # Admin, registry, prediction log, metrics
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset = off.")
     registry_uri: str | None = Field(None, description="MLflow tracking URI for models:/ URIs.")
     registry_poll_s: float = Field(0.0, ge=0.0, description="Check registry aliases this often; 0 = off.")
+    reload_timeout_s: float = Field(
+        120.0, gt=0.0, description="With several workers, how long a reload waits for all of them."
+    )
     log_url: str | None = Field(
         "sqlite:///runs/serve/predictions.db", description="SQLAlchemy URL of the prediction log; null = off."
     )
