@@ -220,3 +220,30 @@ def test_readyz_names_a_failed_model_but_not_its_error(tmp_path: Path) -> None:
         "detail": "shapes/champion failed to load; GET /admin/models shows why.",
     }
     assert str(broken) not in answer.text
+
+
+def test_line_wrapped_base64_is_read_like_the_base64_tool_writes_it(
+    tmp_path: Path, serve_one: Any, tiny_bundle: Path
+) -> None:
+    """`base64 image.png` wraps its output every 76 characters, with \n (or \r\n on Windows)."""
+    flat = b64(png(3))
+    wrapped = "\n".join(flat[i : i + 76] for i in range(0, len(flat), 76)) + "\n"
+
+    async def go() -> None:
+        async with serve_one(tmp_path, tiny_bundle, "shapes") as client:
+            answers = [
+                await client.post(URL, json={"image": text})
+                for text in (flat, wrapped, wrapped.replace("\n", "\r\n"))
+            ]
+            assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+            assert len({json.dumps(a.json()["predictions"]) for a in answers}) == 1
+            r = await client.post(
+                URL, json={"image": flat[:40] + " " + flat[40:]}
+            )  # a space is not a line break
+            assert (r.status_code, r.json()["detail"]) == (
+                422,
+                "images[0] is not valid base64 (Only base64 data is allowed). Expected the image file's "
+                "bytes in standard base64, e.g. base64.b64encode(open('x.png', 'rb').read()).decode().",
+            )
+
+    run(go())

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema_rs import Draft202012Validator  # schemathesis validates with it too
 from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -41,11 +44,35 @@ TOKEN = "t" * 32
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 MAX_EXAMPLES = 30
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+IMAGE_CONTENT = re.compile(r"^images\[\d+\] ")
+
+
+@schemathesis.check
+def valid_bodies_are_accepted(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """Schemathesis's positive_data_acceptance (ST202) for the predict routes: a body that is valid against
+    the model's own schema gets 200.
+
+    Two refusals stay allowed, for what a JSON schema cannot say: that a string's or a file's bytes are an
+    image (a 422 whose message names ``images[i]``), and ``max_items``, a server setting (``too_many_items``).
+    """
+    if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code == 200:
+        return None
+    body = response.json()
+    if response.status_code == 422 and (
+        body["type"] == "too_many_items" or IMAGE_CONTENT.match(body["detail"])
+    ):
+        return None
+    raise AssertionError(
+        f"A body valid against the schema got {response.status_code}: {body}\n{case.as_curl_command()}"
+    )
+
+
+PREDICT_CHECKS = [*CHECKS, valid_bodies_are_accepted]
 OPERATIONS = [
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
-    ("POST", "/v1/models/{name}/predict"),
+    ("POST", "/v1/models/shapes/predict"),  # one path per served model, with its own task's body
     ("GET", "/admin/models"),
     ("POST", "/admin/reload"),
 ]
@@ -66,18 +93,22 @@ def api_schema(tmp_path: Path, tiny_bundle: Path) -> Iterator[schemathesis.BaseS
         )
     )
     try:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the app's lifespan
-        with asgi.get_client(app) as client:
+        with asgi.get_client(app) as client:  # starts the app's lifespan
             deadline = time.monotonic() + 30
             while (ready := client.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, f"the model did not load: {ready.text}"
                 time.sleep(0.05)
-        yield schema
+        # Once the model has loaded, its route documents its own task's request body.
+        yield schemathesis.openapi.from_asgi("/openapi.json", app)
     finally:
         asgi.shutdown_lifespans()  # drains the batchers and closes the prediction log
 
 
-def fuzz(operation: schemathesis.APIOperation, headers: dict[str, str] | None = None) -> None:
+def fuzz(
+    operation: schemathesis.APIOperation,
+    headers: dict[str, str] | None = None,
+    checks: list[Any] = CHECKS,
+) -> None:
     """Send up to MAX_EXAMPLES generated requests, valid and invalid, and check every answer."""
     cases = st.one_of([operation.as_strategy(generation_mode=mode) for mode in GenerationMode])
 
@@ -86,7 +117,7 @@ def fuzz(operation: schemathesis.APIOperation, headers: dict[str, str] | None = 
     )
     @given(case=cases)
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        case.call_and_validate(headers=headers, checks=checks)
 
     check()
 
@@ -102,7 +133,7 @@ def test_generated_requests_get_documented_answers(
     api_schema: schemathesis.BaseSchema, method: str, path: str
 ) -> None:
     """Admin calls here carry no valid token (none, or a generated one)."""
-    fuzz(api_schema[path][method])
+    fuzz(api_schema[path][method], checks=PREDICT_CHECKS if path.endswith("/predict") else CHECKS)
 
 
 def test_generated_admin_requests_with_the_token_get_documented_answers(
@@ -123,16 +154,14 @@ def png(size: int = 16) -> bytes:
 
 def test_valid_requests_get_documented_200s(api_schema: schemathesis.BaseSchema) -> None:
     """Generated images are rarely valid pictures, so the 200 answers are also checked with real ones."""
-    predict = api_schema["/v1/models/{name}/predict"]["POST"]
+    predict = api_schema["/v1/models/shapes/predict"]["POST"]
     reload = api_schema["/admin/reload"]["POST"]
     cases = [
         predict.Case(
-            path_parameters={"name": "shapes"},
             body={"images": [base64.b64encode(png()).decode()], "top_k": 2},
             media_type="application/json",
         ),
         predict.Case(
-            path_parameters={"name": "shapes"},
             body={"images": [png(), png(20)], "top_k": 3},
             media_type="multipart/form-data",
         ),
@@ -181,9 +210,7 @@ def test_uploads_the_form_parser_refuses_get_a_documented_422(
     api_schema: schemathesis.BaseSchema, upload: str
 ) -> None:
     body, kind = REFUSED_UPLOADS[upload]
-    case = api_schema["/v1/models/{name}/predict"]["POST"].Case(
-        path_parameters={"name": "shapes"}, media_type="multipart/form-data"
-    )
+    case = api_schema["/v1/models/shapes/predict"]["POST"].Case(media_type="multipart/form-data")
     with asgi.get_client(api_schema.app) as client:
         response = client.post(
             "/v1/models/shapes/predict",
@@ -192,3 +219,56 @@ def test_uploads_the_form_parser_refuses_get_a_documented_422(
         )
     assert (response.status_code, response.json().get("type")) == (422, kind), response.text
     case.validate_response(response, checks=CHECKS)
+
+
+def test_each_served_model_documents_its_own_task_and_refuses_the_others(
+    tmp_path: Path, tiny_bundle: Path, tiny_text_bundle: Path
+) -> None:
+    """An image model and a text model on one server: each route's body is its own task's, so a text body
+    is not valid for the image model (it was, with one body for every task), and generated valid bodies
+    for either get 200."""
+    app = create_app(
+        load_settings(
+            models=[
+                {"uri": str(tiny_bundle), "name": "shapes"},
+                {"uri": str(tiny_text_bundle), "name": "reviews"},
+            ],
+            log_url=f"sqlite:///{tmp_path}/p.db",
+        )
+    )
+    try:
+        with asgi.get_client(app) as client:
+            deadline = time.monotonic() + 30
+            while (ready := client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, f"the models did not load: {ready.text}"
+                time.sleep(0.05)
+            doc = client.get("/openapi.json").json()
+        bodies = {
+            path: op["post"]["requestBody"]["content"]
+            for path, op in doc["paths"].items()
+            if path.endswith("/predict")
+        }
+        assert bodies["/v1/models/shapes/predict"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ImagePredictRequest"
+        }
+        assert bodies["/v1/models/reviews/predict"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/TextPredictRequest"
+        }
+        assert set(bodies["/v1/models/reviews/predict"]) == {"application/json"}  # no image uploads
+        assert set(bodies) == {"/v1/models/shapes/predict", "/v1/models/reviews/predict"}
+        components = doc["components"]["schemas"]
+        image, text = (
+            Draft202012Validator(components[n]) for n in ("ImagePredictRequest", "TextPredictRequest")
+        )
+        for body, valid_for in [
+            ({"text": "a fine film"}, (False, True)),
+            ({"texts": ["a", "b"], "top_k": 2}, (False, True)),
+            ({"image": base64.b64encode(png()).decode()}, (True, False)),
+            ({"image": "x", "images": ["y"]}, (False, False)),  # exactly one of the two
+            ({"images": []}, (False, False)),
+        ]:
+            assert (image.is_valid(body), text.is_valid(body)) == valid_for, body
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        fuzz(schema["/v1/models/reviews/predict"]["POST"], checks=PREDICT_CHECKS)
+    finally:
+        asgi.shutdown_lifespans()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -26,8 +28,8 @@ from torchkiln.core._version import __version__
 from torchkiln.serve.deployments import ModelManager
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.predlog import PredictionLog
-from torchkiln.serve.routes import router
-from torchkiln.serve.schemas import request_schemas
+from torchkiln.serve.routes import PREDICT_ROUTE, router
+from torchkiln.serve.schemas import predict_request_body, request_schemas
 from torchkiln.serve.settings import ServeSettings
 from torchkiln.serve.state import ApiError, ServerState
 from torchkiln.serve.workers import WorkerSync
@@ -202,7 +204,7 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
         body_timeout_s=settings.body_timeout_s,
         metrics=metrics,
     )
-    app.openapi = lambda: _openapi(app, list(state.manager.deployments))  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, state.manager)  # type: ignore[method-assign]
     return app
 
 
@@ -235,18 +237,38 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _openapi(app: FastAPI, names: list[str]) -> dict[str, Any]:
-    """The generated schema plus what FastAPI cannot infer: model names and per-task request bodies."""
-    if app.openapi_schema:
+def _openapi(app: FastAPI, manager: ModelManager) -> dict[str, Any]:
+    """The generated schema, with one predict path per served model that documents its own task's body.
+
+    A model that has not loaded yet (its task is not known) stays under the route template, whose body
+    is any task's. The document is rebuilt when a model's task changes, e.g. once it has loaded.
+    """
+    served = {
+        name: d.models["champion"].task if "champion" in d.models else None
+        for name, d in manager.deployments.items()
+    }
+    key = tuple((name, task.kind if task else None) for name, task in served.items())
+    if app.openapi_schema and getattr(app.state, "kiln_openapi_key", None) == key:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, body in request_schemas().items():
         components[name] = body
-    for path, ops in schema["paths"].items():
-        for op in ops.values():
-            for param in op.get("parameters", []):
-                if path.startswith("/v1/models/{name}") and param["name"] == "name":
-                    param["schema"] = {"type": "string", "enum": names, "title": "Name"}
-    app.openapi_schema = schema
+    template = schema["paths"].pop(PREDICT_ROUTE)["post"]
+    waiting = [name for name, task in served.items() if task is None]
+    if waiting:  # the template, for the models still loading
+        for param in template.get("parameters", []):
+            if param["name"] == "name":
+                param["schema"] = {"type": "string", "enum": waiting, "title": "Name"}
+        schema["paths"][PREDICT_ROUTE] = {"post": template}
+    for name, task in served.items():
+        if task is None:
+            continue
+        op = copy.deepcopy(template)
+        op["parameters"] = [p for p in op.get("parameters", []) if p["name"] != "name"]
+        op["operationId"] = f"predict_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"
+        op["summary"] = f"Predict with {name} ({task.kind})"
+        op["requestBody"] = predict_request_body([task])
+        schema["paths"][PREDICT_ROUTE.replace("{name}", name)] = {"post": op}
+    app.openapi_schema, app.state.kiln_openapi_key = schema, key
     return schema

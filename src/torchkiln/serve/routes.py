@@ -42,11 +42,11 @@ from torchkiln.serve.schemas import (
     ServedVersion,
     ServedVersionDetail,
     Workers,
+    predict_request_body,
     predict_response_model,
-    request_schemas,
 )
 from torchkiln.serve.state import ApiError, ServerState
-from torchkiln.tasks.base import RequestLimits, TooManyItemsError
+from torchkiln.tasks.base import TASKS, RequestLimits, TooManyItemsError
 
 router = APIRouter()
 PREDICT_ROUTE = "/v1/models/{name}/predict"
@@ -133,40 +133,11 @@ def _shown(name: str) -> str:
     return name if len(name) <= SHOWN_NAME_CHARS else f"{name[:SHOWN_NAME_CHARS]}..."
 
 
-def _predict_openapi() -> dict[str, Any]:
-    schemas = request_schemas()
-    json_schema = (
-        {"$ref": f"#/components/schemas/{next(iter(schemas))}"}
-        if len(schemas) == 1
-        else {"oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in schemas]}
-    )
-    from torchkiln.tasks.base import TASKS
-
-    examples = {e.name: {"summary": e.summary, "value": e.obj.example_request()} for e in TASKS}
-    upload = {
-        "type": "object",
-        "properties": {
-            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
-        },
-        "required": ["images"],
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": json_schema, "examples": examples},
-                "multipart/form-data": {"schema": upload},
-            },
-        }
-    }
-
-
 @router.post(
     PREDICT_ROUTE,
     response_model=predict_response_model(),
     responses=_errors(404, 413, 415, 422, 429, 503, 504),
-    openapi_extra=_predict_openapi(),
+    openapi_extra={"requestBody": predict_request_body(list(TASKS))},
     tags=["predict"],
 )
 async def predict(

@@ -104,3 +104,25 @@ def request_schemas() -> dict[str, dict[str, Any]]:
     return {
         entry.obj.request_schema.__name__: entry.obj.request_schema.model_json_schema() for entry in TASKS
     }
+
+
+def predict_request_body(tasks: list[Any]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a predict route that serves ``tasks`` (registry entries or tasks).
+
+    One task: its own request schema (a served model's route). Several: one of theirs (the route
+    template, before its model has loaded). Multipart uploads are offered when a task takes images.
+    """
+    tasks = [getattr(t, "obj", t) for t in tasks]
+    refs = [{"$ref": f"#/components/schemas/{t.request_schema.__name__}"} for t in tasks]
+    json_schema: dict[str, Any] = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    examples = {t.kind: {"summary": t.summary, "value": t.example_request()} for t in tasks}
+    content: dict[str, Any] = {"application/json": {"schema": json_schema, "examples": examples}}
+    if any(t.image_input for t in tasks):
+        images = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+        upload = {
+            "type": "object",
+            "properties": {"images": images, "top_k": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            "required": ["images"],
+        }
+        content["multipart/form-data"] = {"schema": upload}
+    return {"required": True, "content": content}

@@ -8,12 +8,13 @@ import hashlib
 import io
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -94,10 +95,19 @@ def _example_png() -> str:
 class ImagePredictRequest(BaseModel):
     """Images as base64 strings: one in ``image`` or several in ``images``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says "exactly one of the two, a list not empty", as the validator below does: a body valid
+    # against the schema is one the server takes (the OpenAPI checks in tests/serve/test_openapi.py).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["images"]}]}
+    )
 
-    image: str | None = Field(None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL.")
-    images: list[str] | None = Field(None, description="Several image files, each as base64 or a data: URL.")
+    # null is taken (as a missing key) but not documented: the schema's oneOf reads "the key is there".
+    image: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL."
+    )
+    images: Annotated[
+        list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
+    ] = Field(None, description="Several image files, each as base64 or a data: URL.")
     top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return per image.")
 
     @model_validator(mode="after")
@@ -119,6 +129,8 @@ def _decode_base64(text: str, index: int) -> bytes:
                 f"images[{index}] is a data: URL that is not base64 ('{head[:40]}'). "
                 f"Expected data:image/png;base64,... or plain base64."
             )
+    if "\n" in text:  # line-wrapped, as the base64 tool writes it (76 characters a line)
+        text = text.replace("\r\n", "").replace("\n", "")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:

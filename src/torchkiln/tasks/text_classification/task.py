@@ -11,11 +11,12 @@ import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -96,13 +97,28 @@ class TextBatches(Dataset):
         return pad_batch(rows, self.pad_id), self.split.labels[idx]
 
 
+# "Has a character that is not blank", for the schema: the server refuses a text that str.strip() empties. A
+# JSON schema's \s (ECMA-262) does not cover \x1c-\x1f or \x85, which Python strips, so they are named too.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+
+
 class TextPredictRequest(BaseModel):
     """Texts as strings: one in ``text`` or several in ``texts``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says "exactly one of the two, a list not empty", as the validator below does: a body valid
+    # against the schema is one the server takes (the OpenAPI checks in tests/serve/test_openapi.py).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}
+    )
 
-    text: str | None = Field(None, description="One text to classify.")
-    texts: list[str] | None = Field(None, description="Several texts to classify.")
+    # null is taken (as a missing key) but not documented: the schema's oneOf reads "the key is there".
+    text: Annotated[str | None, WithJsonSchema({"type": "string", "pattern": NOT_BLANK})] = Field(
+        None, description="One text to classify."
+    )
+    texts: Annotated[
+        list[str] | None,
+        WithJsonSchema({"type": "array", "items": {"type": "string", "pattern": NOT_BLANK}, "minItems": 1}),
+    ] = Field(None, description="Several texts to classify.")
     top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return per text.")
 
     @model_validator(mode="after")
