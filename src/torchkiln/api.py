@@ -110,7 +110,9 @@ def evaluate(
         )
         out_dir = base / split
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return bundle.task.evaluate(bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device))
+    return bundle.task.evaluate(
+        bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device, setting="--device")
+    )
 
 
 def export(path: str | Path, **options: Any) -> ExportResult:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
+from torchkiln import api
 from torchkiln.cli.main import app
 
 KILN = str(Path(sys.executable).parent / "kiln")
@@ -281,3 +283,59 @@ def test_kiln_starts_without_the_heavy_optional_imports() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "serve"])
+def test_a_device_that_is_not_here_exits_2_before_any_work(command: str, tiny_bundle: Path) -> None:
+    """--device on predict, evaluate, export and serve: a name of another form, then CUDA on a CPU machine."""
+    extra = {"predict": ["--text", "x"], "serve": ["--log-url", "off"]}.get(command, [])
+    for device, message in [
+        ("gpu", "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps."),
+        ("cuda:0", "--device is 'cuda:0' but CUDA is not available on this machine. Use auto (or cpu)."),
+    ]:
+        if device.startswith("cuda") and torch.cuda.is_available():
+            continue
+        result = CliRunner().invoke(app, [command, str(tiny_bundle), *extra, "--device", device])
+        assert result.exit_code == 2, (command, device, result.output, result.exception)
+        if command == "serve" and device == "gpu":  # a setting, checked with the other serve settings
+            message = (
+                "The serve settings are invalid (1 problem(s)):\n  - 'device': Value error, expected auto, "
+            )
+            message += "cpu, cuda or cuda:N (e.g. cuda:1), got 'gpu'."
+        assert result.stderr.startswith(f"error: {message}"), (command, device, result.stderr)
+
+
+def test_predict_on_the_cpu_answers_as_the_default(run_dir: Path, project: Path) -> None:
+    image = str(next((project / "images").rglob("*.png")))
+    answers = [
+        CliRunner().invoke(app, ["predict", str(run_dir / "bundle"), image, "--json", *args]).stdout
+        for args in ([], ["--device", "cpu"])
+    ]
+    assert answers[0] == answers[1] and json.loads(answers[0])["label"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_predict_and_evaluate_on_cuda_agree_with_the_cpu(tiny_bundle: Path, tmp_path: Path) -> None:
+    images = sorted(Path(api.load_bundle(tiny_bundle).config.data.path).rglob("*.png"))[:6]
+    answers = {
+        device: [
+            json.loads(line)
+            for line in CliRunner()
+            .invoke(app, ["predict", str(tiny_bundle), *map(str, images), "--json", "--device", device])
+            .stdout.splitlines()
+        ]
+        for device in ("cpu", "cuda")
+    }
+    assert [a["label"] for a in answers["cuda"]] == [a["label"] for a in answers["cpu"]]
+    assert [a["score"] for a in answers["cuda"]] == pytest.approx(
+        [a["score"] for a in answers["cpu"]], abs=1e-4
+    )
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        result = CliRunner().invoke(
+            app, ["evaluate", str(tiny_bundle), "--device", device, "--out-dir", str(tmp_path / device)]
+        )
+        assert result.exit_code == 0, (result.output, result.exception)
+        metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
+    assert metrics["cuda"]["accuracy"] == pytest.approx(metrics["cpu"]["accuracy"])

@@ -145,6 +145,21 @@ def test_fp16_on_cpu_is_refused() -> None:
 def test_cuda_device_without_cuda_is_refused() -> None:
     with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
         prec.resolve_device("cuda")
+    with pytest.raises(ConfigError) as exc:
+        prec.resolve_device("cuda:1", setting="--device")
+    assert (
+        str(exc.value) == "--device is 'cuda:1' but CUDA is not available on this machine. Use auto (or cpu)."
+    )
+
+
+def test_a_device_name_of_another_form_is_refused() -> None:
+    with pytest.raises(ConfigError) as exc:
+        prec.resolve_device("gpu", setting="--device")
+    assert str(exc.value) == (
+        "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps. Use auto to take a GPU "
+        "when there is one."
+    )
+    assert prec.resolve_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.gpu

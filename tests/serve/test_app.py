@@ -603,3 +603,32 @@ def test_bad_and_good_requests_do_not_grow_memory(tmp_path: Path, tiny_bundle: P
 
     before, after = run(go())
     assert after - before < 25, f"RSS grew from {before:.0f} MB to {after:.0f} MB over 640 requests"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_serving_on_cuda_batches_and_answers_like_the_cpu(tmp_path: Path, tiny_bundle: Path) -> None:
+    """device: cuda keeps batching, its bounded queue and its timeouts; answers match the CPU predictor."""
+    images = [png(i) for i in range(48)]
+    expected = load_predictor(tiny_bundle, device="cpu").predict(images, top_k=3)
+
+    async def go() -> None:
+        async with serving(tmp_path, tiny_bundle, device="cuda", max_queue=64) as (client, _):
+            answers = await asyncio.gather(
+                *(client.post(URL, json={"image": b64(i), "top_k": 3}) for i in images)
+            )
+            assert [a.status_code for a in answers] == [200] * len(images)
+            for a, want in zip(answers, expected, strict=True):
+                [got] = a.json()["predictions"]
+                assert got["label"] == want["label"]
+                assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+            metrics = (await client.get("/metrics")).text
+            batches = [
+                s.value
+                for f in text_string_to_metric_families(metrics)
+                for s in f.samples
+                if s.name == "kiln_batch_size_count"
+            ]
+            assert 0 < sum(batches) < len(images)  # fewer model calls than requests: they were batched
+
+    run(go())

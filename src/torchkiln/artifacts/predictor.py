@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from torchkiln.artifacts.bundle import Bundle, load_bundle
+from torchkiln.core.errors import ConfigError
+from torchkiln.engine.precision import resolve_device
 
 
 class Predictor:
@@ -20,9 +22,9 @@ class Predictor:
         'Ankle boot'
     """
 
-    def __init__(self, bundle: Bundle, *, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, bundle: Bundle, *, device: str = "auto", batch_size: int = 64) -> None:
         self.bundle = bundle
-        self.device = torch.device(device)
+        self.device = predictor_device(bundle, device)
         self.model = bundle.model.to(self.device).eval()
         self.batch_size = batch_size
 
@@ -49,8 +51,8 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One model call on a preprocessed batch."""
-        return self.model(x.to(self.device))
+        """One model call on a preprocessed batch; the outputs come back on the CPU."""
+        return self.model(x.to(self.device)).cpu()
 
     def postprocess(
         self, outputs: torch.Tensor, *, top_k: int | None = None, raw: Sequence[Any] | None = None
@@ -75,10 +77,37 @@ class Predictor:
         return out
 
 
-def load_predictor(path: str | Path, *, device: str = "cpu") -> Predictor:
+def predictor_device(bundle: Bundle, device: str) -> torch.device:
+    """Where ``bundle``'s model runs for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+
+    A torch bundle runs on the device; an exported bundle (ONNX Runtime) runs on the CPU, so ``auto``
+    means the CPU for it, and asking it for CUDA is an error.
+
+    Raises:
+        ConfigError: an unknown device name, a CUDA device this machine lacks, or CUDA for an ONNX bundle.
+    """
+    runtime = bundle.meta.get("runtime", "torch")
+    if runtime != "torch":
+        resolved = resolve_device(device, setting="--device")
+        if resolved.type != "cpu":
+            raise ConfigError(
+                f"'{bundle.path}' is a {runtime} bundle, which runs on ONNX Runtime's CPU provider; it "
+                f"cannot run on {device}. Use --device cpu (or auto), or serve the trained torch bundle on "
+                f"the GPU."
+            )
+        return resolved
+    return resolve_device(device, setting="--device")
+
+
+def load_predictor(path: str | Path, *, device: str = "auto") -> Predictor:
     """Load a bundle (or a run directory holding ``bundle/``) for prediction.
+
+    Args:
+        path: the bundle folder or run directory.
+        device: ``auto`` (CUDA when available; the CPU for ONNX bundles), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         BundleError: the bundle is incomplete, from another version, or corrupt.
+        ConfigError: the device does not exist here, or cannot run this bundle.
     """
     return Predictor(load_bundle(path), device=device)

@@ -82,6 +82,12 @@ def train(
     print(run_dir)
 
 
+DeviceOpt = Annotated[
+    str,
+    typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N. ONNX bundles run on the CPU."),
+]
+
+
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="A run directory or a bundle.")],
@@ -89,13 +95,14 @@ def evaluate(
         str | None, typer.Option(help="train, val or test (default: the config's evaluate.split).")
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Evaluate on a split: metrics.json and an HTML report with plots (classifiers: the worst mistakes;
     forecasters: beside naive, seasonal naive, ETS and ARIMA on the same windows)."""
     from torchkiln import api
 
     try:
-        result = api.evaluate(path, split=split, out_dir=out_dir)
+        result = api.evaluate(path, split=split, out_dir=out_dir, device=device)
     except KilnError as exc:
         _fail(exc)
     for part in result.summary():
@@ -130,6 +137,7 @@ def predict(
         int | None, typer.Option("--horizon", min=1, help="Forecasters: steps to show (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history)."""
     from torchkiln import api
@@ -137,7 +145,7 @@ def predict(
 
     args = PredictArgs(tuple(inputs or ()), tuple(text or ()), file, history, horizon, top_k)
     try:
-        predictor = api.load_predictor(bundle)
+        predictor = api.load_predictor(bundle, device=device)
         task = predictor.bundle.task
         extra = [PredictArgs.FLAGS[f] for f in args.given() if f not in task.cli_options]
         if extra:
@@ -203,6 +211,9 @@ def export_(
     out_: Annotated[
         Path | None, typer.Option("--out", help="Variant folder (default: beside the bundle).")
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where a pruned model fine-tunes: auto, cpu, cuda or cuda:N.")
+    ] = "auto",
 ) -> None:
     """Export a gated variant: ONNX, int8 and/or pruned. Exit code 1 if the variant is rejected."""
     from torchkiln import api
@@ -223,6 +234,7 @@ def export_(
             tolerance=tolerance,
             bench_seconds=bench_seconds,
             out=out_,
+            device=device,
         )
     except KilnError as exc:
         _fail(exc)
@@ -279,6 +291,9 @@ def serve(
         str | None, typer.Option(help="Prediction log URL (SQLAlchemy); 'off' = none.")
     ] = None,
     registry_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto (default: CUDA when available), cpu, cuda or cuda:N.")
+    ] = None,
 ) -> None:
     """Serve models over HTTP: dynamic batching, A/B and shadow traffic, metrics and a prediction log."""
     from torchkiln import api
@@ -294,12 +309,15 @@ def serve(
     values = {
         "models": models, "host": host, "port": port, "workers": workers, "max_batch_size": max_batch_size,
         "max_wait_ms": max_wait_ms,
-        "model_threads": model_threads, "registry_uri": registry_uri,
+        "model_threads": model_threads, "registry_uri": registry_uri, "device": device,
     }  # fmt: skip
     if log_url is not None:
         values["log_url"] = log_url  # "off" turns the log off (a settings validator maps it to null)
     try:
         settings = api.serve_settings(config, **values)
+        from torchkiln.engine.precision import resolve_device
+
+        resolve_device(settings.device, setting="--device")  # no CUDA here: fail now, not at each load
         where = f"http://{settings.host}:{settings.port}"
         err.print(f"serving {', '.join(m.uri for m in settings.models)} on {where}", soft_wrap=True)
         api.serve(settings)

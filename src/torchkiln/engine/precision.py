@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,14 +44,39 @@ class Precision:
         return f"{self.device} {amp}{' channels_last' if self.channels_last else ''}"
 
 
-def resolve_device(name: str) -> torch.device:
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device.
+
+    ``setting`` names where ``name`` came from (``train.device``, ``--device``) in the error messages.
+
+    Raises:
+        ConfigError: a name of another form, or a CUDA device this machine does not have.
+
+    Example:
+        >>> resolve_device("auto", setting="--device")
+        device(type='cpu')
+    """
+    if not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{setting} is '{name}'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps. Use auto to "
+            f"take a GPU when there is one."
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device is '{name}' but CUDA is not available on this machine. "
-            f"Set train.device: auto (or cpu)."
-        )
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{setting} is '{name}' but CUDA is not available on this machine. Use auto (or cpu)."
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{setting} is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}. Pick one of them, or use auto."
+            )
     return torch.device(name)
 
 

@@ -35,6 +35,9 @@ class ExportOptions(BaseModel):
     tolerance: float = Field(1e-4, gt=0.0, description="max |Δ| between eager and ONNX outputs")
     bench_seconds: float = Field(2.0, gt=0.0, description="timed seconds per latency measurement")
     out: Path | None = None
+    device: str = Field(
+        "auto", description="where a pruned model fine-tunes; the export, int8 and the checks run on the CPU"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportOptions:

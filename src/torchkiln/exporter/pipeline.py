@@ -25,6 +25,7 @@ from torch import nn
 from torchkiln.artifacts.bundle import Bundle, load_bundle, save_bundle, without_pretrained
 from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.core.errors import ExportError
+from torchkiln.engine.precision import resolve_device
 from torchkiln.exporter.bench import measure
 from torchkiln.exporter.gate import (
     BENCH_BATCHES,
@@ -159,6 +160,7 @@ def _finetune(bundle: Bundle, model: nn.Module, data: Any, opts: ExportOptions, 
         "max_minutes": None,
         "checkpoint_every": 0,
         "compile": False,
+        "device": opts.device,
     }
     raw["tracking"] |= {"tensorboard": False, "mlflow": False}
     cfg = validate(raw)
@@ -216,6 +218,7 @@ def _needed_splits(opts: ExportOptions) -> set[str]:
 
 def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
     """Make one variant of a trained bundle and gate it; see :func:`torchkiln.api.export`."""
+    resolve_device(opts.device, setting="--device")  # a bad name fails before any work
     bundle = load_bundle(path)
     if bundle.meta.get("runtime", "torch") != "torch":
         raise ExportError(

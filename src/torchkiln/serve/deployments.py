@@ -94,9 +94,9 @@ def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> Lo
         from torchkiln.serve.registry import resolve_model_uri
 
         resolved = resolve_model_uri(uri, tracking_uri=settings.registry_uri)
-        predictor, version = load_predictor(resolved.path), resolved.version
+        predictor, version = load_predictor(resolved.path, device=settings.device), resolved.version
     else:
-        predictor = load_predictor(uri)
+        predictor = load_predictor(uri, device=settings.device)
         version = predictor.version
     task = predictor.bundle.task
     example = task.request_schema.model_validate(task.example_request())

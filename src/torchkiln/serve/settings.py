@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,10 @@ class ServeSettings(BaseSettings):
     # measured slower on the Fashion-MNIST CNN (docs/benchmarks.md); raise it for slow, bursty traffic.
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="How long a batch waits to fill.")
     max_queue: int = Field(512, ge=1, description="Requests waiting per model; more get 429.")
+    device: str = Field(
+        "auto",
+        description="Where torch bundles run: auto (CUDA when available), cpu, cuda or cuda:N. ONNX: CPU.",
+    )
     model_threads: int = Field(
         1, ge=1, le=256, description="Intra-op threads of each model call (torch and ONNX Runtime)."
     )
@@ -123,6 +128,13 @@ class ServeSettings(BaseSettings):
                 "the admin token must have at least 16 characters; make one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N (e.g. cuda:1), got {v!r}")
         return v
 
     @field_validator("log_url", mode="before")
