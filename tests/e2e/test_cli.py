@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -339,3 +340,40 @@ def test_predict_and_evaluate_on_cuda_agree_with_the_cpu(tiny_bundle: Path, tmp_
         assert result.exit_code == 0, (result.output, result.exception)
         metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
     assert metrics["cuda"]["accuracy"] == pytest.approx(metrics["cpu"]["accuracy"])
+
+
+def test_one_class_data_exits_2_before_any_compute(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    """One class used to train to loss 0 and accuracy 1, and then answer that class for any input."""
+    make_image_folder(tmp_path / "one", classes=("dot",))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_config(tmp_path / "one", tmp_path / "runs")))
+    result = CliRunner().invoke(app, ["train", str(cfg)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.splitlines()[0] == (
+        f"error: Data '{tmp_path / 'one'}': the training split has one class, 'dot'. A classifier needs at "
+        "least two classes; with one it answers that class for any input, and its accuracy says nothing. Add "
+        "images of another class (a folder per class, or another label in the CSV), or check data.path."
+    )
+    assert not (tmp_path / "runs").exists()  # refused before a run folder, let alone any compute
+
+
+def test_a_class_missing_from_a_split_is_a_warning_with_its_fix(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    make_image_folder(tmp_path / "data" / "train")
+    make_image_folder(tmp_path / "data" / "val", classes=("dot", "hbar"), per_class=3)
+    cfg = make_config(tmp_path / "data", tmp_path / "runs")
+    cfg["train"]["epochs"] = 1
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    warning = (
+        f"warning: Data '{tmp_path / 'data'}': the val split has no images of class 'vbar', so its val "
+        "metrics cannot measure it (its ROC AUC is undefined: null in metrics.json). Add images of 'vbar', "
+        "or raise data.split.val so that the split takes some."
+    )
+    assert warning in result.stderr.splitlines(), result.stderr
+    assert (Path(result.stdout.splitlines()[-1]) / "bundle" / "bundle.json").is_file()  # it trained

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
-from torchkiln.core.console import err, out
+from torchkiln.core.console import err, out, show_warnings
 from torchkiln.core.console import fail as _fail
 from torchkiln.core.errors import KilnError, PredictError
 
@@ -35,6 +35,12 @@ app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(registry_app, name="registry")
 app.command("containerize")(containerize_command)
+
+
+@app.callback()
+def _setup() -> None:
+    """torchkiln: train, evaluate and package PyTorch models from data and a short YAML file."""
+    show_warnings()
 
 
 SetOpt = Annotated[

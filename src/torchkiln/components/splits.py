@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import numpy as np
 
 from torchkiln.core.config import SplitConfig
 from torchkiln.core.errors import DataError, did_you_mean
+
+log = logging.getLogger("torchkiln.data")
 
 
 class LabelledData(Protocol):
@@ -96,7 +99,7 @@ def class_list(
                 f"data.classes {cfg.classes}.{did_you_mean(unknown[0], cfg.classes)} Add it to data.classes "
                 f"or fix the label."
             )
-        return list(cfg.classes)
+        return _two_or_more(list(cfg.classes), where, items, "data.classes lists")
     seen = set(train_labels)
     for split in ("val", "test"):
         extra = (
@@ -110,7 +113,54 @@ def class_list(
                 f"A model cannot learn a class it never sees. Add training {items} of '{extra[0]}', "
                 f"or remove it from {split}."
             )
-    return [c for c in order if c in seen] if order else sorted(seen)
+    classes = [c for c in order if c in seen] if order else sorted(seen)
+    return _two_or_more(classes, where, items, "the training split has")
+
+
+def _two_or_more(classes: list[str], where: str, items: str, has: str) -> list[str]:
+    """``classes``, if there are at least two: a classifier of one class answers it for any input."""
+    if len(classes) >= 2:
+        return classes
+    only = f"one class, '{classes[0]}'" if classes else "no class"
+    raise DataError(
+        f"{where}: {has} {only}. A classifier needs at least two classes; with one it answers that class "
+        f"for any input, and its accuracy says nothing. Add {items} of another class (a folder per class, "
+        f"or another label in the CSV), or check data.path."
+    )
+
+
+def check_coverage(
+    classes: list[str], labels: np.ndarray, splits: np.ndarray, *, where: str, items: str
+) -> list[str]:
+    """Warn of what the split leaves thin: a class with under two training items, or absent from val or test.
+
+    Each warning (logged, and returned) has its fix. They are not errors: training still works, but the
+    metrics of that split cannot measure the class (its ROC AUC is undefined: null in metrics.json).
+
+    Example:
+        >>> check_coverage(["cat", "dog"], np.array([0, 0, 1]), np.array(["train", "val", "train"]),
+        ...                where="Data 'pets'", items="images")
+        ["Data 'pets': class 'dog' has 1 training image; ...", "Data 'pets': the val split has no images ..."]
+    """
+    out = []
+    for c, name in enumerate(classes):
+        n = int(((labels == c) & (splits == "train")).sum())
+        if n < 2:
+            out.append(
+                f"class '{name}' has {n} training {items[:-1] if n == 1 else items}; a model learns little "
+                f"from so few. Add {items} of '{name}', or merge it into another class."
+            )
+        for split in ("val", "test"):
+            if (splits == split).any() and not ((labels == c) & (splits == split)).any():
+                out.append(
+                    f"the {split} split has no {items} of class '{name}', so its {split} metrics cannot "
+                    f"measure it (its ROC AUC is undefined: null in metrics.json). Add {items} of "
+                    f"'{name}', or raise data.split.{split} so that the split takes some."
+                )
+    out = [f"{where}: {w}" for w in out]
+    for w in out:
+        log.warning("%s", w)
+    return out
 
 
 def make_splits(cfg: LabelledData, labels: np.ndarray, given: np.ndarray | None, seed: int) -> np.ndarray:

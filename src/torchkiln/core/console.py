@@ -6,6 +6,7 @@ print the same way; the families sit below the CLI, so this lives in the lowest 
 
 from __future__ import annotations
 
+import logging
 from typing import NoReturn
 
 import typer
@@ -23,3 +24,20 @@ def fail(exc: KilnError) -> NoReturn:
     # Text, not markup: messages quote user data such as file names with [brackets].
     err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class _Warnings(logging.Handler):
+    """Prints a logged warning as ``warning: MESSAGE`` on stderr, the way :func:`fail` prints errors."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(
+            Text.assemble(("warning: ", "yellow"), record.getMessage()), highlight=False, soft_wrap=True
+        )
+
+
+def show_warnings(logger: str = "torchkiln.data") -> None:
+    """Print what ``logger`` warns of (the data checks) as ``warning: ...`` lines; once per process."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(h, _Warnings) for h in target.handlers):
+        target.addHandler(_Warnings(logging.WARNING))
+        target.propagate = False

@@ -5,6 +5,7 @@ Shared by the classification families; ``Task.evaluate`` of each calls :func:`ev
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,28 @@ class EvalResult:
 
     def summary(self) -> list[Any]:
         m = self.metrics
-        return [
+        # An undefined AUC is null in metrics.json; here it says so, and why, rather than printing nan.
+        auc = "n/a" if math.isnan(m.macro_auc) else f"{m.macro_auc:.4f}"
+        lines = [
             f"{self.split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  "
-            f"macro-AUC {m.macro_auc:.4f}  ECE {m.ece:.4f}  (n={m.num_samples})"
+            f"macro-AUC {auc}  ECE {m.ece:.4f}  (n={m.num_samples})"
         ]
+        undefined = [c.name for c in m.per_class if math.isnan(c.auc)]
+        if undefined:
+            absent = [c.name for c in m.per_class if c.support == 0]
+            why = (
+                f"{', '.join(repr(n) for n in absent)} {'is' if len(absent) == 1 else 'are'} absent from the "
+                f"{self.split} split"
+                if absent
+                else f"the {self.split} split holds only one class"
+            )
+            lines.append(
+                f"ROC AUC is undefined (null in metrics.json) for {', '.join(repr(n) for n in undefined)}: "
+                f"{why}. Macro-AUC averages the other classes."
+                if len(undefined) < len(m.per_class)
+                else f"ROC AUC is undefined (null in metrics.json) for every class: {why}."
+            )
+        return lines
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from torchkiln.components.images import (
     scan_folder,
     to_model_input,
 )
-from torchkiln.components.splits import SPLITS, class_list, make_splits
+from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 
@@ -177,6 +177,7 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     splits = make_splits(cfg, label_idx, splits_in, seed)
+    check_coverage(classes, label_idx, splits, where=where, items="images")
     in_memory = cfg.cache == "memory" or (
         cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
     )
@@ -245,6 +246,7 @@ def _from_arrays(
     channels = _resolve_channels(cfg, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
     splits = make_splits(cfg, label_idx, data.splits, seed)
+    check_coverage(classes, label_idx, splits, where=f"Dataset '{cfg.path}'", items="images")
     # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
     # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.
     used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))

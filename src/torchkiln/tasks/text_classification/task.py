@@ -29,7 +29,7 @@ from torchkiln.components.classification import (
     top_k_answers,
 )
 from torchkiln.components.models import check_model
-from torchkiln.components.splits import SPLITS, class_list, make_splits
+from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
 from torchkiln.components.text_table import TextTable, read_text_table
 from torchkiln.components.tokenize import (
     BucketBatchSampler,
@@ -203,6 +203,7 @@ class TextClassificationTask:
         classes = class_list(d, table.labels, split_array(table), f"'{d.path}'", items="texts")
         label_idx = np.array([classes.index(lab) for lab in table.labels], dtype=np.int64)
         assign = make_splits(d, label_idx, split_array(table), cfg.seed)
+        check_coverage(classes, label_idx, assign, where=f"'{d.path}'", items="texts")
         train_texts = [t for t, s in zip(table.texts, assign, strict=True) if s == "train"]
         if not train_texts:
             raise DataError(f"'{d.path}' has no training texts. Add texts, or lower data.split.val/test.")
