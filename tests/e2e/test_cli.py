@@ -377,3 +377,22 @@ def test_a_class_missing_from_a_split_is_a_warning_with_its_fix(
     )
     assert warning in result.stderr.splitlines(), result.stderr
     assert (Path(result.stdout.splitlines()[-1]) / "bundle" / "bundle.json").is_file()  # it trained
+
+
+def test_version_and_env_say_what_this_machine_runs() -> None:
+    from torchkiln.core._version import __version__
+    from torchkiln.engine.precision import cpu_has_fast_bf16
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"torchkiln {__version__}\n")
+    result = CliRunner().invoke(app, ["env"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines() if not line.startswith("bf16"))
+    assert rows["torchkiln"] == __version__
+    assert rows["torch"] == torch.__version__
+    assert rows["cuda"].startswith(
+        f"{torch.version.cuda} (" if torch.cuda.is_available() else "not available"
+    )
+    bf16 = next(line for line in result.stdout.splitlines() if line.startswith("bf16 on the cpu"))
+    assert ("fast (AMX" in bf16) == cpu_has_fast_bf16()
+    assert rows["[serve]"].startswith("fastapi ") and "[all]" not in rows  # [all] only names other extras

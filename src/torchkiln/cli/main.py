@@ -15,6 +15,7 @@ from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
+from torchkiln.core._version import __version__
 from torchkiln.core.console import err, out, show_warnings
 from torchkiln.core.console import fail as _fail
 from torchkiln.core.errors import KilnError, PredictError
@@ -37,10 +38,32 @@ app.add_typer(registry_app, name="registry")
 app.command("containerize")(containerize_command)
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"torchkiln {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
     """torchkiln: train, evaluate and package PyTorch models from data and a short YAML file."""
     show_warnings()
+
+
+@app.command()
+def env() -> None:
+    """What this machine gives torchkiln: versions, GPUs, CPU features (fast bf16?) and the extras."""
+    from torchkiln.cli.env import report
+
+    rows = report()
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
 
 
 SetOpt = Annotated[
