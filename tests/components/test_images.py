@@ -105,7 +105,8 @@ def test_corrupt_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
         to_model_input(bad, size=8, channels=3)
     msg = str(info.value)
     assert f"Image '{bad}' is corrupt or not an image" in msg
-    assert "set data.on_error: skip to leave such files out" in msg
+    assert msg.endswith("Replace or delete the file.")
+    assert "on_error" not in msg  # the same function serves kiln predict, where data.on_error means nothing
 
 
 def test_missing_file(tmp_path: Path) -> None:

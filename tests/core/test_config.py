@@ -175,7 +175,8 @@ def test_split_fractions_must_leave_training_data() -> None:
 
 def test_device_names_are_checked() -> None:
     msg = config_error(with_section("train", {"device": "gpu"}))
-    assert "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'gpu'" in msg
+    assert "'train.device': device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. Got 'gpu'.\n" in msg
+    assert "Value error" not in msg and msg.count("'gpu'") == 1
 
 
 def test_stats_need_one_value_per_channel() -> None:
@@ -216,3 +217,13 @@ def test_set_with_a_bad_list_index_says_which() -> None:
     raw = {"task": "image-classification", "data": {"path": "X", "augment": [{"name": "rotation"}]}}
     with pytest.raises(ConfigError, match=r"'3' is not an index of a list with 1 item\(s\)"):
         load_config(raw, ["data.augment.3.degrees=5"])
+
+
+def test_a_key_of_a_section_one_level_down_is_pointed_to() -> None:
+    """train.lr is train.optimizer.lr; the valid keys of train alone would not say so."""
+    msg = config_error(with_section("train", {"lr": 0.1}))
+    assert "  - unknown key 'train.lr'. Did you mean 'train.optimizer.lr'? Valid keys here: " in msg
+    msg = config_error(MINIMAL, ["train.weight_decay=0.1"])
+    assert "unknown key 'train.weight_decay'. Did you mean 'train.optimizer.weight_decay'?" in msg
+    msg = config_error(with_section("train", {"epoch": 1}))  # a near miss at its own level still wins
+    assert "unknown key 'train.epoch'. Did you mean 'epochs'?" in msg

@@ -299,10 +299,8 @@ def test_a_device_that_is_not_here_exits_2_before_any_work(command: str, tiny_bu
         result = CliRunner().invoke(app, [command, str(tiny_bundle), *extra, "--device", device])
         assert result.exit_code == 2, (command, device, result.output, result.exception)
         if command == "serve" and device == "gpu":  # a setting, checked with the other serve settings
-            message = (
-                "The serve settings are invalid (1 problem(s)):\n  - 'device': Value error, expected auto, "
-            )
-            message += "cpu, cuda or cuda:N (e.g. cuda:1), got 'gpu'."
+            message = "The serve settings are invalid (1 problem(s)):\n  - 'device': expected auto, "
+            message += "cpu, cuda or cuda:N (e.g. cuda:1). Got 'gpu'.\n"
         assert result.stderr.startswith(f"error: {message}"), (command, device, result.stderr)
 
 
@@ -396,3 +394,12 @@ def test_version_and_env_say_what_this_machine_runs() -> None:
     bf16 = next(line for line in result.stdout.splitlines() if line.startswith("bf16 on the cpu"))
     assert ("fast (AMX" in bf16) == cpu_has_fast_bf16()
     assert rows["[serve]"].startswith("fastapi ") and "[all]" not in rows  # [all] only names other extras
+
+
+def test_a_corrupt_image_in_kiln_predict_gets_no_training_advice(tiny_bundle: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    result = CliRunner().invoke(app, ["predict", str(tiny_bundle), str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: Image '{bad}' is corrupt or not an image (")
+    assert result.stderr.rstrip().endswith("Replace or delete the file.") and "on_error" not in result.stderr

@@ -181,7 +181,8 @@ def predict(
             takes = [flag for f, flag in PredictArgs.FLAGS.items() if f in task.cli_options]
             listed = f"{', '.join(takes[:-1])} and {takes[-1]}" if len(takes) > 1 else takes[0]
             raise PredictError(
-                f"This bundle is a {task.kind} model, which does not take {' or '.join(extra)}. "
+                f"This bundle is {'an' if task.kind[0] in 'aeiou' else 'a'} {task.kind} model, which does "
+                f"not take {' or '.join(extra)}. "
                 f"It takes {listed}."
             )
         lines = task.cli_predict(predictor, args, as_json=as_json)

@@ -530,7 +530,8 @@ def write_image_folder(data: ArrayData, to: Path, *, overwrite: bool = False) ->
     if to.is_file() or (to.is_dir() and any(to.iterdir()) and not overwrite):
         raise DataError(
             f"{to} already exists and is not an empty folder; expected a new or empty folder. "
-            f"Fix: choose another path, delete it, or pass overwrite=True."
+            f"Fix: choose another path, delete it, or replace it (--overwrite on the command line, "
+            f"overwrite=True in Python)."
         )
     folders = [safe_folder_name(c) for c in data.classes]
     if len(set(folders)) != len(folders):

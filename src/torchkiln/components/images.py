@@ -42,8 +42,8 @@ ImageLike = str | Path | bytes | np.ndarray | Image.Image
 def open_image(source: ImageLike) -> Image.Image:
     """Open a path, encoded bytes, a uint8 array or a PIL image, fully decoded.
 
-    Messages name a file by its path and give the training fix (``data.on_error``); encoded bytes (a
-    served request) are "The image", with a fix for whoever sent them.
+    Messages name a file by its path, with a fix that holds wherever the file came from (training data adds
+    ``data.on_error``); encoded bytes (a served request) are "The image", with a fix for whoever sent them.
 
     Raises:
         DataError: the file is missing, not an image, truncated, or too large.
@@ -94,7 +94,7 @@ def _image_errors(name: str | None) -> Iterator[None]:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         fix = (
-            "Replace or delete the file, or set data.on_error: skip to leave such files out."
+            "Replace or delete the file."
             if name is not None
             else f"Expected a complete {FORMAT_NAMES} file; send the whole file again or re-encode it."
         )

@@ -149,7 +149,8 @@ def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str, task
     if name not in models and (others := MODELS.tasks_with(name)):
         fitting = ", ".join(models.names()) or "none"
         raise ConfigError(
-            f"Model '{name}' is a {others[0]} model, but the task is {task}. Set model.name to one of: "
+            f"Model '{name}' is {'an' if others[0][0] in 'aeiou' else 'a'} {others[0]} model, but the task "
+            f"is {task}. Set model.name to one of: "
             f"{fitting} ('kiln list models' describes them)."
         )
     spec = models.get(name)  # an unknown name: did-you-mean among this task's models

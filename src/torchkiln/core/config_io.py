@@ -121,7 +121,7 @@ def format_errors(
         where = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1])
-            hint = did_you_mean(loc[-1], allowed)
+            hint = did_you_mean(loc[-1], allowed) or _one_level_down(model, loc)
             lines.append(f"  - unknown key '{where}'.{hint} Valid keys here: {', '.join(sorted(allowed))}.")
         elif err["type"] == "missing":
             lines.append(f"  - '{where}' is required but missing. Add it to {source}.")
@@ -129,7 +129,9 @@ def format_errors(
             got = err.get("input")
             secret = any(w in where.lower() for w in ("token", "password", "secret"))  # never echo those
             shown = "" if secret or isinstance(got, dict | list) else f" Got {_short_repr(got)}."
-            lines.append(f"  - '{where}': {err['msg']}.{shown}")
+            # pydantic prefixes a validator's own message with "Value error, ", which says nothing here.
+            message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            lines.append(f"  - '{where}': {message}.{shown}")
     lines.append(fix)
     return "\n".join(lines)
 
@@ -157,6 +159,16 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
         current = tagged[0]
     members = _models_in(current)
     return list(members[0].model_fields) if len(members) == 1 else []
+
+
+def _one_level_down(model: type[BaseModel], loc: list[str]) -> str:
+    """ " Did you mean 'train.optimizer.lr'?" when the unknown key ``loc[-1]`` is a key of a section inside
+    the one it was written in (``train.lr``); else ""."""
+    parent = _fields_at(model, loc[:-1])
+    found = [name for name in parent if loc[-1] in _fields_at(model, [*loc[:-1], name]) and name != loc[-1]]
+    if len(found) != 1:
+        return ""
+    return f" Did you mean '{'.'.join([*loc[:-1], found[0], loc[-1]])}'?"
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

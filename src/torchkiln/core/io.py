@@ -53,8 +53,8 @@ def new_text_file(path: Path, *, overwrite: bool = False) -> Iterator[TextIO]:
     path = Path(path)
     if path.is_dir() or (path.exists() and not overwrite):
         raise DataError(
-            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
-            f"overwrite=True (--overwrite)."
+            f"{path} already exists; expected a new file. Fix: choose another path, delete it, or replace "
+            f"it (--overwrite on the command line, overwrite=True in Python)."
         )
     # Not mkstemp: its 0600 mode would stick to a file the user shares; "x" mode honours the umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")

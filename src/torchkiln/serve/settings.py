@@ -134,7 +134,7 @@ class ServeSettings(BaseSettings):
     @classmethod
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N (e.g. cuda:1), got {v!r}")
+            raise ValueError("expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")  # the error adds "Got ..."
         return v
 
     @field_validator("log_url", mode="before")
@@ -149,7 +149,7 @@ class ServeSettings(BaseSettings):
             try:
                 ipaddress.ip_address(v)
             except ValueError:
-                raise ValueError(f"host must be an IP address or 'localhost', got {v!r}") from None
+                raise ValueError("host must be an IP address or 'localhost'") from None
         return v
 
     @model_validator(mode="after")

@@ -382,8 +382,8 @@ def test_write_series_csv_refuses_to_overwrite(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "time,demand,workday,temperature" and lines[1].startswith("2014-01-01,174.89")
     assert message(write_series_csv, frame, path) == (
-        f"{path} already exists; expected a new file. Fix: choose another path, delete it, or pass "
-        f"overwrite=True (--overwrite)."
+        f"{path} already exists; expected a new file. Fix: choose another path, delete it, or replace it "
+        f"(--overwrite on the command line, overwrite=True in Python)."
     )
     write_series_csv(frame.iloc[:3], path, overwrite=True)
     assert len(path.read_text().splitlines()) == 4 and not list(tmp_path.glob(".*.part"))

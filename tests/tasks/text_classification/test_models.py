@@ -158,7 +158,7 @@ def test_bad_arguments_fail_with_the_setting_named() -> None:
 
 
 def test_create_text_model_refuses_image_models_and_unknown_args() -> None:
-    with pytest.raises(ConfigError, match="'cnn' is a image-classification model, but the task is text"):
+    with pytest.raises(ConfigError, match="'cnn' is an image-classification model, but the task is text"):
         create_text_model("cnn", num_classes=2, vocab_size=VOCAB, pad_id=PAD, max_length=MAX_LEN)
     with pytest.raises(RegistryError, match=r"Model 'lstm' has no parameter 'hidden'\. Did you mean"):
         create_text_model(

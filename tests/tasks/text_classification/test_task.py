@@ -127,7 +127,7 @@ def test_config_errors_name_the_fix(config) -> None:
     with pytest.raises(ConfigError, match=re.escape("set model.pretrained: true (the packaged MiniLM)")):
         TASK.prepare(validate(cfg))
     cfg["model"] = {"name": "cnn"}
-    with pytest.raises(ConfigError, match=re.escape("Model 'cnn' is a image-classification model")):
+    with pytest.raises(ConfigError, match=re.escape("Model 'cnn' is an image-classification model")):
         TASK.prepare(validate(cfg))
 
 

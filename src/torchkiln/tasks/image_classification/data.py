@@ -166,7 +166,7 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
         headers = list(pool.map(_safe_header, files.paths))
     bad = [(str(p), h) for p, h in zip(files.paths, headers, strict=True) if isinstance(h, str)]
     if bad and cfg.on_error == "raise":
-        raise DataError(bad[0][1] + f" ({len(bad)} bad image(s) in all.)")
+        raise DataError(f"{bad[0][1]} {SKIP_FIX} ({len(bad)} bad image(s) in all.)")
     keep = [i for i, h in enumerate(headers) if not isinstance(h, str)]
     paths = [files.paths[i] for i in keep]
     labels = [files.labels[i] for i in keep]
@@ -198,6 +198,9 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
 
 
+SKIP_FIX = "Or set data.on_error: skip to leave such files out."  # training only, not kiln predict
+
+
 def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool, todo: np.ndarray):
     """Decode the files at indices ``todo`` now, so a corrupt image fails before training, not in epoch 7.
 
@@ -223,7 +226,7 @@ def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool, todo:
         row[ok_abs[want]] = np.arange(n_kept, n_kept + int(want.sum()))
         n_kept += int(want.sum())
     if problems and cfg.on_error == "raise":
-        raise DataError(problems[0][1] + f" ({len(problems)} bad image(s) in all.)")
+        raise DataError(f"{problems[0][1]} {SKIP_FIX} ({len(problems)} bad image(s) in all.)")
     empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
     return (torch.cat(kept) if kept else empty), row, ok_mask, problems
 
