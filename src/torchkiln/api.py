@@ -46,12 +46,16 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return get_task(cfg.task.kind).prepare(cfg)[0]
 
 
-def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | None = None) -> Path:
+def train(
+    cfg: RunConfig | str | Path | None = None, *, resume: str | Path | None = None, epochs: int | None = None
+) -> Path:
     """Train a model; returns the run directory (``runs/<name>/<timestamp>/``).
 
     Args:
         cfg: a config, or a YAML path. Not needed with ``resume``.
-        resume: a run directory to continue from its last checkpoint (same config, same data).
+        resume: a run directory to continue from its last checkpoint (same config, same data). A
+            complete run is left as it is.
+        epochs: with ``resume``, raise ``train.epochs`` first: this extends a run that finished.
 
     Returns:
         The run directory; the bundle is ``run_dir / "bundle"``.
@@ -64,7 +68,7 @@ def train(cfg: RunConfig | str | Path | None = None, *, resume: str | Path | Non
         >>> run_dir = train(load_config("kiln.yaml", ["train.epochs=2"]))
     """
     if resume is not None:
-        return resume_run(Path(resume))
+        return resume_run(Path(resume), epochs=epochs)
     if cfg is None:
         raise TypeError("train() needs a config or resume=RUN_DIR")
     return train_new_run(cfg if isinstance(cfg, RunConfig) else load_config(cfg))

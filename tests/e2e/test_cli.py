@@ -403,3 +403,40 @@ def test_a_corrupt_image_in_kiln_predict_gets_no_training_advice(tiny_bundle: Pa
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: Image '{bad}' is corrupt or not an image (")
     assert result.stderr.rstrip().endswith("Replace or delete the file.") and "on_error" not in result.stderr
+
+
+def test_resume_says_where_it_resumes_leaves_a_complete_run_alone_and_extends_it_on_request(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    make_image_folder(tmp_path / "images")
+    cfg = make_config(tmp_path / "images", tmp_path / "runs")
+    cfg["train"]["epochs"] = 2
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    run = Path(result.stdout.splitlines()[-1])
+    bundle_json = run / "bundle" / "bundle.json"
+    before = bundle_json.read_bytes(), bundle_json.stat().st_mtime_ns
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])  # complete: nothing to do
+    assert result.exit_code == 0, (result.output, result.exception)
+    steps = json.loads((run / "history.json").read_text())  # two epochs
+    assert len(steps) == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{run} is complete (all 2 epochs done; its bundle is left as it is. To train it longer: kiln train "
+        f"--resume {run} --set train.epochs=N, with N over 2)."
+    )
+    assert result.stdout.splitlines()[-1] == str(run)
+    assert (bundle_json.read_bytes(), bundle_json.stat().st_mtime_ns) == before
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=3"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"resuming {run} at epoch 3 of 3, step ") and first.split()[-1].isdigit()
+    assert len(json.loads((run / "history.json").read_text())) == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert bundle_json.read_bytes() != before[0]  # the extended run wrote its new bundle
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.lr=0.1"])
+    assert result.exit_code == 2
+    assert "takes no CONFIG and no --set but --set train.epochs=N" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import StrEnum
 from importlib.metadata import entry_points
@@ -81,16 +82,37 @@ def train(
     """Train a model. The last line printed is the run directory."""
     from torchkiln import api
 
-    if resume is not None and (config is not None or set_):
+    epochs = _resume_epochs(set_) if resume is not None else None
+    if resume is not None and (config is not None or (set_ and epochs is None)):
         err.print(
             "error: --resume continues a run with the config saved in its directory, so it takes no CONFIG "
-            "or --set. Start a new run to change settings: kiln train CONFIG --set ...",
+            "and no --set but --set train.epochs=N (to train a run longer). Start a new run to change other "
+            "settings: kiln train CONFIG --set ...",
             soft_wrap=True,
         )
         raise typer.Exit(code=2)
     try:
         if resume is not None:
-            run_dir = api.train(resume=resume)
+            from torchkiln.tasks.training import resume_point
+
+            point = resume_point(resume)
+            early = point.complete and point.epoch < point.epochs  # early stopping would stop it again
+            if early or (point.complete and (epochs is None or epochs <= point.epochs)):
+                then = (
+                    f"stopped early: {point.stopped}; its bundle is left as it is. Start a new run to train "
+                    f"further"
+                    if early
+                    else f"all {point.epochs} epochs done; its bundle is left as it is. To train it longer: "
+                    f"kiln train --resume {resume} --set train.epochs=N, with N over {point.epochs}"
+                )
+                err.print(f"{resume} is complete ({then}).", soft_wrap=True)
+                err.print(f"bundle: {resume / 'bundle'}")
+                print(resume)
+                return
+            if epochs is not None:  # the run's new length
+                point = dataclasses.replace(point, epochs=epochs)
+            err.print(f"resuming {resume} at {point.describe()}", soft_wrap=True)
+            run_dir = api.train(resume=resume, epochs=epochs)
         elif config is None:
             err.print("error: give a CONFIG file, or --resume RUN_DIR. Example: kiln train kiln.yaml")
             raise typer.Exit(code=2)
@@ -109,6 +131,17 @@ def train(
         err.print(best, soft_wrap=True)
     err.print(f"bundle: {run_dir / 'bundle'}")
     print(run_dir)
+
+
+def _resume_epochs(set_: list[str] | None) -> int | None:
+    """N from ``--set train.epochs=N``, the one setting a resume takes; None without it, or with others."""
+    if not set_ or len(set_) != 1 or not set_[0].startswith("train.epochs="):
+        return None
+    value = set_[0].removeprefix("train.epochs=")
+    if not value.isdigit() or int(value) < 1:
+        err.print(f"error: --set train.epochs={value}: expected a whole number of epochs, at least 1.")
+        raise typer.Exit(code=2)
+    return int(value)
 
 
 DeviceOpt = Annotated[

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class TrainState:
     stopped: str = ""  # why training stopped early, if it did
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: str = ""
+    epochs: int = 0  # the train.epochs the schedules were planned for (0: a checkpoint from before this)
 
 
 class Loaders(NamedTuple):
@@ -142,15 +144,39 @@ def checkpoint_state(loop: Loop, state: TrainState, tally: EpochTally | None = N
 def restore(loop: Loop, ckpt: dict[str, Any], tally: EpochTally) -> TrainState:
     ckpt = upgrade_checkpoint(ckpt, loop.train.serves)
     loop.modules.load_state_dict(ckpt["modules"])
+    replan = ckpt["state"].get("epochs", 0) not in (0, loop.cfg.train.epochs)
     for o in loop.optimizers:
         o.optimizer.load_state_dict(ckpt["optimizers"][o.name])
-        if o.scheduler is not None:
+        if o.scheduler is not None and not (replan and isinstance(o.scheduler, PLANNED)):
             o.scheduler.load_state_dict(ckpt["schedulers"][o.name])
     loop.ctx.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     if ckpt.get("tally"):
         tally.load_state_dict(ckpt["tally"])
-    return TrainState(**ckpt["state"])
+    state = TrainState(**ckpt["state"])
+    if state.epochs not in (0, loop.cfg.train.epochs):  # a run extended with more epochs: replan
+        for o in loop.optimizers:
+            if isinstance(o.scheduler, PLANNED):
+                _advance(o.scheduler, state.step)
+    return state
+
+
+# Schedules planned over the run's length (one-cycle; cosine, a LambdaLR of the step): an extended run
+# replans them. The others (step, multistep, plateau) do not depend on it and keep their saved state.
+PLANNED = (lr_scheduler.OneCycleLR, lr_scheduler.LambdaLR)
+
+
+def _advance(scheduler: lr_scheduler.LRScheduler, steps: int) -> None:
+    """Bring a schedule built for the run's new length to the step the run has reached.
+
+    The schedule stretches over the new length, so the learning rate goes on from where the longer schedule
+    would be at this step: a one-cycle or cosine schedule continues its decay over the added epochs
+    instead of stopping at its end.
+    """
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
 
 
 def train_one_epoch(
@@ -308,6 +334,7 @@ def fit(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tally = EpochTally(train.metrics(cfg).to(loop.precision.device), loop.precision.device)
     state = restore(loop, load_checkpoint(ckpt_dir / "last.pt"), tally) if resume else TrainState()
+    state.epochs = cfg.train.epochs
     if state.stopped.startswith("time budget"):
         state.stopped = ""  # resuming a run that ran out of time continues it
     budget_from = state.elapsed

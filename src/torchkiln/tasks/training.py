@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from torch import nn
 from torchkiln.artifacts.bundle import save_bundle
 from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import dump_config
-from torchkiln.core.errors import CheckpointError
+from torchkiln.core.errors import CheckpointError, ConfigError
+from torchkiln.core.io import atomic_write_text
+from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, fit
 from torchkiln.tasks.base import Task, get_task, validate
 
@@ -59,24 +62,79 @@ def train_new_run(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def resume_run(run_dir: Path) -> Path:
-    """Continue ``run_dir`` from its last checkpoint, with its saved config and fitted state.
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run's last checkpoint left it: what ``kiln train --resume`` says before it continues."""
+
+    run_dir: Path
+    epoch: int  # the epoch in progress, 0-based
+    batch: int  # the next batch within it
+    step: int  # optimizer steps taken
+    epochs: int  # train.epochs of the saved config
+    stopped: str  # why it stopped early, if it did ("" when it did not)
+
+    @property
+    def complete(self) -> bool:
+        """Nothing left to train: every epoch done, or stopped early (a time budget is not an end)."""
+        return self.epoch >= self.epochs or bool(self.stopped and not self.stopped.startswith("time budget"))
+
+    def describe(self) -> str:
+        within = f" (batch {self.batch})" if self.batch else ""
+        return f"epoch {self.epoch + 1} of {self.epochs}{within}, step {self.step}"
+
+
+def resume_point(run_dir: Path) -> ResumePoint:
+    """Read where ``run_dir`` stopped, from its config and last checkpoint.
 
     Raises:
         CheckpointError: ``run_dir`` is not a run directory, or has no usable checkpoint.
     """
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(
-            f"'{run_dir}' is not a run directory (no config.yaml). Pass the directory that "
-            f"'kiln train' printed as its last line."
-        )
-    resolved = validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+    cfg = _saved_config(run_dir)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    return ResumePoint(
+        run_dir, state["epoch"], state["batch"], state["step"], cfg.train.epochs, state.get("stopped", "")
+    )
+
+
+def resume_run(run_dir: Path, *, epochs: int | None = None) -> Path:
+    """Continue ``run_dir`` from its last checkpoint, with its saved config and fitted state.
+
+    A complete run (see :class:`ResumePoint`) is left as it is, bundle included. ``epochs`` raises
+    ``train.epochs`` in the saved config first, which extends a run that finished its epochs.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a run directory, or has no usable checkpoint.
+        ConfigError: ``epochs`` is below the epochs the run has already trained.
+    """
+    resolved = _saved_config(run_dir)
+    if epochs is not None and epochs != resolved.train.epochs:
+        done = resume_point(run_dir).epoch
+        if epochs < done:
+            raise ConfigError(
+                f"train.epochs={epochs} is below the {done} epoch(s) '{run_dir}' has already trained. A "
+                f"resume can only extend a run: give train.epochs of at least {done}, or start a new run."
+            )
+        raw = resolved.model_dump(mode="json")
+        raw["train"]["epochs"] = epochs
+        resolved = validate(raw)
+        atomic_write_text(run_dir / "config.yaml", dump_config(resolved))
+    if resume_point(run_dir).complete:
+        return run_dir
     task = get_task(resolved.task.kind)
     files = {p.name: p.read_bytes() for p in sorted((run_dir / "state").glob("*"))}
     # The state the run started with (a tokenizer): refitting could differ, and the weights fit it.
     _, data = task.prepare(resolved, state=task.load_state(resolved, files) if files else None)
     train_task(resolved, task, data, run_dir, resume=True)
     return run_dir
+
+
+def _saved_config(run_dir: Path) -> RunConfig:
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"'{run_dir}' is not a run directory (no config.yaml). Pass the directory that "
+            f"'kiln train' printed as its last line."
+        )
+    return validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
 
 
 def task_loaders(task: Task, cfg: RunConfig, data: Any) -> Loaders:
