@@ -440,3 +440,13 @@ def test_resume_says_where_it_resumes_leaves_a_complete_run_alone_and_extends_it
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.lr=0.1"])
     assert result.exit_code == 2
     assert "takes no CONFIG and no --set but --set train.epochs=N" in result.stderr
+
+
+def test_paths_are_never_wrapped_without_a_terminal(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Rich assumes 80 columns when stdout is not a terminal; a path split over two lines breaks grep."""
+    out = tmp_path / ("a-folder-name-long-enough-that-the-line-passes-eighty-columns-" * 2)
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_bundle), "--out-dir", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    lines = result.stdout.splitlines()
+    assert f"metrics: {out / 'metrics.json'}" in lines and f"report:  {out / 'report.html'}" in lines
+    assert all(len(line) > 80 for line in lines if line.startswith(("metrics:", "report:")))

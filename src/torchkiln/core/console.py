@@ -15,8 +15,10 @@ from rich.text import Text
 
 from torchkiln.core.errors import KilnError
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line is never broken at the console's width. Without a terminal Rich assumes 80 columns, and
+# a wrapped path after "metrics:" or in a fold line breaks grep and scripts. (Tables still fit the width.)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(exc: KilnError) -> NoReturn:
