@@ -1,6 +1,7 @@
 """Serve a bundle with `kiln serve`, predict over HTTP, stop it with SIGTERM, and read the prediction log.
 
-    python examples/serve_demo.py RUN_DIR/bundle-onnx-int8-static data/fashion-mnist/test/Bag/00000.png ...
+    python examples/serve_demo.py RUN_DIR/bundle-onnx-int8-static \
+        $(ls data/fashion-mnist/test/Bag/*.png | head -2)
 
 This is what `make demo` runs last. It starts the real server as a user would (a subprocess on a free
 loopback port), so it shows the startup, the JSON answers, the metrics and the graceful shutdown.
