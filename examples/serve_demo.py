@@ -1,4 +1,4 @@
-"""Serve a bundle with `kiln serve`, predict over HTTP, stop it with SIGTERM, and read the prediction log.
+r"""Serve a bundle with `kiln serve`, predict over HTTP, stop it with SIGTERM, and read the prediction log.
 
     python examples/serve_demo.py RUN_DIR/bundle-onnx-int8-static \
         $(ls data/fashion-mnist/test/Bag/*.png | head -2)
