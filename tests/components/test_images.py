@@ -198,10 +198,34 @@ def test_scan_csv_missing_column(manifest_dir: Path) -> None:
     csv.write_text("file,label\nimg/a0.png,a\n")
     with pytest.raises(DataError) as info:
         scan_csv(csv, on_error="raise")
-    assert (
-        f"Manifest '{csv}' has columns ['file', 'label']; expected 'path,label' and optionally 'split'."
-        in str(info.value)
+    assert str(info.value) == (
+        f"Manifest '{csv}' has the columns file, label, but not 'path', which data.path_column names. Name "
+        "its columns in the config (data.path_column, data.label_column, data.split_column), or rename them "
+        "in the file."
+    )  # the file has a header: no advice to add one
+
+
+def test_scan_csv_without_a_header_line_says_to_add_one(manifest_dir: Path) -> None:
+    csv = manifest_dir / "labels.csv"
+    csv.write_text("img/a0.png,a\nimg/b0.png,b\n")
+    with pytest.raises(DataError) as info:
+        scan_csv(csv, on_error="raise")
+    assert str(info.value) == (
+        f"Manifest '{csv}' has no header line: its first line is data (img/a0.png,a). Add a header line "
+        "first, e.g. path,label"
     )
+
+
+def test_scan_csv_reads_the_columns_the_config_names(manifest_dir: Path) -> None:
+    csv = manifest_dir / "labels.csv"
+    csv.write_text("id,file,category,fold\n1,img/a0.png,a,train\n2,img/b0.png,b,val\n")
+    items = scan_csv(
+        csv, on_error="raise", path_column="file", label_column="category", split_column="fold",
+        split_required=True,
+    )  # fmt: skip
+    assert (items.labels, items.splits) == (["a", "b"], ["train", "val"])
+    with pytest.raises(DataError, match=r"but not 'split', which data\.split_column names"):
+        scan_csv(csv, on_error="raise", path_column="file", label_column="category", split_required=True)
 
 
 def test_scan_csv_missing_file_names_line_and_file(manifest_dir: Path) -> None:

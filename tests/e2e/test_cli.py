@@ -450,3 +450,24 @@ def test_paths_are_never_wrapped_without_a_terminal(tiny_bundle: Path, tmp_path:
     lines = result.stdout.splitlines()
     assert f"metrics: {out / 'metrics.json'}" in lines and f"report:  {out / 'report.html'}" in lines
     assert all(len(line) > 80 for line in lines if line.startswith(("metrics:", "report:")))
+
+
+def test_an_image_manifest_with_its_own_column_names_trains(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    images = make_image_folder(tmp_path / "images")
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(images.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("file,category\n" + "\n".join(rows) + "\n")
+    cfg = make_config(tmp_path / "labels.csv", tmp_path / "runs")
+    cfg["train"]["epochs"] = 1
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 2
+    assert "but not 'path' and 'label', which data.path_column and data.label_column name." in result.stderr
+    assert "header line" not in result.stderr  # the file has one
+    args = ["--set", "data.path_column=file", "--set", "data.label_column=category"]
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), *args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert yaml.safe_load((Path(result.stdout.splitlines()[-1]) / "config.yaml").read_text())["data"][
+        "classes"
+    ] == ["dot", "hbar", "vbar"]

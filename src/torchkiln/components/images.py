@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from torchkiln.core.errors import DataError
+from torchkiln.core.errors import DataError, did_you_mean
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
@@ -198,44 +198,84 @@ def scan_folder(root: Path) -> FileItems:
     return FileItems(paths, labels, splits if split_dirs else None)
 
 
-def scan_csv(path: Path, *, on_error: str) -> FileItems:
-    """Scan a ``path,label[,split]`` manifest; relative paths are relative to the CSV's folder."""
+def scan_csv(
+    path: Path,
+    *,
+    on_error: str,
+    path_column: str = "path",
+    label_column: str = "label",
+    split_column: str | None = "split",
+    split_required: bool = False,
+) -> FileItems:
+    """Scan an image manifest: a CSV with a header, one row per image.
+
+    Args:
+        path: the CSV file; relative image paths are relative to its folder.
+        on_error: ``raise`` at the first bad row, or ``skip`` it and report it.
+        path_column, label_column: the header names of the image path and the label.
+        split_column: a column with train/val/test per row, used when the file has it (None: never).
+        split_required: the config named ``split_column``, so the file must have it.
+
+    Raises:
+        DataError: not UTF-8, a column is missing (with a did-you-mean), no rows, or a bad row.
+    """
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
             reader = csv.DictReader(fh)
             rows = list(reader)
-            header = set(reader.fieldnames or [])
+            fields = list(reader.fieldnames or [])
     except UnicodeDecodeError as exc:
         raise DataError(f"Manifest '{path}' is not valid UTF-8 ({exc}). Save it as UTF-8.") from None
-    if not {"path", "label"} <= header:
-        raise DataError(
-            f"Manifest '{path}' has columns {sorted(header)}; expected 'path,label' and optionally 'split'. "
-            f"Add a header line: path,label,split"
-        )
+    wanted = {"data.path_column": path_column, "data.label_column": label_column}
+    if split_required and split_column is not None:
+        wanted["data.split_column"] = split_column
+    missing = {key: col for key, col in wanted.items() if col not in fields}
+    if missing:
+        raise DataError(_missing_columns(path, fields, missing))
     if not rows:
         raise DataError(
-            f"Manifest '{path}' has a header but no rows. Add one line per image: path,label[,split]"
+            f"Manifest '{path}' has a header but no rows. Add one line per image: "
+            f"{path_column},{label_column}"
         )
-    items = FileItems([], [], [] if "split" in header else None)
+    has_split = split_column is not None and split_column in fields
+    items = FileItems([], [], [] if has_split else None)
     for line, row in enumerate(rows, start=2):
-        file = Path(row["path"] or "")
+        file = Path(row[path_column] or "")
         file = file if file.is_absolute() else path.parent / file
-        split = (row.get("split") or "").strip()
-        problem = _check_row(row, file, split, items.splits is not None)
+        split = (row.get(split_column) or "").strip() if has_split and split_column else ""
+        label = (row.get(label_column) or "").strip()
+        problem = _check_row(label, file, split, has_split)
         if problem:
             if on_error == "raise":
                 raise DataError(f"Manifest '{path}', line {line}: {problem}")
             items.problems.append((f"{path.name}:{line}", problem))
             continue
         items.paths.append(file)
-        items.labels.append(row["label"].strip())
+        items.labels.append(label)
         if items.splits is not None:
             items.splits.append(split)
     return items
 
 
-def _check_row(row: dict[str, str], file: Path, split: str, has_split: bool) -> str | None:
-    if not (row.get("label") or "").strip():
+def _missing_columns(path: Path, fields: list[str], missing: dict[str, str]) -> str:
+    """What to say when a manifest lacks a column: a header line to add, or which setting to change."""
+    if not fields or any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in fields):  # data in line 1
+        return (
+            f"Manifest '{path}' has no header line: its first line is data ({','.join(fields)[:80]}). Add a "
+            f"header line first, e.g. {','.join(missing.values())}"
+        )
+    cols = " and ".join(f"'{col}'" for col in missing.values())
+    keys = " and ".join(missing)
+    hints = "".join(did_you_mean(col, fields) for col in missing.values())
+    return (
+        f"Manifest '{path}' has the columns {', '.join(fields)}, but not {cols}, which {keys} "
+        f"name{'' if len(missing) > 1 else 's'}.{hints} Name its columns in the config (data.path_column, "
+        f"data.label_column, data.split_column), or rename them in the file."
+    )
+
+
+def _check_row(label: str, file: Path, split: str, has_split: bool) -> str | None:
+    if not label:
         return "the label is empty. Give every row a label, or set data.on_error: skip."
     if not file.is_file():
         return f"image file '{file}' does not exist. Fix the path or set data.on_error: skip."

@@ -18,6 +18,11 @@ class ImageClassificationTaskConfig(TaskConfig):
 class ImageDataConfig(DataConfig):
     path: str = Field(description="An image folder, a CSV manifest, an .npz/.idx file, or a catalog name.")
     format: Literal["auto", "folder", "csv", "npz", "idx", "catalog"] = "auto"
+    path_column: str = Field("path", description="A CSV manifest's column of image paths.")
+    label_column: str = Field("label", description="A CSV manifest's column of labels.")
+    split_column: str | None = Field(
+        "split", description="A CSV manifest's train/val/test column, used when the file has it."
+    )
     split: SplitConfig = SplitConfig()
     classes: list[str] | None = None
     image_size: Annotated[int, Field(ge=4, le=4096)] | None = None

@@ -123,7 +123,14 @@ def load_image_data(
         files = (
             scan_folder(Path(cfg.path))
             if fmt == "folder"
-            else scan_csv(Path(cfg.path), on_error=cfg.on_error)
+            else scan_csv(
+                Path(cfg.path),
+                on_error=cfg.on_error,
+                path_column=cfg.path_column,
+                label_column=cfg.label_column,
+                split_column=cfg.split_column,
+                split_required="split_column" in cfg.model_fields_set,
+            )
         )
         return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
     if fmt == "catalog":
