@@ -99,3 +99,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def beside(path: str | Path) -> list[str]:
+    """The entries of ``path``'s folder, spelled as ``path`` is (``data/digits`` for ``data/digit``), so a
+    did-you-mean for a mistyped path can offer the file or folder that is there. Empty if there is no folder.
+
+    Example:
+        >>> did_you_mean("data/digit", beside("data/digit") + ["digits"])
+        " Did you mean 'data/digits'?"
+    """
+    parent = Path(path).parent
+    try:
+        return [str(parent / child.name) for child in parent.iterdir() if not child.name.startswith(".")]
+    except OSError:
+        return []

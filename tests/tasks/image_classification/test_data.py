@@ -206,6 +206,13 @@ def test_unknown_path_suggests_a_catalog_name(tmp_path: Path) -> None:
     assert "Did you mean 'digits'?" in msg
 
 
+def test_a_mistyped_folder_suggests_the_folder_beside_it_not_the_catalog_name(tmp_path: Path) -> None:
+    (tmp_path / "data" / "digits").mkdir(parents=True)
+    with pytest.raises(DataError) as info:
+        load(tmp_path / "data" / "digit")
+    assert f"Did you mean '{tmp_path / 'data' / 'digits'}'?" in str(info.value)
+
+
 # --- other settings and formats -----------------------------------------------------------------
 def test_configured_class_order_is_kept(tiny_image_folder: Path) -> None:
     order = ["vbar", "dot", "hbar"]

@@ -29,6 +29,7 @@ from torchkiln.components.images import (
 )
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
+from torchkiln.core.io import beside
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 
 MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
@@ -88,10 +89,11 @@ def detect_format(path: str) -> str:
         )
     if path in catalog.DATASETS:
         return "catalog"
+    hint = did_you_mean(path, beside(path) + catalog.DATASETS.names())  # a folder there, or a catalog name
     raise DataError(
-        f"data.path '{path}' is neither an existing file or folder nor a catalog dataset."
-        f"{did_you_mean(path, catalog.DATASETS.names())} Run 'kiln list datasets' for the catalog, "
-        f"or 'kiln datasets fetch NAME --to DIR' to write one out as an image folder."
+        f"data.path '{path}' is neither an existing file or folder nor a catalog dataset.{hint} Run "
+        f"'kiln list datasets' for the catalog, or 'kiln datasets fetch NAME --to DIR' to write one out "
+        f"as an image folder."
     )
 
 

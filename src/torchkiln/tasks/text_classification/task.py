@@ -42,7 +42,7 @@ from torchkiln.components.tokenize import (
 )
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, DataError, PredictError, did_you_mean
-from torchkiln.core.io import absolute_if_exists
+from torchkiln.core.io import absolute_if_exists, beside
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import (
     ParamGroup,
@@ -443,8 +443,8 @@ def read_table(d: TextDataConfig) -> TextTable:
         if d.path not in DATASETS:
             raise DataError(
                 f"data.path '{d.path}' is neither an existing file nor a catalog data set."
-                f"{did_you_mean(d.path, DATASETS.names())} Expected a .csv, .tsv or .jsonl file, or a name "
-                f"from 'kiln list datasets' (e.g. movie-reviews)."
+                f"{did_you_mean(d.path, beside(d.path) + DATASETS.names())} Expected a .csv, .tsv or .jsonl "
+                f"file, or a name from 'kiln list datasets' (e.g. movie-reviews)."
             )
         return load_text_catalog(d.path)
     return read_text_table(
