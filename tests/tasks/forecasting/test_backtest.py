@@ -83,3 +83,11 @@ def test_the_cli_prints_each_fold_of_each_seed_and_the_means(
     assert summary["seed_std"]["model"]["rmse"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
     assert summary["mean"]["model"]["rmse"] == pytest.approx(sum(per_seed) / 2)
     assert summary["per_seed"]["5"]["seasonal_naive"] == summary["per_seed"]["6"]["seasonal_naive"]
+
+
+def test_a_column_gets_one_number_of_decimals() -> None:
+    from torchkiln.tasks.forecasting.cli import decimals
+
+    assert decimals([442.0, 445.23]) == 1 and f"{442.0:.1f} {445.23:.1f}" == "442.0 445.2"
+    assert decimals([0.0123, 0.5]) == 4
+    assert decimals([12345.6]) == 0 and decimals([]) == 0 and decimals([0.0, float("nan")]) == 0

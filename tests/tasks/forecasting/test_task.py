@@ -168,6 +168,9 @@ def test_cli_train_then_predict_from_a_history_file(
 
     table = predict(str(run), "--history", str(history))
     assert table.exit_code == 0 and "2002-12-01" in table.stdout and "value 0.1-0.9" in table.stdout
+    # Every number of a target has the same decimals (no "442" beside "445.2").
+    medians = [line.split("│")[2].strip() for line in table.stdout.splitlines() if line.startswith("│ 2002")]
+    assert len({len(m.partition(".")[2]) for m in medians}) == 1, medians
 
     too_far = predict(str(run), "--history", str(history), "--horizon", "7")
     assert too_far.exit_code != 0

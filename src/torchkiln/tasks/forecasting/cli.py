@@ -7,6 +7,7 @@ every start, so this module imports nothing heavy at the top (the evaluation loa
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,13 +29,31 @@ def forecast_lines(res: dict[str, Any], title: str, *, as_json: bool) -> list[An
     for name in res["forecast"]:
         table.add_column(f"{name} (median)", justify="right")
         table.add_column(f"{name} {qs[0]}-{qs[-1]}", justify="right")
+    places = {  # one number of decimals per target, so its column lines up (442.0 beside 445.2)
+        name: decimals([*values, *res["quantiles"][qs[0]][name], *res["quantiles"][qs[-1]][name]])
+        for name, values in res["forecast"].items()
+    }
     for i, t in enumerate(res["timestamps"]):
         cells = [t]
         for name, values in res["forecast"].items():
             low, high = res["quantiles"][qs[0]][name][i], res["quantiles"][qs[-1]][name][i]
-            cells += [f"{values[i]:.4g}", f"{low:.4g} .. {high:.4g}"]
+            d = places[name]
+            cells += [f"{values[i]:.{d}f}", f"{low:.{d}f} .. {high:.{d}f}"]
         table.add_row(*cells)
     return [table]
+
+
+def decimals(values: list[float], significant: int = 4) -> int:
+    """Decimals that give the largest of ``values`` ``significant`` digits (0 to 6): one for a whole column.
+
+    Example:
+        >>> decimals([442.0, 445.23]), decimals([0.0123, 0.5])
+        (1, 4)
+    """
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if not finite:
+        return 0
+    return min(6, max(0, significant - 1 - math.floor(math.log10(max(finite)))))
 
 
 def backtest(
@@ -61,11 +80,12 @@ def backtest(
         result = run_backtest(cfg, folds=folds, step=step, seeds=range(cfg.seed, cfg.seed + seeds))
     except KilnError as exc:
         fail(exc)
+    d = decimals([f.metrics["model"]["rmse"] for f in result.folds])  # the same decimals on every line
     for f in result.folds:
         m = f.metrics["model"]
         out.print(
             f"{f'seed {f.seed}, ' if seeds > 1 else ''}fold {f.index}: data to {f.end}, test {f.test[0]} .. "
-            f"{f.test[1]}: MASE {m['mase']:.3f}  rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.4g}  "
+            f"{f.test[1]}: MASE {m['mase']:.3f}  rel. MAE {m['relative_mae']:.3f}  RMSE {m['rmse']:.{d}f}  "
             f"({f.train_seconds:.1f} s of training)"
         )
     runs = f"{folds} folds" + (f" x {seeds} seeds" if seeds > 1 else "")
@@ -75,13 +95,13 @@ def backtest(
             n = m["model"]
             out.print(
                 f"network, seed {seed}: MASE {n['mase']:.3f}  rel. MAE {n['relative_mae']:.3f}  "
-                f"RMSE {n['rmse']:.4g}"
+                f"RMSE {n['rmse']:.{d}f}"
             )
         n, sd = result.mean["model"], result.seed_std["model"]
         out.print(
             f"network over seeds (mean ± sd of the per-seed means): MASE {n['mase']:.3f} ± {sd['mase']:.3f}  "
             f"rel. MAE {n['relative_mae']:.3f} ± {sd['relative_mae']:.3f}  "
-            f"RMSE {n['rmse']:.2f} ± {sd['rmse']:.2f}"
+            f"RMSE {n['rmse']:.{d}f} ± {sd['rmse']:.{d}f}"
         )
     out.print(REL_MAE)
     out.print(f"summary: {result.summary}")
