@@ -471,3 +471,18 @@ def test_an_image_manifest_with_its_own_column_names_trains(
     assert yaml.safe_load((Path(result.stdout.splitlines()[-1]) / "config.yaml").read_text())["data"][
         "classes"
     ] == ["dot", "hbar", "vbar"]
+
+
+def test_train_log_epochs_prints_every_nth_epoch_and_the_last(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    make_image_folder(tmp_path / "images")
+    cfg = make_config(tmp_path / "images", tmp_path / "runs")
+    cfg["train"] |= {"epochs": 5, "log_epochs": 2}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    shown = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert shown == ["2/5", "4/5", "5/5"]
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "--set", "train.log_epochs=0"])
+    assert result.exit_code == 0 and not [ln for ln in result.stderr.splitlines() if ln.startswith("epoch ")]

@@ -43,3 +43,19 @@ def test_resume_refuses_a_config_or_set(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "cfg.yaml", "--resume", str(tmp_path)])
     assert result.exit_code == 2
     assert "--resume continues a run with the config saved in its directory" in result.output
+
+
+def test_an_epoch_line_is_cut_to_a_terminal_but_kept_whole_in_a_log() -> None:
+    import io
+
+    from rich.console import Console
+
+    from torchkiln.engine.progress import Progress
+
+    results = {f"val/metric_{i}": 0.5 for i in range(8)} | {"epoch": 0}
+    for terminal, expect_cut in ((True, True), (False, False)):
+        buf = io.StringIO()
+        console = Console(file=buf, width=60, force_terminal=terminal, color_system=None)
+        Progress(epochs=1, describe="cpu fp32", console=console).end_epoch(results)
+        line = buf.getvalue().splitlines()[-1]
+        assert (len(line) == 60 and line.endswith("…")) if expect_cut else len(line) > 60, line

@@ -101,6 +101,9 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint_every: Annotated[int, Field(ge=0)] = 200
     log_every: Annotated[int, Field(ge=1)] = 50
+    # One line every N epochs (and the last); 0: none, only the final summary. A 300-epoch run need not
+    # print 300 lines.
+    log_epochs: Annotated[int, Field(ge=0)] = 1
     max_minutes: Annotated[float, Field(gt=0)] | None = None
     deterministic: bool = False
 

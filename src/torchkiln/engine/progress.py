@@ -10,8 +10,8 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, *, epochs: int, describe: str, console: Console | None = None) -> None:
-        self.epochs = epochs
+    def __init__(self, *, epochs: int, describe: str, every: int = 1, console: Console | None = None) -> None:
+        self.epochs, self.every = epochs, every
         self.console = console or Console(stderr=True)
         self.console.print(f"[bold]training[/] on {describe}")
         self.bar = RichProgress(
@@ -58,5 +58,12 @@ class Progress:
             )
 
     def end_epoch(self, results: dict[str, float]) -> None:
+        """The epoch's line, every ``every`` epochs and at the last; cut to the width of a terminal."""
+        n = int(results["epoch"]) + 1
+        if not self.every or (n % self.every and n != self.epochs):
+            return
         shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "epoch")
-        self.console.print(f"epoch {int(results['epoch']) + 1}/{self.epochs}  {shown}", soft_wrap=True)
+        line = f"epoch {n}/{self.epochs}  {shown}"
+        if self.console.is_terminal and len(line) > self.console.width:  # a log file keeps the whole line
+            line = line[: self.console.width - 1] + "…"
+        self.console.print(line, soft_wrap=True, markup=False, highlight=False)

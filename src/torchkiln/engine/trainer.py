@@ -340,7 +340,9 @@ def fit(
     budget_from = state.elapsed
     tracker = Tracker(cfg, run_dir, resume_run_id=state.mlflow_run_id or None)
     state.mlflow_run_id = tracker.mlflow_run_id or ""
-    progress = Progress(epochs=cfg.train.epochs, describe=loop.precision.describe())
+    progress = Progress(
+        epochs=cfg.train.epochs, describe=loop.precision.describe(), every=cfg.train.log_epochs
+    )
     status = "FAILED"
     try:
         if not resume:
