@@ -7,6 +7,7 @@ results. That keeps this file near the cost of its slowest few commands instead 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -486,3 +487,34 @@ def test_train_log_epochs_prints_every_nth_epoch_and_the_last(
     assert shown == ["2/5", "4/5", "5/5"]
     result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "--set", "train.log_epochs=0"])
     assert result.exit_code == 0 and not [ln for ln in result.stderr.splitlines() if ln.startswith("epoch ")]
+
+
+def test_predict_takes_a_folder_and_a_glob_and_writes_csv_or_jsonl(tiny_bundle: Path, tmp_path: Path) -> None:
+    images = sorted(Path(api.load_bundle(tiny_bundle).config.data.path).rglob("*.png"))
+    folder = images[0].parent
+    in_folder = sorted(folder.rglob("*.png"))
+    pattern = str(folder.parent / "*" / "0[01].png")  # quoted: kiln expands it, not the shell
+    by_glob = sorted(f for f in folder.parent.glob("*/0[01].png"))
+    for given, expected in (([str(folder)], in_folder), ([pattern], by_glob)):
+        result = CliRunner().invoke(app, ["predict", str(tiny_bundle), *given, "--json", "--device", "cpu"])
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert [json.loads(line)["input"] for line in result.stdout.splitlines()] == list(map(str, expected))
+    out = tmp_path / "predictions.csv"
+    args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stderr.strip() == f"wrote {len(in_folder)} answer(s) to {out}" and result.stdout == ""
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["input"] for r in rows] == list(map(str, in_folder))
+    assert list(rows[0]) == ["input", "label", "score", "top_k"]
+    assert json.loads(rows[0]["top_k"])[0]["label"] == rows[0]["label"]
+    result = CliRunner().invoke(app, args)  # the file exists now
+    assert result.exit_code == 2 and "already exists" in result.stderr and "--overwrite" in result.stderr
+    result = CliRunner().invoke(app, [*args[:-4], "--out", str(tmp_path / "p.jsonl"), "--device", "cpu"])
+    assert result.exit_code == 0
+    jsonl = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert [json.loads(line)["input"] for line in jsonl] == list(map(str, in_folder))
+    result = CliRunner().invoke(app, ["predict", str(tiny_bundle), str(tmp_path / "none-*.png")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: No file matches '{tmp_path / 'none-*.png'}'.")

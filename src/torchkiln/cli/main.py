@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +21,7 @@ from torchkiln.core._version import __version__
 from torchkiln.core.console import err, out, show_warnings
 from torchkiln.core.console import fail as _fail
 from torchkiln.core.errors import KilnError, PredictError
+from torchkiln.core.io import new_text_file
 
 if TYPE_CHECKING:
     from torchkiln.exporter import ExportResult
@@ -144,6 +146,22 @@ def _resume_epochs(set_: list[str] | None) -> int | None:
     return int(value)
 
 
+def write_answers(answers: list[dict[str, Any]], path: Path, *, overwrite: bool) -> int:
+    """``kiln predict --out``: JSON lines as they are, or a CSV with a column per key (in order of first
+    appearance), nested values (a classifier's top_k, a forecast's arrays) as JSON text."""
+    with new_text_file(path, overwrite=overwrite) as fh:
+        if path.suffix.lower() == ".jsonl":
+            fh.writelines(json.dumps(a) + "\n" for a in answers)
+        else:
+            columns = list(dict.fromkeys(k for a in answers for k in a))
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            for a in answers:
+                cells = [a.get(c, "") for c in columns]
+                writer.writerow([json.dumps(v) if isinstance(v, list | dict) else v for v in cells])
+    return len(answers)
+
+
 DeviceOpt = Annotated[
     str,
     typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N. ONNX bundles run on the CPU."),
@@ -199,9 +217,18 @@ def predict(
         int | None, typer.Option("--horizon", min=1, help="Forecasters: steps to show (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    out_: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the answers to a .csv (a row each) or .jsonl file instead of printing."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history)."""
+    """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history).
+
+    Images: files, folders (their images, recursively) or quoted globs ("data/**/*.png")."""
     from torchkiln import api
     from torchkiln.tasks.base import PredictArgs
 
@@ -218,7 +245,13 @@ def predict(
                 f"not take {' or '.join(extra)}. "
                 f"It takes {listed}."
             )
-        lines = task.cli_predict(predictor, args, as_json=as_json)
+        if out_ is not None and out_.suffix.lower() not in (".csv", ".jsonl"):
+            raise PredictError(f"--out {out_}: expected a .csv or .jsonl file name.")
+        lines = task.cli_predict(predictor, args, as_json=as_json or out_ is not None)
+        if out_ is not None:
+            n = write_answers([json.loads(line) for line in lines], out_, overwrite=overwrite)
+            err.print(f"wrote {n} answer(s) to {out_}", soft_wrap=True)
+            return
     except KilnError as exc:
         _fail(exc)
     for line in lines:

@@ -8,6 +8,7 @@ and the server all call it, so their preprocessing cannot drift apart.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import re
 from collections.abc import Iterator, Sequence
@@ -306,3 +307,33 @@ def decode_all(
     empty = torch.empty(0, channels, size, size, dtype=torch.uint8)
     stacked = torch.stack([results[i] for i in ok]) if ok else empty  # type: ignore[misc]
     return stacked, ok, problems
+
+
+def expand_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Image files from what a user names: files as they are, a folder's images (recursively, sorted), and
+    a quoted glob's matches (``"data/**/*.png"``, sorted). A path that is none of these is kept, so that
+    opening it says what is wrong with it.
+
+    Raises:
+        DataError: a folder holds no image file, or a glob matches none.
+    """
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(
+                    f"Folder '{p}' holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). Name image "
+                    f"files, or a folder that has some."
+                )
+            out += found
+        elif not p.exists() and any(c in str(p) for c in "*?["):
+            found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            if not found:
+                raise DataError(
+                    f"No file matches '{p}'. Check the pattern (quote it, e.g. \"data/**/*.png\")."
+                )
+            out += found
+        else:
+            out.append(p)
+    return out

@@ -31,6 +31,7 @@ from torchkiln.components.images import (
     PIL_FORMATS,
     ImageLike,
     bomb_pixels,
+    expand_inputs,
     to_model_input,
 )
 from torchkiln.components.models import Classifier, check_model
@@ -321,8 +322,11 @@ class ImageClassificationTask:
 
     def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
         if not args.paths:
-            raise PredictError("No inputs were given. Pass one or more image files after the bundle.")
-        items = [str(p) for p in args.paths]
+            raise PredictError(
+                "No inputs were given. Pass image files, a folder of images or a quoted glob after the "
+                "bundle."
+            )
+        items = [str(p) for p in expand_inputs(args.paths)]
         return answer_lines(items, predictor.predict(items, top_k=args.top_k), as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
