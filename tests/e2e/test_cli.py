@@ -518,3 +518,28 @@ def test_predict_takes_a_folder_and_a_glob_and_writes_csv_or_jsonl(tiny_bundle: 
     result = CliRunner().invoke(app, ["predict", str(tiny_bundle), str(tmp_path / "none-*.png")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: No file matches '{tmp_path / 'none-*.png'}'.")
+
+
+def test_a_new_run_starts_from_an_earlier_bundle_with_model_init_from(
+    tiny_bundle: Path, tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    """Fine-tuning on new data: same architecture, two classes instead of three (the head starts fresh)."""
+    make_image_folder(tmp_path / "images", classes=("dot", "hbar"))
+    cfg = make_config(tmp_path / "images", tmp_path / "runs")
+    cfg["train"]["epochs"] = 1
+    cfg["model"] = {**cfg.get("model", {}), "init_from": str(tiny_bundle)}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes[0].startswith(f"note: started from {tiny_bundle}: ") and "tensors loaded" in notes[0]
+    assert notes[1].startswith("note: 2 tensor(s) of another shape start fresh: model.")  # the head's
+    source = api.load_bundle(tiny_bundle).modules["model"].state_dict()
+    trained = api.load_bundle(Path(result.stdout.splitlines()[-1]) / "bundle").modules["model"].state_dict()
+    same_shape = [k for k in source if source[k].shape == trained[k].shape]
+    assert len(same_shape) == len(source) - 2
+    cfg["model"] = {"name": "mlp", "init_from": str(tiny_bundle)}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: model.init_from '{tiny_bundle}' holds a cnn model of the ")

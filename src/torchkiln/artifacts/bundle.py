@@ -303,3 +303,52 @@ def _torch_modules(
             ) from None
         modules[name] = module
     return modules
+
+
+def init_from_bundle(modules: nn.ModuleDict, source: str | Path, cfg: RunConfig) -> list[str]:
+    """Copy a bundle's weights into the new run's ``modules``: every tensor whose name and shape match.
+
+    A tensor whose shape differs (a head for another number of classes) keeps its fresh initialisation;
+    the returned notes name them. The bundle must hold the same architecture (``model.name``).
+
+    Raises:
+        BundleError: the bundle is broken, exported (no torch weights), of another task or architecture, or
+            no tensor fits.
+
+    Example:
+        >>> notes = init_from_bundle(modules, "runs/xray/20261201-0900/bundle", cfg)
+    """
+    b = load_bundle(source)
+    where = f"model.init_from '{source}'"
+    if b.meta.get("runtime", "torch") != "torch":
+        raise BundleError(
+            f"{where} is an exported {b.meta['runtime']} bundle; a run starts from torch weights. Use the "
+            f"trained bundle it came from: {b.meta.get('variant', {}).get('source', 'RUN_DIR/bundle')}."
+        )
+    if b.task.kind != cfg.task.kind or b.config.model.name != cfg.model.name:
+        raise BundleError(
+            f"{where} holds a {b.config.model.name} model of the {b.task.kind} task; this run trains a "
+            f"{cfg.model.name} model of the {cfg.task.kind} task. Set model.name: {b.config.model.name}, "
+            f"or start from a bundle of the same architecture."
+        )
+    loaded, kept = 0, []
+    for name, module in modules.items():
+        if name not in b.modules:
+            continue
+        own, theirs = module.state_dict(), b.modules[name].state_dict()
+        fits = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+        kept += [f"{name}.{k}" for k in own if k not in fits]
+        module.load_state_dict(fits, strict=False)
+        loaded += len(fits)
+    if not loaded:
+        raise BundleError(
+            f"{where}: none of its tensors fits this run's model (different input channels or size?). "
+            f"Start from a bundle trained on the same kind of input, or leave model.init_from out."
+        )
+    notes = [f"started from {b.path}: {loaded} tensors loaded"]
+    if kept:
+        notes.append(
+            f"{len(kept)} tensor(s) of another shape start fresh: {', '.join(kept[:4])}"
+            f"{', ...' if len(kept) > 4 else ''}"
+        )
+    return notes

@@ -39,6 +39,10 @@ class ModelConfig(Strict):
         default=False,
         description="true: the weights packaged with the model; a path: a local .safetensors/.pth file.",
     )
+    init_from: str | None = Field(
+        default=None,
+        description="A bundle (or run directory) whose weights start this new run: fine-tuning, retraining.",
+    )
     freeze_backbone: bool = False
     unfreeze_last: Annotated[int, Field(ge=0)] = 0
     backbone_lr_mult: Annotated[float, Field(gt=0, le=1)] = 1.0

@@ -29,17 +29,18 @@ def fail(exc: KilnError) -> NoReturn:
 
 
 class _Warnings(logging.Handler):
-    """Prints a logged warning as ``warning: MESSAGE`` on stderr, the way :func:`fail` prints errors."""
+    """Prints ``warning: MESSAGE`` (``note: MESSAGE`` for info) on stderr, as :func:`fail` prints errors."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err.print(
-            Text.assemble(("warning: ", "yellow"), record.getMessage()), highlight=False, soft_wrap=True
-        )
+        kind = ("warning: ", "yellow") if record.levelno >= logging.WARNING else ("note: ", "cyan")
+        err.print(Text.assemble(kind, record.getMessage()), highlight=False, soft_wrap=True)
 
 
-def show_warnings(logger: str = "torchkiln.data") -> None:
-    """Print what ``logger`` warns of (the data checks) as ``warning: ...`` lines; once per process."""
-    target = logging.getLogger(logger)
-    if not any(isinstance(h, _Warnings) for h in target.handlers):
-        target.addHandler(_Warnings(logging.WARNING))
-        target.propagate = False
+def show_warnings(loggers: tuple[str, ...] = ("torchkiln.data", "torchkiln.train")) -> None:
+    """Print what ``loggers`` say (the data checks, the start of a run) as ``warning:``/``note:`` lines."""
+    for name in loggers:
+        target = logging.getLogger(name)
+        if not any(isinstance(h, _Warnings) for h in target.handlers):
+            target.addHandler(_Warnings(logging.INFO))
+            target.setLevel(logging.INFO)
+            target.propagate = False

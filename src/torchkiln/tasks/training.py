@@ -6,6 +6,7 @@ its resume and the backtests.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from torchkiln.artifacts.bundle import save_bundle
+from torchkiln.artifacts.bundle import init_from_bundle, save_bundle
 from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import dump_config
 from torchkiln.core.errors import CheckpointError, ConfigError
@@ -23,6 +24,8 @@ from torchkiln.core.io import atomic_write_text
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, fit
 from torchkiln.tasks.base import Task, get_task, validate
+
+log = logging.getLogger("torchkiln.train")
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -173,6 +176,10 @@ def train_task(
     """
     loaders = task_loaders(task, cfg, data)
     train = task.train_module(cfg)
+    if cfg.model.init_from and modules is None and not resume:  # a new run from an earlier bundle's weights
+        modules = train.build_modules(cfg)
+        for note in init_from_bundle(modules, cfg.model.init_from, cfg):
+            log.info("%s", note)
 
     def write_bundle(result: FitResult) -> Path:
         model = result.modules[train.serves]
