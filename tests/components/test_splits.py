@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from torchkiln.components.splits import carve_val, limit_per_class, stratified_split
+from torchkiln.core.errors import DataError
 
 
 def counts(labels: np.ndarray, splits: np.ndarray, cls: int) -> dict[str, int]:
@@ -67,3 +68,18 @@ def test_limit_per_class_caps_train_and_keeps_val_and_test() -> None:
     assert keep[(labels == 1) & (splits == "train")].sum() == 3  # fewer than the limit: all kept
     assert keep[splits != "train"].all()
     np.testing.assert_array_equal(keep, limit_per_class(labels, splits, limit=4, seed=0))
+
+
+def test_class_weights_auto_balances_the_classes_and_a_list_needs_one_per_class() -> None:
+    from torchkiln.components.splits import resolve_class_weights
+
+    labels = np.array([0, 1, 1, 1, 2, 2])  # counts 1, 3, 2 of 6
+    assert resolve_class_weights("auto", ["a", "b", "c"], labels) == [2.0, 0.666667, 1.0]
+    assert resolve_class_weights([1, 5, 1], ["a", "b", "c"], labels) == [1.0, 5.0, 1.0]
+    assert resolve_class_weights(None, ["a", "b", "c"], labels) is None
+    with pytest.raises(DataError) as info:
+        resolve_class_weights([1.0, 2.0], ["a", "b", "c"], labels)
+    assert str(info.value) == (
+        "train.class_weights has 2 value(s); the data has 3 classes (a, b, c). Give one weight per class, in "
+        "that order, or use auto."
+    )

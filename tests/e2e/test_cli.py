@@ -543,3 +543,23 @@ def test_a_new_run_starts_from_an_earlier_bundle_with_model_init_from(
     result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: model.init_from '{tiny_bundle}' holds a cnn model of the ")
+
+
+def test_class_weights_auto_is_resolved_from_the_train_split(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    make_image_folder(tmp_path / "images" / "train", classes=("dot", "hbar"), per_class=4)
+    make_image_folder(tmp_path / "images" / "train", classes=("vbar",), per_class=12, seed=1)
+    cfg = make_config(tmp_path / "images", tmp_path / "runs")
+    cfg["train"] |= {"epochs": 1, "class_weights": "auto", "monitor": "train/loss", "monitor_mode": "min"}
+    cfg["data"]["split"] = {"val": 0.0, "test": 0.0}  # every image in train: known counts
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    saved = yaml.safe_load((Path(result.stdout.splitlines()[-1]) / "config.yaml").read_text())
+    assert saved["train"]["class_weights"] == [1.666667, 1.666667, 0.555556]  # 20 / (3 x 4, 4, 12)
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path / "cfg.yaml"), "--set", "train.class_weights=[1,2]"]
+    )
+    assert result.exit_code == 2
+    assert "train.class_weights has 2 value(s); the data has 3 classes (dot, hbar, vbar)." in result.stderr

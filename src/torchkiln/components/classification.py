@@ -72,3 +72,10 @@ def answer_lines(names: Sequence[str], answers: Sequence[dict[str, Any]], *, as_
             f"top-{len(res['top_k'])}: {escape(alts)}"
         )
     return lines
+
+
+def classification_loss(cfg: Any) -> torch.nn.Module:
+    """Cross-entropy with the run's label smoothing and, when resolved, ``train.class_weights``."""
+    weights = cfg.train.class_weights
+    weight = torch.tensor(weights, dtype=torch.float32) if isinstance(weights, list) else None
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)

@@ -176,3 +176,30 @@ def make_splits(cfg: LabelledData, labels: np.ndarray, given: np.ndarray | None,
         keep = limit_per_class(labels, splits, limit=cfg.limit_per_class, seed=seed)
         splits = np.where(keep, splits, "unused")
     return splits
+
+
+def resolve_class_weights(
+    setting: str | list[float] | None, classes: list[str], train_labels: np.ndarray
+) -> list[float] | None:
+    """``train.class_weights`` as one weight per class: ``auto`` is n / (classes x count) over the train
+    split (scikit-learn's "balanced"), so that each class weighs as much in the loss as the others.
+
+    Raises:
+        DataError: a list whose length is not the number of classes.
+
+    Example:
+        >>> resolve_class_weights("auto", ["normal", "pneumonia"], np.array([0, 1, 1, 1]))
+        [2.0, 0.666667]
+    """
+    if setting is None:
+        return None
+    k = len(classes)
+    if setting == "auto":
+        counts = np.bincount(train_labels, minlength=k)
+        return [round(float(counts.sum() / (k * c)), 6) if c else 0.0 for c in counts]
+    if len(setting) != k:
+        raise DataError(
+            f"train.class_weights has {len(setting)} value(s); the data has {k} classes "
+            f"({', '.join(classes)}). Give one weight per class, in that order, or use auto."
+        )
+    return [float(w) for w in setting]

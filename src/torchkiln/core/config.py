@@ -94,6 +94,10 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    class_weights: Literal["auto"] | list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None,
+        description="Classifiers: a loss weight per class, or auto (n / (classes * count), from train).",
+    )
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     accumulate: Annotated[int, Field(ge=1)] = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -402,3 +402,12 @@ def test_start_and_end_keep_the_rows_between_them(tmp_path: Path) -> None:
         f"Time-series file '{path}' has no rows from 2021-01-01 to its end (it covers 2020-01-01 to "
         f"2020-12-01). Fix: set data.start / data.end inside that range, or leave them out."
     )
+
+
+def test_class_weights_are_refused_for_a_forecaster() -> None:
+    from torchkiln.core.errors import ConfigError
+    from torchkiln.tasks.base import load_config
+
+    raw = {"task": "forecasting", "data": {"path": "air-passengers"}, "train": {"class_weights": "auto"}}
+    with pytest.raises(ConfigError, match=r"train\.class_weights weighs classes; a forecaster has none"):
+        load_config(raw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from torchkiln.core.config import DataConfig, RunConfig, Strict, TaskConfig
 from torchkiln.core.errors import ConfigError
@@ -109,6 +109,12 @@ class ForecastRunConfig(RunConfig):
     task: ForecastingTaskConfig
     data: TimeSeriesDataConfig
     default_monitor: ClassVar[tuple[str, str]] = ("val/mase", "min")  # lower is better
+
+    @model_validator(mode="after")
+    def _no_classes(self) -> ForecastRunConfig:
+        if self.train.class_weights is not None:
+            raise ValueError("train.class_weights weighs classes; a forecaster has none. Leave it out")
+        return self
 
 
 # --- accessors: the sections of a forecasting config, and the values prepare fills in ----------------

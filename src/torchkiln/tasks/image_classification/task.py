@@ -23,6 +23,7 @@ from torchkiln.components.classification import (
     ClassPrediction,
     MulticlassMetrics,
     answer_lines,
+    classification_loss,
     top_k_answers,
 )
 from torchkiln.components.images import (
@@ -35,6 +36,7 @@ from torchkiln.components.images import (
     to_model_input,
 )
 from torchkiln.components.models import Classifier, check_model
+from torchkiln.components.splits import resolve_class_weights
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
@@ -211,8 +213,12 @@ class ImageClassificationTask:
             stats=spec.pretrained_stats if pretrained else None,
             only_splits=splits,
         )
+        weights = resolve_class_weights(
+            cfg.train.class_weights, data.classes, data.splits["train"].labels.numpy()
+        )
         resolved = cfg.model_copy(
             update={
+                "train": cfg.train.model_copy(update={"class_weights": weights}),
                 "data": cfg.data.model_copy(
                     update={
                         # Absolute, so evaluate/resume work from any directory.
@@ -223,7 +229,7 @@ class ImageClassificationTask:
                         "mean": list(data.mean),
                         "std": list(data.std),
                     }
-                )
+                ),
             }
         )
         # Validate again: the filled-in values meet the config's own rules (e.g. one mean per channel).
@@ -272,7 +278,7 @@ class ImageClassificationTask:
         return x, y.to(device, non_blocking=True)
 
     def loss(self, cfg: RunConfig) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        return classification_loss(cfg)
 
     def metrics(self, cfg: RunConfig) -> MulticlassMetrics:
         return MulticlassMetrics()

@@ -26,10 +26,11 @@ from torchkiln.components.classification import (
     ClassPrediction,
     MulticlassMetrics,
     answer_lines,
+    classification_loss,
     top_k_answers,
 )
 from torchkiln.components.models import check_model
-from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
+from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits, resolve_class_weights
 from torchkiln.components.text_table import TextTable, read_text_table
 from torchkiln.components.tokenize import (
     BucketBatchSampler,
@@ -246,8 +247,10 @@ class TextClassificationTask:
         args = dict(m.args)
         if hf and "config" not in args:
             args["config"] = hf_config(m.pretrained)  # so a bundle rebuilds the encoder without its folder
+        weights = resolve_class_weights(cfg.train.class_weights, classes, label_idx[assign == "train"])
         resolved = cfg.model_copy(
             update={
+                "train": cfg.train.model_copy(update={"class_weights": weights}),
                 "data": d.model_copy(
                     update={"path": absolute_if_exists(d.path), "classes": classes, "tokenizer": resolved_tok}
                 ),
@@ -319,7 +322,7 @@ class TextClassificationTask:
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def loss(self, cfg: RunConfig) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        return classification_loss(cfg)
 
     def metrics(self, cfg: RunConfig) -> MulticlassMetrics:
         return MulticlassMetrics()
