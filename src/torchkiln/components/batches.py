@@ -17,10 +17,21 @@ from torch.utils.data import Sampler
 class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
     """Yields ``(epoch, batch_index, indices)``; shuffled per epoch from ``seed + epoch``.
 
-    ``start_batch`` skips the batches a resumed run has already trained on.
+    ``start_batch`` skips the batches a resumed run has already trained on. With ``weights`` (one per
+    item), an epoch is ``n`` draws with replacement in proportion to them instead of a permutation: with
+    1 / (its class's count) each, every class is drawn equally often (a balanced sampler).
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = (
             n,
             batch_size,
@@ -28,6 +39,7 @@ class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
             seed,
             drop_last,
         )
+        self.weights = weights
         self.epoch = 0
         self.start_batch = 0
 
@@ -38,6 +50,8 @@ class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         return torch.randperm(self.n, generator=g)
 
     def __len__(self) -> int:

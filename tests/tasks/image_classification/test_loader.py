@@ -182,3 +182,19 @@ def test_a_split_with_neither_images_nor_paths_is_refused() -> None:
         "tensor (N, C, S, S)) or the image file paths, one per label. Fix: pass images= or paths= when "
         "making it."
     )
+
+
+def test_a_balanced_sampler_draws_each_class_about_equally_and_reproducibly() -> None:
+    from torchkiln.tasks.image_classification.data import SplitData
+
+    labels = torch.tensor([0] * 90 + [1] * 10)  # 9:1
+    split = SplitData(labels, images=torch.zeros(100, 1, 4, 4, dtype=torch.uint8))
+    kwargs = {"batch_size": 10, "size": 4, "channels": 1, "shuffle": True, "seed": 3, "num_workers": 0}
+    loader = make_loader(split, balanced=True, **kwargs)
+    drawn = torch.cat([y for _, y in loader] + [y for _, y in loader])  # two epochs
+    share = drawn.float().mean().item()  # of class 1
+    assert 0.35 < share < 0.65, share
+    again = torch.cat([y for _, y in make_loader(split, balanced=True, **kwargs)])
+    assert torch.equal(again, drawn[: len(again)])  # the same draws from the same seed and epoch
+    plain = torch.cat([y for _, y in make_loader(split, **kwargs)])
+    assert plain.float().mean().item() == pytest.approx(0.1, abs=0.02)

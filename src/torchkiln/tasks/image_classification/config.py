@@ -33,6 +33,9 @@ class ImageDataConfig(DataConfig):
     limit_per_class: Annotated[int, Field(ge=1)] | None = None
     on_error: Literal["raise", "skip"] = "raise"
     cache: Literal["auto", "memory", "none"] = "auto"
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: training draws every class equally often (with replacement)."
+    )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
 
     @model_validator(mode="after")

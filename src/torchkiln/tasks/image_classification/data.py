@@ -329,8 +329,12 @@ def make_loader(
     seed: int = 0,
     num_workers: int | str = "auto",
     pin_memory: bool = False,
+    balanced: bool = False,
 ) -> DataLoader:
-    """A DataLoader over whole batches (``batch_size=None``); its sampler is an :class:`EpochBatchSampler`."""
+    """A DataLoader over whole batches (``batch_size=None``); its sampler is an :class:`EpochBatchSampler`.
+
+    ``balanced`` (training only) draws every class equally often: each item weighs 1 / its class's count.
+    """
     if num_workers == "auto":
         # In-memory data is one tensor index per batch, and per-sample v2 augmentation of decoded
         # uint8 tensors costs ~20 us an op: worker processes would only add IPC and steal the cores
@@ -338,7 +342,13 @@ def make_loader(
         num_workers = 0 if split.images is not None else min(4, os.cpu_count() or 1)
     # Training drops a ragged last batch (a batch of 1 breaks BatchNorm); evaluation keeps every item.
     drop_last = shuffle and len(split) > batch_size
-    sampler = EpochBatchSampler(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    weights = None
+    if balanced and shuffle and len(split):
+        counts = torch.bincount(split.labels)
+        weights = 1.0 / counts[split.labels].double()
+    sampler = EpochBatchSampler(
+        len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, weights=weights
+    )
     return DataLoader(
         BatchSet(split, size=size, channels=channels, augment=augment, seed=seed),
         batch_size=None,

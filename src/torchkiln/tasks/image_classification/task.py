@@ -268,6 +268,7 @@ class ImageClassificationTask:
             seed=cfg.seed,
             num_workers=cfg.data.num_workers,
             pin_memory=torch.cuda.is_available(),
+            balanced=train and cfg.data.sampler == "balanced",
         )
 
     def to_device(self, batch: Any, device: torch.device, *, channels_last: bool) -> tuple[Any, torch.Tensor]:
