@@ -11,7 +11,6 @@ import os
 import platform
 import re
 from importlib import metadata
-from pathlib import Path
 
 from torchkiln.core._version import __version__
 
@@ -38,21 +37,11 @@ def extras() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report() -> list[tuple[str, str]]:
     """(key, value) lines: versions, devices, CPU features and extras."""
     import torch
 
-    from torchkiln.engine.precision import cpu_has_fast_bf16
+    from torchkiln.engine.precision import cpu_has_fast_bf16, cpu_name
 
     rows = [
         ("torchkiln", __version__),

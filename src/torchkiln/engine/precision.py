@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +16,17 @@ from torchkiln.core.errors import ConfigError
 
 
 @lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name, for reports (``kiln env``, export reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-BF16; elsewhere bf16 matmuls are emulated and ~70x slower."""
     try:

@@ -9,7 +9,6 @@ why not either way.
 from __future__ import annotations
 
 import copy
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from torch import nn
 from torchkiln.artifacts.bundle import Bundle, load_bundle, save_bundle, without_pretrained
 from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.core.errors import ExportError
-from torchkiln.engine.precision import resolve_device
+from torchkiln.engine.precision import cpu_name, resolve_device
 from torchkiln.exporter.bench import measure
 from torchkiln.exporter.gate import (
     BENCH_BATCHES,
@@ -327,16 +326,6 @@ def _quantize_step(fp32: Path, calib: np.ndarray | None, mode: str, m: _Measurer
     return model_file
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _onnx_params(path: Path) -> int:
     import onnx
 
@@ -364,7 +353,7 @@ def _summary(
             "options": opts.model_dump(mode="json"),
             "metric": {"name": pm.name, "unit": pm.unit, "split": opts.split, "items": items},
             "checks": [c.__dict__ for c in checks],
-            "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads()},
+            "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads()},
         },
         "rows": [r.__dict__ for r in rows],
         "notes": notes,
