@@ -563,3 +563,45 @@ def test_class_weights_auto_is_resolved_from_the_train_split(
     )
     assert result.exit_code == 2
     assert "train.class_weights has 2 value(s); the data has 3 classes (dot, hbar, vbar)." in result.stderr
+
+
+def test_kiln_runs_lists_runs_and_compares_them(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    make_image_folder(tmp_path / "images")
+    cfg = make_config(tmp_path / "images", tmp_path / "runs")
+    cfg["train"]["epochs"] = 1
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    runs = []
+    for name in ("first", "second"):
+        result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "--set", f"name={name}"])
+        assert result.exit_code == 0, (result.output, result.exception)
+        runs.append(Path(result.stdout.splitlines()[-1]))
+    result = CliRunner().invoke(app, ["evaluate", str(runs[0]), "--split", "val", "--device", "cpu"])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+    result = CliRunner().invoke(app, ["runs", "--dir", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(row["run"] for row in listed) == sorted(map(str, runs))
+    by_run = {row["run"]: row for row in listed}
+    first = by_run[str(runs[0])]
+    assert (first["task"], first["model"], first["epochs"], first["best epoch"]) == (
+        "image-classification",
+        "cnn",
+        1,
+        1,
+    )
+    metrics = json.loads((runs[0] / "eval" / "val" / "metrics.json").read_text())
+    assert first["val/accuracy"] == metrics["accuracy"]  # the evaluation's, under the split's name
+    assert "val/macro_f1" in first and not any(k.startswith("val/macro") for k in by_run[str(runs[1])])
+
+    result = CliRunner().invoke(app, ["runs", "compare", *map(str, runs)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert any(
+        line.split("│")[1].strip() == "val/macro_f1" for line in result.stdout.splitlines() if "│" in line
+    )
+    result = CliRunner().invoke(app, ["runs", "compare", str(runs[0]), str(tmp_path)])
+    assert result.exit_code == 2 and f"'{tmp_path}' is not a run folder" in result.stderr
+    result = CliRunner().invoke(app, ["runs", "--dir", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "No runs under" in result.stderr

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.registry import registry_app
+from torchkiln.cli.runs import runs_app
 from torchkiln.core._version import __version__
 from torchkiln.core.console import err, out, show_warnings
 from torchkiln.core.console import fail as _fail
@@ -38,6 +39,7 @@ datasets_app = typer.Typer(help="The built-in dataset catalog.", no_args_is_help
 app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(registry_app, name="registry")
+app.add_typer(runs_app, name="runs")
 app.command("containerize")(containerize_command)
 
 
