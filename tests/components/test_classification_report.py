@@ -137,3 +137,16 @@ def test_inconsistent_inputs_raise(tmp_path: Path) -> None:
         write_report(tmp_path, m, probs[:10], targets[:10], ["a", "b"])
     with pytest.raises(KilnError, match="'mistakes' parameter"):
         write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=-1)
+
+
+def test_the_text_mistakes_table_reads_left_to_right(tmp_path: Path) -> None:
+    """Texts and labels are aligned left (they were right-aligned like numbers); the scores stay right."""
+    names = ["negative", "positive"]
+    probs, targets = noisy_probs(30, 2)
+    m = classification_metrics(probs, targets, names)
+    page = write_report(
+        tmp_path / "eval", m, probs, targets, names, texts=lambda i: f"review number {i}", mistakes=3
+    ).read_text()
+    rows = page.count('<tr class="mistake">')
+    assert rows and '<table class="mistakes">' in page and page.count('<td class="num">') == 2 * rows
+    assert "table.mistakes th,table.mistakes td{text-align:left" in page  # the CSS is inlined in the page
