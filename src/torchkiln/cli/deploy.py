@@ -1,8 +1,7 @@
 """`kiln containerize`: a thin wrapper over :func:`torchkiln.serve.containerize.containerize`.
 
-Registered in ``cli/main.py`` with ``app.command("containerize")(containerize_command)``. This module does
-not import ``cli/main.py`` (that would be circular), so it has its own two-line error print, in the same
-style: ``error: MESSAGE`` on stderr, no traceback, exit code 2.
+Registered in ``cli/main.py`` with ``app.command("containerize")(containerize_command)``. Errors go through
+``core.console.fail``, as every command's do: ``error: MESSAGE`` on stderr, no traceback, exit code 2.
 """
 
 from __future__ import annotations
@@ -11,17 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
+from torchkiln.core.console import fail as _fail
 from torchkiln.core.errors import KilnError
-
-
-def _fail(exc: KilnError) -> None:
-    # Text, not markup: messages quote user data such as file names with [brackets].
-    err = Console(stderr=True)
-    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 def containerize_command(

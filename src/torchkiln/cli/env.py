@@ -66,3 +66,11 @@ def report() -> list[tuple[str, str]]:
     for extra, packages in sorted(extras().items()):
         rows.append((f"[{extra}]", ", ".join(f"{name} {version}" for name, version in packages)))
     return rows
+
+
+def env_command() -> None:
+    """What this machine gives torchkiln: versions, GPUs, CPU features (fast bf16?) and the extras."""
+    rows = report()
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
+from torchkiln.cli.env import env_command
 from torchkiln.cli.registry import registry_app
 from torchkiln.cli.runs import runs_app
 from torchkiln.core._version import __version__
@@ -41,6 +42,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(registry_app, name="registry")
 app.add_typer(runs_app, name="runs")
 app.command("containerize")(containerize_command)
+app.command("env")(env_command)
 
 
 def _version(value: bool) -> None:
@@ -58,17 +60,6 @@ def _setup(
 ) -> None:
     """torchkiln: train, evaluate and package PyTorch models from data and a short YAML file."""
     show_warnings()
-
-
-@app.command()
-def env() -> None:
-    """What this machine gives torchkiln: versions, GPUs, CPU features (fast bf16?) and the extras."""
-    from torchkiln.cli.env import report
-
-    rows = report()
-    width = max(len(key) for key, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
 
 
 SetOpt = Annotated[

@@ -6,6 +6,7 @@ its resume and the backtests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -110,18 +111,20 @@ def resume_run(run_dir: Path, *, epochs: int | None = None) -> Path:
         ConfigError: ``epochs`` is below the epochs the run has already trained.
     """
     resolved = _saved_config(run_dir)
+    point = resume_point(run_dir)  # reads last.pt once
     if epochs is not None and epochs != resolved.train.epochs:
-        done = resume_point(run_dir).epoch
-        if epochs < done:
+        if epochs < point.epoch:
             raise ConfigError(
-                f"train.epochs={epochs} is below the {done} epoch(s) '{run_dir}' has already trained. A "
-                f"resume can only extend a run: give train.epochs of at least {done}, or start a new run."
+                f"train.epochs={epochs} is below the {point.epoch} epoch(s) '{run_dir}' has already trained. "
+                f"A resume can only extend a run: give train.epochs of at least {point.epoch}, or start a "
+                f"new run."
             )
         raw = resolved.model_dump(mode="json")
         raw["train"]["epochs"] = epochs
         resolved = validate(raw)
         atomic_write_text(run_dir / "config.yaml", dump_config(resolved))
-    if resume_point(run_dir).complete:
+        point = dataclasses.replace(point, epochs=epochs)
+    if point.complete:
         return run_dir
     task = get_task(resolved.task.kind)
     files = {p.name: p.read_bytes() for p in sorted((run_dir / "state").glob("*"))}
