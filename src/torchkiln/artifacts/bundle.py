@@ -9,6 +9,9 @@
                           for an exported variant also what it was made from and its checks
       state/              fitted preprocessing the config cannot hold (a text task's tokenizer.json),
                           each file's SHA-256 in bundle.json; absent for image tasks
+      profile.json        what the training inputs looked like, by section: "raw" is their form before
+                          preprocessing (image modes and sizes, text lengths), which predict-time inputs
+                          are checked against; absent in bundles written before it, which check nothing
 
 A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
 Bundles written before named modules (no "modules" in bundle.json) hold one module's keys unprefixed;
@@ -46,6 +49,8 @@ BUNDLE_FORMAT = "torchkiln-bundle"
 BUNDLE_VERSION = 1
 FILES = ("model.safetensors", "config.yaml", "bundle.json")  # a trained (torch runtime) bundle
 RUNTIMES = {"torch": "model.safetensors", "onnxruntime": "model.onnx"}  # runtime -> model file
+PROFILE_FILE = "profile.json"
+PROFILE_FORMAT, PROFILE_VERSION = "torchkiln-profile", 1
 STATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a state file name: no folders, no dot-files
 
 
@@ -60,6 +65,7 @@ class Bundle:
     state_files: dict[str, bytes] = field(default_factory=dict)
     serves: str = "model"
     modules: dict[str, nn.Module] = field(default_factory=dict)  # every module the bundle holds
+    profile: dict[str, Any] = field(default_factory=dict)  # profile.json's sections; {} without one
 
 
 def save_bundle(
@@ -74,6 +80,7 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
     attachments: dict[str, Path] | None = None,
     state_files: Mapping[str, bytes] | None = None,
+    profile: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle atomically.
 
@@ -88,6 +95,8 @@ def save_bundle(
         extra: JSON-ready additions to ``bundle.json`` (e.g. validation metrics, export checks).
         attachments: more files to copy in, by name (e.g. ``export_report.json``).
         state_files: the task's fitted preprocessing (``task.state_files(data)``), saved under ``state/``.
+        profile: what the training inputs looked like, by section (``{"raw": task.input_profile(data)}``),
+            saved as ``profile.json``; an export passes its source's ``Bundle.profile`` on.
 
     Returns:
         The bundle path.
@@ -125,6 +134,10 @@ def save_bundle(
             (tmp / "state" / fname).write_bytes(content)
             state_sha[fname] = hashlib.sha256(content).hexdigest()
         (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        sections = {k: v for k, v in (profile or {}).items() if v}
+        if sections:
+            head = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION}
+            (tmp / PROFILE_FILE).write_text(json.dumps(head | sections, indent=2), encoding="utf-8")
         meta = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -206,7 +219,35 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         modules = _torch_modules(path, cfg, task, meta, serves)
     for module in modules.values():
         module.eval()
-    return Bundle(path, cfg, meta, task, modules[serves], state, files, serves, modules)
+    return Bundle(path, cfg, meta, task, modules[serves], state, files, serves, modules, _read_profile(path))
+
+
+def _read_profile(path: Path) -> dict[str, Any]:
+    """``profile.json``'s sections (``{}`` when the bundle has none: it was written before profiles).
+
+    Raises:
+        BundleError: the file is not a JSON object of this format, or of a newer version.
+    """
+    file = path / PROFILE_FILE
+    if not file.is_file():
+        return {}
+    fix = "Restore the file or delete it (the bundle then checks no inputs), or retrain to rewrite it."
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"Bundle '{path}': {PROFILE_FILE} is not valid JSON ({exc}). {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+        raise BundleError(
+            f"Bundle '{path}': {PROFILE_FILE} is not a torchkiln input profile (expected a JSON object with "
+            f'"format": "{PROFILE_FORMAT}"). {fix}'
+        )
+    if not isinstance(data.get("version"), int) or data["version"] > PROFILE_VERSION:
+        raise BundleError(
+            f"Bundle '{path}': {PROFILE_FILE} has version {data.get('version')!r}; this torchkiln "
+            f"({__version__}) reads version {PROFILE_VERSION} and older. Load it with the torchkiln that "
+            f"wrote it, or delete the file."
+        )
+    return {k: v for k, v in data.items() if k not in ("format", "version")}
 
 
 def _read_state_files(path: Path, meta: dict[str, Any], *, verify: bool) -> dict[str, bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,9 @@ import torch
 from torchkiln.artifacts.bundle import Bundle, load_bundle
 from torchkiln.core.errors import ConfigError
 from torchkiln.engine.precision import resolve_device
+from torchkiln.tasks.base import InputProfiler, InputWarning
+
+log = logging.getLogger("torchkiln.predict")  # kiln predict prints it as warning: lines
 
 
 class Predictor:
@@ -48,6 +53,58 @@ class Predictor:
     def summarize(self, raw: Sequence[Any], x: torch.Tensor) -> list[dict[str, Any]]:
         """JSON-ready descriptions of preprocessed inputs, for the prediction log and drift monitoring."""
         return self.bundle.task.summarize_inputs(self.bundle.config, raw, x)
+
+    def input_warnings(self, raw: Sequence[Any]) -> list[list[InputWarning]]:
+        """Per input, why it is far from the inputs the model was trained on (``[]``: it is not).
+
+        The task's check (:class:`~torchkiln.tasks.base.InputProfiler`) against the bundle's profile; a
+        bundle without a profile (written before them) or a task without the check flags nothing.
+
+        Example:
+            >>> p.input_warnings(["photo.jpg"])[0][0].message
+            'mode RGB, trained on L'
+        """
+        task, profile = self.bundle.task, self.bundle.profile.get("raw")
+        if not profile or not isinstance(task, InputProfiler):
+            return [[] for _ in raw]
+        out = []
+        for item in raw:
+            try:
+                out.append(task.input_warnings(profile, item))
+            except Exception:  # a warning must never cost an answer (nor the server a 500)
+                log.debug("input check of %s failed", task.kind, exc_info=True)
+                out.append([])
+        return out
+
+    def flag_inputs(
+        self, raw: Sequence[Any], answers: list[dict[str, Any]], *, names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """``kiln predict``'s check: log a warning per input far from training's, then a count; return the
+        answers, a flagged one with its reasons under ``"warnings"``.
+
+        Example:
+            >>> answers = p.flag_inputs(paths, p.predict(paths), names=paths)
+            warning: photo.jpg: mode RGB, trained on L; size 640x480, trained on 8x8
+            warning: 1 input of 2 is far from the inputs the model was trained on (mode, size); its ...
+        """
+        found = self.input_warnings(raw)
+        for name, reasons in zip(names, found, strict=True):
+            if reasons:
+                log.warning("%s: %s", name, "; ".join(r.message for r in reasons))
+        flagged = sum(1 for reasons in found if reasons)
+        if flagged:
+            kinds = ", ".join(Counter(r.kind for reasons in found for r in reasons))
+            many = flagged > 1
+            log.warning(
+                "%d input%s of %d %s far from the inputs the model was trained on (%s); %s may be wrong, "
+                "even with a high score.",
+                *(flagged, "s" if many else "", len(found), "are" if many else "is", kinds),
+                "their answers" if many else "its answer",
+            )
+        return [
+            {**a, "warnings": [r.message for r in reasons]} if reasons else a
+            for a, reasons in zip(answers, found, strict=True)
+        ]
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -221,10 +221,12 @@ def predict(
 ) -> None:
     """Predict each input with the bundle's own preprocessing: a class, or a forecast (--history).
 
-    Images: files, folders (their images, recursively) or quoted globs ("data/**/*.png")."""
+    Images: files, folders (their images, recursively) or quoted globs ("data/**/*.png"). An input far
+    from the training inputs (another image mode, or size) gets a warning line on stderr; it is answered."""
     from torchkiln import api
     from torchkiln.tasks.base import PredictArgs
 
+    show_warnings(("torchkiln.predict",))
     args = PredictArgs(tuple(inputs or ()), tuple(text or ()), file, history, horizon, top_k)
     try:
         predictor = api.load_predictor(bundle, device=device)

@@ -38,6 +38,8 @@ MAX_ASPECT_RATIO = 20
 _FULL_RESIZE_FACTOR = 4
 
 ImageLike = str | Path | bytes | np.ndarray | Image.Image
+# The Pillow modes that hold one grey value per pixel; every other mode (palette P included) is colour.
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 def open_image(source: ImageLike) -> Image.Image:
@@ -158,6 +160,29 @@ def image_header(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) read from the header only; raises DataError like :func:`open_image`."""
     with _image_errors(str(path)), Image.open(path, formats=PIL_FORMATS) as img:
         return img.width, img.height, img.mode
+
+
+def peek_image(source: ImageLike) -> tuple[int, int, str] | None:
+    """(width, height, mode) of any image from its header (arrays: from the shape), or None when it
+    cannot be read; never raises (:func:`open_image` says what is wrong with such an input)."""
+    if isinstance(source, Image.Image):
+        return source.width, source.height, source.mode
+    if isinstance(source, np.ndarray):
+        if source.ndim == 2:
+            return source.shape[1], source.shape[0], "L"
+        modes = {1: "L", 3: "RGB", 4: "RGBA"}
+        return (
+            (source.shape[1], source.shape[0], modes[source.shape[2]])
+            if source.ndim == 3 and source.shape[2] in modes
+            else None
+        )
+    try:
+        with Image.open(
+            io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS
+        ) as img:
+            return img.width, img.height, img.mode
+    except Exception:  # Pillow raises many types for foreign or missing files
+        return None
 
 
 @dataclass

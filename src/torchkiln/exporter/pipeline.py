@@ -270,6 +270,7 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
                 extra={"trained": bundle.meta.get("trained"), **extra, "variant": summary["variant"]},
                 attachments={"export_report.json": report_json, "export_report.html": report_html},
                 state_files=bundle.state_files,
+                profile=bundle.profile,  # a variant checks inputs against what its source was trained on
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -68,6 +68,13 @@ class ServeMetrics:
             ["model", "version", "label"],
             registry=r,
         )
+        self.out_of_distribution = Counter(
+            "kiln_inputs_out_of_distribution",
+            "Inputs far from the inputs the model was trained on, by reason (image: mode, size); each is "
+            "still answered.",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "kiln_model_info",
             "1 for each loaded model version.",

@@ -11,7 +11,7 @@ import secrets
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -46,7 +46,7 @@ from torchkiln.serve.schemas import (
     predict_response_model,
 )
 from torchkiln.serve.state import ApiError, ServerState
-from torchkiln.tasks.base import TASKS, RequestLimits, TooManyItemsError
+from torchkiln.tasks.base import TASKS, InputWarning, RequestLimits, TooManyItemsError
 
 router = APIRouter()
 PREDICT_ROUTE = "/v1/models/{name}/predict"
@@ -163,16 +163,12 @@ async def predict(
     answer = await _call(state, dep, model, inputs)
     answers = answer.predictions
     headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
-    response = JSONResponse(
-        {
-            "model": dep.name,
-            "version": model.version,
-            "arm": model.arm,
-            "request_id": rid,
-            "predictions": answers,
-        },
-        headers=headers,
-    )
+    content = {"model": dep.name, "version": model.version, "arm": model.arm, "request_id": rid}
+    content["predictions"] = answers
+    flagged = _flagged(state, dep, model, inputs.warnings)
+    if flagged:  # only then: a response for in-distribution inputs is exactly what it was before
+        content["warnings"] = flagged
+    response = JSONResponse(content, headers=headers)
     latency_ms = (time.perf_counter() - start) * 1000
     _record(state, dep, model, rid, request.scope["path"], body, inputs, answer, latency_ms, shadow=False)
     shadow = dep.shadow
@@ -210,6 +206,20 @@ class Inputs:
     x: torch.Tensor  # (n, ...) preprocessed, exactly as in training
     top_k: int | None
     media: str
+    warnings: list[list[InputWarning]] = field(default_factory=list)  # per input: far from training's
+
+
+def _flagged(
+    state: ServerState, dep: Deployment, model: ServedModel, warnings: list[list[InputWarning]]
+) -> list[dict[str, Any]]:
+    """Count the inputs far from the training inputs, by kind; the response's ``warnings`` items."""
+    out = []
+    for i, reasons in enumerate(warnings):
+        for r in reasons:
+            if state.metrics is not None:
+                state.metrics.out_of_distribution.labels(dep.name, model.version, r.kind).inc()
+            out.append({"input": i, "kind": r.kind, "message": r.message})
+    return out
 
 
 async def _parse(request: Request, body: bytes, model: ServedModel, state: ServerState) -> Inputs:
@@ -338,7 +348,8 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
             # Both the JSON list and the multipart field of an image task are named "images".
             where = f"images[{i}]" if model.task.image_input else f"Input {i}"
             raise ApiError(422, "invalid_input", f"{where}: {exc}") from None
-    return Inputs(raw, model.predictor.collate(items), top_k, media)
+    # After preprocessing, so only inputs it took are checked; the check reads headers, never raises.
+    return Inputs(raw, model.predictor.collate(items), top_k, media, model.predictor.input_warnings(raw))
 
 
 async def _call(state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs) -> Answer:
@@ -402,11 +413,23 @@ def _record(
             route=path,
             items=len(answer.predictions),
             outputs=answer.predictions,
-            input_summary=answer.summaries,
+            input_summary=answer.summaries if shadow else _with_warnings(answer.summaries, inputs.warnings),
             payload=body if sampled else None,
             payload_type=inputs.media if sampled else None,
         )
     )
+
+
+def _with_warnings(
+    summaries: list[dict[str, Any]], warnings: list[list[InputWarning]]
+) -> list[dict[str, Any]]:
+    """The input summaries, a flagged input's with its reasons under ``"warnings"``."""
+    if not any(warnings):
+        return summaries
+    return [
+        {**s, "warnings": [r.message for r in reasons]} if reasons else s
+        for s, reasons in zip(summaries, warnings, strict=True)
+    ]
 
 
 async def _mirror(

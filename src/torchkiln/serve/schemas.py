@@ -84,6 +84,16 @@ class ReloadFailed(ErrorResponse):
     workers: Workers
 
 
+class InputWarningItem(BaseModel):
+    """An input far from the inputs the model was trained on; it was answered all the same."""
+
+    input: int = Field(description="The input's index in the request (0-based).")
+    kind: str = Field(description="What is far: 'mode' or 'size' for images.")
+    message: str = Field(
+        description="What the input is and what training saw, e.g. 'mode RGB, trained on L'."
+    )
+
+
 @cache
 def predict_response_model() -> type[BaseModel]:
     """``PredictResponse``: its ``predictions`` items are the union of every registered task's item schema."""
@@ -96,6 +106,14 @@ def predict_response_model() -> type[BaseModel]:
         arm=(Literal["champion", "challenger"], Field(description="Which A/B arm answered.")),
         request_id=(str, ...),
         predictions=(list[item_type], Field(description="One answer per input, in input order.")),
+        warnings=(
+            list[InputWarningItem],
+            Field(
+                default_factory=list,
+                description="Present only when an input is far from the training inputs: one item per "
+                "reason (kiln_inputs_out_of_distribution_total counts them).",
+            ),
+        ),
     )
 
 

@@ -24,7 +24,7 @@ from torchkiln.core.errors import CheckpointError, ConfigError
 from torchkiln.core.io import atomic_write_text
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, fit
-from torchkiln.tasks.base import Task, get_task, validate
+from torchkiln.tasks.base import Task, get_task, input_profile, validate
 
 log = logging.getLogger("torchkiln.train")
 
@@ -204,6 +204,7 @@ def train_task(
             cfg=cfg,
             task=task,
             state_files=task.state_files(data),
+            profile={"raw": input_profile(task, data)},
             extra={"trained": trained, **({"calibration": calibration} if calibration else {})},
         )
 

@@ -7,9 +7,9 @@ import os
 from collections import Counter
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torchkiln.components import arrays, catalog
 from torchkiln.components.augment import Augment
 from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.components.images import (
+    GRAY_MODES,
     FileItems,
     decode_all,
     image_header,
@@ -31,6 +32,7 @@ from torchkiln.components.splits import SPLITS, check_coverage, class_list, make
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.core.io import beside
 from torchkiln.tasks.image_classification.config import ImageDataConfig
+from torchkiln.tasks.image_classification.profile import array_profile, raw_profile
 
 MEMORY_BUDGET = 8 * 2**30  # decoded uint8 bytes kept in memory before falling back to lazy files
 DECODE_CHUNK = 4096
@@ -69,6 +71,7 @@ class ImageData:
     splits: dict[str, SplitData]
     problems: list[tuple[str, str]]  # (item, reason) left out under on_error: skip
     source: str
+    profile: dict[str, Any] = field(default_factory=dict)  # the train images' raw form (profile.py)
 
 
 def detect_format(path: str) -> str:
@@ -153,9 +156,7 @@ def _resolve_channels(cfg: ImageDataConfig, found: list[str] | int, need: int | 
         return need
     if isinstance(found, int):
         return found
-    modes = found
-    gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # palette (P) images count as colour
-    return 1 if all(m in gray for m in modes) else 3
+    return 1 if all(m in GRAY_MODES for m in found) else 3
 
 
 def _resolve_size(cfg: ImageDataConfig, sizes: list[tuple[int, int]], default: int | None) -> int:
@@ -204,7 +205,9 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
             out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
     train_rows = row[(splits == "train") & (row >= 0)]
     mean, std = _stats(cfg, stats, images[torch.from_numpy(train_rows)])
-    return ImageData(classes, size, channels, mean, std, out, files.problems + bad + problems, str(cfg.path))
+    profile = raw_profile(headers[keep[i]] for i in np.flatnonzero(splits == "train"))  # type: ignore[misc]
+    problems = files.problems + bad + problems
+    return ImageData(classes, size, channels, mean, std, out, problems, str(cfg.path), profile)
 
 
 SKIP_FIX = "Or set data.on_error: skip to leave such files out."  # training only, not kiln predict
@@ -252,6 +255,7 @@ def _from_arrays(
 ) -> ImageData:
     imgs = torch.from_numpy(np.ascontiguousarray(data.images))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
+    raw_shape = imgs.shape[1:]  # (C, H, W) before conversion: what the profile records
     labels = [data.classes[i] for i in data.labels]
     classes = class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
@@ -275,7 +279,8 @@ def _from_arrays(
         sel = torch.from_numpy(np.flatnonzero(splits == split))
         out[split] = SplitData(torch.from_numpy(label_idx)[sel], images=imgs[sel])
     mean, std = _stats(cfg, stats, out["train"].images)
-    return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path))
+    profile = array_profile(len(out["train"]), raw_shape[2], raw_shape[1], raw_shape[0])
+    return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path), profile)
 
 
 def _stats(cfg, pretrained, train_images: torch.Tensor | None):

@@ -42,6 +42,7 @@ from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import (
+    InputWarning,
     ParamGroup,
     PredictArgs,
     PrimaryMetric,
@@ -53,6 +54,7 @@ from torchkiln.tasks.image_classification import simple_models  # noqa: F401  (r
 from torchkiln.tasks.image_classification.config import ImageRunConfig
 from torchkiln.tasks.image_classification.data import ImageData, load_image_data, make_loader
 from torchkiln.tasks.image_classification.models import create_model
+from torchkiln.tasks.image_classification.profile import image_warnings
 
 
 class ImageClassifierModel(nn.Module):
@@ -334,7 +336,9 @@ class ImageClassificationTask:
                 "bundle."
             )
         items = [str(p) for p in expand_inputs(args.paths)]
-        return answer_lines(items, predictor.predict(items, top_k=args.top_k), as_json=as_json)
+        answers = predictor.predict(items, top_k=args.top_k)
+        answers = predictor.flag_inputs(items, answers, names=items)  # warns of images unlike training's
+        return answer_lines(items, answers, as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         d = cfg.data
@@ -364,6 +368,12 @@ class ImageClassificationTask:
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:
         limits.check_count(len(files))
         return [_check_image(raw, i, limits) for i, raw in enumerate(files)]
+
+    def input_profile(self, data: ImageData) -> dict[str, Any]:
+        return data.profile
+
+    def input_warnings(self, profile: Mapping[str, Any], raw: Any) -> list[InputWarning]:
+        return image_warnings(profile, raw)
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor

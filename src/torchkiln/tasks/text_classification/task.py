@@ -30,6 +30,7 @@ from torchkiln.components.classification import (
     top_k_answers,
 )
 from torchkiln.components.models import check_model
+from torchkiln.components.profile import FAR_FACTOR, span, spread
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits, resolve_class_weights
 from torchkiln.components.text_table import TextTable, read_text_table
 from torchkiln.components.tokenize import (
@@ -46,6 +47,7 @@ from torchkiln.core.errors import ConfigError, DataError, PredictError, did_you_
 from torchkiln.core.io import absolute_if_exists, beside
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import (
+    InputWarning,
     ParamGroup,
     PredictArgs,
     PrimaryMetric,
@@ -389,7 +391,8 @@ class TextClassificationTask:
         if not items:
             raise PredictError("No texts were given. Use --text '...' (repeatable) or --file texts.txt.")
         names = [t if len(t) <= 60 else t[:57] + "..." for t in items]
-        return answer_lines(names, predictor.predict(items, top_k=args.top_k), as_json=as_json)
+        answers = predictor.flag_inputs(items, predictor.predict(items, top_k=args.top_k), names=names)
+        return answer_lines(names, answers, as_json=as_json)
 
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         d = _data(cfg)
@@ -418,6 +421,19 @@ class TextClassificationTask:
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[str]:
         raise PredictError('Text models take JSON: {"texts": [...]}. Uploads are for image models.')
+
+    def input_profile(self, data: TextData) -> dict[str, Any]:
+        texts = data.splits["train"].texts
+        return {"texts": len(texts), "words": spread([len(t.split()) for t in texts])} if texts else {}
+
+    def input_warnings(self, profile: Mapping[str, Any], raw: Any) -> list[InputWarning]:
+        """Only the long side is far: short queries ("great!") are ordinary, but a text of more than
+        FAR_FACTOR times the longest training text's words is truncated where no training text was."""
+        trained, n = profile.get("words"), len(raw.split()) if isinstance(raw, str) else 0
+        top = trained.get("max") if isinstance(trained, Mapping) else None
+        if not isinstance(top, int | float) or n <= top * FAR_FACTOR:
+            return []
+        return [InputWarning("length", f"{n} words, trained on {span(trained)}")]
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
