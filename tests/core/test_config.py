@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from torchkiln.core.config import RunConfig
+from torchkiln.core.config import RunConfig, TrainConfig
 from torchkiln.core.config_io import apply_override, dump_config
 from torchkiln.core.errors import ConfigError
 from torchkiln.tasks.base import load_config, validate
@@ -175,8 +175,16 @@ def test_split_fractions_must_leave_training_data() -> None:
 
 def test_device_names_are_checked() -> None:
     msg = config_error(with_section("train", {"device": "gpu"}))
-    assert "'train.device': device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. Got 'gpu'.\n" in msg
+    choices = "auto, cpu, cuda, cuda:N (e.g. cuda:1), N for cuda:N, or mps"
+    assert f"'train.device': device must be one of {choices}. Got 'gpu'.\n" in msg
     assert "Value error" not in msg and msg.count("'gpu'") == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "device"), [(0, "cuda:0"), ("1", "cuda:1"), ("cuda", "cuda"), ("cpu", "cpu")]
+)
+def test_a_gpu_number_is_that_cuda_device(given: object, device: str) -> None:
+    assert TrainConfig(device=given).device == device
 
 
 def test_stats_need_one_value_per_channel() -> None:

@@ -292,7 +292,7 @@ def test_a_device_that_is_not_here_exits_2_before_any_work(command: str, tiny_bu
     """--device on predict, evaluate, export and serve: a name of another form, then CUDA on a CPU machine."""
     extra = {"predict": ["--text", "x"], "serve": ["--log-url", "off"]}.get(command, [])
     for device, message in [
-        ("gpu", "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps."),
+        ("gpu", "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1), N for cuda:N, or mps."),
         ("cuda:0", "--device is 'cuda:0' but CUDA is not available on this machine. Use auto (or cpu)."),
     ]:
         if device.startswith("cuda") and torch.cuda.is_available():
@@ -301,7 +301,7 @@ def test_a_device_that_is_not_here_exits_2_before_any_work(command: str, tiny_bu
         assert result.exit_code == 2, (command, device, result.output, result.exception)
         if command == "serve" and device == "gpu":  # a setting, checked with the other serve settings
             message = "The serve settings are invalid (1 problem(s)):\n  - 'device': expected auto, "
-            message += "cpu, cuda or cuda:N (e.g. cuda:1). Got 'gpu'.\n"
+            message += "cpu, cuda, cuda:N (e.g. cuda:1), N for cuda:N, or mps. Got 'gpu'.\n"
         assert result.stderr.startswith(f"error: {message}"), (command, device, result.stderr)
 
 

@@ -156,10 +156,20 @@ def test_a_device_name_of_another_form_is_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         prec.resolve_device("gpu", setting="--device")
     assert str(exc.value) == (
-        "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps. Use auto to take a GPU "
-        "when there is one."
+        "--device is 'gpu'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1), N for cuda:N, or mps. Use auto "
+        "to take a GPU when there is one."
     )
     assert prec.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("name", ["0", "cuda:0"])
+def test_a_gpu_number_means_that_cuda_device(name: str) -> None:
+    """``0`` is ``cuda:0``, as in Ultralytics: both are refused the same way on a CPU-only machine."""
+    with pytest.raises(ConfigError) as exc:
+        prec.resolve_device(name, setting="--device")
+    expected = "--device is 'cuda:0' but CUDA is not available on this machine. Use auto (or cpu)."
+    assert str(exc.value) == expected
 
 
 @pytest.mark.gpu

@@ -9,6 +9,7 @@ Each task family defines its ``task`` and ``data`` sections and a RunConfig subc
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (e.g. cuda:1), N for cuda:N, or mps"
+
+
+def device_name(value: Any) -> Any:
+    """A device setting in its one spelling: a bare GPU number (``0``, ``"1"``) means ``cuda:N``, as in
+    Ultralytics; anything else is returned as given, for the caller to check against ``DEVICE_NAME``.
+
+    Example:
+        >>> device_name(0), device_name("1"), device_name("cpu")
+        ('cuda:0', 'cuda:1', 'cpu')
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"cuda:{value}"
+    if isinstance(value, str) and value.strip().isdigit():
+        return f"cuda:{int(value)}"
+    return value
 
 
 class SplitConfig(Strict):
@@ -115,13 +135,12 @@ class TrainConfig(Strict):
     max_minutes: Annotated[float, Field(gt=0)] | None = None
     deterministic: bool = False
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _device_name(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
-            raise ValueError(
-                "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            )  # the error adds "Got ..."
+    def _device_name(cls, v: Any) -> Any:
+        v = device_name(v)
+        if isinstance(v, str) and not DEVICE_NAME.fullmatch(v):
+            raise ValueError(f"device must be one of {DEVICE_CHOICES}")  # the error adds "Got ..."
         return v
 
 
@@ -129,7 +148,8 @@ class TrackingConfig(Strict):
     tensorboard: bool = True
     mlflow: bool = True
     mlflow_uri: str | None = Field(
-        default=None, description="Any MLflow tracking URI; default: sqlite:///<runs_dir>/mlflow.db"
+        default=None,
+        description="Any MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db",
     )
     experiment: str | None = None
     histograms: bool = True

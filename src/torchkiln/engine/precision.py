@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from torchkiln.core.config import TrainConfig
+from torchkiln.core.config import DEVICE_CHOICES, DEVICE_NAME, TrainConfig, device_name
 from torchkiln.core.errors import ConfigError
 
 
@@ -56,11 +55,9 @@ class Precision:
         return f"{self.device} {amp}{' channels_last' if self.channels_last else ''}"
 
 
-DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
-
-
 def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
-    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device.
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` (or just ``N``) or ``mps``
+    as a device.
 
     ``setting`` names where ``name`` came from (``train.device``, ``--device``) in the error messages.
 
@@ -71,10 +68,10 @@ def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
         >>> resolve_device("auto", setting="--device")
         device(type='cpu')
     """
+    name = device_name(name)
     if not DEVICE_NAME.fullmatch(name):
         raise ConfigError(
-            f"{setting} is '{name}'; expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps. Use auto to "
-            f"take a GPU when there is one."
+            f"{setting} is '{name}'; expected {DEVICE_CHOICES}. Use auto to take a GPU when there is one."
         )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

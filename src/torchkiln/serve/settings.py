@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from torchkiln.core.config import DEVICE_CHOICES, DEVICE_NAME, device_name
 from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import ServeError
 
@@ -107,7 +107,11 @@ class ServeSettings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0.0, description="A body not whole by then gets 408.")
     # Admin, registry, prediction log, metrics
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset = off.")
-    registry_uri: str | None = Field(None, description="MLflow tracking URI for models:/ URIs.")
+    registry_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI for models:/ URIs; default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///runs/mlflow.db (where kiln train and kiln registry write by default).",
+    )
     registry_poll_s: float = Field(0.0, ge=0.0, description="Check registry aliases this often; 0 = off.")
     reload_timeout_s: float = Field(
         120.0, gt=0.0, description="With several workers, how long a reload waits for all of them."
@@ -130,11 +134,12 @@ class ServeSettings(BaseSettings):
             )
         return v
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
-            raise ValueError("expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")  # the error adds "Got ..."
+    def _device(cls, v: Any) -> Any:
+        v = device_name(v)
+        if isinstance(v, str) and not DEVICE_NAME.fullmatch(v):
+            raise ValueError(f"expected {DEVICE_CHOICES}")  # the error adds "Got ..."
         return v
 
     @field_validator("log_url", mode="before")
