@@ -41,10 +41,14 @@ STATS_SAMPLE = 20_000  # train images used for mean/std: plenty for two decimals
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split: decoded images in memory, or file paths decoded on demand."""
+    """One split: decoded images in memory, or file paths decoded on demand.
+
+    Images read from files keep their ``paths`` even when they are held in memory: the evaluation
+    report names each mistake by its file. Arrays from the catalog have no file (``paths`` is None).
+    """
 
     labels: torch.Tensor  # (N,) int64
-    images: torch.Tensor | None = None  # (N, C, S, S) uint8
+    images: torch.Tensor | None = None  # (N, C, S, S) uint8; None: decode ``paths`` on demand
     paths: tuple[Path, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -199,10 +203,11 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     for split in SPLITS:
         sel = np.flatnonzero((splits == split) & ok_mask)
         labels_t = torch.from_numpy(label_idx[sel])
+        files_of_split = tuple(paths[i] for i in sel)
         if in_memory:
-            out[split] = SplitData(labels_t, images=images[torch.from_numpy(row[sel])])
+            out[split] = SplitData(labels_t, images=images[torch.from_numpy(row[sel])], paths=files_of_split)
         else:
-            out[split] = SplitData(labels_t, paths=tuple(paths[i] for i in sel))
+            out[split] = SplitData(labels_t, paths=files_of_split)
     train_rows = row[(splits == "train") & (row >= 0)]
     mean, std = _stats(cfg, stats, images[torch.from_numpy(train_rows)])
     profile = raw_profile(headers[keep[i]] for i in np.flatnonzero(splits == "train"))  # type: ignore[misc]
