@@ -85,7 +85,7 @@ def test_gallery_shows_the_most_confident_mistakes(tmp_path: Path) -> None:
     m = classification_metrics(probs, targets, ["a", "b"])
 
     page = write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=2).read_text()
-    assert re.findall(r'<tr class="mistake"><td>#(\d+)</td>', page) == ["3", "1"]
+    assert re.findall(r'<tr class="mistake"><td class="source">#(\d+)</td>', page) == ["3", "1"]
     assert len(PNG_URI.findall(page)) == 4  # plots only: no images were given
 
     page = write_report(tmp_path, m, probs, targets, ["a", "b"], mistakes=24).read_text()
@@ -150,3 +150,51 @@ def test_the_text_mistakes_table_reads_left_to_right(tmp_path: Path) -> None:
     rows = page.count('<tr class="mistake">')
     assert rows and '<table class="mistakes">' in page and page.count('<td class="num">') == 2 * rows
     assert "table.mistakes th,table.mistakes td{text-align:left" in page  # the CSS is inlined in the page
+
+
+@pytest.mark.usefixtures("no_drawing")
+def test_mistakes_are_named_by_their_source_on_the_page_and_all_listed_in_metrics_json(
+    tmp_path: Path,
+) -> None:
+    targets = torch.tensor([0, 0, 1, 1, 1])
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.95, 0.05], [0.2, 0.8]])  # 3, 1, 2 wrong
+    m = classification_metrics(probs, targets, ["a", "b"])
+    paths = [f"data/<b>{c}</b>/{i:02d}.png" for i, c in enumerate("aabbb")]
+
+    page = write_report(
+        tmp_path, m, probs, targets, ["a", "b"], images=image, sources=paths.__getitem__, mistakes=2
+    ).read_text()
+
+    assert re.findall(r'<span class="source">([^<]+)</span>', page) == [
+        "data/&lt;b&gt;b&lt;/b&gt;/03.png",
+        "data/&lt;b&gt;a&lt;/b&gt;/01.png",
+    ]  # the two most confident, by path, escaped
+    listed = json.loads((tmp_path / "metrics.json").read_text())["mistakes"]
+    assert [(w["index"], w["source"], w["true"], w["predicted"]) for w in listed] == [
+        (3, paths[3], "b", "a"),
+        (1, paths[1], "a", "b"),
+        (2, paths[2], "b", "a"),  # beyond the page's 2: metrics.json lists every mistake
+    ]
+    assert listed[0]["confidence"] == pytest.approx(0.95) and listed[0]["p_true"] == pytest.approx(0.05)
+    assert "text" not in listed[0]
+
+
+@pytest.mark.usefixtures("no_drawing")
+def test_text_mistakes_list_their_text_and_source(tmp_path: Path) -> None:
+    probs, targets = noisy_probs(30, 2)
+    m = classification_metrics(probs, targets, ["negative", "positive"])
+    write_report(
+        tmp_path,
+        m,
+        probs,
+        targets,
+        ["negative", "positive"],
+        texts=lambda i: f"review {i}",
+        sources=lambda i: f"reviews.csv:{i + 2}",
+        mistakes=1,
+    )
+    listed = json.loads((tmp_path / "metrics.json").read_text())["mistakes"]
+    assert len(listed) == m.num_samples - round(m.accuracy * m.num_samples) > 1
+    assert all(w["text"] == f"review {w['index']}" for w in listed)
+    assert all(w["source"] == f"reviews.csv:{w['index'] + 2}" for w in listed)
+    assert [w["confidence"] for w in listed] == sorted((w["confidence"] for w in listed), reverse=True)

@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from torchkiln import api
 from torchkiln.artifacts.bundle import load_bundle
+from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.cli.main import app
 from torchkiln.core.errors import BundleError, ExportError
+from torchkiln.exporter import pipeline
 from torchkiln.exporter.quantize import quantize_onnx
 
 FAST = {"bench_seconds": 0.01}  # latency numbers are not under test here; 100 runs still happen
@@ -72,6 +74,41 @@ def test_onnx_variant_passes_serves_and_reports(run: Path) -> None:
     html = result.report_html.read_text()
     assert "<table>" in html and "Passed" in html and "onnx fp32" in html
     assert leftovers(run) == []
+    # params are the network's, the same for both; stored values are what each file holds
+    eager, onnx_row = report["rows"]
+    assert (
+        onnx_row["params"] == eager["params"] == sum(p.numel() for p in load_bundle(run).model.parameters())
+    )
+    assert eager["stored_values"] > eager["params"]  # + BatchNorm statistics, input scale and shift
+    assert onnx_row["stored_values"] != eager["stored_values"]  # BatchNorm folded into the convolutions
+    options = report["variant"]["options"]
+    assert options["budget"] == 0.1 and options["out"] == str(run / "bundle-onnx")  # resolved
+    assert "<h2>Options</h2>" in html and '<th class="text">tolerance</th>' in html
+
+
+def test_a_variant_slower_than_eager_is_flagged_in_the_report_and_by_the_cli(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timings are made up (the ONNX model is made 3x slower than eager): no test waits on a clock."""
+
+    def measure(fn, batch, *, seconds):  # type: ignore[no-untyped-def]
+        fn(batch)
+        ms = 3.0 if isinstance(getattr(fn, "__self__", None), OnnxModel) else 1.0
+        return {"p50_ms": ms, "p99_ms": ms, "mean_ms": ms, "runs": 100, "items_per_s": len(batch) / ms * 1e3}
+
+    monkeypatch.setattr(pipeline, "measure", measure)
+    cli = CliRunner().invoke(app, ["export", str(run), "--bench-seconds", "0.01"], terminal_width=200)
+    assert cli.exit_code == 0, cli.output
+    assert (
+        "note onnx fp32 is slower than eager PyTorch on this CPU at batch 1 (p50 3.000 ms vs 1.000 ms) and "
+        "batch 32 (p50 3.000 ms vs 1.000 ms)." in " ".join(cli.output.split())
+    )
+    report = run / "exports" / "onnx"
+    assert json.loads((report / "export_report.json").read_text())["rows"][1]["slower_than_eager"] == [1, 32]
+    assert (
+        '<span class="badge">slower than eager at batch 1 and 32</span>'
+        in (report / "export_report.html").read_text()
+    )
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])

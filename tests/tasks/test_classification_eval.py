@@ -1,13 +1,20 @@
-"""The summary line of ``kiln evaluate`` for a classifier (tasks/classification_eval.py)."""
+"""``kiln evaluate`` of a classifier (tasks/classification_eval.py): the summary, the mistakes' sources."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from torchkiln import api
 from torchkiln.components.classification_metrics import classification_metrics
-from torchkiln.tasks.classification_eval import EvalResult
+from torchkiln.tasks.classification_eval import EvalResult, item_sources
+from torchkiln.tasks.image_classification.data import SplitData
 
 
 def summary(probs: list[list[float]], targets: list[int], classes: list[str]) -> list[str]:
@@ -29,3 +36,38 @@ def test_an_auc_that_is_undefined_says_why_instead_of_nan() -> None:
         "ROC AUC is undefined (null in metrics.json) for every class: 'dog' is absent from the test split."
     )
     assert summary([[0.9, 0.1], [0.2, 0.8]], [0, 1], ["cat", "dog"])[1:] == []
+
+
+def noise_folder(root: Path, per_class: int = 12) -> Path:
+    """3 classes of pure noise: no model tells them apart, so the evaluation has mistakes."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_evaluate_names_image_mistakes_by_their_files(tmp_path: Path, make_config) -> None:
+    """Images read from files (here small enough to sit in memory) keep their paths for the report."""
+    images = noise_folder(tmp_path / "images")
+    run = api.train(api.load_config(make_config(images, tmp_path / "runs")))
+    result = api.evaluate(run, split="test", out_dir=tmp_path / "eval")
+
+    listed = json.loads(result.metrics_file.read_text())["mistakes"]
+    wrong = result.metrics.num_samples - round(result.metrics.accuracy * result.metrics.num_samples)
+    assert len(listed) == wrong > 0
+    for w in listed:
+        path = Path(w["source"])
+        assert path.is_file() and path.parent.parent == images and path.parent.name == w["true"]
+        assert w["predicted"] != w["true"] and 0 <= w["p_true"] <= w["confidence"] <= 1
+    page = result.report.read_text()
+    shown = re.findall(r'<span class="source">([^<]+)</span>', page)
+    assert shown == [html.escape(w["source"]) for w in listed[: len(shown)]] and shown
+
+
+def test_items_without_a_file_are_named_by_their_place_in_the_split(tmp_path: Path) -> None:
+    in_memory = SplitData(torch.tensor([0, 1]), images=torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    assert item_sources(in_memory, "test", "fashion-mnist")(1) == "test[1]"  # a catalog set
+    files = SplitData(torch.tensor([0]), paths=(tmp_path / "a" / "0.png",))
+    assert item_sources(files, "val", str(tmp_path))(0) == str(tmp_path / "a" / "0.png")

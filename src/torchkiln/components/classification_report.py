@@ -61,6 +61,7 @@ def write_report(
     *,
     images: Callable[[int], np.ndarray] | None = None,
     texts: Callable[[int], str] | None = None,
+    sources: Callable[[int], str] | None = None,
     mistakes: int = 24,
     title: str = "Evaluation report",
     extra: dict[str, str] | None = None,
@@ -68,8 +69,10 @@ def write_report(
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html``.
 
     The page shows the headline numbers, a per-class table, the confusion matrix, one-vs-rest ROC
-    and precision-recall curves, a reliability diagram and the most confident mistakes. Both files
-    are written atomically (temporary file in ``out_dir``, then ``os.replace``).
+    and precision-recall curves, a reliability diagram and the most confident mistakes, each named by
+    its source. ``metrics.json`` holds the numbers and every wrong prediction (``mistakes``, most
+    confident first, each with its ``source``). Both files are written atomically (temporary file in
+    ``out_dir``, then ``os.replace``).
 
     Args:
         out_dir: folder to write into; created if missing.
@@ -79,8 +82,12 @@ def write_report(
         class_names: ``K`` names, in class-index order.
         images: ``images(i)`` returns sample ``i`` as a uint8 ``(H, W)`` or ``(H, W, C)`` array;
             ``None`` lists the mistakes without thumbnails.
-        texts: ``texts(i)`` returns sample ``i`` as text (text tasks): the mistakes table shows it.
-        mistakes: how many wrong predictions to show, highest confidence first.
+        texts: ``texts(i)`` returns sample ``i`` as text (text tasks): the mistakes table shows it,
+            and ``metrics.json`` lists it with each mistake.
+        sources: ``sources(i)`` says where sample ``i`` comes from: its file path, a file and line
+            (``reviews.csv:42``), or its place in an in-memory split (``test[159]``). ``None``: ``#i``.
+        mistakes: how many wrong predictions the page shows, highest confidence first
+            (``metrics.json`` lists them all).
         title: page title.
         extra: small key/value table shown under the title (model, bundle, split, ...).
 
@@ -107,10 +114,11 @@ def write_report(
             f"The 'mistakes' parameter of write_report must be an int >= 0. Got {mistakes} instead."
         )
     extra = {str(key): str(value) for key, value in (extra or {}).items()}
-    gallery = _mistakes(probs, targets, class_names, images, texts, mistakes)  # a bad images() fails fast
+    wrong = _wrong(probs, targets, class_names, texts, sources)
+    gallery = _gallery(wrong[:mistakes], images, texts is not None)  # a bad images() fails fast
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"title": title, **metrics.to_dict(), "extra": extra}
+    payload = {"title": title, **metrics.to_dict(), "extra": extra, "mistakes": wrong}
     atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
     page = render(
         "classification_report.html.j2",
@@ -120,6 +128,7 @@ def write_report(
         notes=_notes(metrics),
         classes=_class_rows(metrics),
         plots=_plots(metrics, probs, targets),
+        wrong=f"{len(wrong):,}",
         **gallery,
     )
     path = out_dir / "report.html"
@@ -196,39 +205,43 @@ def _plots(m: ClassificationMetrics, probs: Tensor, targets: Tensor) -> dict[str
     }
 
 
-def _mistakes(
+def _wrong(
     probs: Tensor,
     targets: Tensor,
     names: list[str],
-    images: ImageFn | None,
     texts: Callable[[int], str] | None,
-    limit: int,
-) -> dict[str, Any]:
-    """The ``limit`` most confident wrong predictions, as template values (thumbnails drawn here)."""
+    sources: Callable[[int], str] | None,
+) -> list[dict[str, Any]]:
+    """Every wrong prediction, most confident first, as ``metrics.json`` lists it."""
     conf, pred = probs.max(dim=1)  # (N,), (N,)
     wrong = (pred != targets).nonzero().squeeze(1)
-    picked = wrong[conf[wrong].argsort(descending=True, stable=True)[:limit]].tolist()
+    order = wrong[conf[wrong].argsort(descending=True, stable=True)].tolist()
     rows = []
-    for i in picked:
+    for i in order:
         t, p = int(targets[i]), int(pred[i])
-        row = {
-            "index": i,
+        row: dict[str, Any] = {
+            "index": i,  # position in the evaluated split, the order the loader gave
+            "source": sources(i) if sources is not None else f"#{i}",
             "true": names[t],
             "predicted": names[p],
-            "confidence": f"{float(conf[i]):.3f}",
-            "p_true": f"{float(probs[i, t]):.3f}",
+            "confidence": round(float(conf[i]), 6),
+            "p_true": round(float(probs[i, t]), 6),
         }
-        if images is not None:
-            row["thumbnail"] = _thumbnail(images(i), i)
-        elif texts is not None:
+        if texts is not None:
             row["text"] = texts(i)
         rows.append(row)
-    return {
-        "mistakes": rows,
-        "wrong": f"{len(wrong):,}",
-        "thumbnails": images is not None,
-        "texts": texts is not None,
-    }
+    return rows
+
+
+def _gallery(shown: list[dict[str, Any]], images: ImageFn | None, texts: bool) -> dict[str, Any]:
+    """The mistakes the page shows, as template values: numbers formatted, thumbnails drawn here."""
+    rows = []
+    for m in shown:
+        row = m | {"confidence": f"{m['confidence']:.3f}", "p_true": f"{m['p_true']:.3f}"}
+        if images is not None:
+            row["thumbnail"] = _thumbnail(images(m["index"]), m["index"])
+        rows.append(row)
+    return {"mistakes": rows, "thumbnails": images is not None, "texts": texts}
 
 
 # ---- images and plots ------------------------------------------------------------------------------

@@ -12,16 +12,27 @@ BENCH_BATCHES = (1, 32)
 
 @dataclass
 class Row:
-    """One candidate model, measured."""
+    """One candidate model, measured.
+
+    ``params`` counts the learned parameters of the network (``model.parameters()`` of the PyTorch
+    model a row runs or was exported from): export and int8 store them differently but add or remove
+    none, so only pruning changes it. ``stored_values`` counts the numbers the model file holds: for
+    PyTorch the parameters and buffers (BatchNorm statistics, the input scale and shift); for ONNX the
+    graph's initializers, which are the weights after BatchNorm is folded into the convolutions, the
+    input scale and shift, shape constants, and for int8 the quantization scales, zero points and
+    int32 biases. That is why it moves between variants of one network while ``params`` does not.
+    """
 
     name: str
     runtime: str
     file_bytes: int
     params: int
+    stored_values: int
     metric: float
     max_abs_diff: float | None  # vs the model this one was converted from (None for the baseline)
     agreement: float | None  # fraction of equal argmax predictions vs the baseline
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch size -> timings
+    slower_than_eager: list[int] = field(default_factory=list)  # batch sizes where p50 > SLOWER x eager's
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,31 @@ def metric_check(pm: PrimaryMetric, base: Row, final: Row, *, budget: float, spl
 
 
 SLOWER = 1.05  # a p50 within 5 % is measurement noise on a shared machine, not "slower"
+
+
+def slower_batches(eager: Row, row: Row) -> list[int]:
+    """The batch sizes at which ``row``'s p50 latency is above ``SLOWER`` x the eager model's."""
+    return [
+        b for b in BENCH_BATCHES if row.latency[str(b)]["p50_ms"] > SLOWER * eager.latency[str(b)]["p50_ms"]
+    ]
+
+
+def eager_notes(rows: list[Row]) -> list[str]:
+    """Say which variants are slower than the eager PyTorch model (``rows[0]``), and at which batch size."""
+    eager, notes = rows[0], []
+    for row in rows[1:]:
+        if not row.slower_than_eager:
+            continue
+        p50 = {b: (row.latency[str(b)]["p50_ms"], eager.latency[str(b)]["p50_ms"]) for b in BENCH_BATCHES}
+        where = " and ".join(
+            f"batch {b} (p50 {p50[b][0]:.3f} ms vs {p50[b][1]:.3f} ms)" for b in row.slower_than_eager
+        )
+        notes.append(
+            f"{row.name} is slower than eager PyTorch on this CPU at {where}. At that batch size the "
+            f"original bundle serves faster; keep the variant only for what else it brings, such as a "
+            f"smaller file."
+        )
+    return notes
 
 
 def int8_notes(fp32: Row, int8: Row) -> list[str]:

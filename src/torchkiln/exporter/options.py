@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -75,3 +75,24 @@ class ExportOptions(BaseModel):
         if self.quantize:
             parts.append(f"int8-{self.quantize}")
         return "-".join(parts)
+
+    def resolved(self, out: Path) -> dict[str, Any]:
+        """The options as used: ``budget`` resolved to its default, ``out`` to the variant folder."""
+        return self.model_dump(mode="json") | {"budget": self.metric_budget, "out": str(out)}
+
+    def unused(self) -> dict[str, str]:
+        """The options this export does not use, each with the reason (for the report)."""
+        why: dict[str, str] = {}
+        if self.prune is None:
+            why |= dict.fromkeys(
+                ("prune_method", "finetune_epochs", "finetune_lr_mult", "device"), "no pruning"
+            )
+        elif not self.finetune_epochs:
+            why |= dict.fromkeys(("finetune_lr_mult", "device"), "no fine-tune")
+        if self.quantize != "static":
+            why |= dict.fromkeys(("calibration_split", "calibration_size"), "no static int8")
+        elif self.calibration_data is not None:
+            why["calibration_split"] = "calibration_data is used instead"
+        if self.format != "onnx":
+            why["tolerance"] = "no ONNX export"
+        return why

@@ -1,9 +1,9 @@
 """``kiln export``: prune (+ fine-tune) -> ONNX -> int8, every step measured, the result gated.
 
-Each candidate model becomes a row: file size, parameters, latency at batch 1 and 32, the task
-metric on held-out data, and its distance from the model it was made from. The last row is the
-variant; it is written as a bundle only if it passes the parity gate, and the report says why or
-why not either way.
+Each candidate model becomes a row: file size, parameters (and the values its file stores), latency
+at batch 1 and 32, the task metric on held-out data, and its distance from the model it was made
+from. A row slower than the eager model is flagged, and noted. The last row is the variant; it is
+written as a bundle only if it passes the parity gate, and the report says why or why not either way.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from torchkiln.exporter.gate import (
     BENCH_BATCHES,
     Check,
     Row,
+    eager_notes,
     int8_notes,
     metric_check,
     numeric_check,
     prune_notes,
+    slower_batches,
 )
 from torchkiln.exporter.onnx import INPUT_NAME, export_onnx
 from torchkiln.exporter.options import ExportOptions
@@ -122,19 +124,21 @@ class _Measurer:
         self,
         name: str,
         file: Path,
-        params: int,
+        sizes: tuple[int, int],
         predict: Callable[[np.ndarray], np.ndarray],
         *,
         source: int | None,
     ) -> Row:
-        """Measure a candidate; ``source`` is the index of the row it was converted from."""
+        """Measure a candidate; ``sizes`` is (params, stored values) (see :class:`Row`), ``source``
+        the index of the row it was converted from."""
         out = _outputs(predict, self.ev.inputs)
         baseline = self.outputs[0] if self.outputs else out
         row = Row(
             name=name,
             runtime="onnxruntime" if file.suffix == ".onnx" else "torch",
             file_bytes=file.stat().st_size,
-            params=params,
+            params=sizes[0],
+            stored_values=sizes[1],
             metric=_metric(self.bundle, out, self.ev.targets),
             max_abs_diff=None if source is None else float(np.abs(out - self.outputs[source]).max()),
             agreement=None if source is None else float((out.argmax(1) == baseline.argmax(1)).mean()),
@@ -142,6 +146,8 @@ class _Measurer:
         for b in BENCH_BATCHES:
             batch = np.ascontiguousarray(np.resize(self.ev.inputs, (b, *self.ev.inputs.shape[1:])))
             row.latency[str(b)] = measure(predict, batch, seconds=self.opts.bench_seconds)
+        if self.rows:
+            row.slower_than_eager = slower_batches(self.rows[0], row)
         self.rows.append(row)
         self.outputs.append(out)
         return row
@@ -241,7 +247,7 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         m.add(
             "torch fp32 (eager)",
             bundle.path / "model.safetensors",
-            count_params(bundle.model),
+            _torch_sizes(bundle.model),
             _eager(bundle.model),
             source=None,
         )
@@ -256,7 +262,8 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
         pm, budget = bundle.task.primary_metric, opts.metric_budget
         checks.append(metric_check(pm, m.rows[0], m.rows[-1], budget=budget, split=opts.split))
         passed = all(c.passed for c in checks)
-        summary = _summary(bundle, opts, name, passed, checks, m.rows, notes, extra, len(ev.inputs))
+        notes += eager_notes(m.rows)
+        summary = _summary(bundle, opts, out, passed, checks, m.rows, notes, extra, len(ev.inputs))
         report_json, report_html = write_reports(bundle.path.parent / "exports" / name, summary)
         variant = None
         if passed:
@@ -293,7 +300,7 @@ def _prune_step(
     weights = work / "pruned.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     label = f"torch fp32 pruned {opts.prune_method} {amount:.0%}"
-    row = m.add(label, weights, count_params(model), _eager(model), source=0)
+    row = m.add(label, weights, _torch_sizes(model), _eager(model), source=0)
     notes += prune_notes(pruned, row)
     return model
 
@@ -311,7 +318,8 @@ def _onnx_step(
     model_file = work / "model.onnx"
     extra["exporter"] = export_onnx(model, torch.from_numpy(ev.inputs[:2]), model_file, dynamic_axes=axes)
     source = len(m.rows) - 1  # the eager model it was exported from (pruned or not)
-    row = m.add("onnx fp32", model_file, _onnx_params(model_file), OnnxModel(model_file).run, source=source)
+    sizes = (m.rows[source].params, _onnx_values(model_file))
+    row = m.add("onnx fp32", model_file, sizes, OnnxModel(model_file).run, source=source)
     largest = float(np.abs(m.outputs[source]).max())
     checks.append(numeric_check(row, opts.tolerance, largest))
     return model_file
@@ -322,12 +330,19 @@ def _quantize_step(fp32: Path, calib: np.ndarray | None, mode: str, m: _Measurer
     quantize_onnx(fp32, model_file, mode=mode, input_name=INPUT_NAME, calibration=calib)
     predict = OnnxModel(model_file).run
     source = len(m.rows) - 2  # the eager model the fp32 ONNX row came from
-    row = m.add(f"onnx int8 {mode}", model_file, _onnx_params(model_file), predict, source=source)
+    sizes = (m.rows[source].params, _onnx_values(model_file))
+    row = m.add(f"onnx int8 {mode}", model_file, sizes, predict, source=source)
     notes += int8_notes(m.rows[-2], row)
     return model_file
 
 
-def _onnx_params(path: Path) -> int:
+def _torch_sizes(model: nn.Module) -> tuple[int, int]:
+    """(learned parameters, values its state dict stores: the parameters and the buffers)."""
+    return count_params(model), sum(t.numel() for t in model.state_dict().values())
+
+
+def _onnx_values(path: Path) -> int:
+    """The values an ONNX file stores: the elements of its initializers (see :class:`Row`)."""
     import onnx
 
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
@@ -336,7 +351,7 @@ def _onnx_params(path: Path) -> int:
 def _summary(
     bundle: Bundle,
     opts: ExportOptions,
-    name: str,
+    out: Path,
     passed: bool,
     checks: list[Check],
     rows: list[Row],
@@ -347,11 +362,12 @@ def _summary(
     pm = bundle.task.primary_metric
     return {
         "variant": {
-            "name": name,
+            "name": opts.variant_name,
             "passed": passed,
             "source": str(bundle.path),
             "source_sha256": bundle.meta.get("weights_sha256"),
-            "options": opts.model_dump(mode="json"),
+            "options": opts.resolved(out),
+            "unused_options": opts.unused(),
             "metric": {"name": pm.name, "unit": pm.unit, "split": opts.split, "items": items},
             "checks": [c.__dict__ for c in checks],
             "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads()},

@@ -6,6 +6,7 @@ Shared by the classification families; ``Task.evaluate`` of each calls :func:`ev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,21 @@ class EvalResult:
                 else f"ROC AUC is undefined (null in metrics.json) for every class: {why}."
             )
         return lines
+
+
+def item_sources(part: Any, split: str, data_path: str) -> Callable[[int], str]:
+    """Where item ``i`` of a split comes from, for the report and metrics.json.
+
+    An image read from a file: its path. A text from a CSV/TSV/JSONL file: ``file:line``. An item of
+    an in-memory catalog set has no file: ``test[159]``, its place in the split.
+    """
+    paths = getattr(part, "paths", None)  # image splits read from files
+    if paths is not None:
+        return lambda i: str(paths[i])
+    rows = getattr(part, "rows", None)  # text splits: the line of each text in its file
+    if rows is not None and Path(data_path).is_file():
+        return lambda i: f"{data_path}:{rows[i]}"
+    return lambda i: f"{split}[{i}]"
 
 
 @torch.inference_mode()
@@ -104,6 +120,7 @@ def evaluate_classifier(
         list(cfg.data.classes or []),
         images=None if texts is not None else image,
         texts=texts.__getitem__ if texts is not None else None,
+        sources=item_sources(part, split, cfg.data.path),
         mistakes=cfg.evaluate.mistakes,
         title=f"{cfg.run_name}: {split} split",
         extra={

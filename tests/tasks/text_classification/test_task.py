@@ -178,6 +178,15 @@ def test_evaluation_reports_the_most_confident_mistakes_with_their_text(
     metrics = json.loads(result.metrics_file.read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["binary"]["positive"] == "positive"
     assert 0.0 <= metrics["binary"]["f1"] <= 1.0 and 0.0 <= metrics["binary"]["auc"] <= 1.0
+    # metrics.json lists every mistake with its text and its place in the file (the CSV's line)
+    assert len(metrics["mistakes"]) == metrics["num_samples"] - round(
+        metrics["accuracy"] * metrics["num_samples"]
+    )
+    csv_file = Path(load_bundle(tiny_text_bundle).config.data.path)
+    lines = csv_file.read_text().splitlines()
+    for w in metrics["mistakes"]:
+        file, line = w["source"].rsplit(":", 1)
+        assert file == str(csv_file) and w["text"] in lines[int(line) - 1]
 
 
 def test_a_resumed_run_reuses_its_saved_tokenizer(config, monkeypatch: pytest.MonkeyPatch) -> None:
