@@ -14,6 +14,7 @@ from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import DataError, ExportError
 from torchkiln.engine.precision import resolve_device
+from torchkiln.engine.tracking import log_evaluation
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
 from torchkiln.tasks.base import Evaluation, load_config
@@ -75,7 +76,12 @@ def train(
 
 
 def evaluate(
-    path: str | Path, *, split: str | None = None, out_dir: str | Path | None = None, device: str = "auto"
+    path: str | Path,
+    *,
+    split: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    mlflow: bool = True,
 ) -> Evaluation:
     """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
 
@@ -83,12 +89,18 @@ def evaluate(
     network beside naive, seasonal naive, ETS and ARIMA (fitted on the train part) on the same windows:
     metrics per horizon step and overall, and plots of the series and the forecasts.
 
+    When the run was trained with ``tracking.mlflow`` on, its numbers also go to the run's MLflow run
+    (``test_accuracy``, ...; ``eval_val_...`` for another split) with the report files as artifacts
+    under ``eval/<split>``. A failure there is a warning: the evaluation is written all the same.
+
     Args:
         path: a run directory or a bundle.
         split: ``train``, ``val`` or ``test``; default: the config's ``evaluate.split``.
         out_dir: where to write; default ``RUN_DIR/eval/<split>/`` (``<bundle>-eval/<split>/``
             for a bundle outside a run directory).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        mlflow: log to the run's MLflow run (only the bundle of a run directory has one, and only when
+            the run was trained with ``tracking.mlflow`` on); ``False`` never touches MLflow.
 
     Returns:
         The task's :class:`~torchkiln.tasks.base.Evaluation`: its figures (a classifier's accuracy, ECE...;
@@ -114,9 +126,13 @@ def evaluate(
         )
         out_dir = base / split
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return bundle.task.evaluate(
+    result = bundle.task.evaluate(
         bundle, split=split, out_dir=Path(out_dir), device=resolve_device(device, setting="--device")
     )
+    if mlflow and bundle.config.tracking.mlflow and bundle.path.name == "bundle":  # a run's own bundle
+        steps = (bundle.meta.get("trained") or {}).get("steps", 0)
+        log_evaluation(bundle.path.parent, Path(out_dir), split=split, step=int(steps))
+    return result
 
 
 def export(path: str | Path, **options: Any) -> ExportResult:

@@ -234,9 +234,11 @@ def test_a_version_that_is_not_a_bundle(registry: Registry, tmp_path: Path) -> N
 def test_default_uri_and_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert reg.registry_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert reg.registry_uri() == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"  # where kiln train logs
+    assert reg.registry_uri(runs_dir="exp") == f"sqlite:///{tmp_path / 'exp' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert reg.registry_uri() == "http://mlflow:5000"
+    assert reg.registry_uri(runs_dir="exp") == "http://mlflow:5000"
     assert reg.registry_uri("sqlite:///x.db") == "sqlite:///x.db"
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "c"))
     assert reg.default_cache_dir() == tmp_path / "c" / "registry"

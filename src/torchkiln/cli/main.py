@@ -169,13 +169,21 @@ def evaluate(
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
     device: DeviceOpt = "auto",
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            help="Log the metrics (test_*) and the report to the run's MLflow run, if it was trained with "
+            "tracking.mlflow on."
+        ),
+    ] = True,
 ) -> None:
     """Evaluate on a split: metrics.json and an HTML report with plots (classifiers: the worst mistakes;
     forecasters: beside naive, seasonal naive, ETS and ARIMA on the same windows)."""
     from torchkiln import api
 
+    show_warnings(("torchkiln.tracking",))  # what became of the MLflow logging
     try:
-        result = api.evaluate(path, split=split, out_dir=out_dir, device=device)
+        result = api.evaluate(path, split=split, out_dir=out_dir, device=device, mlflow=mlflow)
     except KilnError as exc:
         _fail(exc)
     for part in result.summary():

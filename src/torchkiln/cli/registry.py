@@ -24,9 +24,24 @@ TrackingUriOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="The MLflow registry (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
+        help="The MLflow registry (default: $MLFLOW_TRACKING_URI, else RUNS_DIR/mlflow.db, the store "
+        "kiln train logs to).",
     ),
 ]
+RunsDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--runs-dir",
+        help="The runs_dir whose mlflow.db is the registry when neither --tracking-uri nor "
+        "$MLFLOW_TRACKING_URI is set.",
+    ),
+]
+
+
+def _uri(tracking_uri: str | None, runs_dir: Path) -> str:
+    from torchkiln.serve.registry import registry_uri
+
+    return registry_uri(tracking_uri, runs_dir=runs_dir)
 
 
 class Alias(StrEnum):
@@ -40,14 +55,14 @@ def register(
     name: Annotated[str, typer.Option("--name", help="The registered model (created on first use).")],
     alias: Annotated[Alias | None, typer.Option(help="Also point this alias at the new version.")] = None,
     tracking_uri: TrackingUriOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
 ) -> None:
     """Log a bundle to MLflow and register it as a new version. The last line is models:/NAME/VERSION."""
     from torchkiln.serve.registry import register_bundle
 
+    uri = _uri(tracking_uri, runs_dir)
     try:
-        info = register_bundle(
-            bundle, name=name, alias=alias.value if alias else None, tracking_uri=tracking_uri
-        )
+        info = register_bundle(bundle, name=name, alias=alias.value if alias else None, tracking_uri=uri)
     except KilnError as exc:
         fail(exc)
     aliases = f" ({', '.join(info.aliases)})" if info.aliases else ""
@@ -59,22 +74,23 @@ def register(
 def list_(
     name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
     tracking_uri: TrackingUriOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
 ) -> None:
     """Show the registered versions with their aliases."""
-    from torchkiln.serve.registry import list_versions, registry_uri
+    from torchkiln.serve.registry import list_versions
 
+    uri = _uri(tracking_uri, runs_dir)
     try:
-        versions = list_versions(name, tracking_uri=tracking_uri)
+        versions = list_versions(name, tracking_uri=uri)
     except KilnError as exc:
         fail(exc)
     if not versions:
         err.print(
-            f"no registered models in {registry_uri(tracking_uri)}. "
-            f"Register one with: kiln registry register BUNDLE --name NAME",
+            f"no registered models in {uri}. Register one with: kiln registry register BUNDLE --name NAME",
             soft_wrap=True,
         )
         return
-    table = Table(title=f"registry: {registry_uri(tracking_uri)}")
+    table = Table(title=f"registry: {uri}")
     for col in ("name", "version", "aliases", "task", "runtime", "created (UTC)", "source"):
         table.add_column(col, justify="right" if col == "version" else "left", overflow="fold")
     for v in versions:
@@ -89,12 +105,13 @@ def alias_(
     version: Annotated[int, typer.Argument(min=1, help="The version to point the alias at.")],
     alias: Annotated[Alias, typer.Argument(help="champion or challenger.")],
     tracking_uri: TrackingUriOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
 ) -> None:
     """Point champion or challenger at a version; a running `kiln serve` picks the change up."""
     from torchkiln.serve.registry import set_alias
 
     try:
-        set_alias(name, version, alias.value, tracking_uri=tracking_uri)
+        set_alias(name, version, alias.value, tracking_uri=_uri(tracking_uri, runs_dir))
     except KilnError as exc:
         fail(exc)
     print(f"models:/{name}@{alias.value} -> version {version}")

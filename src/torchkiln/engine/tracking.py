@@ -1,8 +1,19 @@
-"""Experiment tracking: TensorBoard event files and MLflow, both optional, behind one small class."""
+"""Experiment tracking: TensorBoard event files and MLflow, both optional, behind one small class.
+
+One MLflow store serves training, ``kiln evaluate`` and the model registry: :func:`resolve_mlflow_uri` names
+it (an explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<runs_dir>/mlflow.db``) and
+:func:`mlflow_artifact_root` puts a SQLite store's artifacts in ``mlartifacts/`` beside the database file.
+A run writes ``RUN_DIR/mlflow.json`` (its store and run id), so that :func:`log_evaluation` can add the test
+metrics and the report to the same MLflow run later.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,8 +24,12 @@ from torch import nn
 
 from torchkiln.core.config import RunConfig, TrackingConfig
 from torchkiln.core.errors import ConfigError
+from torchkiln.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+notes = logging.getLogger("torchkiln.tracking")  # what kiln prints as note:/warning: lines
+
+RUN_FILE = "mlflow.json"  # in a run directory: {"tracking_uri": ..., "run_id": ...}
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -29,7 +44,36 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def default_mlflow_uri(runs_dir: str | Path) -> str:
+    """The local store: ``sqlite:///<absolute runs_dir>/mlflow.db``."""
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_mlflow_uri(uri: str | None = None, *, runs_dir: str | Path = "runs") -> str:
+    """The MLflow store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`default_mlflow_uri`.
+
+    Training (``tracking.mlflow_uri``, ``runs_dir``), ``kiln registry`` (``--tracking-uri``, ``--runs-dir``)
+    and ``kiln serve`` (``registry_uri``) all resolve it here, so by default they share one store.
+
+    Example:
+        >>> resolve_mlflow_uri()
+        'sqlite:////home/me/project/runs/mlflow.db'
+    """
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(runs_dir)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store (or an in-memory one)."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def mlflow_artifact_root(uri: str) -> str | None:
+    """Where experiments that torchkiln creates in ``uri`` keep their artifacts: ``mlartifacts/`` beside a
+    SQLite file (MLflow's own default, ``./mlruns``, depends on the folder a command ran in); None (the
+    store's own default) for any other store."""
+    db = sqlite_path(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 class Tracker:
@@ -63,14 +107,13 @@ class Tracker:
             ) from None
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or default_mlflow_uri(cfg.runs_dir))
+        uri = resolve_mlflow_uri(cfg.tracking.mlflow_uri, runs_dir=cfg.runs_dir)
+        mlflow.set_tracking_uri(uri)
         experiment = cfg.tracking.experiment or cfg.run_name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if cfg.tracking.mlflow_uri is None and mlflow.get_experiment_by_name(experiment) is None:
-                # With the default local store, keep artifacts beside it in runs_dir (MLflow's own
-                # default is ./mlruns in whatever directory kiln was started from).
-                artifacts = (Path(cfg.runs_dir) / "mlartifacts").resolve().as_uri()
+            artifacts = mlflow_artifact_root(uri)
+            if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
                 mlflow.create_experiment(experiment, artifact_location=artifacts)
             exp = mlflow.set_experiment(experiment)
             if resume_run_id:
@@ -82,6 +125,10 @@ class Tracker:
                 mlflow.set_tag("torchkiln.run_dir", str(run_dir))
         self.mlflow = mlflow
         self.mlflow_run_id = run.info.run_id
+        db = sqlite_path(uri)  # absolute, so that kiln evaluate finds it from any folder
+        stored = uri if db is None else f"sqlite:///{db.resolve()}"
+        record = {"tracking_uri": stored, "run_id": run.info.run_id}
+        atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.tb is not None:
@@ -137,3 +184,111 @@ class Tracker:
         if self.mlflow is not None:
             self.mlflow.flush_async_logging()
             self.mlflow.end_run(status=status)
+
+
+def metric_prefix(split: str) -> str:
+    """``test_`` for the test split; ``eval_<split>_`` for the others, which training logs as it goes."""
+    return "test_" if split == "test" else f"eval_{split}_"
+
+
+def evaluation_metrics(metrics_file: Path, split: str) -> dict[str, float]:
+    """Every number in an evaluation's ``metrics.json`` (nested keys joined with ``.``), prefixed with
+    :func:`metric_prefix`; lists, strings, booleans and nulls are left out.
+
+    Example:
+        >>> evaluation_metrics(Path("runs/digits-cnn/20261124-031936/eval/test/metrics.json"), "test")
+        {'test_accuracy': 0.9721, 'test_macro_f1': 0.9715, ...}
+    """
+    data = json.loads(metrics_file.read_text(encoding="utf-8"))
+    prefix = metric_prefix(split)
+    return {
+        # MLflow keys allow letters, digits, _ - . / space and colon; a class name may have anything.
+        re.sub(r"[^\w\-./ :]", "_", f"{prefix}{key}")[:250]: float(value)
+        for key, value in flatten(data).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def log_evaluation(run_dir: Path, out_dir: Path, *, split: str, step: int = 0) -> str | None:
+    """Add an evaluation to the MLflow run that trained ``run_dir``: its numbers as metrics (see
+    :func:`evaluation_metrics`) at ``step``, and the files in ``out_dir`` as artifacts under ``eval/<split>``.
+
+    A failure never loses the evaluation, which is already written: it is a warning on the
+    ``torchkiln.tracking`` logger, and so is a store that has gone. A run without ``mlflow.json`` (trained
+    with ``tracking.mlflow`` off, or by a torchkiln that did not write it) is a note.
+
+    Returns:
+        The MLflow run id logged to, or None when nothing was logged.
+
+    Example:
+        >>> log_evaluation(run_dir, run_dir / "eval" / "test", split="test", step=1120)
+        '4f0c1e7d9a9b4c55a1f3e0b6b8d2c901'
+    """
+    record_file = run_dir / RUN_FILE
+    if not record_file.is_file():
+        notes.info(
+            "The evaluation is not logged to MLflow: '%s' has no %s, so its MLflow run is unknown (kiln "
+            "train writes it when tracking.mlflow is on; older versions did not). Use --no-mlflow to skip "
+            "this.",
+            run_dir,
+            RUN_FILE,
+        )
+        return None
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        uri, run_id = str(record["tracking_uri"]), str(record["run_id"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        notes.warning(
+            "The evaluation is not logged to MLflow: '%s' is not readable (%s); it should hold the run's "
+            "tracking_uri and run_id as kiln train wrote them. Restore it, or use --no-mlflow.",
+            record_file,
+            exc,
+        )
+        return None
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # connecting would create an empty store
+        notes.warning(
+            "The evaluation is not logged to MLflow: the store this run was logged to, %s, does not exist "
+            "any more. Move the database back (and its mlartifacts/ beside it), or use --no-mlflow.",
+            uri,
+        )
+        return None
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        notes.warning(
+            "The evaluation is not logged to MLflow run %s: MLflow is not installed. Run: pip install "
+            "'torchkiln[tracking]', or use --no-mlflow.",
+            run_id,
+        )
+        return None
+    for logger in ("alembic", "mlflow.store.db.utils"):  # their INFO lines are not news to a user
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    try:
+        metrics = evaluation_metrics(out_dir / "metrics.json", split)
+        _log_to_run(MlflowClient(tracking_uri=uri), run_id, metrics, out_dir, split, step)
+    except Exception as exc:  # tracking must not cost the evaluation, which is written already
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        notes.warning(
+            "The evaluation was written to '%s' but not logged to MLflow run %s in %s: %s. Check that the "
+            "store is reachable and the run exists, then run kiln evaluate again (or use --no-mlflow).",
+            out_dir,
+            run_id,
+            uri,
+            reason,
+        )
+        return None
+    notes.info("logged the %s metrics and report to MLflow run %s in %s", split, run_id, uri)
+    return run_id
+
+
+def _log_to_run(
+    client: Any, run_id: str, metrics: Mapping[str, float], out_dir: Path, split: str, step: int
+) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    client.log_artifacts(run_id, str(out_dir), artifact_path=f"eval/{split}")

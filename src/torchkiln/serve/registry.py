@@ -5,11 +5,13 @@ experiment and makes it a version of a registered model; ``set_alias`` points ``
 ``challenger`` at a version; ``resolve_model_uri("models:/NAME@champion")`` downloads that version into a
 local cache and returns the bundle folder to load.
 
-Where the registry lives: ``tracking_uri=`` if given, else ``$MLFLOW_TRACKING_URI``, else a SQLite file
-``mlflow.db`` in the current directory (``sqlite:////abs/path/mlflow.db``, made absolute so a server that
-changes directory still finds it). With a SQLite store the artifacts go to ``mlartifacts/`` beside the
-database file: MLflow's own default is ``./mlruns`` in whatever directory the first run started from.
-Any other URI (an MLflow server backed by PostgreSQL, say) keeps that server's artifact root.
+Where the registry lives: the store that training logs to, named by
+:func:`~torchkiln.engine.tracking.resolve_mlflow_uri`: ``tracking_uri=`` if given, else
+``$MLFLOW_TRACKING_URI``, else ``runs/mlflow.db`` (``sqlite:////abs/path/runs/mlflow.db``, made absolute so a
+server that changes directory still finds it). So ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``
+shows the runs and the registered models together. With a SQLite store the artifacts go to ``mlartifacts/``
+beside the database file, as training's do. Any other URI (an MLflow server backed by PostgreSQL, say)
+keeps that server's artifact root.
 MLflow is used through ``MlflowClient(tracking_uri=..., registry_uri=...)`` only, never through the global
 ``mlflow.set_tracking_uri``, so calls with different registries never leak into each other.
 """
@@ -33,6 +35,7 @@ from urllib.parse import quote
 from torchkiln.artifacts.bundle import RUNTIMES, _read_meta, load_bundle
 from torchkiln.core.errors import BundleError, KilnError, ServeError
 from torchkiln.core.io import sha256_file
+from torchkiln.engine.tracking import mlflow_artifact_root, resolve_mlflow_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,14 +75,15 @@ class ModelVersionInfo:
     run_id: str | None
 
 
-def registry_uri(tracking_uri: str | None = None) -> str:
-    """The registry to use: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (absolute).
+def registry_uri(tracking_uri: str | None = None, *, runs_dir: str | Path = "runs") -> str:
+    """The registry to use: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``<runs_dir>/mlflow.db``
+    (absolute): the store ``kiln train`` logs to with the same ``runs_dir``.
 
     Example:
         >>> registry_uri()
-        'sqlite:////home/me/project/mlflow.db'
+        'sqlite:////home/me/project/runs/mlflow.db'
     """
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return resolve_mlflow_uri(tracking_uri, runs_dir=runs_dir)
 
 
 def default_cache_dir() -> Path:
@@ -278,8 +282,8 @@ def _registry_errors(uri: str) -> Iterator[None]:
         raise
     except _mlflow_error() as exc:
         raise ServeError(
-            f"The registry at {uri} failed: {exc.message} Check the URI (--tracking-uri or "
-            f"MLFLOW_TRACKING_URI) and that the registry is reachable."
+            f"The registry at {uri} failed: {exc.message} Check the URI (--tracking-uri, "
+            f"MLFLOW_TRACKING_URI or --runs-dir) and that the registry is reachable."
         ) from exc
 
 
@@ -302,10 +306,7 @@ def _experiment_id(client: MlflowClient, uri: str) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    return client.create_experiment(EXPERIMENT, artifact_location=mlflow_artifact_root(uri))
 
 
 def _registered_model(client: MlflowClient, name: str, uri: str) -> Any:
