@@ -163,9 +163,13 @@ def test_a_run_without_mlflow_json_gets_a_note(in_project: Path) -> None:
 
 
 def test_a_run_trained_without_mlflow_never_touches_it(tiny_bundle: Path, tmp_path: Path) -> None:
-    result = kiln("evaluate", str(tiny_bundle), "--out-dir", str(tmp_path / "eval"))
+    run_dir = tmp_path / "run"  # a copy: the session's tiny bundle stays as it is
+    shutil.copytree(tiny_bundle.parent, run_dir)
+    result = kiln("evaluate", str(run_dir))
     assert result.stderr == ""
-    assert not (tiny_bundle.parent / "mlflow.json").exists()
+    assert (run_dir / "eval" / "test" / "metrics.json").is_file()
+    assert not (run_dir / "mlflow.json").exists()
+    assert not (tiny_bundle.parents[2] / "mlflow.db").exists()  # its runs_dir: no store was made
 
 
 def test_registry_runs_dir_and_the_environment_pick_the_store(in_project: Path, monkeypatch) -> None:
