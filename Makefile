@@ -38,7 +38,7 @@ fashion-mnist:
 # The demo trains on the catalog copy of Fashion-MNIST (decoded once, in memory) and writes the
 # 10,000 test images as PNG files, the layout you would bring yourself, to predict on.
 demo: $(STAMP) fashion-mnist
-	@test -d data/fashion-mnist/test || $(KILN) datasets fetch fashion-mnist --split test --to data/fashion-mnist
+	@test -d data/fashion-mnist/test || $(KILN) datasets fetch fashion-mnist --split test --out data/fashion-mnist
 	@mkdir -p $(DEMO_DIR)
 	$(KILN) train examples/fashion-mnist.yaml --set runs_dir=$(DEMO_DIR) | tee $(DEMO_DIR)/last-run
 	$(KILN) evaluate $$(tail -1 $(DEMO_DIR)/last-run)

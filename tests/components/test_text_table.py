@@ -352,13 +352,13 @@ def test_catalog_kind_checks(fake_movie_reviews):
 
 def test_cli_fetch_writes_a_text_csv(fake_movie_reviews, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["datasets", "fetch", "movie-reviews", "--to", str(tmp_path / "data")])
+    result = runner.invoke(app, ["datasets", "fetch", "movie-reviews", "--out", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     path = tmp_path / "data" / "movie-reviews.csv"
     assert unwrapped(f"wrote 4 rows to {path}") in unwrapped(result.output)
     assert read_text_table(path).labels == ["positive", "negative", "negative", "positive"]
     result = runner.invoke(
-        app, ["datasets", "fetch", "movie-reviews", "--to", str(tmp_path), "--split", "test"]
+        app, ["datasets", "fetch", "movie-reviews", "--out", str(tmp_path), "--split", "test"]
     )
     assert result.exit_code == 2
     message = "This data set has no 'test' split (it has no splits). Leave out --split to write all of it."

@@ -266,9 +266,9 @@ def test_datasets_fetch_writes_one_split_or_says_why_not(tmp_path: Path) -> None
     def fetch(*args: str):
         return CliRunner().invoke(app, ["datasets", "fetch", "digits", *args], terminal_width=200)
 
-    ok = fetch("--to", str(tmp_path / "d"))
+    ok = fetch("--out", str(tmp_path / "d"))
     assert ok.exit_code == 0 and "wrote 1797 images" in ok.output
-    bad = fetch("--to", str(tmp_path / "e"), "--split", "test")
+    bad = fetch("--out", str(tmp_path / "e"), "--split", "test")
     assert bad.exit_code == 2
     assert "This data set has no 'test' split (it has no splits)." in bad.output
     assert not (tmp_path / "e").exists()
@@ -334,7 +334,7 @@ def test_predict_and_evaluate_on_cuda_agree_with_the_cpu(tiny_bundle: Path, tmp_
     metrics = {}
     for device in ("cpu", "cuda"):
         result = CliRunner().invoke(
-            app, ["evaluate", str(tiny_bundle), "--device", device, "--out-dir", str(tmp_path / device)]
+            app, ["evaluate", str(tiny_bundle), "--device", device, "--out", str(tmp_path / device)]
         )
         assert result.exit_code == 0, (result.output, result.exception)
         metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
@@ -425,12 +425,12 @@ def test_resume_says_where_it_resumes_leaves_a_complete_run_alone_and_extends_it
     assert len(steps) == 2
     assert result.stderr.splitlines()[0] == (
         f"{run} is complete (all 2 epochs done; its bundle is left as it is. To train it longer: kiln train "
-        f"--resume {run} --set train.epochs=N, with N over 2)."
+        f"--resume {run} --epochs N, with N over 2)."
     )
     assert result.stdout.splitlines()[-1] == str(run)
     assert (bundle_json.read_bytes(), bundle_json.stat().st_mtime_ns) == before
 
-    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=3"])
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "3"])
     assert result.exit_code == 0, (result.output, result.exception)
     first = result.stderr.splitlines()[0]
     assert first.startswith(f"resuming {run} at epoch 3 of 3, step ") and first.split()[-1].isdigit()
@@ -440,13 +440,13 @@ def test_resume_says_where_it_resumes_leaves_a_complete_run_alone_and_extends_it
 
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--set", "train.lr=0.1"])
     assert result.exit_code == 2
-    assert "takes no CONFIG and no --set but --set train.epochs=N" in result.stderr
+    assert "takes no CONFIG and no setting but --epochs N" in result.stderr
 
 
 def test_paths_are_never_wrapped_without_a_terminal(tiny_bundle: Path, tmp_path: Path) -> None:
     """Rich assumes 80 columns when stdout is not a terminal; a path split over two lines breaks grep."""
     out = tmp_path / ("a-folder-name-long-enough-that-the-line-passes-eighty-columns-" * 2)
-    result = CliRunner().invoke(app, ["evaluate", str(tiny_bundle), "--out-dir", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_bundle), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, (result.output, result.exception)
     lines = result.stdout.splitlines()
     assert f"metrics: {out / 'metrics.json'}" in lines and f"report:  {out / 'report.html'}" in lines
@@ -580,7 +580,7 @@ def test_kiln_runs_lists_runs_and_compares_them(
     result = CliRunner().invoke(app, ["evaluate", str(runs[0]), "--split", "val", "--device", "cpu"])
     assert result.exit_code == 0, (result.output, result.exception)
 
-    result = CliRunner().invoke(app, ["runs", "--dir", str(tmp_path / "runs"), "--json"])
+    result = CliRunner().invoke(app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(row["run"] for row in listed) == sorted(map(str, runs))
@@ -603,5 +603,42 @@ def test_kiln_runs_lists_runs_and_compares_them(
     )
     result = CliRunner().invoke(app, ["runs", "compare", str(runs[0]), str(tmp_path)])
     assert result.exit_code == 2 and f"'{tmp_path}' is not a run folder" in result.stderr
-    result = CliRunner().invoke(app, ["runs", "--dir", str(tmp_path / "empty")])
+    result = CliRunner().invoke(app, ["runs", "--runs-dir", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "No runs under" in result.stderr
+
+
+def test_the_common_training_keys_have_flags_of_their_own(
+    tmp_path: Path, make_image_folder: Any, make_config: Any
+) -> None:
+    """--epochs, --batch-size, --lr, --device, --seed, --name and --runs-dir: each one --set, as saved."""
+    make_image_folder(tmp_path / "images")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(make_config(tmp_path / "images", tmp_path / "runs")))
+    flags = ["--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--device", "cpu", "--seed", "7"]
+    flags += ["--name", "2024", "--runs-dir", str(tmp_path / "elsewhere")]
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), *flags])
+    assert result.exit_code == 0, (result.output, result.exception)
+    run = Path(result.stdout.splitlines()[-1])
+    assert run.parent == tmp_path / "elsewhere" / "2024"  # a name that looks like a number stays a name
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["train"]["epochs"], saved["train"]["batch_size"], saved["train"]["device"]) == (2, 4, "cpu")
+    assert (saved["train"]["optimizer"]["lr"], saved["seed"], saved["name"]) == (0.01, 7, "2024")
+
+    both = ["train", str(tmp_path / "cfg.yaml"), "--epochs", "2", "--set", "train.epochs=3"]
+    result = CliRunner().invoke(app, both)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --epochs 2 and --set train.epochs=... both set train.epochs; give it once, with either of "
+        "them.\n"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_0_means_cuda_0(tmp_path: Path, make_image_folder: Any, make_config: Any) -> None:
+    make_image_folder(tmp_path / "images")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(make_config(tmp_path / "images", tmp_path / "runs")))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "--device", "0"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "error: train.device is 'cuda:0' but CUDA is not available on this machine. Use auto (or cpu)."
+    )
+    assert not list((tmp_path / "runs").rglob("*"))  # no run folder is left behind

@@ -20,7 +20,7 @@ def fetch(*args: str):
 
 
 def test_fetch_air_passengers_writes_a_csv_that_reads_back(tmp_path):
-    result = fetch("air-passengers", "--to", str(tmp_path / "data"))
+    result = fetch("air-passengers", "--out", str(tmp_path / "data"))
     assert result.exit_code == 0, result.output
     path = tmp_path / "data" / "air-passengers.csv"
     assert unwrapped(f"wrote 144 rows to {path}") in unwrapped(result.output)
@@ -38,20 +38,20 @@ def test_fetch_air_passengers_writes_a_csv_that_reads_back(tmp_path):
 
 
 def test_fetch_refuses_to_overwrite_and_rejects_split(tmp_path):
-    assert fetch("air-passengers", "--to", str(tmp_path)).exit_code == 0
+    assert fetch("air-passengers", "--out", str(tmp_path)).exit_code == 0
     path = tmp_path / "air-passengers.csv"
     path.write_text("time,passengers\n")  # changed by hand: must survive a refused fetch
 
-    again = fetch("air-passengers", "--to", str(tmp_path))
+    again = fetch("air-passengers", "--out", str(tmp_path))
     assert again.exit_code == 2 and "Traceback" not in again.output
     assert unwrapped(f"{path} already exists; expected a new file.") in unwrapped(again.output)
     assert path.read_text() == "time,passengers\n"
 
-    forced = fetch("air-passengers", "--to", str(tmp_path), "--overwrite")
+    forced = fetch("air-passengers", "--out", str(tmp_path), "--overwrite")
     assert forced.exit_code == 0, forced.output
     assert len(path.read_text().splitlines()) == 145
 
-    split = fetch("sunspots", "--to", str(tmp_path), "--split", "test")
+    split = fetch("sunspots", "--out", str(tmp_path), "--split", "test")
     assert split.exit_code == 2
     message = (
         "--split is not supported for the time series 'sunspots': its train/val/test parts are chronological "
@@ -63,7 +63,7 @@ def test_fetch_refuses_to_overwrite_and_rejects_split(tmp_path):
 
 
 def test_fetch_multivariate_series(tmp_path):
-    result = fetch("elec-daily", "--to", str(tmp_path))
+    result = fetch("elec-daily", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     path = tmp_path / "elec-daily.csv"
     assert unwrapped(f"wrote 365 rows to {path}") in unwrapped(result.output)

@@ -67,6 +67,7 @@ def test_context_has_the_files(ctx: Path) -> None:
         "bundle.json",
         "config.yaml",
         "model.safetensors",
+        "profile.json",  # the training inputs' profile: the server flags inputs far from them
     ]
     assert not list(ctx.parent.glob(".ctx.*")), "the temporary folder was left behind"
 
@@ -181,13 +182,13 @@ def test_the_wheel_is_there_and_complete(ctx: Path) -> None:
     assert "[torchkiln.tasks]" in text and "forecasting = torchkiln.tasks.forecasting.task:TASK" in text
 
 
-def test_non_empty_out_is_refused_without_force(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_non_empty_out_is_refused_without_overwrite(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(ServeError) as info:
         cz.containerize(tiny_bundle, tmp_path)
     assert str(info.value) == (
         f"'{tmp_path}' exists and is not empty. Expected a new or empty folder for the build context. "
-        f"Choose another folder, or replace it with --force (force=True in Python)."
+        f"Choose another folder, or replace it with --overwrite (overwrite=True in Python)."
     )
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
@@ -201,7 +202,7 @@ def test_broken_bundle_and_bad_arguments(tiny_bundle: Path, tmp_path: Path) -> N
     with pytest.raises(ServeError, match=r"'port' parameter .* Got 0 instead"):
         cz.containerize(tiny_bundle, tmp_path / "ctx", port=0)
     with pytest.raises(ServeError, match="overlaps the bundle"):
-        cz.containerize(tiny_bundle, tiny_bundle.parent, force=True)
+        cz.containerize(tiny_bundle, tiny_bundle.parent, overwrite=True)
     assert not (tmp_path / "ctx").exists()
 
 
@@ -252,7 +253,7 @@ def test_cli_error_exit_code_2(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_cli_force_replaces_and_prints_next_steps(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "stale.txt").write_text("old")
-    args = ["containerize", str(tiny_bundle), "--out", str(tmp_path), "--force", "--port", "9000"]
+    args = ["containerize", str(tiny_bundle), "--out", str(tmp_path), "--overwrite", "--port", "9000"]
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "stale.txt").exists()

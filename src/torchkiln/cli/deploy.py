@@ -23,14 +23,14 @@ def containerize_command(
     ] = None,
     port: Annotated[int, typer.Option(help="The port the server listens on and publishes.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server worker processes (one model copy each).")] = 2,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write a Docker build context that serves BUNDLE: Dockerfile, compose.yaml (with PostgreSQL and
     Prometheus), the bundle and a torchkiln wheel. The image itself is built with `docker build`."""
     from torchkiln.serve.containerize import containerize
 
     try:
-        ctx = containerize(bundle, out, name=name, port=port, workers=workers, force=force)
+        ctx = containerize(bundle, out, name=name, port=port, workers=workers, overwrite=overwrite)
     except KilnError as exc:
         _fail(exc)
     model = next(p.name for p in (ctx / "models").iterdir())

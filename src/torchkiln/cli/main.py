@@ -17,9 +17,21 @@ from rich.text import Text
 
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.env import env_command
+from torchkiln.cli.help import use_cli_help
 from torchkiln.cli.registry import registry_app
 from torchkiln.cli.runs import runs_app
 from torchkiln.core._version import __version__
+from torchkiln.core.cli_options import (
+    BatchSizeOpt,
+    EpochsOpt,
+    LrOpt,
+    NameOpt,
+    RunsDirOpt,
+    SeedOpt,
+    SetOpt,
+    run_overrides,
+)
+from torchkiln.core.cli_options import DeviceOpt as TrainDeviceOpt
 from torchkiln.core.console import err, out, show_warnings
 from torchkiln.core.console import fail as _fail
 from torchkiln.core.errors import KilnError, PredictError
@@ -28,6 +40,7 @@ from torchkiln.core.io import new_text_file
 if TYPE_CHECKING:
     from torchkiln.exporter import ExportResult
 
+use_cli_help()  # PATH, INT, [a|b] in every command's help, not Python types
 app = typer.Typer(
     name="kiln",
     help="torchkiln: train, evaluate and package PyTorch models from data and a short YAML file.",
@@ -62,26 +75,38 @@ def _setup(
     show_warnings()
 
 
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a setting: --set train.epochs=5 (repeatable)."),
-]
-
-
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="Run config YAML.")] = None,
     set_: SetOpt = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    device: TrainDeviceOpt = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    resume: Annotated[
+        Path | None, typer.Option(metavar="RUN", help="Continue the run in this directory.")
+    ] = None,
 ) -> None:
-    """Train a model. The last line printed is the run directory."""
+    """Train a model. The last line printed is the run directory.
+
+    Flags such as --epochs are short for one --set each: --epochs 20 is --set train.epochs=20."""
     from torchkiln import api
 
-    epochs = _resume_epochs(set_) if resume is not None else None
-    if resume is not None and (config is not None or (set_ and epochs is None)):
+    try:
+        overrides = run_overrides(
+            set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, name=name,
+            runs_dir=runs_dir,
+        )  # fmt: skip
+    except KilnError as exc:
+        _fail(exc)
+    epochs = _resume_epochs(overrides) if resume is not None else None
+    if resume is not None and (config is not None or (overrides and epochs is None)):
         err.print(
             "error: --resume continues a run with the config saved in its directory, so it takes no CONFIG "
-            "and no --set but --set train.epochs=N (to train a run longer). Start a new run to change other "
+            "and no setting but --epochs N (to train a run longer). Start a new run to change other "
             "settings: kiln train CONFIG --set ...",
             soft_wrap=True,
         )
@@ -98,7 +123,7 @@ def train(
                     f"further"
                     if early
                     else f"all {point.epochs} epochs done; its bundle is left as it is. To train it longer: "
-                    f"kiln train --resume {resume} --set train.epochs=N, with N over {point.epochs}"
+                    f"kiln train --resume {resume} --epochs N, with N over {point.epochs}"
                 )
                 err.print(f"{resume} is complete ({then}).", soft_wrap=True)
                 err.print(f"bundle: {resume / 'bundle'}")
@@ -112,7 +137,7 @@ def train(
             err.print("error: give a CONFIG file, or --resume RUN_DIR. Example: kiln train kiln.yaml")
             raise typer.Exit(code=2)
         else:
-            run_dir = api.train(api.load_config(config, set_ or []))
+            run_dir = api.train(api.load_config(config, overrides))
     except KilnError as exc:
         _fail(exc)
     summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
@@ -128,11 +153,12 @@ def train(
     print(run_dir)
 
 
-def _resume_epochs(set_: list[str] | None) -> int | None:
-    """N from ``--set train.epochs=N``, the one setting a resume takes; None without it, or with others."""
-    if not set_ or len(set_) != 1 or not set_[0].startswith("train.epochs="):
+def _resume_epochs(overrides: list[str]) -> int | None:
+    """N from ``--epochs N`` (``--set train.epochs=N``), the one setting a resume takes; None without it,
+    or with others."""
+    if len(overrides) != 1 or not overrides[0].startswith("train.epochs="):
         return None
-    value = set_[0].removeprefix("train.epochs=")
+    value = overrides[0].removeprefix("train.epochs=")
     if not value.isdigit() or int(value) < 1:
         err.print(f"error: --set train.epochs={value}: expected a whole number of epochs, at least 1.")
         raise typer.Exit(code=2)
@@ -167,7 +193,10 @@ def evaluate(
     split: Annotated[
         str | None, typer.Option(help="train, val or test (default: the config's evaluate.split).")
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for metrics.json and the report (default: RUN/eval/SPLIT)."),
+    ] = None,
     device: DeviceOpt = "auto",
     mlflow: Annotated[
         bool,
@@ -217,7 +246,7 @@ def predict(
     horizon: Annotated[
         int | None, typer.Option("--horizon", min=1, help="Forecasters: steps to show (default: all).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print JSON lines.")] = False,
     out_: Annotated[
         Path | None,
         typer.Option(
@@ -474,7 +503,7 @@ def datasets_fetch(
     name: Annotated[str, typer.Argument(help="A catalog name (kiln list datasets).")],
     to: Annotated[
         Path,
-        typer.Option("--to", help="Folder to write into: an image folder, or NAME.csv for texts and series"),
+        typer.Option("--out", help="Where to write: an image folder, or NAME.csv for texts and series."),
     ],
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder or an existing CSV.")] = False,
     split: Annotated[

@@ -122,15 +122,15 @@ def _cell(value: Any) -> str:
 @runs_app.callback()
 def list_runs(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Option("--dir", help="The runs folder (train.runs_dir).")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per run.")] = False,
+    root: Annotated[Path, typer.Option("--runs-dir", help="The runs folder (runs_dir).")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print one JSON line per run.")] = False,
 ) -> None:
-    """List the runs under --dir, newest first: task, model, epochs, the monitored metric, test accuracy."""
+    """List the runs under --runs-dir, newest first: task, model, epochs, monitored metric, test accuracy."""
     if ctx.invoked_subcommand is not None:
         return
     runs = find_runs(root)
     if not runs:
-        err.print(f"No runs under '{root}'. Train one with: kiln train CONFIG (or pass --dir RUNS_DIR).")
+        err.print(f"No runs under '{root}'. Train one with: kiln train CONFIG (or pass --runs-dir RUNS_DIR).")
         raise typer.Exit(code=1)
     if as_json:
         for r in runs:

@@ -24,7 +24,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"Config file '{path}' does not exist. Expected a YAML file such as:\n"
             "  task: image-classification\n  data: {path: data/digits}\n"
-            "Check the path, or run 'kiln datasets fetch digits --to data/digits' for sample data."
+            "Check the path, or run 'kiln datasets fetch digits --out data/digits' for sample data."
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -57,24 +57,24 @@ def containerize(
     name: str | None = None,
     port: int = 8000,
     workers: int = 2,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write a Docker build context (Dockerfile, compose.yaml, the bundle, a torchkiln wheel) to ``out``.
 
     Args:
         bundle: a bundle or a run directory holding ``bundle/``; it is loaded once to prove it works.
-        out: the folder to create; it must not exist or be empty unless ``force``.
+        out: the folder to create; it must not exist or be empty unless ``overwrite``.
         name: the model name (URL segment, image name, ``/models/NAME``); default: from the run name.
         port: the port the server listens on inside the container, and publishes on 127.0.0.1.
         workers: server worker processes (each holds one copy of the model).
-        force: replace a non-empty ``out``.
+        overwrite: replace a non-empty ``out``.
 
     Returns:
         The ``out`` path.
 
     Raises:
         BundleError: the bundle is incomplete, from another version, or corrupt.
-        ServeError: bad arguments, ``out`` not empty without ``force``, torchkiln not installed from a
+        ServeError: bad arguments, ``out`` not empty without ``overwrite``, torchkiln not installed from a
             source checkout, or the wheel build failed.
 
     Example:
@@ -84,7 +84,7 @@ def containerize(
     out = Path(out)
     loaded = load_bundle(bundle)
     name = name if name is not None else model_name(loaded.config.run_name, loaded.path.name)
-    _check_args(loaded.path, out, name=name, port=port, workers=workers, force=force)
+    _check_args(loaded.path, out, name=name, port=port, workers=workers, overwrite=overwrite)
     src = _source_dir()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def containerize(
     return out
 
 
-def _check_args(bundle: Path, out: Path, *, name: str, port: int, workers: int, force: bool) -> None:
+def _check_args(bundle: Path, out: Path, *, name: str, port: int, workers: int, overwrite: bool) -> None:
     if not NAME_RE.fullmatch(name) or len(name) > 63:
         raise ServeError(
             f"The 'name' parameter of containerize must be lowercase letters and digits, optionally "
@@ -140,10 +140,10 @@ def _check_args(bundle: Path, out: Path, *, name: str, port: int, workers: int, 
         )
     if out.exists() and not out.is_dir():
         raise ServeError(f"'{out}' is a file. Expected a new or empty folder for the build context.")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ServeError(
             f"'{out}' exists and is not empty. Expected a new or empty folder for the build context. "
-            f"Choose another folder, or replace it with --force (force=True in Python)."
+            f"Choose another folder, or replace it with --overwrite (overwrite=True in Python)."
         )
 
 

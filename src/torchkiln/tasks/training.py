@@ -6,6 +6,7 @@ its resume and the backtests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -62,6 +63,8 @@ def train_new_run(cfg: RunConfig) -> Path:
     except BaseException:
         if not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
+            with contextlib.suppress(OSError):  # <runs_dir>/<name> too, unless other runs live there
+                run_dir.parent.rmdir()
         raise
     return run_dir
 

@@ -150,7 +150,7 @@ def test_cli_evaluate_prints_the_models_by_metrics_table(tiny_forecast_bundle: P
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     run_dir = tiny_forecast_bundle.parent
     proc = subprocess.run(
-        [KILN, "evaluate", str(run_dir), "--out-dir", str(tmp_path / "eval")],
+        [KILN, "evaluate", str(run_dir), "--out", str(tmp_path / "eval")],
         capture_output=True,
         text=True,
         env=env,

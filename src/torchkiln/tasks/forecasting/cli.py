@@ -14,6 +14,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from torchkiln.core.cli_options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    EpochsOpt,
+    LrOpt,
+    RunsDirOpt,
+    SeedOpt,
+    SetOpt,
+    run_overrides,
+)
 from torchkiln.core.console import fail, out
 from torchkiln.core.errors import KilnError
 
@@ -58,10 +68,13 @@ def decimals(values: list[float], significant: int = 4) -> int:
 
 def backtest(
     config: Annotated[Path, typer.Argument(help="A forecasting run config YAML.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a setting: --set train.epochs=5 (repeatable)."),
-    ] = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    runs_dir: RunsDirOpt = None,
     folds: Annotated[int, typer.Option(min=2, help="How many successive forecast origins.")] = 3,
     step: Annotated[
         int | None, typer.Option(min=1, help="Steps between the folds' ends (default: data.horizon).")
@@ -76,7 +89,10 @@ def backtest(
     from torchkiln.tasks.forecasting.evaluate import REL_MAE, forecast_table
 
     try:
-        cfg = load_config(config, set_ or [])
+        overrides = run_overrides(
+            set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, runs_dir=runs_dir
+        )
+        cfg = load_config(config, overrides)
         result = run_backtest(cfg, folds=folds, step=step, seeds=range(cfg.seed, cfg.seed + seeds))
     except KilnError as exc:
         fail(exc)

@@ -99,7 +99,7 @@ def detect_format(path: str) -> str:
     hint = did_you_mean(path, beside(path) + catalog.DATASETS.names())  # a folder there, or a catalog name
     raise DataError(
         f"data.path '{path}' is neither an existing file or folder nor a catalog dataset.{hint} Run "
-        f"'kiln list datasets' for the catalog, or 'kiln datasets fetch NAME --to DIR' to write one out "
+        f"'kiln list datasets' for the catalog, or 'kiln datasets fetch NAME --out DIR' to write one out "
         f"as an image folder."
     )
 
