@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,12 +55,3 @@ def render(template_name: str, /, *, package: str | None = None, **context: obje
         jinja2.UndefinedError: the template uses a variable that ``context`` does not define.
     """
     return environment(package).get_template(template_name).render(**context)
-
-
-def html_page(title: str, parts: Sequence[str]) -> str:
-    """A self-contained report page (inline CSS, no external assets) around HTML ``parts``.
-
-    ``parts`` are trusted HTML, inserted as they are (empty ones are skipped); ``title`` is plain text.
-    New pages should get a template of their own (see ``classification_report.html.j2``) instead.
-    """
-    return render("page.html.j2", title=title, parts=list(parts))
