@@ -14,6 +14,18 @@ import torch
 from torch.utils.data import Sampler
 
 
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """One weight per item, 1 / (its class's count): drawn in proportion to them, every class comes up
+    equally often (``data.sampler: balanced``).
+
+    Example:
+        >>> balanced_weights(torch.tensor([0, 0, 0, 1])).tolist()
+        [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 1.0]
+    """
+    counts = torch.bincount(labels)
+    return 1.0 / counts[labels].double()
+
+
 class EpochBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
     """Yields ``(epoch, batch_index, indices)``; shuffled per epoch from ``seed + epoch``.
 

@@ -339,7 +339,9 @@ class BucketBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
 
     Per epoch: shuffle (seeded from ``seed * 1_000_003 + epoch``), cut the order into chunks of
     ``batch_size * bucket_factor`` items, sort each chunk by length, cut it into batches, and shuffle the
-    batch order. Without ``shuffle`` the items keep their order except for the sort within chunks.
+    batch order. Without ``shuffle`` the items keep their order except for the sort within chunks. With
+    ``weights`` (one per item, e.g. :func:`~torchkiln.components.batches.balanced_weights`), the epoch's
+    order is ``N`` draws with replacement in proportion to them instead of a permutation.
     ``set_epoch(epoch, start_batch)`` resumes: the batches yielded are the tail of the uninterrupted epoch.
 
     Example:
@@ -356,7 +358,9 @@ class BucketBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
         seed: int,
         drop_last: bool = False,
         bucket_factor: int = 50,
+        weights: torch.Tensor | None = None,
     ) -> None:
+        self.weights = weights
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)  # (N,)
         for name, value in (("batch_size", batch_size), ("bucket_factor", bucket_factor)):
             if value < 1:
@@ -383,7 +387,12 @@ class BucketBatchSampler(Sampler[tuple[int, int, torch.Tensor]]):
         if n == 0:
             return []
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            order = torch.arange(n)
+        elif self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
         chunk = torch.arange(n) // (self.batch_size * self.bucket_factor)
         # One stable sort by (chunk, length): sorts within each chunk, keeping equal lengths in order.
         key = chunk * (int(self.lengths.max()) + 1) + self.lengths[order]

@@ -286,3 +286,36 @@ def test_a_registered_builder_that_returns_no_text_classifier_is_refused(
         "TextClassifier from the builder, as the built-in text models do, or set model.name to one of "
         "those ('kiln list models')."
     )
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_a_balanced_sampler_draws_each_class_about_equally(
+    tmp_path: Path, config, make_sentiment_rows, bucket: bool
+) -> None:
+    """data.sampler: balanced on 9:1 data, with and without length buckets; the same draws from the seed."""
+    rows = make_sentiment_rows(200, seed=2)
+    rows = [r for r in rows if r[1] == "positive"][:90] + [r for r in rows if r[1] == "negative"][:10]
+    path = tmp_path / "skewed.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("review", "sentiment"), *rows])
+    cfg = config(path=str(path), sampler="balanced", bucket=bucket, split={"val": 0.1, "test": 0.1})
+    cfg["train"]["batch_size"] = 8
+    resolved, data = TASK.prepare(validate(cfg))
+    negative = resolved.data.classes.index("negative")
+
+    def share(loader) -> tuple[float, torch.Tensor]:
+        drawn = torch.cat([y for _, y in loader] + [y for _, y in loader])  # two epochs
+        return (drawn == negative).float().mean().item(), drawn
+
+    balanced, drawn = share(TASK.loader(resolved, data, "train", train=True))
+    assert 0.35 < balanced < 0.65, balanced
+    assert torch.equal(share(TASK.loader(resolved, data, "train", train=True))[1], drawn)
+    plain, _ = share(
+        TASK.loader(
+            resolved.model_copy(update={"data": resolved.data.model_copy(update={"sampler": "shuffle"})}),
+            data,
+            "train",
+            train=True,
+        )
+    )
+    assert plain == pytest.approx(0.1, abs=0.03)

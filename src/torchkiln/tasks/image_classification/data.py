@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from torchkiln.components import arrays, catalog
 from torchkiln.components.augment import Augment
-from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.batches import EpochBatchSampler, balanced_weights
 from torchkiln.components.images import (
     GRAY_MODES,
     FileItems,
@@ -352,10 +352,7 @@ def make_loader(
         num_workers = 0 if split.images is not None else min(4, os.cpu_count() or 1)
     # Training drops a ragged last batch (a batch of 1 breaks BatchNorm); evaluation keeps every item.
     drop_last = shuffle and len(split) > batch_size
-    weights = None
-    if balanced and shuffle and len(split):
-        counts = torch.bincount(split.labels)
-        weights = 1.0 / counts[split.labels].double()
+    weights = balanced_weights(split.labels) if balanced and shuffle and len(split) else None
     sampler = EpochBatchSampler(
         len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, weights=weights
     )

@@ -41,6 +41,9 @@ class TextDataConfig(DataConfig):
     max_length: Annotated[int, Field(ge=4, le=8192)] = 128
     tokenizer: TokenizerConfig = TokenizerConfig()
     bucket: bool = Field(default=True, description="Batch texts of similar length (less padding).")
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: training draws every class equally often (with replacement)."
+    )
     limit_per_class: Annotated[int, Field(ge=1)] | None = None
     on_error: Literal["raise", "skip"] = "raise"
 

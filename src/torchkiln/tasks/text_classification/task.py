@@ -20,7 +20,7 @@ from pydantic.json_schema import WithJsonSchema
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.batches import EpochBatchSampler, balanced_weights
 from torchkiln.components.catalog import DATASETS, load_text_catalog
 from torchkiln.components.classification import (
     ClassPrediction,
@@ -301,15 +301,17 @@ class TextClassificationTask:
         part = data.splits[split]
         batch_size = cfg.train.batch_size if train else cfg.evaluate.batch_size
         drop_last = train and len(part) > batch_size
+        balanced = train and _data(cfg).sampler == "balanced" and len(part) > 0
+        weights = balanced_weights(part.labels) if balanced else None
         sampler: EpochBatchSampler | BucketBatchSampler
         if _data(cfg).bucket and train:  # evaluation keeps item order: reports map outputs back to texts
             lengths = [len(ids) for ids in part.ids]
             sampler = BucketBatchSampler(
-                lengths, batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last
+                lengths, batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last, weights=weights
             )
         else:
             sampler = EpochBatchSampler(
-                len(part), batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last
+                len(part), batch_size, shuffle=train, seed=cfg.seed, drop_last=drop_last, weights=weights
             )
         return DataLoader(
             TextBatches(part, data.encoder.pad_id),
