@@ -73,6 +73,8 @@ OPERATIONS = [
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
     ("POST", "/v1/models/shapes/predict"),  # one path per served model, with its own task's body
+    ("POST", "/v1/feedback"),
+    ("GET", "/v1/models/{name}/performance"),
     ("GET", "/admin/models"),
     ("POST", "/admin/reload"),
 ]
@@ -172,6 +174,28 @@ def test_valid_requests_get_documented_200s(api_schema: schemathesis.BaseSchema)
     for case in cases:
         response = case.call_and_validate(checks=CHECKS)
         assert response.status_code == 200, (case.as_curl_command(), response.text)
+
+
+def test_feedback_and_performance_answers_match_the_document(api_schema: schemathesis.BaseSchema) -> None:
+    """Generated request ids are never ones the server answered: here a real one gets its 201 and 409."""
+    predict = api_schema["/v1/models/shapes/predict"]["POST"].Case(
+        body={"images": [base64.b64encode(png()).decode()] * 2}, media_type="application/json"
+    )
+    answer = predict.call_and_validate(checks=CHECKS).json()
+    feedback = api_schema["/v1/feedback"]["POST"]
+    performance = api_schema["/v1/models/{name}/performance"]["GET"]
+    label = answer["predictions"][0]["label"]
+    cases = [
+        (feedback.Case(body={"request_id": answer["request_id"], "labels": [label, None]}), 201),
+        (feedback.Case(body={"request_id": answer["request_id"], "index": 0, "label": label}), 409),
+        (performance.Case(path_parameters={"name": "shapes"}, query={"window": "1h"}), 200),
+        (performance.Case(path_parameters={"name": "shapes"}, query={"window": "1 h"}), 422),
+    ]
+    for case, status in cases:
+        response = case.call_and_validate(checks=CHECKS)
+        assert response.status_code == status, (case.as_curl_command(), response.text)
+    report = performance.Case(path_parameters={"name": "shapes"}).call_and_validate(checks=CHECKS).json()
+    assert report["labelled"] == 1 and report["versions"][0]["accuracy"]["value"] == 1.0
 
 
 def test_an_invalid_admin_query_gets_its_documented_422(api_schema: schemathesis.BaseSchema) -> None:

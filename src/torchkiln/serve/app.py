@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core._version import __version__
 from torchkiln.serve.deployments import ModelManager
+from torchkiln.serve.feedback import OTHER_WORKERS_WAIT_S, FeedbackStore
+from torchkiln.serve.feedback_routes import router as feedback_router
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.predlog import PredictionLog
 from torchkiln.serve.routes import PREDICT_ROUTE, router
@@ -166,7 +168,11 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
     """
     metrics = ServeMetrics() if settings.metrics else None
     predlog = PredictionLog(settings.log_url) if settings.log_url else None
-    state = ServerState(settings, ModelManager(settings, metrics, sync), metrics, predlog)
+    feedback = None
+    if settings.log_url:  # another worker's prediction may reach the database a flush interval late
+        wait_s = OTHER_WORKERS_WAIT_S if settings.workers > 1 else 0.0
+        feedback = FeedbackStore(settings.log_url, wait_for_others_s=wait_s)
+    state = ServerState(settings, ModelManager(settings, metrics, sync), metrics, predlog, feedback)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -188,6 +194,8 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
             await state.manager.stop()
             if predlog is not None:
                 await asyncio.to_thread(predlog.close, settings.shutdown_timeout_s)
+            if feedback is not None:
+                await asyncio.to_thread(feedback.close)
 
     app = FastAPI(
         title="torchkiln model server",
@@ -197,6 +205,7 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
     )
     app.state.kiln = state
     app.include_router(router)
+    app.include_router(feedback_router)
     _add_error_handlers(app)
     app.add_middleware(
         LimitsAndMetrics,

@@ -100,6 +100,19 @@ class ServeMetrics:
             ["model"],
             registry=r,
         )
+        self.feedback = Counter(
+            "kiln_feedback",
+            "POST /v1/feedback requests by outcome (accepted, or why refused); model and version are those "
+            "of the prediction, empty when no prediction was found.",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.feedback_labels = Counter(
+            "kiln_feedback_labels",
+            "Labelled inputs stored, by whether the answering version had predicted the label.",
+            ["model", "version", "correct"],
+            registry=r,
+        )
         self.log_pending = Gauge(
             "kiln_prediction_log_pending",
             "Prediction-log records not yet written.",

@@ -175,6 +175,17 @@ class PredictionLog:
         elif waiting % self._batch_size == 0:
             self._wake()
 
+    def pending(self, request_id: str) -> list[PredictionRecord]:
+        """The records of ``request_id`` logged by this process and not yet confirmed written.
+
+        With :meth:`flush`'s ordering (a record leaves memory only once its row is committed), looking here
+        first and then in the database finds every prediction this process logged.
+        """
+        prefix = b'{"request_id":' + pydantic_core.to_json(request_id) + b","  # log() writes it first
+        with self._lock:
+            lines = [line for line in (*self._unacked, *self._fresh) if line.startswith(prefix)]
+        return [from_json(line) for line in lines]
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record logged so far is written.
 

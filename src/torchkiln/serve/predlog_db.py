@@ -1,7 +1,7 @@
-"""The prediction log's table and the code both of its processes share: the record, the database engine,
-the inserts, and the JSON-lines codec of the pipe and the spool file.
+"""The prediction log's tables (predictions, feedback) and the code both of its processes share: the record,
+the database engine, the inserts, and the JSON-lines codec of the pipe and the spool file.
 
-The server (``predlog``) creates the table, replays the spool file and reads; the writer process
+The server (``predlog``) creates the tables, replays the spool file and reads; the writer process
 (``predlog_writer``) inserts. Nothing here imports torch: the writer process stays light.
 """
 
@@ -87,6 +87,24 @@ predictions = sa.Table(
     sa.Column("payload_type", sa.String, nullable=True),
 )
 FIELDS = [c.name for c in predictions.columns if c.name != "id"]
+# One row per labelled input (``POST /v1/feedback``). It holds what the answering arm predicted, so live
+# accuracy needs no join; a shadow arm's answer to the same input is joined from ``predictions`` when read.
+# ``create_all`` adds it to a log written before it existed: the table is new, the others are unchanged.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String, nullable=False),
+    sa.Column("item", sa.Integer, nullable=False),  # the input's index in the request
+    sa.Column("model", sa.String, nullable=False, index=True),
+    sa.Column("version", sa.String, nullable=False),  # of the arm that answered
+    sa.Column("arm", sa.String, nullable=False),
+    sa.Column("predicted", sa.String, nullable=True),  # the answer's top-1 label
+    sa.Column("label", sa.String, nullable=False),  # the true label
+    sa.Column("predicted_at", _UTCDateTime, nullable=False, index=True),  # the prediction's time
+    sa.Column("time", _UTCDateTime, nullable=False),  # when the label arrived
+    sa.UniqueConstraint("request_id", "item", name="uq_feedback_input"),  # one label per input
+)
 
 
 def make_engine(url: str) -> tuple[sa.Engine, URL]:

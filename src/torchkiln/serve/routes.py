@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -31,6 +31,7 @@ from torchkiln.serve.batching import QueueFullError
 from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
 from torchkiln.serve.predlog import PredictionRecord
 from torchkiln.serve.schemas import (
+    REQUEST_ID_PATTERN,
     ErrorResponse,
     Health,
     ModelDetail,
@@ -50,7 +51,7 @@ from torchkiln.tasks.base import TASKS, InputWarning, RequestLimits, TooManyItem
 
 router = APIRouter()
 PREDICT_ROUTE = "/v1/models/{name}/predict"
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # JSON bodies up to this size are decoded on the event loop (measured: bench/), except for image tasks: a
 # 4 KB PNG can decode to millions of pixels, so images are always decoded in the thread pool.
 INLINE_BYTES = 32 * 1024
@@ -64,7 +65,7 @@ async def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
@@ -128,7 +129,7 @@ def _detail(dep: Deployment) -> ModelDetail:
 SHOWN_NAME_CHARS = 60
 
 
-def _shown(name: str) -> str:
+def shown_name(name: str) -> str:
     """A caller's model name as an error message quotes it: at most SHOWN_NAME_CHARS characters."""
     return name if len(name) <= SHOWN_NAME_CHARS else f"{name[:SHOWN_NAME_CHARS]}..."
 
@@ -136,7 +137,7 @@ def _shown(name: str) -> str:
 @router.post(
     PREDICT_ROUTE,
     response_model=predict_response_model(),
-    responses=_errors(404, 413, 415, 422, 429, 503, 504),
+    responses=error_responses(404, 413, 415, 422, 429, 503, 504),
     openapi_extra={"requestBody": predict_request_body(list(TASKS))},
     tags=["predict"],
 )
@@ -184,7 +185,7 @@ def _deployment(state: ServerState, name: str) -> Deployment:
     if dep is None:
         known = ", ".join(sorted(state.manager.deployments))
         raise ApiError(
-            404, "unknown_model", f"No model named '{_shown(name)}' is served here. Served: {known}."
+            404, "unknown_model", f"No model named '{shown_name(name)}' is served here. Served: {known}."
         )
     if state.draining:
         raise ApiError(
@@ -478,22 +479,27 @@ def require_admin(state: StateDep, authorization: Annotated[str | None, Header()
             "admin_off",
             "Admin endpoints are off: no admin token is configured. Set KILN_SERVE_ADMIN_TOKEN.",
         )
+    check_bearer(authorization, token, "admin")
+
+
+def check_bearer(authorization: str | None, token: SecretStr, what: str) -> None:
+    """401 without a bearer token, 403 with a wrong one; compared in constant time."""
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise ApiError(
             401,
             "unauthorized",
-            "This endpoint needs 'Authorization: Bearer <admin token>'.",
+            f"This endpoint needs 'Authorization: Bearer <{what} token>'.",
             {"WWW-Authenticate": "Bearer"},
         )
     if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise ApiError(403, "forbidden", "The admin token is wrong.")
+        raise ApiError(403, "forbidden", f"The {what} token is wrong.")
 
 
 @router.get(
     "/admin/models",
     response_model=ModelDetailList,
-    responses=_errors(401, 403, 404),
+    responses=error_responses(401, 403, 404),
     dependencies=[Depends(require_admin)],
     tags=["admin"],
 )
@@ -505,7 +511,7 @@ async def admin_models(state: StateDep) -> ModelDetailList:
 @router.post(
     "/admin/reload",
     response_model=ReloadResult,
-    responses={409: {"model": ReloadFailed}} | _errors(401, 403, 404, 422),
+    responses={409: {"model": ReloadFailed}} | error_responses(401, 403, 404, 422),
     dependencies=[Depends(require_admin)],
     tags=["admin"],
 )
@@ -523,7 +529,7 @@ async def reload(
     deps = state.manager.deployments
     if model is not None and model not in deps:
         raise ApiError(
-            404, "unknown_model", f"No model named '{_shown(model)}'. Served: {', '.join(sorted(deps))}."
+            404, "unknown_model", f"No model named '{shown_name(model)}'. Served: {', '.join(sorted(deps))}."
         )
     chosen = [deps[model]] if model else list(deps.values())
     results, agreement = await state.manager.reload_all(chosen, force=force)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from torchkiln.tasks.base import TASKS
 
@@ -94,6 +94,108 @@ class InputWarningItem(BaseModel):
     )
 
 
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+_CLASS_LABEL = Field(min_length=1, max_length=200)
+
+
+class FeedbackRequest(BaseModel):
+    """The true label of a prediction's input(s): ``label`` (with ``index`` for one input of several), or
+    ``labels``, one per input of the request (null skips one)."""
+
+    # The schema says what the validator says, so a body valid against it is one the server reads.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [{"required": ["label"]}, {"required": ["labels"], "not": {"required": ["index"]}}]
+        },
+    )
+
+    request_id: str = Field(
+        pattern=REQUEST_ID_PATTERN, description="The prediction's request_id (its X-Request-ID header)."
+    )
+    # null is taken (as a missing key) but not documented: the schema's oneOf reads "the key is there".
+    label: Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200})] = (
+        Field(None, description="The true class of the input (of input `index` for a request of several).")
+    )
+    index: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 1_000_000})] = (
+        Field(None, ge=0, le=1_000_000, description="Which input `label` is for (0-based); only with label.")
+    )
+    labels: Annotated[
+        list[Annotated[str, _CLASS_LABEL] | None] | None,
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 200}, {"type": "null"}]},
+                "minItems": 1,
+                "maxItems": 4096,
+            }
+        ),
+    ] = Field(None, min_length=1, max_length=4096, description="One true class per input, in order.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackRequest:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("give exactly one of 'label' (one input) or 'labels' (one per input)")
+        if self.labels is not None and self.index is not None:
+            raise ValueError("'index' goes with 'label'; 'labels' already has one label per input")
+        if self.label is not None and not 1 <= len(self.label) <= 200:
+            raise ValueError("'label' must have 1 to 200 characters")
+        return self
+
+
+class FeedbackItem(BaseModel):
+    index: int = Field(description="The input's index in the request.")
+    label: str = Field(description="The true class, as received.")
+    predicted: str | None = Field(description="What the answering version predicted for it.")
+    correct: bool
+
+
+class FeedbackAccepted(BaseModel):
+    """Stored labels, joined to the prediction they are for."""
+
+    request_id: str
+    model: str
+    version: str = Field(description="The version that answered the request.")
+    arm: Literal["champion", "challenger"]
+    items: list[FeedbackItem]
+
+
+class Estimate(BaseModel):
+    """A rate and its 95 % Wilson score interval."""
+
+    value: float
+    low: float
+    high: float
+    successes: int
+    total: int
+
+
+class ClassPerformance(BaseModel):
+    label: str
+    support: int = Field(description="Labelled inputs of this class.")
+    predicted: int = Field(description="Labelled inputs predicted as this class.")
+    precision: Estimate | None = Field(description="null when no labelled input was predicted as it.")
+    recall: Estimate | None = Field(description="null when no labelled input is of it.")
+
+
+class VersionPerformance(BaseModel):
+    version: str
+    shadow: bool = Field(description="true: scored on its shadow answers, which were never returned.")
+    labelled: int
+    accuracy: Estimate
+    classes: list[ClassPerformance]
+
+
+class PerformanceReport(BaseModel):
+    """Live accuracy, precision and recall per version, over the window's labelled inputs."""
+
+    model: str
+    window: str = Field(description="N: the last N labelled inputs; 30m, 1h, 7d: predicted since then.")
+    since: datetime | None = Field(description="The start of a time window; null for a count window.")
+    labelled: int = Field(description="Labelled inputs in the window.")
+    versions: list[VersionPerformance]
+
+
 @cache
 def predict_response_model() -> type[BaseModel]:
     """``PredictResponse``: its ``predictions`` items are the union of every registered task's item schema."""
@@ -118,10 +220,12 @@ def predict_response_model() -> type[BaseModel]:
 
 
 def request_schemas() -> dict[str, dict[str, Any]]:
-    """Component name -> JSON schema, for every registered task's predict request."""
-    return {
+    """Component name -> JSON schema of the bodies the routes parse themselves: every registered task's
+    predict request, and the feedback request."""
+    schemas = {
         entry.obj.request_schema.__name__: entry.obj.request_schema.model_json_schema() for entry in TASKS
     }
+    return schemas | {"FeedbackRequest": FeedbackRequest.model_json_schema()}
 
 
 def predict_request_body(tasks: list[Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -107,6 +108,9 @@ class ServeSettings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0.0, description="A body not whole by then gets 408.")
     # Admin, registry, prediction log, metrics
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset = off.")
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /v1/feedback; unset = anyone may send labels."
+    )
     registry_uri: str | None = Field(
         None,
         description="MLflow tracking URI for models:/ URIs; default: $MLFLOW_TRACKING_URI, else "
@@ -124,12 +128,13 @@ class ServeSettings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0.0, description="How long SIGTERM waits for work in flight.")
     access_log: bool = False
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "feedback_token")
     @classmethod
-    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+    def _strong_token(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
+            what = (info.field_name or "token").replace("_", " ")
             raise ValueError(
-                "the admin token must have at least 16 characters; make one with: "
+                f"the {what} must have at least 16 characters; make one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return v

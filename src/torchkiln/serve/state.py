@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchkiln.serve.deployments import ModelManager
+from torchkiln.serve.feedback import FeedbackStore
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.predlog import PredictionLog
 from torchkiln.serve.settings import ServeSettings
@@ -22,6 +23,7 @@ class ServerState:
     manager: ModelManager
     metrics: ServeMetrics | None
     predlog: PredictionLog | None
+    feedback: FeedbackStore | None = None  # the labels table of the prediction log; None when it is off
     draining: bool = False
 
 
