@@ -8,7 +8,9 @@ touching this file. Each case goes, on a tiny data set the task itself writes (i
 2. the bundle reloaded, giving the trained module's outputs;
 3. the task's example request decoded, and the predictor's answers to it (valid ``response_schema``
    answers, equal to the trained module's);
-4. ONNX export of the bundle's model, and ONNX Runtime parity with eager at other batch sizes (and, for
+4. the bundle's reference profile of the val split: its arrays, their shapes, no NaN, the sample's cap,
+   and the predictor's embeddings of the same items equal to the stored ones;
+5. ONNX export of the bundle's model, and ONNX Runtime parity with eager at other batch sizes (and, for
    padded inputs, other lengths).
 
 The case is trained once (a module-scoped fixture) and shared by its steps.
@@ -27,6 +29,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -35,11 +38,13 @@ from torchkiln.artifacts.bundle import Bundle, load_bundle
 from torchkiln.artifacts.predictor import load_predictor
 from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.components.models import MODELS
+from torchkiln.components.profile import summary_table
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import PredictError
 from torchkiln.engine.trainer import FitResult
 from torchkiln.exporter.onnx import export_onnx
-from torchkiln.tasks.base import TASKS, RequestLimits, Task, get_task, validate
+from torchkiln.tasks.base import TASKS, ReferenceProfiler, RequestLimits, Task, get_task, validate
+from torchkiln.tasks.reference import build_reference
 from torchkiln.tasks.training import train_task
 
 # (task kind, model name) -> why the case cannot run here. Keep each reason to one line, and delete the
@@ -266,6 +271,78 @@ def test_onnx_export_matches_eager(case: Case, tmp_path: Path) -> None:
         with torch.inference_mode():
             expected = model(x)
         assert_onnx_close(onnx_model(x), expected, what)
+
+
+def test_bundle_has_a_reference_profile_of_the_held_out_split(case: Case) -> None:
+    task, cfg = case.task, case.cfg
+    assert isinstance(task, ReferenceProfiler), (
+        f"{task.kind} lacks the reference members of the Task protocol"
+    )
+    ref = case.bundle.reference()
+    meta, arrays = ref.meta, ref.arrays
+    split_items = len(task.reference_inputs(cfg, case.data, "val"))
+    n = min(split_items, cfg.evaluate.reference.items)
+    assert (meta["split"], meta["items"], meta["split_items"]) == ("val", n, split_items)
+    assert meta["model_version"] == case.bundle.meta["weights_sha256"][:12]
+    k, d = meta["embedding"]["dims"], meta["embedding"]["features"]
+    assert 1 <= k <= cfg.evaluate.reference.dims
+    expected = {
+        "summary": (n, len(meta["summary_columns"])),
+        "embedding": (n, k),
+        "pca_mean": (d,),
+        "pca_components": (k, d),
+        "index": (n,),
+        **{name: (n,) for name in meta["signals"]},
+    }
+    assert {name: a.shape for name, a in arrays.items()} == expected
+    assert meta["summary_columns"], "no numeric input statistic in the summaries"
+    assert set(meta["signals"]) in ({"predicted", "confidence"}, {"forecast_level", "forecast_spread"})
+    for name, a in arrays.items():
+        assert np.isfinite(a).all(), f"{name} holds NaN or inf"
+    if "confidence" in arrays:
+        assert ((arrays["confidence"] > 0) & (arrays["confidence"] <= 1)).all()
+        assert arrays["predicted"].dtype == np.int64
+        assert (arrays["predicted"] < len(cfg.data.classes)).all()
+
+
+def test_reference_sample_respects_its_cap(case: Case) -> None:
+    task, cfg = case.task, case.cfg
+    ref_cfg = cfg.evaluate.reference.model_copy(update={"items": 3, "dims": 2})
+    small = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"reference": ref_cfg})})
+    state = task.load_state(cfg, task.state_files(case.data))
+    ref = build_reference(small, task, case.data, case.trained, split="val", state=state, device=CPU)
+    assert ref.meta["items"] == 3 and ref.arrays["embedding"].shape == (3, 2)
+    index = ref.arrays["index"]
+    assert len(set(index.tolist())) == 3 and (np.diff(index) > 0).all()
+    again = build_reference(small, task, case.data, case.trained, split="val", state=state, device=CPU)
+    np.testing.assert_array_equal(again.arrays["index"], index)  # a seeded sample
+
+
+def test_predictor_embeds_an_input_as_the_reference_stored_it(case: Case) -> None:
+    """The same held-out items through the predictor: the same summaries, signals and embeddings."""
+    task, cfg = case.task, case.cfg
+    ref = case.bundle.reference()
+    inputs = task.reference_inputs(cfg, case.data, "val")
+    predictor = load_predictor(case.bundle_dir, device="cpu")
+    batch = cfg.evaluate.batch_size  # the reference's batches: texts are padded to each batch's longest
+    index = ref.arrays["index"].tolist()
+    embedded, rows, signals = [], [], []
+    for start in range(0, len(index), batch):
+        raw = [inputs[i] for i in index[start : start + batch]]
+        x = predictor.preprocess(raw)
+        outputs, emb = predictor.forward_embed(x)
+        embedded.append(emb)
+        rows += predictor.summarize(raw, x)
+        signals.append(predictor.output_signals(outputs))
+    # Not bitwise: training left image models in channels_last, which sums convolutions in another order.
+    stored = torch.from_numpy(ref.arrays["embedding"])
+    scale = max(1.0, float(stored.abs().max()))
+    torch.testing.assert_close(torch.cat(embedded), stored, rtol=1e-4, atol=1e-4 * scale)
+    _, table = summary_table(rows, ref.meta["summary_columns"])
+    np.testing.assert_allclose(table, ref.arrays["summary"], rtol=1e-6)
+    for name in ref.meta["signals"]:
+        got = torch.cat([s[name] for s in signals]).numpy()
+        np.testing.assert_allclose(got, ref.arrays[name], rtol=1e-4, atol=1e-5)
 
 
 # --- the registries as a whole ------------------------------------------------------------------------------

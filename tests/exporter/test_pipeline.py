@@ -56,6 +56,10 @@ def test_onnx_variant_passes_serves_and_reports(run: Path) -> None:
     assert {"export_report.json", "export_report.html", "config.yaml"} <= {
         p.name for p in result.variant.iterdir()
     }
+    # The source's reference profile comes along, still naming the torch model it was computed with.
+    source_ref, variant_ref = load_bundle(run).reference(), load_bundle(result.variant).reference()
+    assert variant_ref.meta == source_ref.meta
+    assert variant_ref.meta["weights_sha256"] == load_bundle(run).meta["weights_sha256"]
 
     images = [str(p) for p in sorted((Path(load_bundle(run).config.data.path) / "hbar").glob("*.png"))[:5]]
     eager = api.load_predictor(run).predict(images)

@@ -11,7 +11,11 @@
                           each file's SHA-256 in bundle.json; absent for image tasks
       profile.json        what the training inputs looked like, by section: "raw" is their form before
                           preprocessing (image modes and sizes, text lengths), which predict-time inputs
-                          are checked against; absent in bundles written before it, which check nothing
+                          are checked against; absent in bundles written before it, which check nothing;
+                          "reference" describes the reference sample below (artifacts/profile.py)
+      reference.safetensors  a sample of held-out data as the server would log it: input summaries,
+                          predicted classes and confidence (or a forecast's level and spread), PCA-reduced
+                          penultimate features and the projection; absent in bundles written before it
 
 A bundle is written to a temporary folder and renamed into place, so a crash never leaves half of one.
 Bundles written before named modules (no "modules" in bundle.json) hold one module's keys unprefixed;
@@ -36,6 +40,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from torchkiln.artifacts.profile import (
+    Reference,
+    read_profile,
+    read_reference,
+    write_profile,
+)
 from torchkiln.artifacts.runtime import OnnxModel
 from torchkiln.components.models import resize_to_state
 from torchkiln.core._version import __version__
@@ -49,8 +59,6 @@ BUNDLE_FORMAT = "torchkiln-bundle"
 BUNDLE_VERSION = 1
 FILES = ("model.safetensors", "config.yaml", "bundle.json")  # a trained (torch runtime) bundle
 RUNTIMES = {"torch": "model.safetensors", "onnxruntime": "model.onnx"}  # runtime -> model file
-PROFILE_FILE = "profile.json"
-PROFILE_FORMAT, PROFILE_VERSION = "torchkiln-profile", 1
 STATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a state file name: no folders, no dot-files
 
 
@@ -67,6 +75,15 @@ class Bundle:
     modules: dict[str, nn.Module] = field(default_factory=dict)  # every module the bundle holds
     profile: dict[str, Any] = field(default_factory=dict)  # profile.json's sections; {} without one
 
+    def reference(self) -> Reference:
+        """The reference sample of held-out data (``reference.safetensors``), read from disk.
+
+        Raises:
+            BundleError: the bundle has none (the message gives the ``kiln monitor profile`` command that
+                builds one), or its file is missing or changed.
+        """
+        return read_reference(self.path, self.profile.get("reference"))
+
 
 def save_bundle(
     path: str | Path,
@@ -81,6 +98,7 @@ def save_bundle(
     attachments: dict[str, Path] | None = None,
     state_files: Mapping[str, bytes] | None = None,
     profile: Mapping[str, Any] | None = None,
+    reference: Reference | None = None,
 ) -> Path:
     """Write a bundle atomically.
 
@@ -97,6 +115,9 @@ def save_bundle(
         state_files: the task's fitted preprocessing (``task.state_files(data)``), saved under ``state/``.
         profile: what the training inputs looked like, by section (``{"raw": task.input_profile(data)}``),
             saved as ``profile.json``; an export passes its source's ``Bundle.profile`` on.
+        reference: the reference sample of held-out data (``tasks.reference.build_reference``), saved as
+            ``reference.safetensors`` and profile.json's ``reference`` section; an export passes its
+            source's ``Bundle.reference()`` on.
 
     Returns:
         The bundle path.
@@ -134,10 +155,7 @@ def save_bundle(
             (tmp / "state" / fname).write_bytes(content)
             state_sha[fname] = hashlib.sha256(content).hexdigest()
         (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        sections = {k: v for k, v in (profile or {}).items() if v}
-        if sections:
-            head = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION}
-            (tmp / PROFILE_FILE).write_text(json.dumps(head | sections, indent=2), encoding="utf-8")
+        write_profile(tmp, profile or {}, reference, weights_sha256=sha256_file(tmp / name))
         meta = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -219,35 +237,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         modules = _torch_modules(path, cfg, task, meta, serves)
     for module in modules.values():
         module.eval()
-    return Bundle(path, cfg, meta, task, modules[serves], state, files, serves, modules, _read_profile(path))
-
-
-def _read_profile(path: Path) -> dict[str, Any]:
-    """``profile.json``'s sections (``{}`` when the bundle has none: it was written before profiles).
-
-    Raises:
-        BundleError: the file is not a JSON object of this format, or of a newer version.
-    """
-    file = path / PROFILE_FILE
-    if not file.is_file():
-        return {}
-    fix = "Restore the file or delete it (the bundle then checks no inputs), or retrain to rewrite it."
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"Bundle '{path}': {PROFILE_FILE} is not valid JSON ({exc}). {fix}") from None
-    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-        raise BundleError(
-            f"Bundle '{path}': {PROFILE_FILE} is not a torchkiln input profile (expected a JSON object with "
-            f'"format": "{PROFILE_FORMAT}"). {fix}'
-        )
-    if not isinstance(data.get("version"), int) or data["version"] > PROFILE_VERSION:
-        raise BundleError(
-            f"Bundle '{path}': {PROFILE_FILE} has version {data.get('version')!r}; this torchkiln "
-            f"({__version__}) reads version {PROFILE_VERSION} and older. Load it with the torchkiln that "
-            f"wrote it, or delete the file."
-        )
-    return {k: v for k, v in data.items() if k not in ("format", "version")}
+    return Bundle(path, cfg, meta, task, modules[serves], state, files, serves, modules, read_profile(path))
 
 
 def _read_state_files(path: Path, meta: dict[str, Any], *, verify: bool) -> dict[str, bytes]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from torchkiln.artifacts.bundle import Bundle, load_bundle
-from torchkiln.core.errors import ConfigError
+from torchkiln.artifacts.profile import Reference
+from torchkiln.core.errors import BundleError, ConfigError
 from torchkiln.engine.precision import resolve_device
 from torchkiln.tasks.base import InputProfiler, InputWarning
 
@@ -110,6 +112,51 @@ class Predictor:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One model call on a preprocessed batch; the outputs come back on the CPU."""
         return self.model(x.to(self.device)).cpu()
+
+    @cached_property
+    def reference(self) -> Reference:
+        """The bundle's reference profile (read once).
+
+        Raises:
+            BundleError: the bundle has none; the message gives the ``kiln monitor profile`` command.
+        """
+        return self.bundle.reference()
+
+    @torch.inference_mode()
+    def forward_embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model call on a preprocessed batch: ``(outputs, embeddings (B, k))``, both on the CPU.
+
+        The embeddings are the penultimate-layer features (``task.forward_features``) projected with the
+        reference's stored PCA, so they compare with the reference's ``embedding`` rows: the same input gives
+        the same row.
+
+        Raises:
+            BundleError: the bundle has no reference profile, or is an exported (ONNX) variant, whose model
+                gives outputs only.
+
+        Example:
+            >>> outputs, emb = p.forward_embed(p.preprocess(images))  # emb: (B, 16)
+        """
+        runtime = self.bundle.meta.get("runtime", "torch")
+        if runtime != "torch":
+            source = self.bundle.meta.get("variant", {}).get("source", "RUN_DIR/bundle")
+            raise BundleError(
+                f"Bundle '{self.bundle.path}' is an exported {runtime} variant: its model gives outputs "
+                f"only, not the penultimate features an embedding needs. Load the trained bundle it came "
+                f"from ({source}) to embed inputs."
+            )
+        reference = self.reference  # before the forward pass: a bundle without one fails at once
+        outputs, features = self.bundle.task.forward_features(self.model, x.to(self.device))
+        return outputs.cpu(), reference.project(features)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, k)`` of a preprocessed batch; see :meth:`forward_embed`."""
+        return self.forward_embed(x)[1]
+
+    def output_signals(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per input, what the outputs say, as the reference records it: ``predicted`` and ``confidence``
+        for a classifier, ``forecast_level`` and ``forecast_spread`` for a forecaster; each ``(B,)``."""
+        return self.bundle.task.output_signals(self.bundle.config, outputs)
 
     def postprocess(
         self, outputs: torch.Tensor, *, top_k: int | None = None, raw: Sequence[Any] | None = None

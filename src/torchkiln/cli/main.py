@@ -18,6 +18,7 @@ from rich.text import Text
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.env import env_command
 from torchkiln.cli.help import use_cli_help
+from torchkiln.cli.monitor import monitor_app
 from torchkiln.cli.registry import registry_app
 from torchkiln.cli.runs import runs_app
 from torchkiln.core._version import __version__
@@ -54,6 +55,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(registry_app, name="registry")
 app.add_typer(runs_app, name="runs")
+app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
 app.command("env")(env_command)
 

@@ -79,3 +79,12 @@ def classification_loss(cfg: Any) -> torch.nn.Module:
     weights = cfg.train.class_weights
     weight = torch.tensor(weights, dtype=torch.float32) if isinstance(weights, list) else None
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+
+
+def class_signals(outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits ``(B, K)`` -> ``predicted`` (the argmax class, int64) and ``confidence`` (its softmax, float32).
+
+    What a classifier's reference profile and live traffic record of its outputs, for drift monitoring.
+    """
+    confidence, predicted = outputs.detach().float().softmax(dim=1).max(dim=1)
+    return {"predicted": predicted.long(), "confidence": confidence}

@@ -55,3 +55,34 @@ def span(known: Mapping[str, float]) -> str:
     """``"8"`` when min == max, else ``"20-40"``: how a warning quotes the training range."""
     lo, hi = known.get("min"), known.get("max")
     return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
+def summary_table(
+    summaries: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The numeric fields of ``task.summarize_inputs`` results as one float64 table ``(N, S)``.
+
+    A number is one column (a bool is 0 or 1), a list of numbers one column per element (``channel_means[0]``,
+    ``channel_means[1]``...); text (a SHA-256, a timestamp) is left out. Without ``columns``, the columns are
+    those every summary has, in the first one's order; with ``columns`` (a reference's), those, NaN where a
+    summary lacks one, so logged traffic lines up with the reference it is compared to.
+
+    Example:
+        >>> summary_table([{"mean": 0.5, "channel_means": [1, 2], "sha256": "ab"}])
+        (['mean', 'channel_means[0]', 'channel_means[1]'], array([[0.5, 1. , 2. ]]))
+    """
+    rows = [_numeric_fields(s) for s in summaries]
+    if columns is None:
+        columns = [c for c in rows[0] if all(c in r for r in rows[1:])] if rows else []
+    table = np.array([[r.get(c, np.nan) for c in columns] for r in rows], dtype=np.float64)
+    return list(columns), table.reshape(len(rows), len(columns))
+
+
+def _numeric_fields(summary: Mapping[str, object]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, bool | int | float):
+            out[key] = float(value)
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
+            out |= {f"{key}[{i}]": float(v) for i, v in enumerate(value)}
+    return out

@@ -155,10 +155,25 @@ class TrackingConfig(Strict):
     histograms: bool = True
 
 
+class ReferenceConfig(Strict):
+    """The reference profile of held-out data a bundle keeps for drift monitoring (reference.safetensors)."""
+
+    split: Literal["train", "val", "test", "none"] = Field(
+        default="val", description="The split profiled at the end of training; none writes no reference."
+    )
+    items: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=2000, description="At most this many items, a sample drawn with the run's seed."
+    )
+    dims: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=16, description="Penultimate-layer features are reduced by PCA to at most this many."
+    )
+
+
 class EvaluateConfig(Strict):
     split: Literal["train", "val", "test"] = "test"
     batch_size: Annotated[int, Field(ge=1)] = 256
     mistakes: Annotated[int, Field(ge=0, le=200)] = 24
+    reference: ReferenceConfig = ReferenceConfig()
 
 
 class TaskConfig(Strict):

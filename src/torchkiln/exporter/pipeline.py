@@ -278,6 +278,8 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
                 attachments={"export_report.json": report_json, "export_report.html": report_html},
                 state_files=bundle.state_files,
                 profile=bundle.profile,  # a variant checks inputs against what its source was trained on
+                # ... and is monitored against its source's reference (computed with the torch model)
+                reference=bundle.reference() if bundle.profile.get("reference") else None,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

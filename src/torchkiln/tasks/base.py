@@ -26,6 +26,13 @@ from torchkiln.core.errors import ConfigError, PredictError, RegistryError, did_
 from torchkiln.core.registry import Entry, Registry
 from torchkiln.engine.optim import ParamGroup
 from torchkiln.engine.step import TrainModule
+from torchkiln.tasks.profile import (
+    InputProfiler,
+    InputWarning,
+    RawItems,
+    ReferenceProfiler,
+    input_profile,
+)
 
 __all__ = [
     "TASKS",
@@ -35,6 +42,8 @@ __all__ = [
     "ParamGroup",
     "PredictArgs",
     "PrimaryMetric",
+    "RawItems",
+    "ReferenceProfiler",
     "RequestLimits",
     "Task",
     "TooManyItemsError",
@@ -144,8 +153,12 @@ class Evaluation(Protocol):
 
 
 @runtime_checkable
-class Task(Protocol):
-    """What every task provides. ``prepare`` runs once per run; the rest are pure given the config."""
+class Task(ReferenceProfiler, Protocol):
+    """What every task provides. ``prepare`` runs once per run; the rest are pure given the config.
+
+    The members of the reference profile (``reference_inputs``, ``forward_features``,
+    ``output_signals``) are declared in :class:`~torchkiln.tasks.profile.ReferenceProfiler`.
+    """
 
     kind: str
     summary: str  # one line for ``kiln list tasks``
@@ -279,44 +292,6 @@ class Task(Protocol):
     def cli_predict(self, predictor: Any, args: PredictArgs, *, as_json: bool) -> list[Any]:
         """Predict what ``kiln predict`` was given; what to print (rich lines or tables; JSON lines)."""
         ...
-
-
-@dataclass(frozen=True)
-class InputWarning:
-    """Why one input at predict time is far from the inputs the model was trained on.
-
-    ``kind`` is a short fixed word of the task's ("mode", "size", "length"): the server's
-    ``kiln_inputs_out_of_distribution_total`` counts by it. ``message`` says what the input is and what
-    training saw, e.g. "mode RGB, trained on L".
-    """
-
-    kind: str
-    message: str
-
-
-@runtime_checkable
-class InputProfiler(Protocol):
-    """Optional for a task: profile the raw training inputs, and flag predict-time inputs far from them.
-
-    The profile is a JSON-ready section of the bundle's ``profile.json`` (``Bundle.profile["raw"]``):
-    what the inputs looked like before preprocessing (image modes and sizes, text lengths). A task
-    without these methods, and a bundle without a profile, flag nothing.
-    """
-
-    def input_profile(self, data: Any) -> dict[str, Any]:
-        """The raw form of the train split's inputs (``prepare``'s data), JSON-ready; ``{}`` for none."""
-        ...
-
-    def input_warnings(self, profile: Mapping[str, Any], raw: Any) -> list[InputWarning]:
-        """Why ``raw`` (one decoded input, as ``preprocess`` takes it) is far from ``profile``; ``[]`` if
-        it is not. Never raises: an input it cannot read gets ``[]`` (``preprocess`` says what is wrong)."""
-        ...
-
-
-def input_profile(task: Task, data: Any) -> dict[str, Any]:
-    """``task.input_profile(data)`` for a task that profiles its inputs (an :class:`InputProfiler`); else
-    ``{}``, and its bundles check no inputs."""
-    return task.input_profile(data) if isinstance(task, InputProfiler) else {}
 
 
 ENTRY_POINTS = "torchkiln.tasks"  # the entry point group: name = task kind, value = the Task object

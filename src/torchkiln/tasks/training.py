@@ -26,6 +26,7 @@ from torchkiln.core.io import atomic_write_text
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, fit
 from torchkiln.tasks.base import Task, get_task, input_profile, validate
+from torchkiln.tasks.reference import training_reference
 
 log = logging.getLogger("torchkiln.train")
 
@@ -162,7 +163,8 @@ def train_task(
     modules: nn.ModuleDict | None = None,
     bundle: bool = True,
 ) -> FitResult:
-    """Train ``task`` on ``data`` into ``run_dir``; with ``bundle``, calibrate and write ``run_dir/bundle``.
+    """Train ``task`` on ``data`` into ``run_dir``; with ``bundle``, calibrate, profile the held-out split
+    (``evaluate.reference``) and write ``run_dir/bundle``.
 
     Args:
         cfg: the resolved config (``task.prepare`` gave it, with ``data``).
@@ -190,6 +192,7 @@ def train_task(
     def write_bundle(result: FitResult) -> Path:
         model = result.modules[train.serves]
         calibration = task.calibrate(cfg, model, loaders.val, result.device)
+        reference = training_reference(cfg, task, data, model, result.device)  # after calibration: as served
         s = result.state
         summary = s.history[s.best_epoch] if 0 <= s.best_epoch < len(s.history) else {}
         trained = {
@@ -208,6 +211,7 @@ def train_task(
             task=task,
             state_files=task.state_files(data),
             profile={"raw": input_profile(task, data)},
+            reference=reference,
             extra={"trained": trained, **({"calibration": calibration} if calibration else {})},
         )
 

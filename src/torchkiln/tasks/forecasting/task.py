@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.components.metric import Metric
+from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.splits import SPLITS
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
@@ -37,6 +38,7 @@ from torchkiln.tasks.base import (
     ParamGroup,
     PredictArgs,
     PrimaryMetric,
+    RawItems,
     RequestLimits,
     checked_request,
     validate,
@@ -454,6 +456,38 @@ class ForecastingTask:
         raise PredictError(
             'Forecasters take JSON: {"history": [...], "timestamps": [...]}. Uploads are for images.'
         )
+
+    # Reference profile: a forecaster has no classes; its outputs are described by their level and spread.
+    def reference_inputs(self, cfg: RunConfig, data: SeriesData, split: str) -> Sequence[Any]:
+        """One :class:`History` per window of ``split``: the ``lookback`` values before its origin (in the
+        data's units), their times, and the file covariates a request sends (history and horizon rows)."""
+        d, _ = parts(cfg)
+        f, lb, hz, k = data.frame, d.lookback, d.horizon, len(d.covariates)
+        origins = data.splits[split]
+
+        def fetch(i: int) -> History:
+            o = int(origins[i])
+            cov = f.covariates[o - lb : o + hz, :k] if k else None
+            return History(f.targets[o - lb : o], f.time[o - lb : o], cov)
+
+        return RawItems(len(origins), fetch)
+
+    def forward_features(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The input of the network's last Linear: the encoder state (lstm), each decoder step's state
+        # flattened (seq2seq, (B, H * hidden)), or the last block's features (mlp).
+        core = model.core if isinstance(model, Forecaster) else model
+        return forward_with_features(model, x, last_linear(core, "the forecaster's network"))
+
+    def output_signals(self, cfg: RunConfig, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forecast_level``: the median forecast's mean over steps and targets; ``forecast_spread``: the
+        mean width of the outermost quantile interval. Both in the model's scaled units (the train split's
+        scaler), so series of any size compare, and a live forecast is measured the same way."""
+        median = parts(cfg)[1].quantiles.index(0.5)
+        out = outputs.detach().float()  # (B, H, C, Q), quantiles sorted
+        return {
+            "forecast_level": out[..., median].mean(dim=(1, 2)),
+            "forecast_spread": (out[..., -1] - out[..., 0]).mean(dim=(1, 2)),
+        }
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor

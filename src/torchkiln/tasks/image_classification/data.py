@@ -31,6 +31,7 @@ from torchkiln.components.images import (
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.core.io import beside
+from torchkiln.tasks.base import RawItems
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 from torchkiln.tasks.image_classification.profile import array_profile, raw_profile
 
@@ -367,3 +368,23 @@ def make_loader(
         # or a resumed run would see other dropout masks than an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def raw_images(split: SplitData) -> RawItems:
+    """The images of ``split`` as a request carries them, for the reference profile: each file's bytes, or
+    for an array data set (no files) the decoded ``(H, W, C)`` uint8 array."""
+
+    def fetch(i: int) -> bytes | np.ndarray:
+        if split.paths is not None:
+            try:
+                return split.paths[i].read_bytes()
+            except OSError as exc:
+                if split.images is None:
+                    raise DataError(
+                        f"Image '{split.paths[i]}' cannot be read ({exc}); the reference profile reads "
+                        f"the held-out images the bundle's config names. Restore the data set, or point "
+                        f"data.path at where it is now."
+                    ) from None
+        return cast(torch.Tensor, split.images)[i].permute(1, 2, 0).numpy()  # (C, S, S) -> (S, S, C)
+
+    return RawItems(len(split), fetch)

@@ -23,6 +23,7 @@ from torchkiln.components.classification import (
     ClassPrediction,
     MulticlassMetrics,
     answer_lines,
+    class_signals,
     classification_loss,
     top_k_answers,
 )
@@ -36,6 +37,7 @@ from torchkiln.components.images import (
     to_model_input,
 )
 from torchkiln.components.models import Classifier, check_model
+from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.splits import resolve_class_weights
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
@@ -52,7 +54,7 @@ from torchkiln.tasks.base import (
 )
 from torchkiln.tasks.image_classification import simple_models  # noqa: F401  (registers cnn and mlp)
 from torchkiln.tasks.image_classification.config import ImageRunConfig
-from torchkiln.tasks.image_classification.data import ImageData, load_image_data, make_loader
+from torchkiln.tasks.image_classification.data import ImageData, load_image_data, make_loader, raw_images
 from torchkiln.tasks.image_classification.models import create_model
 from torchkiln.tasks.image_classification.profile import image_warnings
 
@@ -374,6 +376,17 @@ class ImageClassificationTask:
 
     def input_warnings(self, profile: Mapping[str, Any], raw: Any) -> list[InputWarning]:
         return image_warnings(profile, raw)
+
+    def reference_inputs(self, cfg: RunConfig, data: ImageData, split: str) -> Sequence[Any]:
+        return raw_images(data.splits[split])
+
+    def forward_features(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The input of the head's last Linear: the cnn's hidden layer, a ResNet's pooled features.
+        head = model.net.head if isinstance(model, ImageClassifierModel) else model
+        return forward_with_features(model, x, last_linear(head, "the image model's head"))
+
+    def output_signals(self, cfg: RunConfig, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return class_signals(outputs)
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor

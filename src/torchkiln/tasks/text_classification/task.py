@@ -26,10 +26,12 @@ from torchkiln.components.classification import (
     ClassPrediction,
     MulticlassMetrics,
     answer_lines,
+    class_signals,
     classification_loss,
     top_k_answers,
 )
 from torchkiln.components.models import check_model
+from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.profile import FAR_FACTOR, span, spread
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits, resolve_class_weights
 from torchkiln.components.text_table import TextTable, read_text_table
@@ -436,6 +438,17 @@ class TextClassificationTask:
         if not isinstance(top, int | float) or n <= top * FAR_FACTOR:
             return []
         return [InputWarning("length", f"{n} words, trained on {span(trained)}")]
+
+    def reference_inputs(self, cfg: RunConfig, data: TextData, split: str) -> Sequence[Any]:
+        return data.splits[split].texts
+
+    def forward_features(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The input of the head's last Linear: the pooled (or final-state) text features.
+        head = model.head if isinstance(model, TextClassifier) else model
+        return forward_with_features(model, x, last_linear(head, "the text model's head"))
+
+    def output_signals(self, cfg: RunConfig, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return class_signals(outputs)
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
