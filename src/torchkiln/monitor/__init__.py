@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics, the drift detector, calibrated thresholds and alert state."""
