@@ -202,7 +202,7 @@ def watch(
     except (KilnError, ValueError) as exc:
         fail(exc if isinstance(exc, KilnError) else ConfigError(f"--on-alert cannot be split: {exc}"))
     gauges = Gauges()
-    stop_metrics = gauges.serve(metrics_port, metrics_host) if metrics_port else None
+    stop_metrics = gauges.serve(metrics_port, metrics_host)[1] if metrics_port else None
     if stop_metrics is not None:
         out.print(f"gauges on http://{metrics_host}:{metrics_port}/metrics", highlight=False)
     try:

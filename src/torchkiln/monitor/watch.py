@@ -101,8 +101,12 @@ class Gauges:
             if v.performance is not None:
                 self.live_accuracy.labels(v.model, version).set(v.performance.accuracy.value)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
-        """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns a function that stops it."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:
+        """Serve ``/metrics`` on ``host:port`` (0: a free port) in a daemon thread.
+
+        Returns:
+            The port it listens on, and a function that stops it.
+        """
         server, thread = start_http_server(port, addr=host, registry=self.registry)
 
         def stop() -> None:
@@ -110,7 +114,7 @@ class Gauges:
             server.server_close()
             thread.join(5)
 
-        return stop
+        return int(server.server_address[1]), stop
 
 
 def load_states(path: Path) -> dict[str, AlertState]:
