@@ -68,6 +68,7 @@ def test_context_has_the_files(ctx: Path) -> None:
         "config.yaml",
         "model.safetensors",
         "profile.json",  # the training inputs' profile: the server flags inputs far from them
+        "reference.safetensors",  # the held-out reference sample that drift monitoring compares with
     ]
     assert not list(ctx.parent.glob(".ctx.*")), "the temporary folder was left behind"
 
