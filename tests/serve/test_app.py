@@ -203,14 +203,19 @@ def test_a_body_over_the_cap_gets_413(tmp_path: Path, tiny_bundle: Path) -> None
 
 
 def slow_forward(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make every model call take ``seconds`` longer: a stand-in for a big model on a busy machine."""
-    real = Predictor.forward
+    """Make every model call take ``seconds`` longer: a stand-in for a big model on a busy machine.
 
-    def forward(self: Predictor, x: Any) -> Any:
-        time.sleep(seconds)
-        return real(self, x)
+    Both model calls are slowed: ``forward``, and ``forward_embed``, which the server calls instead for a
+    bundle with a reference profile (the drift signals of the prediction log come from the same pass).
+    """
+    for name in ("forward", "forward_embed"):
+        real = getattr(Predictor, name)
 
-    monkeypatch.setattr(Predictor, "forward", forward)
+        def slow(self: Predictor, x: Any, real: Any = real) -> Any:
+            time.sleep(seconds)
+            return real(self, x)
+
+        monkeypatch.setattr(Predictor, name, slow)
 
 
 def test_a_full_queue_answers_429_with_retry_after(
@@ -481,14 +486,17 @@ def test_metrics_parse_and_count_the_requests_sent(
             batcher = app.state.kiln.manager.deployments["shapes"].models["champion"].batcher
             # The first model call waits until every request is queued: the rest must go in full batches.
             started, release, all_queued = threading.Event(), threading.Event(), asyncio.Event()
-            real_forward, real_submit, submitted = Predictor.forward, batcher.submit, 0
+            real_submit, submitted = batcher.submit, 0
 
-            def forward(self: Predictor, x: Any) -> Any:
-                if not started.is_set():
-                    first_batch.append(len(x))
-                    started.set()
-                    assert release.wait(60), "the test never released the model"
-                return real_forward(self, x)
+            def held(real_forward: Any) -> Any:
+                def forward(self: Predictor, x: Any) -> Any:
+                    if not started.is_set():
+                        first_batch.append(len(x))
+                        started.set()
+                        assert release.wait(60), "the test never released the model"
+                    return real_forward(self, x)
+
+                return forward
 
             async def submit(x: torch.Tensor, options: Any = None) -> Any:
                 nonlocal submitted
@@ -497,7 +505,9 @@ def test_metrics_parse_and_count_the_requests_sent(
                     all_queued.set()  # set after this request joins the queue, before anything else runs
                 return await real_submit(x, options)
 
-            monkeypatch.setattr(Predictor, "forward", forward)
+            # The model call: forward_embed for a bundle with a reference profile (logged signals).
+            for name in ("forward", "forward_embed"):
+                monkeypatch.setattr(Predictor, name, held(getattr(Predictor, name)))
             monkeypatch.setattr(batcher, "submit", submit)
             posts = asyncio.gather(*(client.post(URL, json={"images": [b64(png(i))]}) for i in range(sent)))
             try:

@@ -26,6 +26,7 @@ import torch
 from torchkiln.artifacts.predictor import Predictor, load_predictor
 from torchkiln.core.errors import KilnError
 from torchkiln.serve.batching import DynamicBatcher
+from torchkiln.serve.live_signals import Signaller, signal_mode
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.settings import ModelSpec, ServeSettings
 from torchkiln.serve.workers import WATCH_INTERVAL_S, Agreement, Target, WorkerSync, pinned_uri
@@ -82,6 +83,7 @@ class ServedModel:
 class LoadedVersion:
     predictor: Predictor
     version: str
+    signaller: Signaller
 
 
 def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> LoadedVersion:
@@ -101,8 +103,13 @@ def load_version(uri: str, settings: ServeSettings, limits: RequestLimits) -> Lo
     task = predictor.bundle.task
     example = task.request_schema.model_validate(task.example_request())
     raw = task.decode_request(example, limits=limits)
-    predictor.postprocess(predictor.forward(predictor.preprocess(raw)), raw=raw)
-    return LoadedVersion(predictor, version)
+    signaller = Signaller(predictor, signal_mode(predictor))
+    outputs, embeddings = signaller.forward(predictor.preprocess(raw), wanted=True)
+    predictor.postprocess(outputs, raw=raw)
+    if signaller.entries(outputs, embeddings) is None and signaller.mode is not None:
+        # Logged already; this version serves, and logs no signals rather than failing on every batch.
+        signaller.mode = None
+    return LoadedVersion(predictor, version, signaller)
 
 
 @dataclass(frozen=True)
@@ -112,25 +119,30 @@ class Work:
     top_k: int | None = None
     raw: Sequence[Any] = ()  # the decoded inputs: some answers need them (a forecast's timestamps)
     summarize: bool = False  # the prediction log wants summaries of the inputs
+    signals: bool = False  # the prediction log wants the live drift signals (serve/live_signals.py)
 
 
 @dataclass(frozen=True)
 class Answer:
     predictions: list[dict[str, Any]]
     summaries: list[dict[str, Any]] | None  # task.summarize_inputs, when Work.summarize was set
+    # Per input, the live drift signals, when Work.signals was set and the bundle has a reference.
+    signals: list[dict[str, Any]] | None = None
 
 
-def make_runner(predictor: Predictor):
+def make_runner(signaller: Signaller):
     """The batch function for a predictor: one model call for all requests, then per-request answers.
 
-    Input summaries for the prediction log are computed here too, once per batch rather than once per
-    request: the fixed cost of a few small tensor ops is what makes them expensive, and this thread is
-    not the event loop.
+    Input summaries and live drift signals for the prediction log are computed here too, once per batch
+    rather than once per request: the fixed cost of a few small tensor ops is what makes them expensive,
+    and this thread is not the event loop. The signals come from the same model call as the answers.
     """
+    predictor = signaller.predictor
 
     def run(xs: Sequence[torch.Tensor], works: Sequence[Work]) -> list[Answer]:
         batch = predictor.collate(xs)
-        outputs = predictor.forward(batch)  # (sum n, ...)
+        wants_signals = any(w.signals for w in works)
+        outputs, embeddings = signaller.forward(batch, wanted=wants_signals)  # (sum n, ...), (sum n, k)
         bounds = [0, *itertools.accumulate(len(x) for x in xs)]
         predictions: list[list[dict[str, Any]]] = [[] for _ in xs]
         for top_k in {w.top_k for w in works}:  # one postprocess call per distinct top_k, usually one
@@ -146,7 +158,12 @@ def make_runner(predictor: Predictor):
             done = predictor.summarize(raw, _rows(batch, bounds, wanted))
             for i, part in zip(wanted, _split(done, [len(xs[i]) for i in wanted]), strict=True):
                 summaries[i] = part
-        return [Answer(p, s) for p, s in zip(predictions, summaries, strict=True)]
+        signals: list[list[dict[str, Any]] | None] = [None] * len(xs)
+        entries = signaller.entries(outputs, embeddings) if wants_signals else None
+        if entries is not None:
+            for i, part in enumerate(_split(entries, [len(x) for x in xs])):
+                signals[i] = part if works[i].signals else None
+        return [Answer(p, s, g) for p, s, g in zip(predictions, summaries, signals, strict=True)]
 
     return run
 
@@ -338,7 +355,7 @@ class ModelManager:
 
         s = self.settings
         return DynamicBatcher(
-            make_runner(loaded.predictor),
+            make_runner(loaded.signaller),
             max_batch_size=s.max_batch_size,
             max_wait_s=s.max_wait_ms / 1000,
             max_queue=s.max_queue,

@@ -39,7 +39,9 @@ from torchkiln.serve.predlog_db import (
     insert_new,
     make_engine,
     metadata,
+    migrate,
     predictions,
+    present_columns,
     reason,
     shown,
     spool_lock,
@@ -354,11 +356,14 @@ class PredictionLog:
             for attempt in range(_CREATE_ATTEMPTS):
                 try:
                     metadata.create_all(self._engine)
+                    added = migrate(self._engine)
                     break
                 except sa.exc.DBAPIError:  # e.g. another worker creating the table at the same moment
                     if attempt == _CREATE_ATTEMPTS - 1:
                         raise
                     time.sleep(0.05 * 2**attempt)
+            if added:
+                logger.info("Prediction log: added column(s) %s to %s", ", ".join(added), shown(self._url))
         except (*TRANSIENT, OSError) as exc:
             raise ServeError(
                 f"Cannot reach the prediction log database {shown(self._url)} ({reason(exc)}). "
@@ -421,7 +426,10 @@ def read_predictions(
                 f"There is no prediction log at {parsed.database}. Expected the database file `kiln serve` "
                 "writes; check the path, or serve some predictions first."
             )
-        query = sa.select(predictions).order_by(predictions.c.time.desc(), predictions.c.id.desc())
+        # A log written before a column was added (and not served since) lacks it: read it as null.
+        present = present_columns(engine) or set(FIELDS)
+        query = sa.select(*(c for c in predictions.columns if c.name in present or c.name == "id"))
+        query = query.order_by(predictions.c.time.desc(), predictions.c.id.desc())
         if model is not None:
             query = query.where(predictions.c.model == model)
         if since is not None:
@@ -437,4 +445,4 @@ def read_predictions(
         ) from exc
     finally:
         engine.dispose()
-    return [PredictionRecord(**{k: row[k] for k in FIELDS}) for row in reversed(rows)]
+    return [PredictionRecord(**{k: row[k] for k in FIELDS if k in row}) for row in reversed(rows)]

@@ -52,6 +52,8 @@ class PredictionRecord:
     input_summary: list[dict[str, Any]]  # JSON-ready, one per input
     payload: bytes | None = None  # only when sampled
     payload_type: str | None = None
+    # JSON-ready, one per input: the live drift signals (serve/live_signals.py); None without a reference.
+    signals: list[dict[str, Any]] | None = None
 
 
 class _UTCDateTime(sa.TypeDecorator[datetime]):
@@ -85,8 +87,11 @@ predictions = sa.Table(
     sa.Column("input_summary", sa.JSON, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=True),
     sa.Column("payload_type", sa.String, nullable=True),
+    # Added after the first release: migrate() adds it to an older log (null in its old rows).
+    sa.Column("signals", sa.JSON, nullable=True),
 )
 FIELDS = [c.name for c in predictions.columns if c.name != "id"]
+ADDED_COLUMNS = ("signals",)  # predictions columns an older log may lack; migrate() adds them
 # One row per labelled input (``POST /v1/feedback``). It holds what the answering arm predicted, so live
 # accuracy needs no join; a shadow arm's answer to the same input is joined from ``predictions`` when read.
 # ``create_all`` adds it to a log written before it existed: the table is new, the others are unchanged.
@@ -105,6 +110,34 @@ feedback = sa.Table(
     sa.Column("time", _UTCDateTime, nullable=False),  # when the label arrived
     sa.UniqueConstraint("request_id", "item", name="uq_feedback_input"),  # one label per input
 )
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Add the :data:`ADDED_COLUMNS` an existing ``predictions`` table lacks (its rows get null there).
+
+    ``create_all`` creates missing tables but never changes an existing one, so a log written by an older
+    server needs this ``ALTER TABLE`` (SQLite and PostgreSQL alike). Two workers starting at once may
+    both try: the loser's ALTER fails, and its caller's retry finds the column there.
+
+    Returns:
+        The columns added.
+    """
+    missing = [name for name in ADDED_COLUMNS if name not in present_columns(engine)]
+    if missing:
+        with engine.begin() as conn:
+            for name in missing:
+                column = predictions.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+    return missing
+
+
+def present_columns(engine: sa.Engine) -> set[str]:
+    """The columns the database's ``predictions`` table has now (empty when there is no table)."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table("predictions"):
+        return set()
+    return {c["name"] for c in inspector.get_columns("predictions")}
 
 
 def make_engine(url: str) -> tuple[sa.Engine, URL]:

@@ -355,8 +355,9 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
 
 async def _call(state: ServerState, dep: Deployment, model: ServedModel, inputs: Inputs) -> Answer:
     metrics, timeout = state.metrics, state.settings.request_timeout_s
-    # The model thread summarizes the inputs for the prediction log, once per batch.
-    work = Work(inputs.top_k, inputs.raw, summarize=state.predlog is not None)
+    # The model thread summarizes the inputs (and their drift signals) for the prediction log, per batch.
+    logged = state.predlog is not None
+    work = Work(inputs.top_k, inputs.raw, summarize=logged, signals=logged)
     try:
         async with asyncio.timeout(timeout):
             answer: Answer = await model.batcher.submit(inputs.x, work)
@@ -417,6 +418,7 @@ def _record(
             input_summary=answer.summaries if shadow else _with_warnings(answer.summaries, inputs.warnings),
             payload=body if sampled else None,
             payload_type=inputs.media if sampled else None,
+            signals=answer.signals,
         )
     )
 
@@ -446,14 +448,15 @@ async def _mirror(
     start = time.perf_counter()
     try:
         async with asyncio.timeout(state.settings.request_timeout_s):
-            answer: Answer = await shadow.batcher.submit(inputs.x, Work(inputs.top_k, inputs.raw))
+            work = Work(inputs.top_k, inputs.raw, signals=state.predlog is not None)
+            answer: Answer = await shadow.batcher.submit(inputs.x, work)
     except (QueueFullError, TimeoutError, RuntimeError):
         if state.metrics is not None:
             state.metrics.shadow_dropped.labels(dep.name).inc()
         return
     latency_ms = (time.perf_counter() - start) * 1000
-    # The same inputs as the champion's: its summaries stand.
-    answer = Answer(answer.predictions, summaries)
+    # The same inputs as the champion's: its summaries stand. The signals are the shadow model's own.
+    answer = Answer(answer.predictions, summaries, answer.signals)
     _record(state, dep, shadow, rid, path, None, inputs, answer, latency_ms, shadow=True)
 
 
