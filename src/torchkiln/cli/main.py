@@ -20,6 +20,7 @@ from torchkiln.cli.env import env_command
 from torchkiln.cli.help import use_cli_help
 from torchkiln.cli.monitor import monitor_app
 from torchkiln.cli.registry import registry_app
+from torchkiln.cli.retrain import retrain_command
 from torchkiln.cli.runs import runs_app
 from torchkiln.core._version import __version__
 from torchkiln.core.cli_options import (
@@ -58,6 +59,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
 app.command("env")(env_command)
+app.command("retrain")(retrain_command)
 
 
 def _version(value: bool) -> None:

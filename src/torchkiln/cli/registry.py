@@ -115,3 +115,20 @@ def alias_(
     except KilnError as exc:
         fail(exc)
     print(f"models:/{name}@{alias.value} -> version {version}")
+
+
+@registry_app.command("rollback")
+def rollback_(
+    name: Annotated[str, typer.Argument(help="The registered model.")],
+    tracking_uri: TrackingUriOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+) -> None:
+    """Point champion back at the version it replaced (recorded when kiln retrain promoted it)."""
+    from torchkiln.serve.registry import rollback
+
+    try:
+        back = rollback(name, tracking_uri=_uri(tracking_uri, runs_dir))
+    except KilnError as exc:
+        fail(exc)
+    err.print(f"{name}: champion version {back.from_version} rolled back; POST /admin/reload to serve it")
+    print(f"models:/{name}@champion -> version {back.to_version}")

@@ -406,3 +406,135 @@ def _download(mv: ModelVersion, final: Path, sha: str | None, uri: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+TAG_PREVIOUS = "torchkiln.previous_champion"  # on a promoted version: the champion it replaced
+TAG_ROLLED_BACK = "torchkiln.rolled_back"  # on a version the champion alias was moved off by a rollback
+RETRAIN_EXPERIMENT = "torchkiln-retrain"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """``kiln registry rollback``: the champion moved from ``from_version`` back to ``to_version``."""
+
+    name: str
+    from_version: str
+    to_version: str
+
+
+def promote(name: str, version: int | str, *, tracking_uri: str | None = None) -> str | None:
+    """Point ``champion`` at ``version``, recording on it the version that was champion before.
+
+    Returns:
+        The previous champion's version, or None when there was none.
+
+    Raises:
+        ServeError: unknown model or version, or the registry fails.
+
+    Example:
+        >>> promote("shapes", 3)
+        '2'
+    """
+    uri = registry_uri(tracking_uri)
+    with _registry_errors(uri):
+        client = _client(uri)
+        _model_version(client, name, str(version), uri)
+        aliases = _registered_model(client, name, uri).aliases
+        previous = aliases.get("champion")
+        if previous is not None and str(previous) != str(version):
+            client.set_model_version_tag(name, str(version), TAG_PREVIOUS, str(previous))
+        client.set_registered_model_alias(name, "champion", str(version))
+    return None if previous is None else str(previous)
+
+
+def rollback(name: str, *, tracking_uri: str | None = None) -> Rollback:
+    """Point ``champion`` back at the version it replaced (the ``torchkiln.previous_champion`` tag that
+    :func:`promote` left on the current champion).
+
+    Raises:
+        ServeError: no champion, or the champion records no previous one (it was set by hand, or it is the
+            first); the message says how to set one by hand.
+
+    Example:
+        >>> rollback("shapes")
+        Rollback(name='shapes', from_version='3', to_version='2')
+    """
+    uri = registry_uri(tracking_uri)
+    with _registry_errors(uri):
+        client = _client(uri)
+        current = _by_alias(client, name, "champion", uri)
+        previous = (current.tags or {}).get(TAG_PREVIOUS)
+        if not previous:
+            raise ServeError(
+                f"Cannot roll back '{name}': its champion, version {current.version}, records no previous "
+                f"champion (it was not promoted by kiln retrain or kiln registry promote). Point the alias "
+                f"by hand: kiln registry alias {name} VERSION champion"
+            )
+        _model_version(client, name, previous, uri)
+        client.set_registered_model_alias(name, "champion", previous)
+        client.set_model_version_tag(name, str(current.version), TAG_ROLLED_BACK, "true")
+    return Rollback(name, str(current.version), str(previous))
+
+
+def delete_alias(name: str, alias: str, *, tracking_uri: str | None = None) -> None:
+    """Remove ``alias`` from ``name`` (nothing happens when it is not set).
+
+    Raises:
+        ServeError: unknown model, or the registry fails.
+    """
+    uri = registry_uri(tracking_uri)
+    with _registry_errors(uri):
+        client = _client(uri)
+        if alias in _registered_model(client, name, uri).aliases:
+            client.delete_registered_model_alias(name, alias)
+
+
+def log_decision(
+    name: str,
+    record: Path,
+    *,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    version: str | None = None,
+    train_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Log a ``kiln retrain`` decision record to a run of the ``torchkiln-retrain`` experiment and link it.
+
+    The run gets ``params`` and ``tags`` (the lineage) and ``record`` as an artifact. When ``version`` is
+    given, the model version and the run it was registered from get the same tags plus
+    ``torchkiln.decision`` (the record's artifact URI); so does the challenger's training run
+    (``train_run_id``), when it was tracked in this store.
+
+    Returns:
+        The MLflow run id of the decision.
+
+    Raises:
+        ServeError: the registry fails.
+    """
+    uri = registry_uri(tracking_uri)
+    with _registry_errors(uri):
+        client = _client(uri)
+        exp = client.get_experiment_by_name(RETRAIN_EXPERIMENT)
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else client.create_experiment(RETRAIN_EXPERIMENT, artifact_location=mlflow_artifact_root(uri))
+        )
+        run = client.create_run(exp_id, run_name=f"retrain-{name}", tags={"torchkiln.model": name, **tags})
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, str(value)[:500])
+        client.log_artifact(run.info.run_id, str(record))
+        client.set_terminated(run.info.run_id)
+        link = {**tags, "torchkiln.decision": f"{run.info.artifact_uri}/{record.name}"}
+        if version is not None:
+            mv = client.get_model_version(name, version)
+            for key, value in link.items():
+                client.set_model_version_tag(name, version, key, value)
+                if mv.run_id:
+                    client.set_tag(mv.run_id, key, value)
+        if train_run_id:
+            with contextlib.suppress(Exception):  # a training run in another store: the version has it
+                for key, value in link.items():
+                    client.set_tag(train_run_id, key, value)
+    return run.info.run_id

@@ -1,0 +1,172 @@
+"""The evidence ``kiln retrain`` decides on: McNemar's test on paired correctness, the gates, and the
+decision record.
+
+Champion and challenger answer the same fresh test items. Only the items where they disagree on being
+right carry evidence: ``b`` the champion got right and the challenger wrong, ``c`` the reverse. Under
+"neither is better" each such item is a fair coin, so ``c ~ Binomial(b + c, 1/2)``; McNemar's exact test
+reads its p-value off that binomial, and the mid-p version counts only half the probability of the
+observed count (less conservative, and still close to the nominal level; Fagerland et al., 2013).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from torchkiln.core.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's test of "the challenger is right more often than the champion" on paired items.
+
+    ``b``: champion right, challenger wrong; ``c``: champion wrong, challenger right. The one-sided
+    p-values test c > b; the two-sided ones test c != b.
+    """
+
+    b: int
+    c: int
+    p_exact: float  # one-sided, P(X >= c)
+    p_midp: float  # one-sided, P(X > c) + P(X = c) / 2
+    p_exact_two_sided: float
+    p_midp_two_sided: float
+
+    @property
+    def discordant(self) -> int:
+        return self.b + self.c
+
+
+def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> McNemar:
+    """McNemar's exact and mid-p tests on two models' per-item correctness (same items, same order).
+
+    Args:
+        champion_correct, challenger_correct: ``(N,)`` booleans.
+
+    Returns:
+        The discordant counts and the one- and two-sided p-values (1.0 when no item is discordant).
+
+    Raises:
+        ValueError: the two arrays differ in length.
+
+    Example:
+        >>> mcnemar(np.array([1, 1, 0, 0, 0], bool), np.array([1, 1, 1, 1, 1], bool)).p_exact
+        0.125
+    """
+    from scipy.stats import binom
+
+    a, z = np.asarray(champion_correct, bool), np.asarray(challenger_correct, bool)
+    if a.shape != z.shape:
+        raise ValueError(f"paired correctness needs two arrays of one shape; got {a.shape} and {z.shape}")
+    b, c = int((a & ~z).sum()), int((~a & z).sum())
+    n = b + c
+    if n == 0:
+        return McNemar(b, c, 1.0, 1.0, 1.0, 1.0)
+    p_eq = float(binom.pmf(c, n, 0.5))
+    upper = float(binom.sf(c - 1, n, 0.5))  # P(X >= c)
+    lower = float(binom.cdf(c, n, 0.5))  # P(X <= c)
+    exact2 = min(1.0, 2 * min(upper, lower))
+    return McNemar(
+        b=b,
+        c=c,
+        p_exact=upper,
+        p_midp=upper - p_eq / 2,
+        p_exact_two_sided=exact2,
+        p_midp_two_sided=min(1.0, exact2 - p_eq),
+    )
+
+
+class RetrainSettings(BaseModel):
+    """Every gate of ``kiln retrain``, with its default. YAML (``--settings``) or flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="The challenger must beat the champion at p < alpha.")
+    test: Literal["mid-p", "exact"] = Field("mid-p", description="Which one-sided McNemar p-value gates.")
+    min_effect: float = Field(
+        0.01, ge=0, le=1, description="...and by at least this much accuracy (0.01 = 1 point)."
+    )
+    test_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Share of each class of the new data held out as the fresh test set."
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the new data added to val.")
+    min_test_items: int = Field(20, ge=1, description="Refuse to judge on a smaller fresh test set.")
+    from_scratch: bool = Field(False, description="Train the challenger from scratch, not from the champion.")
+    epochs: int | None = Field(
+        None, ge=1, description="The challenger's train.epochs (default: the config's)."
+    )
+    seed: int = Field(0, description="Splits the new data into train/val/test.")
+    replay_items: int = Field(500, ge=0, description="Replay this many last logged inputs (0: skip).")
+    min_replay_agreement: float = Field(
+        0.0, ge=0, le=1, description="Reject below this agreement with the champion on replayed traffic."
+    )
+    promote: bool = Field(True, description="Move alias champion to a challenger that passes every gate.")
+
+
+@dataclass
+class DecisionRecord:
+    """What ``kiln retrain`` saw and decided; ``decision.json`` in the retrain folder and in MLflow."""
+
+    model: str
+    outcome: Literal["promoted", "accepted", "rejected", "planned"]
+    reason: str
+    settings: dict[str, Any]
+    champion: dict[str, Any]  # version, uri, metrics on the fresh test set
+    challenger: dict[str, Any]  # run_dir, registered version (if any), metrics
+    data: dict[str, Any]  # sources, policy, counts, data_sha256, test_sha256
+    test: dict[str, Any] = field(default_factory=dict)  # McNemar figures
+    replay: dict[str, Any] | None = None
+    live: dict[str, Any] | None = None  # promotion on a server: reload figures
+    drift_report: str | None = None
+    created: str = ""
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True, default=str) + "\n")
+        return path
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str
+    accuracy_gain: float
+    p_value: float
+
+
+def judge(
+    champion_correct: np.ndarray, challenger_correct: np.ndarray, settings: RetrainSettings
+) -> tuple[Verdict, McNemar]:
+    """The offline gate: the challenger must be significantly better (p < alpha) and by min_effect.
+
+    Example:
+        >>> verdict, test = judge(champ, chall, RetrainSettings())
+        >>> verdict.passed, verdict.reason
+    """
+    n = len(champion_correct)
+    test = mcnemar(champion_correct, challenger_correct)
+    gain = float(np.mean(challenger_correct) - np.mean(champion_correct)) if n else 0.0
+    p = test.p_midp if settings.test == "mid-p" else test.p_exact
+    figures = (
+        f"accuracy {np.mean(champion_correct):.4f} -> {np.mean(challenger_correct):.4f} "
+        f"({gain * 100:+.2f} points) on {n} fresh test items; McNemar b={test.b} c={test.c}, "
+        f"one-sided {settings.test} p={p:.4g}"
+    )
+    if n < settings.min_test_items:
+        return Verdict(
+            False,
+            f"the fresh test set has {n} items, fewer than min_test_items "
+            f"({settings.min_test_items}); bring more new data",
+            gain,
+            p,
+        ), test
+    if p >= settings.alpha:
+        return Verdict(False, f"not significantly better: {figures} >= alpha {settings.alpha}", gain, p), test
+    if gain < settings.min_effect:
+        why = f"better, but by less than min_effect {settings.min_effect * 100:.2f} points: {figures}"
+        return Verdict(False, why, gain, p), test
+    return Verdict(True, f"significantly better: {figures} < alpha {settings.alpha}", gain, p), test

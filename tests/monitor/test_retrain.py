@@ -1,0 +1,204 @@
+"""kiln retrain end to end on the tiny drawn shapes: a champion trained on clean images, new data that it
+gets wrong (inverted images), or a challenger trained on shuffled labels; a registry in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from torchkiln.cli.main import app
+from torchkiln.monitor.decision import RetrainSettings
+from torchkiln.monitor.retrain import retrain
+from torchkiln.serve import registry
+from torchkiln.tasks.base import load_config
+from torchkiln.tasks.training import train_new_run
+
+pytest.importorskip("mlflow")
+pytest.importorskip("scipy")
+
+MODEL = "shapes"
+
+
+@pytest.fixture(scope="module")
+def champion_run(tmp_path_factory: pytest.TempPathFactory, make_image_folder: Any, make_config: Any) -> Path:
+    """The champion's config and run: 3 epochs on 3 x 12 clean 16x16 images (right on clean data)."""
+    root = tmp_path_factory.mktemp("champion")
+    cfg = make_config(make_image_folder(root / "orig", per_class=12), root / "runs")
+    cfg["train"]["epochs"] = 3
+    (root / "kiln.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    train_new_run(load_config(root / "kiln.yaml"))
+    return root
+
+
+@pytest.fixture
+def loop(champion_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A fresh registry in tmp_path whose champion (version 1) is the champion run's bundle."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    registry.register_bundle(bundle, name=MODEL, alias="champion", tracking_uri=uri)
+    return {"config": champion_run / "kiln.yaml", "uri": uri, "tmp": tmp_path}
+
+
+def inverted(root: Path, make_image_folder: Any, *, per_class: int = 40) -> Path:
+    """Drawn shapes with inverted colours: the champion never saw such images."""
+    folder = make_image_folder(root, per_class=per_class, seed=1)
+    for p in folder.rglob("*.png"):
+        ImageOps.invert(Image.open(p).convert("RGB")).save(p)
+    return folder
+
+
+def test_a_better_challenger_is_promoted_with_its_record_and_lineage_and_rollback_undoes_it(
+    loop: dict[str, Any], make_image_folder: Any
+) -> None:
+    new = inverted(loop["tmp"] / "new", make_image_folder)
+    out = loop["tmp"] / "retrain"
+    result = retrain(
+        loop["config"],
+        model=MODEL,
+        data=[new],
+        settings=RetrainSettings(epochs=5),
+        tracking_uri=loop["uri"],
+        out_dir=out,
+        device="cpu",
+    )
+    assert result.record.outcome == "promoted", result.record.reason
+    assert registry.current_version(MODEL, "champion", tracking_uri=loop["uri"]) == "2"
+    assert registry.current_version(MODEL, "challenger", tracking_uri=loop["uri"]) == "2"
+
+    record = json.loads((out / "decision.json").read_text())
+    assert record["outcome"] == "promoted" and record["champion"]["version"] == "1"
+    assert record["challenger"]["version"] == "2"
+    assert record["challenger"]["init_from"]  # fine-tuned from the champion's bundle
+    assert record["test"]["c"] > record["test"]["b"] and record["test"]["p_value"] < 0.05
+    assert record["challenger"]["metrics"]["accuracy"] > record["champion"]["metrics"]["accuracy"] + 0.01
+    n_test = record["data"]["test_items"]
+    assert n_test == record["data"]["counts"][str(new)]["test"] == 36  # 30 % of each class of 40
+    # The fresh test set was never training data: it is split "test" in the merged manifest.
+    rows = list(csv.DictReader((out / "merged.csv").open()))
+    assert sum(r["split"] == "test" for r in rows) == n_test
+    assert all(r["split"] in ("train", "val") for r in rows if "/orig/" in r["path"])
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=loop["uri"], registry_uri=loop["uri"])
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["torchkiln.retrain.parent_version"] == "1"
+    assert tags["torchkiln.retrain.data_sha256"] == record["data"]["data_sha256"]
+    assert tags["torchkiln.previous_champion"] == "1"
+    assert tags["torchkiln.decision"].endswith("decision.json")
+    decision_run = client.search_runs(
+        [client.get_experiment_by_name(registry.RETRAIN_EXPERIMENT).experiment_id]
+    )[0]
+    assert decision_run.data.tags["torchkiln.retrain.test_sha256"] == record["data"]["test_sha256"]
+
+    result = CliRunner().invoke(app, ["registry", "rollback", MODEL, "--tracking-uri", loop["uri"]])
+    assert result.exit_code == 0, result.output
+    assert f"models:/{MODEL}@champion -> version 1" in result.output
+    assert registry.current_version(MODEL, "champion", tracking_uri=loop["uri"]) == "1"
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_rejected_and_the_champion_stays(
+    loop: dict[str, Any], make_image_folder: Any
+) -> None:
+    # Clean new images; its own split: the train rows' labels are shuffled, the test rows keep the truth.
+    folder = make_image_folder(loop["tmp"] / "new", per_class=30, seed=2)
+    files = sorted(folder.rglob("*.png"))
+    labels = [p.parent.name for p in files]
+    shuffled = labels[:]
+    random.Random(0).shuffle(shuffled)
+    manifest = loop["tmp"] / "new.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for i, (p, lab, wrong) in enumerate(zip(files, labels, shuffled, strict=True)):
+            w.writerow([p, lab, "test"] if i % 3 == 0 else [p, wrong, "train"])
+    result = retrain(
+        loop["config"],
+        model=MODEL,
+        data=[manifest],
+        settings=RetrainSettings(epochs=4, from_scratch=True),
+        tracking_uri=loop["uri"],
+        out_dir=loop["tmp"] / "retrain",
+        device="cpu",
+    )
+    assert result.record.outcome == "rejected"
+    assert result.record.reason.startswith("offline gate: not significantly better")
+    assert result.challenger_version is None
+    versions = registry.list_versions(MODEL, tracking_uri=loop["uri"])
+    assert [(v.version, v.aliases) for v in versions] == [("1", ("champion",))]
+    record = json.loads((loop["tmp"] / "retrain" / "decision.json").read_text())
+    assert record["outcome"] == "rejected" and record["test"]["p_value"] >= 0.05
+    assert record["data"]["test_items"] == 30
+
+
+def test_dry_run_prints_the_plan_and_gates_and_changes_nothing(
+    loop: dict[str, Any], make_image_folder: Any
+) -> None:
+    new = make_image_folder(loop["tmp"] / "new", per_class=3)
+    result = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            str(loop["config"]),
+            "--model",
+            MODEL,
+            "--data",
+            str(new),
+            "--tracking-uri",
+            loop["uri"],
+            "--set",
+            "alpha=0.01",
+            "--set",
+            "min_effect=0.02",
+            "--out",
+            str(loop["tmp"] / "out"),
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "champion version 1" in result.output
+    assert "McNemar one-sided mid-p p < 0.01 AND accuracy gain >= 2.00 points" in result.output
+    assert not (loop["tmp"] / "out").exists()
+    assert len(registry.list_versions(MODEL, tracking_uri=loop["uri"])) == 1
+
+
+def test_bad_gates_and_a_rollback_without_history_exit_2_with_the_fix(loop: dict[str, Any]) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(
+        app,
+        [
+            "retrain",
+            str(loop["config"]),
+            "--model",
+            MODEL,
+            "--set",
+            "alpah=0.1",
+            "--tracking-uri",
+            loop["uri"],
+            "--dry-run",
+        ],
+    )
+    assert bad.exit_code == 2 and "alpha" in bad.output
+    result = runner.invoke(app, ["registry", "rollback", MODEL, "--tracking-uri", loop["uri"]])
+    assert result.exit_code == 2
+    assert "records no previous champion" in result.output
+    assert f"kiln registry alias {MODEL} VERSION champion" in result.output
+
+
+def test_new_labels_outside_the_champions_classes_fail_before_training(
+    loop: dict[str, Any], make_image_folder: Any
+) -> None:
+    new = make_image_folder(loop["tmp"] / "new", per_class=3, classes=("dot", "ring", "vbar"))
+    shutil.rmtree(new / "dot")
+    with pytest.raises(Exception, match=r"labels \['ring'\] that the champion does not know"):
+        retrain(loop["config"], model=MODEL, data=[new], tracking_uri=loop["uri"], out_dir=loop["tmp"] / "o")
