@@ -3,6 +3,8 @@ gets wrong (inverted images), or a challenger trained on shuffled labels; a regi
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import json
 import random
@@ -10,15 +12,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from torchkiln.cli.main import app
+from torchkiln.core.errors import ServeError
 from torchkiln.monitor.decision import RetrainSettings
 from torchkiln.monitor.retrain import retrain
 from torchkiln.serve import registry
+from torchkiln.serve.app import create_app
+from torchkiln.serve.settings import load_settings
 from torchkiln.tasks.base import load_config
 from torchkiln.tasks.training import train_new_run
 
@@ -202,3 +208,74 @@ def test_new_labels_outside_the_champions_classes_fail_before_training(
     shutil.rmtree(new / "dot")
     with pytest.raises(Exception, match=r"labels \['ring'\] that the champion does not know"):
         retrain(loop["config"], model=MODEL, data=[new], tracking_uri=loop["uri"], out_dir=loop["tmp"] / "o")
+
+
+async def serve_and_label(bundle: Path, db: Path, images: list[Path], *, keep_bodies: float) -> None:
+    """Serve ``bundle`` in process as MODEL, one request per image, each with its true label as feedback."""
+    s = load_settings(
+        models=[{"uri": str(bundle), "name": MODEL}],
+        log_url=f"sqlite:///{db}",
+        log_payload_sample_rate=keep_bodies,
+    )
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            for _ in range(300):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            for p in images:
+                body = {"images": [base64.b64encode(p.read_bytes()).decode()]}
+                r = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+                assert r.status_code == 200, r.text
+                f = await client.post(
+                    "/v1/feedback", json={"request_id": r.json()["request_id"], "label": p.parent.name}
+                )
+                assert f.status_code == 201, f.text
+
+
+def test_feedback_labelled_logged_inputs_retrain_and_replay(
+    loop: dict[str, Any], champion_run: Path, make_image_folder: Any
+) -> None:
+    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    shown = sorted(inverted(loop["tmp"] / "shown", make_image_folder).rglob("*.png"))
+    db = loop["tmp"] / "p.db"
+    asyncio.run(serve_and_label(bundle, db, shown, keep_bodies=1.0))
+    result = retrain(
+        loop["config"],
+        model=MODEL,
+        feedback_from=f"sqlite:///{db}",
+        tracking_uri=loop["uri"],
+        settings=RetrainSettings(epochs=5, replay_items=200),
+        out_dir=loop["tmp"] / "retrain",
+        device="cpu",
+    )
+    record = result.record
+    assert record.outcome == "promoted", record.reason
+    assert record.data["counts"]["feedback"] == {"train": 72, "val": 12, "test": 36}
+    replay = record.replay
+    assert replay is not None
+    assert (replay["requests"], replay["inputs"], replay["labelled"], replay["without_payload"]) == (
+        120,
+        120,
+        120,
+        0,
+    )
+    acc = replay["accuracy_on_labelled"]
+    assert acc["challenger"] > acc["champion"]
+    assert 0 <= replay["agreement"] < 1  # they disagree where the champion was wrong
+
+
+def test_a_log_without_bodies_says_so(
+    loop: dict[str, Any], champion_run: Path, make_image_folder: Any
+) -> None:
+    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    shown = sorted(make_image_folder(loop["tmp"] / "shown", per_class=2).rglob("*.png"))
+    db = loop["tmp"] / "p.db"
+    asyncio.run(serve_and_label(bundle, db, shown, keep_bodies=0.0))
+    with pytest.raises(
+        ServeError,
+        match=r"no request bodies with a feedback label for model .shapes. .* log_payload_sample_rate > 0",
+    ):
+        retrain(loop["config"], model=MODEL, feedback_from=f"sqlite:///{db}", tracking_uri=loop["uri"])

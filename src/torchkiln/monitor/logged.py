@@ -18,9 +18,9 @@ from torchkiln.serve.predlog_db import make_engine, reason, shown
 from torchkiln.tasks.base import RequestLimits, Task
 
 NO_PAYLOADS = (
-    "The prediction log {log} kept no request bodies for model '{model}' in its last {last} requests, so "
-    "there are no inputs to {what}. Serve with log_payload_sample_rate > 0 (e.g. 1.0 while collecting "
-    "feedback) to keep them, or give the labelled data with --data."
+    "The prediction log {log} kept no request bodies with a feedback label for model '{model}' in its last "
+    "{last} requests, so there are no labelled inputs to {what}. Serve with log_payload_sample_rate > 0 "
+    "(e.g. 1.0 while collecting feedback) to keep them, or give the labelled data with --data."
 )
 
 

@@ -110,7 +110,7 @@ def retrain(
     )
     if dry_run:
         return RetrainResult(record, None, None)
-    logged = _logged(feedback_from, model, champ, settings)
+    logged = _logged(feedback_from, model, champ, settings, has_data=bool(data))
     merged = _merge_step(cfg, data or [], logged, out_dir, settings, champ)
     record.data |= {
         "merged": str(merged.manifest),
@@ -136,6 +136,8 @@ def retrain(
         log.info("step 4: registered the challenger as %s version %s (alias challenger)", model, version)
     if verdict and logged is not None:
         verdict = _replay_step(record, champ, chall, logged, settings, device)
+        if not verdict:  # a rejected challenger keeps its version and record, not the alias
+            registry.delete_alias(model, "challenger", tracking_uri=uri)
     if verdict:
         _promote_step(record, model, version, settings, uri, server, admin_token)
     path = record.write(out_dir / "decision.json")
@@ -170,11 +172,15 @@ def plan(record: DecisionRecord, settings: RetrainSettings) -> list[str]:
     ]
 
 
-def _logged(url: str | None, model: str, champ: Bundle, settings: RetrainSettings) -> LoggedInputs | None:
+def _logged(
+    url: str | None, model: str, champ: Bundle, settings: RetrainSettings, *, has_data: bool
+) -> LoggedInputs | None:
     if url is None:
         return None
     logged = read_logged_inputs(url, model, champ.task, last=max(settings.replay_items, 1))
     labelled = sum(x.label is not None for x in logged.inputs)
+    if not labelled and not has_data:
+        raise ServeError(NO_PAYLOADS.format(log=url, model=model, last=logged.requests, what="retrain on"))
     log.info(
         "step 1: the log holds %d of the last %d requests with their bodies (%d labelled inputs)",
         logged.requests - logged.without_payload,
@@ -194,12 +200,6 @@ def _merge_step(
 ) -> MergedData:
     new = {str(p): scan_source(Path(p)) for p in data}
     if logged is not None:
-        if not logged.inputs and not data:
-            raise ServeError(
-                NO_PAYLOADS.format(
-                    log="given", model=champ.path.name, last=logged.requests, what="retrain on"
-                )
-            )
         labelled = [x for x in logged.inputs if x.label is not None]
         if labelled:
             new["feedback"] = feedback_items(labelled, out_dir / "feedback")
