@@ -43,6 +43,9 @@ def retrain_command(
         str | None, typer.Option(envvar="KILN_ADMIN_TOKEN", help="Its admin token ($KILN_ADMIN_TOKEN).")
     ] = None,
     drift_report: Annotated[str | None, typer.Option(help="The drift report that set this off.")] = None,
+    log_url: Annotated[
+        str | None, typer.Option(help="The server's prediction log (default: --feedback-from).")
+    ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="The MLflow registry.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where decision.json goes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -52,8 +55,8 @@ def retrain_command(
 
     Every decision is written to decision.json (and MLflow); the last line printed is the outcome.
     """
-    from torchkiln.monitor.decision import RetrainSettings
-    from torchkiln.monitor.retrain import plan, retrain
+    from torchkiln.monitor.decision import RetrainSettings, plan
+    from torchkiln.monitor.retrain import retrain
 
     show_warnings(("torchkiln.data", "torchkiln.train", "torchkiln.retrain"))
     try:
@@ -80,6 +83,7 @@ def retrain_command(
             server=server,
             admin_token=admin_token,
             drift_report=drift_report,
+            log_url=log_url,
             out_dir=out_dir,
             device=device,
             dry_run=dry_run,

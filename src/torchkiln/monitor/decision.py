@@ -104,6 +104,25 @@ class RetrainSettings(BaseModel):
     min_replay_agreement: float = Field(
         0.0, ge=0, le=1, description="Reject below this agreement with the champion on replayed traffic."
     )
+    shadow_requests: int = Field(
+        50, ge=1, description="With --server: judge the shadow on this many requests."
+    )
+    shadow_timeout_s: float = Field(300, gt=0, description="...which must reach the log within this time.")
+    shadow_settle_s: float = Field(
+        5, ge=0, description="How long the last shadow answers may lag in the log."
+    )
+    shadow_max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Roll back when more mirrored requests than this fail in the challenger.",
+    )
+    shadow_max_p99_ms: float | None = Field(
+        1000, gt=0, description="...or its p99 model latency exceeds this."
+    )
+    shadow_min_agreement: float = Field(
+        0.0, ge=0, le=1, description="...or it agrees less with the champion."
+    )
     promote: bool = Field(True, description="Move alias champion to a challenger that passes every gate.")
 
 
@@ -170,3 +189,47 @@ def judge(
         why = f"better, but by less than min_effect {settings.min_effect * 100:.2f} points: {figures}"
         return Verdict(False, why, gain, p), test
     return Verdict(True, f"significantly better: {figures} < alpha {settings.alpha}", gain, p), test
+
+
+def plan(record: DecisionRecord, settings: RetrainSettings) -> list[str]:
+    """The steps and gates of a retrain, as lines (what ``--dry-run`` prints)."""
+    s = settings
+    return [
+        f"retrain '{record.model}': champion version {record.champion['version']}",
+        f"1. data: {', '.join(record.data['sources']) or '(none given)'}; new data split per class "
+        f"{1 - s.test_fraction - s.val_fraction:.0%} train / {s.val_fraction:.0%} val / "
+        f"{s.test_fraction:.0%} "
+        f"fresh test (seed {s.seed}); the original train+val kept",
+        f"2. train a challenger {'from scratch' if s.from_scratch else 'fine-tuned from the champion'}"
+        + (f" for {s.epochs} epoch(s)" if s.epochs else ""),
+        f"3. gate: McNemar one-sided {s.test} p < {s.alpha} AND accuracy gain >= {s.min_effect * 100:.2f} "
+        f"points, on at least {s.min_test_items} fresh test items",
+        "4. register the challenger, alias challenger",
+        f"5. replay the last {s.replay_items} logged requests (with --feedback-from); gate: agreement with "
+        f"the champion >= {s.min_replay_agreement}",
+        f"6. with --server: shadow for {s.shadow_requests} logged requests; roll back past error rate "
+        f"{s.shadow_max_error_rate}, p99 {s.shadow_max_p99_ms} ms, agreement below {s.shadow_min_agreement} "
+        "(no canary: see docs/monitoring.md)",
+        "7. "
+        + (
+            "promote: alias champion -> challenger, reload the server (--server), check every worker"
+            if s.promote
+            else "no promotion (promote: false): the challenger alias stays for review"
+        ),
+    ]
+
+
+def shadow_failures(figures: dict[str, Any], s: RetrainSettings) -> list[str]:
+    """Which shadow gates the figures of :func:`torchkiln.monitor.live.shadow_figures` fail ([]: none)."""
+    failed = []
+    if figures["error_rate"] > s.shadow_max_error_rate:
+        failed.append(
+            f"error rate {figures['error_rate']:.3f} > shadow_max_error_rate {s.shadow_max_error_rate}"
+        )
+    p99 = figures["p99_ms"]
+    if s.shadow_max_p99_ms and p99 is not None and p99 > s.shadow_max_p99_ms:
+        failed.append(f"p99 {p99:.1f} ms > shadow_max_p99_ms {s.shadow_max_p99_ms}")
+    agreement = figures["agreement"]
+    if agreement is not None and agreement < s.shadow_min_agreement:
+        failed.append(f"agreement {agreement:.3f} < shadow_min_agreement {s.shadow_min_agreement}")
+    return failed

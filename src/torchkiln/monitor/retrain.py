@@ -8,7 +8,9 @@ challenger, every step logged and every decision written down.
    (:func:`torchkiln.monitor.decision.judge`);
 4. register the challenger and point ``challenger`` at it;
 5. replay the last window of logged traffic through both: agreement, and accuracy on labelled rows;
-6. (shadow and canary on a live server: not implemented yet, see docs/monitoring.md);
+6. with ``--server``: the challenger in shadow on the live server, judged from its prediction log
+   (:mod:`torchkiln.monitor.live`); rolled back past the error-rate, p99 or agreement gate. No canary yet:
+   the server cannot change traffic weights at runtime (docs/monitoring.md);
 7. promote: move ``champion``, ``POST /admin/reload`` and check every worker serves it; or reject.
 """
 
@@ -28,7 +30,7 @@ from torchkiln.artifacts.predictor import Predictor
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, ServeError
 from torchkiln.monitor.data_merge import MergedData, feedback_items, merge, scan_source
-from torchkiln.monitor.decision import DecisionRecord, RetrainSettings, judge
+from torchkiln.monitor.decision import DecisionRecord, RetrainSettings, judge, shadow_failures
 from torchkiln.monitor.logged import NO_PAYLOADS, LoggedInputs, read_logged_inputs
 from torchkiln.serve import registry
 from torchkiln.tasks.base import load_config
@@ -55,6 +57,7 @@ def retrain(
     server: str | None = None,
     admin_token: str | None = None,
     drift_report: str | None = None,
+    log_url: str | None = None,
     out_dir: Path | None = None,
     device: str = "auto",
     dry_run: bool = False,
@@ -69,7 +72,9 @@ def retrain(
             and its last ``settings.replay_items`` requests are replayed through both models.
         settings: the gates (:class:`RetrainSettings`).
         tracking_uri: the registry (default: the config's runs_dir/mlflow.db).
-        server, admin_token: a running ``kiln serve`` to reload after promotion.
+        server, admin_token: a running ``kiln serve`` (see :mod:`torchkiln.monitor.live` for how it must
+            serve the model): the challenger goes into shadow there before a promotion reloads it.
+        log_url: that server's prediction log (default: ``feedback_from``), where the shadow is judged.
         drift_report: a ``kiln monitor report`` JSON that set this off, recorded in the decision.
         out_dir: where the merged data and decision.json go (default ``RUNS_DIR/retrain/NAME/<time>``).
         dry_run: print the plan and the gates; train, register and write nothing.
@@ -86,6 +91,12 @@ def retrain(
         'promoted'
     """
     settings = settings or RetrainSettings()
+    log_url = log_url or feedback_from
+    if server and not log_url:
+        raise ConfigError(
+            "--server needs the server's prediction log to judge the shadow phase: give --log-url URL (the "
+            "server's log_url) or --feedback-from URL."
+        )
     cfg = load_config(config)
     uri = registry.registry_uri(tracking_uri, runs_dir=cfg.runs_dir)
     champion = registry.resolve_model_uri(f"models:/{model}@champion", tracking_uri=uri)
@@ -138,38 +149,16 @@ def retrain(
         verdict = _replay_step(record, champ, chall, logged, settings, device)
         if not verdict:  # a rejected challenger keeps its version and record, not the alias
             registry.delete_alias(model, "challenger", tracking_uri=uri)
+    if verdict and server:
+        verdict = _shadow_step(
+            record, model, version, champion.version, settings, uri, server, admin_token, log_url or ""
+        )
     if verdict:
         _promote_step(record, model, version, settings, uri, server, admin_token)
     path = record.write(out_dir / "decision.json")
     log.info("decision: %s (%s); record %s", record.outcome, record.reason, path)
     _log_decision(record, path, version, run_dir, merged, champion.version, uri)
     return RetrainResult(record, path, version)
-
-
-def plan(record: DecisionRecord, settings: RetrainSettings) -> list[str]:
-    """The steps and gates of a retrain, as lines (what ``--dry-run`` prints)."""
-    s = settings
-    return [
-        f"retrain '{record.model}': champion version {record.champion['version']}",
-        f"1. data: {', '.join(record.data['sources']) or '(none given)'}; new data split per class "
-        f"{1 - s.test_fraction - s.val_fraction:.0%} train / {s.val_fraction:.0%} val / "
-        f"{s.test_fraction:.0%} "
-        f"fresh test (seed {s.seed}); the original train+val kept",
-        f"2. train a challenger {'from scratch' if s.from_scratch else 'fine-tuned from the champion'}"
-        + (f" for {s.epochs} epoch(s)" if s.epochs else ""),
-        f"3. gate: McNemar one-sided {s.test} p < {s.alpha} AND accuracy gain >= {s.min_effect * 100:.2f} "
-        f"points, on at least {s.min_test_items} fresh test items",
-        "4. register the challenger, alias challenger",
-        f"5. replay the last {s.replay_items} logged requests (with --feedback-from); gate: agreement with "
-        f"the champion >= {s.min_replay_agreement}",
-        "6. shadow and canary: not implemented yet (see docs/monitoring.md)",
-        "7. "
-        + (
-            "promote: alias champion -> challenger, reload the server (--server), check every worker"
-            if s.promote
-            else "no promotion (promote: false): the challenger alias stays for review"
-        ),
-    ]
 
 
 def _logged(
@@ -357,8 +346,56 @@ def _promote_step(
     if server:
         from torchkiln.monitor.live import reload_and_verify
 
-        record.live = reload_and_verify(server, admin_token, model, version)
+        record.live = (record.live or {}) | {
+            "promotion": reload_and_verify(server, admin_token, model, version)
+        }
         log.info("step 7: %s reloaded: %s", server, record.live)
+
+
+def _shadow_step(
+    record: DecisionRecord,
+    model: str,
+    version: str | None,
+    champion: str,
+    s: RetrainSettings,
+    uri: str,
+    server: str,
+    admin_token: str | None,
+    log_url: str,
+) -> bool:
+    from torchkiln.monitor import live
+
+    assert version is not None
+    reloaded = live.reload_arm(server, admin_token, model, "challenger", version)
+    after = live.log_watermark(log_url)
+    log.info(
+        "step 6: %s mirrors %s to version %s on %s workers; waiting for %d requests in the log",
+        server,
+        model,
+        version,
+        reloaded["workers"]["total"],
+        s.shadow_requests,
+    )
+    figs = live.shadow_figures(
+        log_url,
+        model,
+        version,
+        after=after,
+        requests=s.shadow_requests,
+        timeout_s=s.shadow_timeout_s,
+        settle_s=s.shadow_settle_s,
+    )
+    record.live = {"shadow": figs, "shadow_reload": reloaded}
+    log.info("step 6: shadow figures %s", figs)
+    failed = shadow_failures(figs, s)
+    if not failed:
+        return True
+    # Roll back: the challenger alias returns to the champion's version, and the server stops mirroring.
+    registry.set_alias(model, champion, "challenger", tracking_uri=uri)
+    record.live["rollback_reload"] = live.reload_arm(server, admin_token, model, "challenger", champion)
+    record.outcome = "rejected"
+    record.reason = f"shadow gate on {figs['requests']} requests: {'; '.join(failed)}; rolled back"
+    return False
 
 
 def _log_decision(

@@ -1,0 +1,200 @@
+"""kiln retrain against a real `kiln serve --workers 2`: a challenger that fails on the served traffic is
+rolled back in shadow; a better one goes through shadow, is promoted, and every worker serves it.
+
+The server serves ``models:/shapes@champion`` with ``challenger: models:/shapes@challenger`` in shadow,
+as docs/monitoring.md says; a thread sends inverted shapes (which the champion gets wrong) the whole time.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from PIL import Image, ImageOps
+
+from torchkiln.monitor.decision import RetrainSettings
+from torchkiln.monitor.retrain import retrain
+from torchkiln.serve import registry
+from torchkiln.tasks.base import load_config
+from torchkiln.tasks.training import train_new_run
+
+pytest.importorskip("mlflow")
+pytest.importorskip("gunicorn")
+
+MODEL, TOKEN = "shapes", "retrain-admin-token"
+KILN = shutil.which("kiln") or "kiln"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def inverted(root: Path, make_image_folder: Any, *, per_class: int = 40, seed: int = 1) -> Path:
+    folder = make_image_folder(root, per_class=per_class, seed=seed)
+    for p in folder.rglob("*.png"):
+        ImageOps.invert(Image.open(p).convert("RGB")).save(p)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, make_image_folder: Any, make_config: Any
+) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("live")
+    cache = root / "cache"
+    os.environ["KILN_CACHE_DIR"] = str(cache)  # this process's registry downloads; restored below
+    cfg = make_config(make_image_folder(root / "orig", per_class=12), root / "runs")
+    cfg["train"]["epochs"] = 3
+    (root / "kiln.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    run = train_new_run(load_config(root / "kiln.yaml"))
+    uri = f"sqlite:///{root}/mlflow.db"
+    registry.register_bundle(run / "bundle", name=MODEL, alias="champion", tracking_uri=uri)
+    registry.set_alias(MODEL, 1, "challenger", tracking_uri=uri)  # idle: the challenger is the champion
+    settings = {
+        "models": [
+            {
+                "name": MODEL,
+                "uri": f"models:/{MODEL}@champion",
+                "challenger": f"models:/{MODEL}@challenger",
+                "shadow": True,
+            }
+        ],
+        "registry_uri": uri,
+        "admin_token": TOKEN,
+    }
+    (root / "serve.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    (root / "tmp").mkdir()
+    port, log_url = free_port(), f"sqlite:///{root}/p.db"
+    cmd = [
+        KILN,
+        "serve",
+        "--config",
+        str(root / "serve.yaml"),
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--log-url",
+        log_url,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(root / "tmp"), "KILN_CACHE_DIR": str(cache)}
+    with open(root / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    traffic = sorted(inverted(root / "traffic", make_image_folder, per_class=10, seed=5).rglob("*.png"))
+    stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 120
+        while (root / "stderr.txt").read_text(errors="replace").count(f"'{MODEL}' champion now serves") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (root / "stderr.txt").read_text()
+            time.sleep(0.1)
+        sender = threading.Thread(target=send_forever, args=(url, traffic, stop), daemon=True)
+        sender.start()
+        yield {"root": root, "uri": uri, "url": url, "log_url": log_url, "config": root / "kiln.yaml"}
+    finally:
+        stop.set()
+        os.environ.pop("KILN_CACHE_DIR", None)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def send_forever(url: str, images: list[Path], stop: threading.Event) -> None:
+    """Requests on fresh connections (any worker may take each) until ``stop``."""
+    bodies = [{"images": [base64.b64encode(p.read_bytes()).decode()]} for p in images]
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=url, timeout=30, limits=fresh) as client:
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):  # the shutdown; the next request says more
+                client.post(f"/v1/models/{MODEL}/predict", json=bodies[i % len(bodies)])
+            i += 1
+
+
+def served(live: dict) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    models = httpx.get(f"{live['url']}/admin/models", headers=headers, timeout=30).json()["models"]
+    return {v["arm"]: v["version"] for m in models if m["name"] == MODEL for v in m["versions"]}
+
+
+def test_a_challenger_that_fails_on_the_served_traffic_is_rolled_back_in_shadow(
+    live: dict, make_image_folder: Any
+) -> None:
+    # Trained on grayscale (data.channels 1): right offline through its own preprocessing, but in shadow it
+    # gets the champion's preprocessed RGB batch, which its first convolution refuses.
+    raw = yaml.safe_load(live["config"].read_text())
+    raw["data"]["channels"] = 1
+    gray = live["root"] / "gray.yaml"
+    gray.write_text(yaml.safe_dump(raw))
+    new = inverted(live["root"] / "new-gray", make_image_folder)
+    result = retrain(
+        gray,
+        model=MODEL,
+        data=[new],
+        tracking_uri=live["uri"],
+        server=live["url"],
+        admin_token=TOKEN,
+        log_url=live["log_url"],
+        out_dir=live["root"] / "retrain-gray",
+        device="cpu",
+        settings=RetrainSettings(epochs=5, from_scratch=True, shadow_requests=30, shadow_settle_s=2),
+    )
+    record = result.record
+    assert result.challenger_version == "2"
+    assert record.test["p_value"] < 0.05  # it passed the offline gate
+    assert record.outcome == "rejected", record.reason
+    assert record.reason.startswith("shadow gate on 30 requests: error rate 1.000 > shadow_max_error_rate")
+    assert record.live["shadow"]["shadow_answers"] == 0
+    assert record.live["rollback_reload"]["workers"] == {"total": 2, "serving": 2}
+    assert registry.current_version(MODEL, "champion", tracking_uri=live["uri"]) == "1"
+    assert registry.current_version(MODEL, "challenger", tracking_uri=live["uri"]) == "1"
+    assert served(live) == {"champion": "1", "challenger": "1"}
+
+
+def test_a_better_challenger_goes_through_shadow_and_every_worker_serves_it(
+    live: dict, make_image_folder: Any
+) -> None:
+    new = inverted(live["root"] / "new", make_image_folder)
+    result = retrain(
+        live["config"],
+        model=MODEL,
+        data=[new],
+        tracking_uri=live["uri"],
+        server=live["url"],
+        admin_token=TOKEN,
+        log_url=live["log_url"],
+        out_dir=live["root"] / "retrain",
+        device="cpu",
+        settings=RetrainSettings(epochs=5, shadow_requests=30),
+    )
+    record = result.record
+    assert record.outcome == "promoted", record.reason
+    version = result.challenger_version
+    shadow = record.live["shadow"]
+    assert shadow["requests"] == shadow["shadow_answers"] == 30 and shadow["error_rate"] == 0.0
+    assert shadow["agreement"] < 1  # it answers the inverted images the champion gets wrong
+    assert record.live["promotion"]["workers"] == {"total": 2, "serving": 2}
+    assert registry.current_version(MODEL, "champion", tracking_uri=live["uri"]) == version
+    assert served(live)["champion"] == version
+    # Fresh connections reach both workers; each answers with the new champion.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    image = base64.b64encode(next((live["root"] / "new").rglob("*.png")).read_bytes()).decode()
+    with httpx.Client(base_url=live["url"], timeout=30, limits=fresh) as client:
+        answers = [client.post(f"/v1/models/{MODEL}/predict", json={"images": [image]}) for _ in range(10)]
+    assert {r.json()["version"] for r in answers} == {version}
