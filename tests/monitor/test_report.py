@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from torchkiln.monitor.drift import DriftSettings
-from torchkiln.monitor.report import check, write_report
+from torchkiln.monitor.html import write_report
+from torchkiln.monitor.report import check
 from torchkiln.serve.predlog_db import FIELDS
 
 from .conftest import CLEAN, DARK, ServedLog

@@ -97,7 +97,8 @@ def report(
     Each version's window is compared with the reference profile of its bundle (the target, a --bundle,
     or the registry's models:/MODEL/VERSION). A window under 50 inputs gives "not enough data".
     """
-    from torchkiln.monitor.report import check, write_report
+    from torchkiln.monitor.html import write_report
+    from torchkiln.monitor.report import check
 
     try:
         done = check(

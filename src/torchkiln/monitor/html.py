@@ -8,6 +8,8 @@ drift score of each signal over the sub-windows of the window.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from matplotlib.figure import Figure
 
 from torchkiln.components.classification_report import figure_png, plot_label
 from torchkiln.components.html import render
+from torchkiln.core.io import atomic_write_text
 from torchkiln.monitor.report import MonitorReport, VersionCheck
 from torchkiln.monitor.signals import Signals
 
@@ -137,3 +140,19 @@ def _timeline_plot(v: VersionCheck) -> str:
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=7, ncols=2)
     return figure_png(fig)
+
+
+def write_report(report: MonitorReport, out_dir: str | Path, *, html: bool = True) -> list[Path]:
+    """Write ``report.json`` (and ``report.html``, offline, with plots) into ``out_dir``; atomic writes.
+
+    Returns:
+        The files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.json"]
+    atomic_write_text(files[0], json.dumps(report.to_dict(), indent=2) + "\n")
+    if html:
+        files.append(out / "report.html")
+        atomic_write_text(files[1], render_report(report))
+    return files

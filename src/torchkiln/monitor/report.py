@@ -3,8 +3,8 @@
 :func:`check` reads the window of logged traffic (``monitor.traffic``), finds each version's bundle
 (``monitor.sources``), runs :func:`~torchkiln.monitor.drift.detect` against the bundle's reference profile,
 splits the window into sub-windows for a drift-over-time view, and adds the live accuracy of the feedback
-labels (``serve.performance.live_performance``). :func:`write_report` writes ``report.json`` and an offline
-``report.html`` (``monitor.html``).
+labels (``serve.performance.live_performance``). ``monitor.html.write_report`` writes ``report.json`` and
+an offline ``report.html``.
 
 **Drift score.** Each row of a drift check is scored so that 1.0 is its threshold and higher is more
 drifted: a p-value row ``log10(p) / log10(threshold)``, a statistic row ``statistic / threshold``. A
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from torchkiln.core.errors import KilnError
-from torchkiln.core.io import atomic_write_text
 from torchkiln.monitor.drift import (
     DriftReport,
     DriftRow,
@@ -48,7 +47,6 @@ __all__ = [
     "check",
     "row_score",
     "signal_scores",
-    "write_report",
 ]
 
 MAX_SUB_WINDOWS = 6  # drift over time: the window in at most this many sub-windows of min_window items
@@ -301,21 +299,3 @@ def _timeline(
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(float(seconds), UTC).isoformat(timespec="seconds")
-
-
-def write_report(report: MonitorReport, out_dir: str | Path, *, html: bool = True) -> list[Path]:
-    """Write ``report.json`` (and ``report.html``, offline, with plots) into ``out_dir``; atomic writes.
-
-    Returns:
-        The files written.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "report.json"]
-    atomic_write_text(files[0], json.dumps(report.to_dict(), indent=2) + "\n")
-    if html:
-        from torchkiln.monitor.html import render_report  # matplotlib loads only for the page
-
-        files.append(out / "report.html")
-        atomic_write_text(files[1], render_report(report))
-    return files

@@ -40,7 +40,8 @@ from torchkiln.core.errors import ConfigError, KilnError
 from torchkiln.core.io import atomic_write_text
 from torchkiln.monitor.alerts import AlertPolicy, AlertState, Event
 from torchkiln.monitor.drift import DriftSettings, Thresholds
-from torchkiln.monitor.report import MonitorReport, VersionCheck, check, write_report
+from torchkiln.monitor.html import write_report
+from torchkiln.monitor.report import MonitorReport, VersionCheck, check
 
 __all__ = ["Gauges", "WatchConfig", "deliver", "load_states", "run_check", "save_states", "watch"]
 
