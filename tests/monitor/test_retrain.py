@@ -36,12 +36,13 @@ MODEL = "shapes"
 
 @pytest.fixture(scope="module")
 def champion_run(tmp_path_factory: pytest.TempPathFactory, make_image_folder: Any, make_config: Any) -> Path:
-    """The champion's config and run: 3 epochs on 3 x 12 clean 16x16 images (right on clean data)."""
+    """The champion's config and its bundle, ``champion-bundle``: 3 epochs on 3 x 12 clean 16x16 images (right
+    on clean data). Challengers' runs land in its runs_dir too, so tests take the bundle by this name."""
     root = tmp_path_factory.mktemp("champion")
     cfg = make_config(make_image_folder(root / "orig", per_class=12), root / "runs")
     cfg["train"]["epochs"] = 3
     (root / "kiln.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    train_new_run(load_config(root / "kiln.yaml"))
+    shutil.copytree(train_new_run(load_config(root / "kiln.yaml")) / "bundle", root / "champion-bundle")
     return root
 
 
@@ -50,7 +51,7 @@ def loop(champion_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """A fresh registry in tmp_path whose champion (version 1) is the champion run's bundle."""
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    bundle = champion_run / "champion-bundle"
     registry.register_bundle(bundle, name=MODEL, alias="champion", tracking_uri=uri)
     return {"config": champion_run / "kiln.yaml", "uri": uri, "tmp": tmp_path}
 
@@ -238,7 +239,7 @@ async def serve_and_label(bundle: Path, db: Path, images: list[Path], *, keep_bo
 def test_feedback_labelled_logged_inputs_retrain_and_replay(
     loop: dict[str, Any], champion_run: Path, make_image_folder: Any
 ) -> None:
-    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    bundle = champion_run / "champion-bundle"
     shown = sorted(inverted(loop["tmp"] / "shown", make_image_folder).rglob("*.png"))
     db = loop["tmp"] / "p.db"
     asyncio.run(serve_and_label(bundle, db, shown, keep_bodies=1.0))
@@ -270,7 +271,7 @@ def test_feedback_labelled_logged_inputs_retrain_and_replay(
 def test_a_log_without_bodies_says_so(
     loop: dict[str, Any], champion_run: Path, make_image_folder: Any
 ) -> None:
-    bundle = next((champion_run / "runs").glob("*/*/bundle"))
+    bundle = champion_run / "champion-bundle"
     shown = sorted(make_image_folder(loop["tmp"] / "shown", per_class=2).rglob("*.png"))
     db = loop["tmp"] / "p.db"
     asyncio.run(serve_and_label(bundle, db, shown, keep_bodies=0.0))
