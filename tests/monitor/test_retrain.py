@@ -9,6 +9,7 @@ import csv
 import json
 import random
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,28 @@ def test_a_log_without_bodies_says_so(
         match=r"no request bodies with a feedback label for model .shapes. .* log_payload_sample_rate > 0",
     ):
         retrain(loop["config"], model=MODEL, feedback_from=f"sqlite:///{db}", tracking_uri=loop["uri"])
+
+
+def test_a_server_that_cannot_be_reached_fails_the_run_with_its_record_written(
+    loop: dict[str, Any], make_image_folder: Any
+) -> None:
+    new = inverted(loop["tmp"] / "new", make_image_folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = loop["tmp"] / "retrain"
+    with pytest.raises(ServeError, match=f"Cannot reach the server at http://127.0.0.1:{port}"):
+        retrain(
+            loop["config"],
+            model=MODEL,
+            data=[new],
+            settings=RetrainSettings(epochs=5),
+            tracking_uri=loop["uri"],
+            server=f"http://127.0.0.1:{port}",
+            log_url=f"sqlite:///{loop['tmp']}/p.db",
+            out_dir=out,
+            device="cpu",
+        )
+    record = json.loads((out / "decision.json").read_text())
+    assert record["outcome"] == "failed" and "Cannot reach the server" in record["reason"]
+    assert registry.current_version(MODEL, "champion", tracking_uri=loop["uri"]) == "1"  # never promoted

@@ -131,7 +131,7 @@ class DecisionRecord:
     """What ``kiln retrain`` saw and decided; ``decision.json`` in the retrain folder and in MLflow."""
 
     model: str
-    outcome: Literal["promoted", "accepted", "rejected", "planned"]
+    outcome: Literal["promoted", "accepted", "rejected", "failed", "planned"]  # failed: a live step raised
     reason: str
     settings: dict[str, Any]
     champion: dict[str, Any]  # version, uri, metrics on the fresh test set

@@ -28,7 +28,7 @@ import numpy as np
 from torchkiln.artifacts.bundle import Bundle, load_bundle
 from torchkiln.artifacts.predictor import Predictor
 from torchkiln.core.config import RunConfig
-from torchkiln.core.errors import ConfigError, ServeError
+from torchkiln.core.errors import ConfigError, KilnError, ServeError
 from torchkiln.monitor.data_merge import MergedData, feedback_items, merge, scan_source
 from torchkiln.monitor.decision import DecisionRecord, RetrainSettings, judge, shadow_failures
 from torchkiln.monitor.logged import NO_PAYLOADS, LoggedInputs, read_logged_inputs
@@ -149,15 +149,20 @@ def retrain(
         verdict = _replay_step(record, champ, chall, logged, settings, device)
         if not verdict:  # a rejected challenger keeps its version and record, not the alias
             registry.delete_alias(model, "challenger", tracking_uri=uri)
-    if verdict and server:
-        verdict = _shadow_step(
-            record, model, version, champion.version, settings, uri, server, admin_token, log_url or ""
-        )
-    if verdict:
-        _promote_step(record, model, version, settings, uri, server, admin_token)
-    path = record.write(out_dir / "decision.json")
-    log.info("decision: %s (%s); record %s", record.outcome, record.reason, path)
-    _log_decision(record, path, version, run_dir, merged, champion.version, uri)
+    try:
+        if verdict and server:
+            verdict = _shadow_step(
+                record, model, version, champion.version, settings, uri, server, admin_token, log_url or ""
+            )
+        if verdict:
+            _promote_step(record, model, version, settings, uri, server, admin_token)
+    except KilnError as exc:  # a live step failed: the record says where, then the error goes on
+        record.outcome, record.reason = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        path = record.write(out_dir / "decision.json")
+        log.info("decision: %s (%s); record %s", record.outcome, record.reason, path)
+        _log_decision(record, path, version, run_dir, merged, champion.version, uri)
     return RetrainResult(record, path, version)
 
 
