@@ -642,3 +642,41 @@ def test_serving_on_cuda_batches_and_answers_like_the_cpu(tmp_path: Path, tiny_b
             assert 0 < sum(batches) < len(images)  # fewer model calls than requests: they were batched
 
     run(go())
+
+
+def test_a_request_whose_model_is_swapped_out_is_answered_by_the_new_version(
+    tmp_path: Path, tiny_bundle: Path, variant_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload between the pick of a model and its call: the request goes to the new version, not a 500."""
+    from torchkiln.serve import routes
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    parse, held, go_on = routes._parse, asyncio.Event(), asyncio.Event()
+
+    async def held_parse(*args: Any) -> Any:
+        if not held.is_set():  # the first request waits here, its model already picked
+            held.set()
+            await go_on.wait()
+        return await parse(*args)
+
+    monkeypatch.setattr(routes, "_parse", held_parse)
+
+    async def go() -> None:
+        async with serving(tmp_path, bundle) as (client, app):
+            before = (await client.get("/v1/models")).json()["models"][0]["versions"][0]["version"]
+            dep = app.state.kiln.manager.deployments["shapes"]
+            old = dep.models["champion"]
+            pending = asyncio.create_task(client.post(URL, json={"images": [b64(png())]}))
+            await held.wait()
+            variant_bundle(tiny_bundle, tmp_path / "v2", seed=7)
+            shutil.copy(tmp_path / "v2" / "model.safetensors", bundle / "model.safetensors")
+            shutil.copy(tmp_path / "v2" / "bundle.json", bundle / "bundle.json")
+            assert (await client.post("/admin/reload", headers=admin())).status_code == 200
+            while not old.batcher._stopping:  # the old model stops taking work (a task the reload started)
+                await asyncio.sleep(0)
+            go_on.set()
+            r = await pending
+            after = load_predictor(bundle).version
+            assert (r.status_code, r.json()["version"]) == (200, after) and after != before
+
+    run(go())

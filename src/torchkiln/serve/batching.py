@@ -23,6 +23,10 @@ import torch
 RunBatch = Callable[[Sequence[torch.Tensor], Sequence[Any]], list[Any]]
 
 
+class ModelUnloadedError(RuntimeError):
+    """A request reached a model that a reload has swapped out: pick the deployment's model again."""
+
+
 class QueueFullError(Exception):
     """The queue holds ``max_queue`` requests already; retry after ``retry_after_s``."""
 
@@ -83,10 +87,10 @@ class DynamicBatcher:
 
         Raises:
             QueueFullError: ``max_queue`` requests are waiting already.
-            RuntimeError: the batcher is stopping.
+            ModelUnloadedError: the batcher is stopping (a reload swapped its model out).
         """
         if self._stopping:
-            raise RuntimeError("the model is being unloaded")
+            raise ModelUnloadedError("the model is being unloaded")
         if len(self._jobs) >= self.max_queue:
             waves = len(self._jobs) * 1.0 / max(self.max_batch_size, 1) + 1
             raise QueueFullError(max(1.0, waves * self._batch_s))
@@ -106,7 +110,7 @@ class DynamicBatcher:
                 self._task.cancel()
         for job in self._jobs:
             if not job.future.done():
-                job.future.set_exception(RuntimeError("the model was unloaded before this request ran"))
+                job.future.set_exception(ModelUnloadedError("the model was unloaded before this request ran"))
         self._jobs.clear()
         self._executor.shutdown(wait=False)
 

@@ -27,7 +27,7 @@ from starlette.formparsers import MultiPartException
 
 from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import KilnError
-from torchkiln.serve.batching import QueueFullError
+from torchkiln.serve.batching import ModelUnloadedError, QueueFullError
 from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
 from torchkiln.serve.predlog import PredictionRecord
 from torchkiln.serve.schemas import (
@@ -156,12 +156,9 @@ async def predict(
     rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
     request.state.kiln_request_id = rid
     dep = _deployment(state, name)
-    model = dep.pick(x_request_key or rid)
-    request.state.kiln_model, request.state.kiln_version = dep.name, model.version
     start = time.perf_counter()
     body = await request.body()
-    inputs = await _parse(request, body, model, state)
-    answer = await _call(state, dep, model, inputs)
+    model, inputs, answer = await _answer(request, state, dep, x_request_key or rid, body)
     answers = answer.predictions
     headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
     content = {"model": dep.name, "version": model.version, "arm": model.arm, "request_id": rid}
@@ -178,6 +175,30 @@ async def predict(
             _mirror, state, dep, shadow, rid, request.scope["path"], inputs, answer.summaries
         )
     return response
+
+
+async def _answer(
+    request: Request, state: ServerState, dep: Deployment, key: str, body: bytes
+) -> tuple[ServedModel, Inputs, Answer]:
+    """Pick the arm's model, parse the body with its preprocessing and call it. A reload that swaps the
+    model out between the pick and the call (the old one stops taking work) sends the request to the
+    version now serving, parsed again with that version's preprocessing: each request sees the old
+    version or the new one, never an error."""
+    for _ in range(3):  # a request that meets more than two swaps in a row is told to retry
+        model = dep.pick(key)
+        request.state.kiln_model, request.state.kiln_version = dep.name, model.version
+        inputs = await _parse(request, body, model, state)
+        try:
+            return model, inputs, await _call(state, dep, model, inputs)
+        except ModelUnloadedError:
+            dep = _deployment(state, dep.name)
+    raise ApiError(
+        503,
+        "reloading",
+        f"Model '{dep.name}' was replaced by reloads while this request waited. Retry after the Retry-After "
+        f"seconds.",
+        {"Retry-After": "1"},
+    )
 
 
 def _deployment(state: ServerState, name: str) -> Deployment:
