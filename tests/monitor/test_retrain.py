@@ -306,3 +306,22 @@ def test_a_server_that_cannot_be_reached_fails_the_run_with_its_record_written(
     record = json.loads((out / "decision.json").read_text())
     assert record["outcome"] == "failed" and "Cannot reach the server" in record["reason"]
     assert registry.current_version(MODEL, "champion", tracking_uri=loop["uri"]) == "1"  # never promoted
+
+
+def test_the_challenger_keeps_all_the_new_data_under_a_limit_per_class(
+    champion_run: Path, tmp_path: Path
+) -> None:
+    """The merge applies the champion's data.limit_per_class to the original data only; the challenger's
+    config must not apply it again to the merged train split, or the new data is cut."""
+    from torchkiln.monitor.data_merge import MergedData
+    from torchkiln.monitor.retrain import _challenger_config
+
+    cfg = load_config(champion_run / "kiln.yaml", ["data.limit_per_class=5"])
+    merged = MergedData(tmp_path / "merged.csv", [], {}, "0" * 64, "0" * 64)
+    ccfg = _challenger_config(
+        cfg, champion_run / "bundle", merged, RetrainSettings(), ["dot", "hbar", "vbar"]
+    )
+    assert cfg.data.limit_per_class == 5 and ccfg.data.limit_per_class is None
+    assert ccfg.data.path == str(tmp_path / "merged.csv") and ccfg.model.init_from == str(
+        champion_run / "bundle"
+    )

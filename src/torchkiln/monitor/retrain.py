@@ -223,6 +223,8 @@ def _challenger_config(
         "split_column": "split",
         "classes": classes,
     }
+    if "limit_per_class" in raw["data"]:  # the merge applied it to the original data; new data stays whole
+        raw["data"]["limit_per_class"] = None
     raw["name"] = f"{cfg.name}-challenger" if getattr(cfg, "name", None) else "challenger"
     if not settings.from_scratch:
         raw["model"]["init_from"] = str(champion)
