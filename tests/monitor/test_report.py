@@ -10,7 +10,7 @@ from torchkiln.monitor.html import write_report
 from torchkiln.monitor.report import check
 from torchkiln.serve.predlog_db import FIELDS
 
-from .conftest import CLEAN, DARK, ServedLog
+from .conftest import CLEAN, DARK, ServedLog, images, png
 
 EMBEDDED = "signals" in FIELDS  # the server logs live signals (embeddings) once serve/live_signals.py lands
 
@@ -98,3 +98,39 @@ def test_min_window_setting_is_used(served_log: ServedLog) -> None:
         settings=DriftSettings(min_window=20),
     ).versions
     assert v.verdict == "drift"  # the last 30 inputs are all dark
+
+
+def test_a_shadow_arm_serving_the_champions_own_version_is_not_a_second_group(
+    served_log: ServedLog, tmp_path: Path
+) -> None:
+    """Between retrains the challenger alias points at the champion's version: its mirrored answers must
+    not form a second group (a second alert per incident)."""
+    import asyncio
+
+    import httpx
+
+    from torchkiln.monitor.traffic import read_traffic
+    from torchkiln.serve.app import create_app
+    from torchkiln.serve.predlog import read_predictions
+    from torchkiln.serve.settings import load_settings
+
+    bundle = str(served_log.bundle)
+    model = {"uri": bundle, "name": "shapes", "challenger": bundle, "shadow": True}
+    url = f"sqlite:///{tmp_path}/p.db"
+
+    async def go() -> None:
+        app = create_app(load_settings(models=[model], log_url=url))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.05)
+                for _label, image in images(60, seed=4):
+                    r = await client.post("/v1/models/shapes/predict", json={"images": [png(image)]})
+                    assert r.status_code == 200, r.text
+
+    asyncio.run(go())
+    rows = read_predictions(url)
+    assert {r.shadow for r in rows} == {False, True}  # the shadow arm did answer, with the same version
+    groups = read_traffic(url, window="1000")
+    assert [(g.version, g.shadow, len(g.summaries)) for g in groups] == [(served_log.version, False, 60)]

@@ -90,7 +90,8 @@ def read_traffic(
         now: the end of a time window (default: now).
 
     Returns:
-        One :class:`Traffic` per group, sorted by model, shadow, version; groups with no input are left out.
+        One :class:`Traffic` per group, sorted by model, shadow, version; groups with no input are left out,
+        and so is the shadow group of a version that also answered (the same traffic, mirrored).
 
     Raises:
         ServeError: the window is invalid, or the log cannot be read.
@@ -132,6 +133,10 @@ def _read(
     if win.span is not None:
         where.append(c.time >= utc(now or datetime.now(UTC)) - win.span)
     groups = conn.execute(sa.select(c.model, c.version, c.shadow).where(*where).distinct()).all()
+    # A shadow arm serving the champion's own version (between retrains) mirrors the same traffic: its
+    # group would repeat the champion's check and send a second alert for one incident.
+    served = {(g[0], g[1]) for g in groups if not g[2]}
+    groups = [g for g in groups if not (g[2] and (g[0], g[1]) in served)]
     columns = [c.time, c.outputs, c.input_summary] + ([c.signals] if "signals" in c else [])
     out = []
     for g_model, g_version, g_shadow in sorted(groups, key=lambda g: (g[0], bool(g[2]), g[1])):
