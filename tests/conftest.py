@@ -6,7 +6,8 @@ The images are drawn, not downloaded: three classes whose patterns a small CNN t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,24 @@ def make_forecast_config() -> ConfigFactory:
 def series_values() -> Callable[..., np.ndarray]:
     """``series_values(n=96, seed=1)``: the generated seasonal series the fixtures use."""
     return seasonal_series
+
+
+@asynccontextmanager
+async def running(app: Any) -> AsyncIterator[Any]:
+    """``async with running(create_app(settings)) as client``: the app's lifespan running and every model
+    ready (``/readyz`` 200); the ``httpx.AsyncClient`` talks to it in process. Imported by the serve and
+    monitor tests (``from ..conftest import running``)."""
+    import asyncio
+
+    import httpx
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            for _ in range(300):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
+            yield client

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,6 +23,8 @@ from torchkiln import api
 from torchkiln.serve.app import create_app
 from torchkiln.serve.settings import load_settings
 from torchkiln.tasks.image_classification.example import draw
+
+from ..conftest import running
 
 CLASSES = ["dot", "hbar", "vbar"]
 CLEAN = DARK = 120
@@ -52,24 +53,18 @@ async def serve_traffic(bundle: Path, db: Path, batches: list[list[tuple[int, np
     s = load_settings(models=[{"uri": str(bundle), "name": "shapes"}], log_url=f"sqlite:///{db}")
     app = create_app(s)
     version = ""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            for batch, labelled in batches:
-                for label, image in batch:
-                    r = await client.post("/v1/models/shapes/predict", json={"images": [png(image)]})
-                    assert r.status_code == 200, r.text
-                    version = r.json()["version"]
-                    if labelled:
-                        f = await client.post(
-                            "/v1/feedback",
-                            json={"request_id": r.json()["request_id"], "label": CLASSES[label]},
-                        )
-                        assert f.status_code == 201, f.text
+    async with running(app) as client:
+        for batch, labelled in batches:
+            for label, image in batch:
+                r = await client.post("/v1/models/shapes/predict", json={"images": [png(image)]})
+                assert r.status_code == 200, r.text
+                version = r.json()["version"]
+                if labelled:
+                    f = await client.post(
+                        "/v1/feedback",
+                        json={"request_id": r.json()["request_id"], "label": CLASSES[label]},
+                    )
+                    assert f.status_code == 201, f.text
     return version
 
 

@@ -10,6 +10,7 @@ from torchkiln.monitor.html import write_report
 from torchkiln.monitor.report import check
 from torchkiln.serve.predlog_db import FIELDS
 
+from ..conftest import running
 from .conftest import CLEAN, DARK, ServedLog, images, png
 
 EMBEDDED = "signals" in FIELDS  # the server logs live signals (embeddings) once serve/live_signals.py lands
@@ -107,8 +108,6 @@ def test_a_shadow_arm_serving_the_champions_own_version_is_not_a_second_group(
     not form a second group (a second alert per incident)."""
     import asyncio
 
-    import httpx
-
     from torchkiln.monitor.traffic import read_traffic
     from torchkiln.serve.app import create_app
     from torchkiln.serve.predlog import read_predictions
@@ -120,14 +119,10 @@ def test_a_shadow_arm_serving_the_champions_own_version_is_not_a_second_group(
 
     async def go() -> None:
         app = create_app(load_settings(models=[model], log_url=url))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
-                while (await client.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.05)
-                for _label, image in images(60, seed=4):
-                    r = await client.post("/v1/models/shapes/predict", json={"images": [png(image)]})
-                    assert r.status_code == 200, r.text
+        async with running(app) as client:
+            for _label, image in images(60, seed=4):
+                r = await client.post("/v1/models/shapes/predict", json={"images": [png(image)]})
+                assert r.status_code == 200, r.text
 
     asyncio.run(go())
     rows = read_predictions(url)

@@ -13,7 +13,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from PIL import Image, ImageOps
@@ -28,6 +27,8 @@ from torchkiln.serve.app import create_app
 from torchkiln.serve.settings import load_settings
 from torchkiln.tasks.base import load_config
 from torchkiln.tasks.training import train_new_run
+
+from ..conftest import running
 
 pytest.importorskip("mlflow")
 pytest.importorskip("scipy")
@@ -220,21 +221,15 @@ async def serve_and_label(bundle: Path, db: Path, images: list[Path], *, keep_bo
         log_payload_sample_rate=keep_bodies,
     )
     app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            for p in images:
-                body = {"images": [base64.b64encode(p.read_bytes()).decode()]}
-                r = await client.post(f"/v1/models/{MODEL}/predict", json=body)
-                assert r.status_code == 200, r.text
-                f = await client.post(
-                    "/v1/feedback", json={"request_id": r.json()["request_id"], "label": p.parent.name}
-                )
-                assert f.status_code == 201, f.text
+    async with running(app) as client:
+        for p in images:
+            body = {"images": [base64.b64encode(p.read_bytes()).decode()]}
+            r = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+            assert r.status_code == 200, r.text
+            f = await client.post(
+                "/v1/feedback", json={"request_id": r.json()["request_id"], "label": p.parent.name}
+            )
+            assert f.status_code == 201, f.text
 
 
 def test_feedback_labelled_logged_inputs_retrain_and_replay(

@@ -7,7 +7,6 @@ end of the session. The binaries come from Debian's `postgresql` package, which 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -25,6 +24,8 @@ import pytest
 from torchkiln.serve.app import create_app
 from torchkiln.serve.settings import load_settings
 from torchkiln.serve.workers import WorkerSync
+
+from ..conftest import running
 
 PG_USER = "kiln"
 PG_DB = "kiln_test"
@@ -92,16 +93,8 @@ async def _serve_one(
         models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db", **settings
     )
     app = create_app(s, sync)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
-            yield client
+    async with running(app) as client:
+        yield client
 
 
 @pytest.fixture

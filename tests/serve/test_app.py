@@ -33,6 +33,8 @@ from torchkiln.serve.app import create_app
 from torchkiln.serve.predlog import read_predictions
 from torchkiln.serve.settings import load_settings
 
+from ..conftest import running
+
 TOKEN = "a-test-admin-token-0123456789"
 URL = "/v1/models/shapes/predict"
 
@@ -58,16 +60,8 @@ async def serving(
     model = {"uri": str(bundle), "name": "shapes"} | settings.pop("model", {})
     s = load_settings(models=[model], log_url=f"sqlite:///{tmp_path}/p.db", admin_token=TOKEN, **settings)
     app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
-            yield client, app
+    async with running(app) as client:
+        yield client, app
 
 
 def run(coro: Any) -> Any:

@@ -34,6 +34,8 @@ from torchkiln.serve.predlog import read_predictions
 from torchkiln.serve.predlog_db import PredictionRecord
 from torchkiln.serve.settings import load_settings
 
+from ..conftest import running
+
 TOKEN = "a-feedback-token-0123456789"
 URL = "/v1/models/shapes/predict"
 FEEDBACK = "/v1/feedback"
@@ -62,16 +64,8 @@ async def serving(
     if hold_log:  # before the feeder thread starts: it sleeps an hour and is never woken by a full batch
         plog = app.state.kiln.predlog
         plog._flush_interval, plog._batch_size = 3600.0, 1_000_000
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
-            yield client, app
+    async with running(app) as client:
+        yield client, app
 
 
 async def predict(client: httpx.AsyncClient, n: int = 1, rid: str | None = None) -> tuple[str, list[str]]:

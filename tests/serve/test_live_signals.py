@@ -34,6 +34,8 @@ from torchkiln.serve.predlog import PredictionLog, read_predictions
 from torchkiln.serve.predlog_db import PredictionRecord, present_columns
 from torchkiln.serve.settings import load_settings
 
+from ..conftest import running
+
 URL = "/v1/models/shapes/predict"
 
 
@@ -50,16 +52,8 @@ def png(seed: int) -> bytes:
 async def serving(tmp_path: Path, bundle: Path, **model: Any) -> AsyncIterator[httpx.AsyncClient]:
     s = load_settings(models=[{"uri": str(bundle), "name": "shapes"} | model], log_url=db_url(tmp_path))
     app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(300):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"not ready: {(await client.get('/readyz')).json()}")
-            yield client
+    async with running(app) as client:
+        yield client
 
 
 def db_url(tmp_path: Path) -> str:
