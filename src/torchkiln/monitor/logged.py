@@ -8,13 +8,12 @@ log without payloads holds summaries, never inputs, so nothing can be replayed o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from torchkiln.core.errors import KilnError, ServeError
-from torchkiln.serve.predlog_db import make_engine, reason, shown
+from torchkiln.serve.predlog_db import open_existing, reason, shown
 from torchkiln.tasks.base import RequestLimits, Task
 
 NO_PAYLOADS = (
@@ -53,10 +52,8 @@ def read_logged_inputs(url: str, model: str, task: Task, *, last: int) -> Logged
     Example:
         >>> logged = read_logged_inputs("sqlite:///runs/serve/predictions.db", "digits", task, last=500)
     """
-    engine, parsed = make_engine(url)
+    engine, parsed = open_existing(url, check="--feedback-from")
     try:
-        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-            raise ServeError(f"There is no prediction log at {parsed.database}; check --feedback-from.")
         with engine.connect() as conn:
             meta = sa.MetaData()
             p = sa.Table("predictions", meta, autoload_with=conn)

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from torchkiln.components.profile import summary_table
 from torchkiln.core.errors import ServeError
 from torchkiln.monitor.signals import Signals
 from torchkiln.serve.performance import Window, parse_window
-from torchkiln.serve.predlog_db import make_engine, reason, shown, utc
+from torchkiln.serve.predlog_db import open_existing, reason, shown, utc
 
 __all__ = ["Traffic", "read_traffic", "reference_signals", "window_signals"]
 
@@ -97,13 +96,8 @@ def read_traffic(
         ServeError: the window is invalid, or the log cannot be read.
     """
     win = parse_window(window) if isinstance(window, str) else window
-    engine, parsed = make_engine(url)
+    engine, parsed = open_existing(url, check="--log-url")
     try:
-        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-            raise ServeError(
-                f"There is no prediction log at {parsed.database}. Expected the database file `kiln serve` "
-                "writes; check --log-url, or serve some predictions first."
-            )
         with engine.connect() as conn:
             table = sa.Table("predictions", sa.MetaData(), autoload_with=conn)  # any column it has
             return _read(conn, table, win, model, version, now)

@@ -16,14 +16,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import sqlalchemy as sa
 
 from torchkiln.core.errors import ServeError
-from torchkiln.serve.predlog_db import feedback, make_engine, predictions, reason, shown, utc
+from torchkiln.serve.predlog_db import feedback, open_existing, predictions, reason, shown, utc
 
 __all__ = [
     "ClassPerformance",
@@ -175,13 +174,8 @@ def live_performance(
         >>> [(v.version, v.accuracy.value, v.accuracy.low) for v in perf.versions]
     """
     parsed = parse_window(window)
-    engine, parsed_url = make_engine(url)
+    engine, parsed_url = open_existing(url)
     try:
-        if parsed_url.get_backend_name() == "sqlite" and not Path(parsed_url.database or "").is_file():
-            raise ServeError(
-                f"There is no prediction log at {parsed_url.database}. Expected the database file `kiln "
-                "serve` writes; check the path."
-            )
         return performance(engine, model, parsed, now=now)
     except sa.exc.DBAPIError as exc:  # unreachable, or a log from before feedback (no 'feedback' table)
         raise ServeError(

@@ -40,6 +40,7 @@ from torchkiln.serve.predlog_db import (
     make_engine,
     metadata,
     migrate,
+    open_existing,
     predictions,
     present_columns,
     reason,
@@ -419,13 +420,8 @@ def read_predictions(
     Raises:
         ServeError: The URL is invalid, the database unreachable, or it holds no prediction log.
     """
-    engine, parsed = make_engine(url)
+    engine, parsed = open_existing(url)
     try:
-        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-            raise ServeError(
-                f"There is no prediction log at {parsed.database}. Expected the database file `kiln serve` "
-                "writes; check the path, or serve some predictions first."
-            )
         # A log written before a column was added (and not served since) lacks it: read it as null.
         present = present_columns(engine) or set(FIELDS)
         query = sa.select(*(c for c in predictions.columns if c.name in present or c.name == "id"))

@@ -140,6 +140,23 @@ def present_columns(engine: sa.Engine) -> set[str]:
     return {c["name"] for c in inspector.get_columns("predictions")}
 
 
+def open_existing(url: str, *, check: str = "the path") -> tuple[sa.Engine, URL]:
+    """:func:`make_engine` for a reader: a SQLite log must already exist (``check`` says where its URL
+    came from, e.g. ``--log-url``), so a typo is not read as an empty log.
+
+    Raises:
+        ServeError: the URL is invalid, or names a SQLite file that does not exist.
+    """
+    engine, parsed = make_engine(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        engine.dispose()
+        raise ServeError(
+            f"There is no prediction log at {parsed.database}. Expected the database file `kiln serve` "
+            f"writes; check {check}, or serve some predictions first."
+        )
+    return engine, parsed
+
+
 def make_engine(url: str) -> tuple[sa.Engine, URL]:
     try:
         parsed = sa.make_url(url)
