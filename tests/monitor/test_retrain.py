@@ -198,6 +198,16 @@ def test_bad_gates_and_a_rollback_without_history_exit_2_with_the_fix(loop: dict
         ],
     )
     assert bad.exit_code == 2 and "alpha" in bad.output
+    assert "  - unknown key 'alpah'. Did you mean 'alpha'? Valid keys here: alpha, epochs," in bad.stderr
+    missing = loop["tmp"] / "gates.yaml"
+    bad = runner.invoke(
+        app, ["retrain", str(loop["config"]), "--model", MODEL, "--settings", str(missing), "--dry-run"]
+    )
+    assert (bad.exit_code, bad.stderr) == (
+        2,
+        f"error: Retrain settings file '{missing}' does not exist. Check the path, or leave --settings out "
+        "for the defaults (docs/monitoring.md lists them).\n",
+    )
     result = runner.invoke(app, ["registry", "rollback", MODEL, "--tracking-uri", loop["uri"]])
     assert result.exit_code == 2
     assert "records no previous champion" in result.output

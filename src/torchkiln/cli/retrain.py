@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
-from pydantic import ValidationError
 
-from torchkiln.core.config_io import format_errors
 from torchkiln.core.console import err, fail, out, show_warnings
-from torchkiln.core.errors import ConfigError, KilnError
+from torchkiln.core.errors import KilnError
 
 
 def retrain_command(
@@ -55,24 +52,12 @@ def retrain_command(
 
     Every decision is written to decision.json (and MLflow); the last line printed is the outcome.
     """
-    from torchkiln.monitor.decision import RetrainSettings, plan
+    from torchkiln.monitor.decision import load_retrain_settings, plan
     from torchkiln.monitor.retrain import retrain
 
     show_warnings(("torchkiln.data", "torchkiln.train", "torchkiln.retrain"))
     try:
-        raw = yaml.safe_load(settings_file.read_text(encoding="utf-8")) or {} if settings_file else {}
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set '{item}' is not KEY=VALUE. Example: --set alpha=0.01")
-            raw[key.strip()] = yaml.safe_load(value)
-        if from_scratch is not None:
-            raw["from_scratch"] = from_scratch
-        try:
-            settings = RetrainSettings(**raw)
-        except ValidationError as exc:
-            what, fix = "The retrain settings are invalid", "Fix the setting; docs/monitoring.md lists them."
-            raise ConfigError(format_errors(exc, RetrainSettings, what=what, fix=fix)) from None
+        settings = load_retrain_settings(settings_file, set_ or [], from_scratch=from_scratch)
         result = retrain(
             config,
             model=model,

@@ -11,13 +11,17 @@ observed count (less conservative, and still close to the nominal level; Fagerla
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from torchkiln.core.config_io import apply_override, format_errors
+from torchkiln.core.errors import ConfigError
 from torchkiln.core.io import atomic_write_text
 
 
@@ -124,6 +128,50 @@ class RetrainSettings(BaseModel):
         0.0, ge=0, le=1, description="...or it agrees less with the champion."
     )
     promote: bool = Field(True, description="Move alias champion to a challenger that passes every gate.")
+
+
+def load_retrain_settings(
+    path: Path | None = None, overrides: Sequence[str] = (), **values: Any
+) -> RetrainSettings:
+    """The gates of ``kiln retrain``: the YAML file ``path`` (``--settings``), then ``KEY=VALUE``
+    ``overrides`` (``--set``), then ``values`` (flags; None is left out).
+
+    Raises:
+        ConfigError: the file is missing or not a YAML mapping, an override is not KEY=VALUE, or a gate is
+            unknown or out of range (all of them listed).
+
+    Example:
+        >>> load_retrain_settings(overrides=["alpha=0.01"], from_scratch=None).alpha
+        0.01
+    """
+    raw: Any = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(
+                f"Retrain settings file '{path}' does not exist. Check the path, or leave --settings out for "
+                "the defaults (docs/monitoring.md lists them)."
+            )
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"Retrain settings file '{path}' is not valid YAML: {exc}. Fix the syntax."
+            ) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"Retrain settings file '{path}' must hold a mapping of gates (alpha: 0.01); got "
+                f"{type(raw).__name__}."
+            )
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}' is not KEY=VALUE. Example: --set alpha=0.01")
+        raw = apply_override(raw, item)
+    raw |= {k: v for k, v in values.items() if v is not None}
+    try:
+        return RetrainSettings(**raw)
+    except ValidationError as exc:
+        what, fix = "The retrain settings are invalid", "Fix the setting; docs/monitoring.md lists them."
+        raise ConfigError(format_errors(exc, RetrainSettings, what=what, fix=fix)) from None
 
 
 @dataclass
