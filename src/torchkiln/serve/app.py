@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core._version import __version__
+from torchkiln.serve.admin_routes import router as admin_router
 from torchkiln.serve.deployments import ModelManager
 from torchkiln.serve.feedback import OTHER_WORKERS_WAIT_S, FeedbackStore
 from torchkiln.serve.feedback_routes import router as feedback_router
@@ -205,6 +206,7 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
     )
     app.state.kiln = state
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(feedback_router)
     _add_error_handlers(app)
     app.add_middleware(

@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import did_you_mean
+from torchkiln.serve.admin_routes import check_bearer
 from torchkiln.serve.feedback import Answered, DuplicateFeedback, FeedbackStore, FeedbackUnavailable, Label
 from torchkiln.serve.performance import DEFAULT_WINDOW, WINDOW_PATTERN, parse_window
-from torchkiln.serve.routes import StateDep, check_bearer, error_responses, shown_name
+from torchkiln.serve.routes import StateDep, error_responses, shown_name
 from torchkiln.serve.schemas import FeedbackAccepted, FeedbackItem, FeedbackRequest, PerformanceReport
 from torchkiln.serve.state import ApiError, ServerState
 
