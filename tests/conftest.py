@@ -6,6 +6,7 @@ The images are drawn, not downloaded: three classes whose patterns a small CNN t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,9 @@ from PIL import Image
 from torchkiln.tasks import TASKS
 from torchkiln.tasks.image_classification.example import draw
 from torchkiln.tasks.text_classification.example import sentiment_rows as example_sentiment_rows
+
+# The `kiln` script of the interpreter running the tests: CI has no venv on PATH, so never look it up there.
+KILN = str(Path(sys.executable).parent / "kiln")
 
 TASKS.names()  # loads every family; each registers its models (model tests iterate over all of them)
 

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from torchkiln import api
 from torchkiln.cli.main import app
 
-KILN = str(Path(sys.executable).parent / "kiln")
+from ..conftest import KILN
+
 CLASSES = ["dot", "hbar", "vbar"]
 
 # Commands that need nothing but the project folder; all are started at once.

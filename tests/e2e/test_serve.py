@@ -38,7 +38,8 @@ from torchkiln import api, load_predictor
 from torchkiln.cli.main import app
 from torchkiln.serve.predlog import read_predictions
 
-KILN = str(Path(sys.executable).parent / "kiln")
+from ..conftest import KILN
+
 NAME = "shapes"
 PREDICT = f"/v1/models/{NAME}/predict"
 PREDICT_ROUTE = "/v1/models/{name}/predict"  # the route label in the metrics

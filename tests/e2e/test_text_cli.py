@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-KILN = str(Path(sys.executable).parent / "kiln")
+from ..conftest import KILN
 
 
 def kiln(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-KILN = str(Path(sys.executable).parent / "kiln")
+from ..conftest import KILN
 
 
 def make_folder(root: Path, per_class: int = 120, size: int = 24) -> Path:

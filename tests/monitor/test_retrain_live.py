@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -30,11 +29,12 @@ from torchkiln.serve import registry
 from torchkiln.tasks.base import load_config
 from torchkiln.tasks.training import train_new_run
 
+from ..conftest import KILN
+
 pytest.importorskip("mlflow")
 pytest.importorskip("gunicorn")
 
 MODEL, TOKEN = "shapes", "retrain-admin-token"
-KILN = shutil.which("kiln") or "kiln"
 
 
 def free_port() -> int:

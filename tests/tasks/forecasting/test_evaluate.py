@@ -27,7 +27,7 @@ from torchkiln.tasks.forecasting.history import History
 from torchkiln.tasks.forecasting.metrics import METRICS, forecast_errors, summarize_errors
 from torchkiln.tasks.forecasting.task import SeriesData
 
-KILN = str(Path(sys.executable).parent / "kiln")
+from ...conftest import KILN
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from torchkiln.tasks.forecasting.metrics import summarize_errors
 from torchkiln.tasks.forecasting.task import PinballLoss
 from torchkiln.tasks.forecasting.windows import fit_scaler, scale, unscale
 
+from ...conftest import KILN
+
 TASK = get_task("forecasting")
-KILN = str(Path(sys.executable).parent / "kiln")
 
 
 def kiln(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
