@@ -322,7 +322,9 @@ def test_the_challenger_keeps_all_the_new_data_under_a_limit_per_class(
     from torchkiln.monitor.retrain import _challenger_config
 
     cfg = load_config(champion_run / "kiln.yaml", ["data.limit_per_class=5"])
-    merged = MergedData(tmp_path / "merged.csv", [], {}, "0" * 64, "0" * 64)
+    columns = {"format": "csv", "path_column": "path", "label_column": "label", "split_column": "split"}
+    overrides = {"path": str(tmp_path / "merged.csv")} | columns
+    merged = MergedData(tmp_path / "merged.csv", [], {}, "0" * 64, "0" * 64, overrides)
     ccfg = _challenger_config(
         cfg, champion_run / "bundle", merged, RetrainSettings(), ["dot", "hbar", "vbar"]
     )

@@ -24,6 +24,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class MergedData:
     counts: dict[str, dict[str, int]]  # source -> split -> items
     data_sha256: str  # content hash of (file SHA-256, label, split) over the merged manifest
     test_sha256: str  # the same over the fresh test set
+    # What the challenger's config sets in its ``data`` section to read ``manifest``.
+    data_overrides: dict[str, Any]
     sources: list[str] = field(default_factory=list)
 
 
@@ -152,8 +155,10 @@ def merge(
         w = csv.writer(fh)
         w.writerow(["path", "label", "split"])
         w.writerows((str(p), lab, s) for p, lab, s in rows)
+    overrides = {"path": str(manifest), "format": "csv", "path_column": "path", "label_column": "label"}
     return MergedData(
         manifest=manifest,
+        data_overrides=overrides | {"split_column": "split"},
         test_items=test_items,
         counts=counts,
         data_sha256=_content_hash((p, lab, s) for p, lab, s in rows),

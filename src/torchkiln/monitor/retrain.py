@@ -215,14 +215,7 @@ def _challenger_config(
     cfg: RunConfig, champion: Path, merged: MergedData, settings: RetrainSettings, classes: list[str]
 ) -> RunConfig:
     raw = cfg.model_dump(mode="json", exclude_unset=False)
-    raw["data"] |= {
-        "path": str(merged.manifest),
-        "format": "csv",
-        "path_column": "path",
-        "label_column": "label",
-        "split_column": "split",
-        "classes": classes,
-    }
+    raw["data"] |= merged.data_overrides | {"classes": classes}
     if "limit_per_class" in raw["data"]:  # the merge applied it to the original data; new data stays whole
         raw["data"]["limit_per_class"] = None
     raw["name"] = f"{cfg.name}-challenger" if getattr(cfg, "name", None) else "challenger"
