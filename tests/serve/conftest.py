@@ -87,11 +87,15 @@ def postgres_url() -> Iterator[str]:
 
 @asynccontextmanager
 async def _serve_one(
-    tmp_path: Path, bundle: Path, name: str, sync: WorkerSync | None = None, **settings: Any
+    tmp_path: Path,
+    bundle: Path,
+    name: str,
+    sync: WorkerSync | None = None,
+    model: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    s = load_settings(
-        models=[{"uri": str(bundle), "name": name}], log_url=f"sqlite:///{tmp_path}/p.db", **settings
-    )
+    spec = {"uri": str(bundle), "name": name} | (model or {})
+    s = load_settings(models=[spec], log_url=f"sqlite:///{tmp_path}/p.db", **settings)
     app = create_app(s, sync)
     async with running(app) as client:
         yield client
@@ -101,5 +105,6 @@ async def _serve_one(
 def serve_one() -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
     """``async with serve_one(tmp_path, bundle, name, **settings) as client``: the app with ``bundle``
     loaded as ``name``, its prediction log in ``tmp_path/p.db`` and any other serve ``settings``
-    (``max_items=4``); the client talks to it in process. ``sync=`` makes it one of several workers."""
+    (``max_items=4``); the client talks to it in process. ``sync=`` makes it one of several workers;
+    ``model=`` adds to the model's entry (``{"challenger": PATH}``)."""
     return _serve_one

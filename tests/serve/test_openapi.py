@@ -77,6 +77,7 @@ OPERATIONS = [
     ("GET", "/v1/models/{name}/performance"),
     ("GET", "/admin/models"),
     ("POST", "/admin/reload"),
+    ("PUT", "/admin/models/{name}/traffic"),
 ]
 
 
@@ -141,8 +142,10 @@ def test_generated_requests_get_documented_answers(
 def test_generated_admin_requests_with_the_token_get_documented_answers(
     api_schema: schemathesis.BaseSchema,
 ) -> None:
-    """Past the token check, the generated query parameters of /admin/reload reach the handler."""
+    """Past the token check, the generated query parameters of /admin/reload and the generated traffic
+    rules reach their handlers."""
     fuzz(api_schema["/admin/reload"]["POST"], headers=ADMIN)
+    fuzz(api_schema["/admin/models/{name}/traffic"]["PUT"], headers=ADMIN)
 
 
 def png(size: int = 16) -> bytes:

@@ -1,19 +1,29 @@
-"""The admin endpoints (``/admin/models``, ``/admin/reload``) and the bearer-token check they share with
-the feedback endpoint. With no admin token configured they answer 404."""
+"""The admin endpoints (``/admin/models``, ``/admin/reload``, ``/admin/models/NAME/traffic``) and the
+bearer-token check they share with the feedback endpoint. With no admin token configured they answer 404."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from torchkiln.serve.deployments import Deployment
-from torchkiln.serve.routes import StateDep, detail, error_responses, shown_name
-from torchkiln.serve.schemas import ModelDetailList, ReloadFailed, ReloadResult, Workers
-from torchkiln.serve.state import ApiError
+from torchkiln.serve.routes import StateDep, detail, error_responses, json_body, shown_name
+from torchkiln.serve.schemas import (
+    ModelDetailList,
+    ReloadFailed,
+    ReloadResult,
+    TrafficFailed,
+    TrafficResult,
+    TrafficUpdate,
+    Workers,
+)
+from torchkiln.serve.state import ApiError, ServerState
+from torchkiln.serve.workers import Agreement, Traffic
 
 router = APIRouter()
 
@@ -75,17 +85,9 @@ async def reload(
     every outcome), or when a worker does not serve the new versions.
     """
     deps = state.manager.deployments
-    if model is not None and model not in deps:
-        raise ApiError(
-            404, "unknown_model", f"No model named '{shown_name(model)}'. Served: {', '.join(sorted(deps))}."
-        )
-    chosen = [deps[model]] if model else list(deps.values())
+    chosen = [_named(state, model)] if model is not None else list(deps.values())
     results, agreement = await state.manager.reload_all(chosen, force=force)
-    workers = (
-        Workers(total=agreement.workers, serving=agreement.agreeing)
-        if agreement
-        else Workers(total=1, serving=1)
-    )
+    workers = _workers(agreement)
     failed = [
         _reload_failure(deps[name], arm, outcome)
         for name, arms in results.items()
@@ -108,6 +110,100 @@ async def reload(
         )
     body = ReloadFailed(detail=detail, type=kind, results=results, workers=workers)
     return JSONResponse(body.model_dump(), status_code=409)
+
+
+TRAFFIC_EXAMPLE = {"challenger_weight": 0.1, "shadow": False}
+
+
+@router.put(
+    "/admin/models/{name}/traffic",
+    response_model=TrafficResult,
+    responses={409: {"model": TrafficFailed}} | error_responses(401, 403, 404, 415, 422),
+    dependencies=[Depends(require_admin)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/TrafficUpdate"},
+                    "example": TRAFFIC_EXAMPLE,
+                }
+            },
+        }
+    },
+    tags=["admin"],
+)
+async def set_traffic(name: str, request: Request, state: StateDep) -> Any:
+    """Change how a model's requests reach its challenger, at runtime: a canary share
+    (``challenger_weight``, sticky per request key) or shadow mirroring.
+
+    With several workers every worker applies the rule, and the answer waits for all of them: 200 when
+    each does, 409 when one did not in time. The rule lasts until the next change or a restart, which
+    goes back to the settings.
+    """
+    dep = _named(state, name)
+    fix = f"Expected a JSON object like {json.dumps(TRAFFIC_EXAMPLE)}."
+    update = json_body(
+        request,
+        await request.body(),
+        TrafficUpdate,
+        TRAFFIC_EXAMPLE,
+        fix=fix,
+        what="The traffic rule is invalid",
+    )
+    if dep.spec.challenger is None:
+        raise ApiError(
+            409,
+            "no_challenger",
+            f"Model '{name}' is served without a challenger, so it has no traffic to split or mirror. Serve "
+            f"it with a challenger URI (challenger: models:/{name}@challenger in the serve settings).",
+        )
+    if update.challenger_weight is None and update.shadow is None:
+        raise ApiError(
+            422,
+            "invalid_traffic",
+            "The body changes nothing; expected challenger_weight (0 to 1) and/or shadow (true or false). "
+            + fix,
+        )
+    rule = Traffic(
+        dep.rule.challenger_weight if update.challenger_weight is None else update.challenger_weight,
+        dep.rule.shadow if update.shadow is None else update.shadow,
+    )
+    if rule.shadow and rule.challenger_weight > 0:
+        raise ApiError(
+            422,
+            "invalid_traffic",
+            f"Shadow mirroring and a challenger share exclude each other (this would be challenger_weight "
+            f"{rule.challenger_weight:g} with shadow true). Send shadow false with a share, or "
+            "challenger_weight 0 with shadow true.",
+        )
+    agreement = await state.manager.set_traffic(dep, rule)
+    workers = _workers(agreement)
+    if agreement and agreement.problems:
+        detail = (
+            f"The traffic change reached {workers.serving} of {workers.total} workers: "
+            f"{'; '.join(agreement.problems)}. Until every worker applies it, requests may be routed either "
+            "way. See the server log for why, then PUT the rule again."
+        )
+        body = TrafficFailed(detail=detail, type="traffic_incomplete", workers=workers)
+        return JSONResponse(body.model_dump(), status_code=409)
+    return TrafficResult(model=name, traffic=dep.traffic(), workers=workers)
+
+
+def _named(state: ServerState, name: str) -> Deployment:
+    deps = state.manager.deployments
+    if name not in deps:
+        raise ApiError(
+            404, "unknown_model", f"No model named '{shown_name(name)}'. Served: {', '.join(sorted(deps))}."
+        )
+    return deps[name]
+
+
+def _workers(agreement: Agreement | None) -> Workers:
+    """How many workers took a change; a single-process server is one worker that did."""
+    if agreement is None:
+        return Workers(total=1, serving=1)
+    return Workers(total=agreement.workers, serving=agreement.agreeing)
 
 
 def _reload_failure(dep: Deployment, arm: str, outcome: str) -> str:

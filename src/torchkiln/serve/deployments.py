@@ -29,7 +29,15 @@ from torchkiln.serve.batching import DynamicBatcher
 from torchkiln.serve.live_signals import Signaller, signal_mode
 from torchkiln.serve.metrics import ServeMetrics
 from torchkiln.serve.settings import ModelSpec, ServeSettings
-from torchkiln.serve.workers import WATCH_INTERVAL_S, Agreement, Target, WorkerSync, pinned_uri
+from torchkiln.serve.workers import (
+    WATCH_INTERVAL_S,
+    Agreement,
+    Desired,
+    Target,
+    Traffic,
+    WorkerSync,
+    pinned_uri,
+)
 from torchkiln.tasks.base import RequestLimits, load_config
 
 log = logging.getLogger("torchkiln.serve")
@@ -191,6 +199,8 @@ class Deployment:
         self.models: dict[str, ServedModel] = {}  # arm -> model
         self.errors: dict[str, str] = {}  # arm -> the last load failure, cleared by a good load
         self.lock = asyncio.Lock()  # one reload at a time per deployment
+        # The traffic rule: the settings' at start, changed at runtime by PUT /admin/models/NAME/traffic.
+        self.rule = Traffic(spec.challenger_weight, spec.shadow)
 
     @property
     def arms(self) -> dict[str, str]:
@@ -207,7 +217,7 @@ class Deployment:
     def pick(self, key: str) -> ServedModel:
         """The model that answers this request key: sticky, because it hashes the key."""
         challenger = self.models.get("challenger")
-        weight = self.spec.challenger_weight
+        weight = self.rule.challenger_weight
         if challenger is not None and weight > 0:
             bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
             if bucket < weight:
@@ -216,13 +226,13 @@ class Deployment:
 
     @property
     def shadow(self) -> ServedModel | None:
-        return self.models.get("challenger") if self.spec.shadow else None
+        return self.models.get("challenger") if self.rule.shadow else None
 
     def traffic(self) -> dict[str, float | bool]:
-        w = self.spec.challenger_weight if self.spec.challenger else 0.0
+        w = self.rule.challenger_weight if self.spec.challenger else 0.0
         out: dict[str, float | bool] = {"champion": 1.0 - w}
         if self.spec.challenger:
-            out |= {"challenger": w, "shadow": self.spec.shadow}
+            out |= {"challenger": w, "shadow": self.rule.shadow}
         return out
 
 
@@ -246,12 +256,16 @@ class ModelManager:
 
     async def load_all(self) -> None:
         """Load every model; a worker that starts after a reload loads the versions the others serve."""
-        generation, targets = self.sync.desired() if self.sync else (0, {})
+        desired = self.sync.desired() if self.sync else Desired()
+        self._apply_traffic(desired.traffic)
         await asyncio.gather(
-            *(self.reload(d, force=True, targets=targets.get(d.name)) for d in self.deployments.values())
+            *(
+                self.reload(d, force=True, targets=desired.targets.get(d.name))
+                for d in self.deployments.values()
+            )
         )
         self.loading_done = True
-        self._report(generation)
+        self._report(desired.generation)
         # Move the startup objects (models, modules, schemas) out of the collector's generations: full
         # collections then stop walking them, which took tens of milliseconds off the p99 in bench/.
         gc.collect()
@@ -397,17 +411,18 @@ class ModelManager:
             try:
                 if not self.sync.changed():
                     continue
-                generation, targets = self.sync.desired()
-                if generation <= self.generation:
+                desired = self.sync.desired()
+                if desired.generation <= self.generation:
                     continue
+                self._apply_traffic(desired.traffic)
                 await asyncio.gather(
                     *(
-                        self.reload(d, force=False, targets=targets[name])
+                        self.reload(d, force=False, targets=desired.targets[name])
                         for name, d in self.deployments.items()
-                        if name in targets
+                        if name in desired.targets
                     )
                 )
-                self._report(generation)
+                self._report(desired.generation)
             except (OSError, ValueError, KeyError) as exc:  # keep watching: the next publication may be fine
                 log.error("Reading the workers' shared state in %s failed: %s", self.sync.folder, exc)
 
@@ -417,7 +432,32 @@ class ModelManager:
             return
         served = {n: {arm: m.version for arm, m in d.models.items()} for n, d in self.deployments.items()}
         errors = {n: dict(d.errors) for n, d in self.deployments.items() if d.errors}
-        self.sync.report(self.generation, served, errors)
+        self.sync.report(self.generation, served, errors, {n: d.rule for n, d in self.deployments.items()})
+
+    def _apply_traffic(self, rules: dict[str, Traffic]) -> None:
+        for name, rule in rules.items():
+            if name in self.deployments:
+                self.deployments[name].rule = rule
+
+    async def set_traffic(self, dep: Deployment, rule: Traffic) -> Agreement | None:
+        """Route ``dep``'s requests by ``rule`` here and, with several workers, in every worker.
+
+        Returns (with several workers) how many workers apply the rule, and serve the versions this worker
+        serves, once each has read it.
+        """
+        if self.sync is None:
+            dep.rule = rule
+            return None
+        async with self.sync.locked():
+            dep.rule = rule
+            targets = {
+                dep.name: {
+                    arm: Target(pinned_uri(m.uri, m.version), m.version) for arm, m in dep.models.items()
+                }
+            }
+            generation = self.sync.publish(targets, {dep.name: rule})
+            self._report(generation)
+        return await self.sync.wait(generation, targets, self.settings.reload_timeout_s, {dep.name: rule})
 
     async def poll(self) -> None:
         """Reload any arm whose registry alias moved, every ``registry_poll_s`` seconds (in every worker)."""

@@ -13,15 +13,13 @@ from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import did_you_mean
 from torchkiln.serve.admin_routes import check_bearer
 from torchkiln.serve.feedback import Answered, DuplicateFeedback, FeedbackStore, FeedbackUnavailable, Label
 from torchkiln.serve.performance import DEFAULT_WINDOW, WINDOW_PATTERN, parse_window
-from torchkiln.serve.routes import StateDep, error_responses, shown_name
+from torchkiln.serve.routes import StateDep, error_responses, json_body, shown_name
 from torchkiln.serve.schemas import FeedbackAccepted, FeedbackItem, FeedbackRequest, PerformanceReport
 from torchkiln.serve.state import ApiError, ServerState
 
@@ -146,26 +144,8 @@ async def get_performance(
 
 def _parse(request: Request, raw: bytes) -> FeedbackRequest:
     """The body as a :class:`FeedbackRequest`, or a 415/422 that says what to send (small: on the loop)."""
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if not (media == "application/json" or media.endswith("+json")):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type '{shown_name(media) or '(none)'}' is not accepted. Send application/json, e.g. "
-            f"{json.dumps(EXAMPLE)}.",
-        )
     fix = f"Expected a JSON object like {json.dumps(EXAMPLE)}, with 'index' for one input of several."
-    try:
-        return FeedbackRequest.model_validate(json.loads(raw))
-    except RecursionError:
-        raise ApiError(422, "invalid_json", f"The body's JSON is nested too deeply to parse. {fix}") from None
-    except ValidationError as exc:
-        what = "The feedback body is invalid"
-        raise ApiError(
-            422, "invalid_input", format_errors(exc, FeedbackRequest, what=what, fix=fix, source="the body")
-        ) from None
-    except ValueError as exc:  # not JSON, not UTF-8, or an integer too long to read
-        raise ApiError(422, "invalid_json", f"The body is not valid JSON ({exc}). {fix}") from None
+    return json_body(request, raw, FeedbackRequest, EXAMPLE, fix=fix, what="The feedback body is invalid")
 
 
 _UNAVAILABLE = (

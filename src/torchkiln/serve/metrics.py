@@ -94,6 +94,13 @@ class ServeMetrics:
             ["model", "reason"],
             registry=r,
         )
+        self.canary_failures = Counter(
+            "kiln_canary_failures",
+            "Requests the challenger failed while it answered a share of the traffic (a canary), by reason "
+            "(error, queue_full, timeout); all but timeouts were answered by the champion instead.",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.shadow_dropped = Counter(
             "kiln_shadow_dropped",
             "Mirrored requests dropped because the challenger was busy.",

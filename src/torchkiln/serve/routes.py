@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import re
@@ -12,12 +13,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -45,6 +46,8 @@ from torchkiln.serve.state import ApiError, ServerState
 from torchkiln.tasks.base import TASKS, InputWarning, RequestLimits, TooManyItemsError
 
 router = APIRouter()
+log = logging.getLogger("torchkiln.serve")
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # JSON bodies up to this size are decoded on the event loop (measured: bench/), except for image tasks: a
@@ -178,7 +181,8 @@ async def _answer(
     """Pick the arm's model, parse the body with its preprocessing and call it. A reload that swaps the
     model out between the pick and the call (the old one stops taking work) sends the request to the
     version now serving, parsed again with that version's preprocessing: each request sees the old
-    version or the new one, never an error."""
+    version or the new one, never an error. A request the challenger fails (it raised, or its queue is
+    full) is counted as a canary failure and answered by the champion."""
     for _ in range(3):  # a request that meets more than two swaps in a row is told to retry
         model = dep.pick(key)
         request.state.kiln_model, request.state.kiln_version = dep.name, model.version
@@ -187,6 +191,17 @@ async def _answer(
             return model, inputs, await _call(state, dep, model, inputs)
         except ModelUnloadedError:
             dep = _deployment(state, dep.name)
+        except Exception as exc:
+            if model.arm != "challenger":
+                raise
+            _canary_failed(state, dep, model, exc)  # re-raises a timeout: the request's time is spent
+            champion = dep.models["champion"]
+            request.state.kiln_version = champion.version
+            inputs = await _parse(request, body, champion, state)
+            try:
+                return champion, inputs, await _call(state, dep, champion, inputs)
+            except ModelUnloadedError:
+                dep = _deployment(state, dep.name)
     raise ApiError(
         503,
         "reloading",
@@ -194,6 +209,23 @@ async def _answer(
         f"seconds.",
         {"Retry-After": "1"},
     )
+
+
+def _canary_failed(state: ServerState, dep: Deployment, model: ServedModel, exc: Exception) -> None:
+    """Count a request the challenger failed; a timeout goes on to the caller as a 504."""
+    reason = exc.kind if isinstance(exc, ApiError) else "error"  # queue_full or timeout, from _call
+    if state.metrics is not None:
+        state.metrics.canary_failures.labels(dep.name, model.version, reason).inc()
+    if not isinstance(exc, ApiError):
+        log.warning(
+            "The challenger of '%s' (version %s) failed a request, which the champion answers: %s: %s",
+            dep.name,
+            model.version,
+            type(exc).__name__,
+            exc,
+        )
+    if reason == "timeout":
+        raise exc
 
 
 def _deployment(state: ServerState, name: str) -> Deployment:
@@ -288,6 +320,30 @@ def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: 
         raise ApiError(422, "invalid_input", detail) from None
     raw = _checked(task.decode_request, parsed, limits)
     return _preprocess(model, raw, getattr(parsed, "top_k", None), media)
+
+
+def json_body(
+    request: Request, raw: bytes, schema: type[BaseModelT], example: dict[str, Any], *, fix: str, what: str
+) -> BaseModelT:
+    """A small JSON body (a route's own, parsed on the loop) as ``schema``, or a 415/422 that says what
+    to send: ``fix`` ends every message, ``what`` starts the list of invalid fields."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if not (media == "application/json" or media.endswith("+json")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type '{shown_name(media) or '(none)'}' is not accepted. Send application/json, e.g. "
+            f"{json.dumps(example)}.",
+        )
+    try:
+        return schema.model_validate(json.loads(raw))
+    except RecursionError:
+        raise ApiError(422, "invalid_json", f"The body's JSON is nested too deeply to parse. {fix}") from None
+    except ValidationError as exc:
+        detail = format_errors(exc, schema, what=what, fix=fix, source="the body")
+        raise ApiError(422, "invalid_input", detail) from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer too long to read
+        raise ApiError(422, "invalid_json", f"The body is not valid JSON ({exc}). {fix}") from None
 
 
 def _too_deep() -> ApiError:

@@ -84,6 +84,31 @@ class ReloadFailed(ErrorResponse):
     workers: Workers
 
 
+class TrafficUpdate(BaseModel):
+    """A model's new traffic rule: a sticky A/B share for the challenger (a canary), or shadow mirroring.
+    A field left out keeps its current value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    challenger_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of request keys the challenger answers (0 to 1)."
+    )
+    shadow: bool | None = Field(None, description="Mirror every request to the challenger; never return it.")
+
+
+class TrafficResult(BaseModel):
+    model: str
+    traffic: dict[str, float | bool] = Field(description="champion/challenger shares, and shadow on/off.")
+    workers: Workers
+
+
+class TrafficFailed(ErrorResponse):
+    """A traffic change refused (409) because the model has no challenger, or one that not every worker
+    applied in time (then ``workers`` says how many did)."""
+
+    workers: Workers | None = None
+
+
 class InputWarningItem(BaseModel):
     """An input far from the inputs the model was trained on; it was answered all the same."""
 
@@ -221,11 +246,14 @@ def predict_response_model() -> type[BaseModel]:
 
 def request_schemas() -> dict[str, dict[str, Any]]:
     """Component name -> JSON schema of the bodies the routes parse themselves: every registered task's
-    predict request, and the feedback request."""
+    predict request, the feedback request and the traffic rule."""
     schemas = {
         entry.obj.request_schema.__name__: entry.obj.request_schema.model_json_schema() for entry in TASKS
     }
-    return schemas | {"FeedbackRequest": FeedbackRequest.model_json_schema()}
+    return schemas | {
+        "FeedbackRequest": FeedbackRequest.model_json_schema(),
+        "TrafficUpdate": TrafficUpdate.model_json_schema(),
+    }
 
 
 def predict_request_body(tasks: list[Any]) -> dict[str, Any]:

@@ -7,9 +7,10 @@ through a folder that ``kiln serve`` makes before gunicorn forks the workers:
 - ``desired.json``: a generation number and, per model and arm, the version to serve and the URI that
   loads exactly it (``models:/NAME/3`` where the settings say ``models:/NAME@champion``, so every worker
   loads the same version even if the alias moves meanwhile). Replaced whole, through a rename, under
-  the ``lock`` file's exclusive lock.
+  the ``lock`` file's exclusive lock. Also per model, the traffic rule (challenger weight, shadow on or
+  off) once ``PUT /admin/models/NAME/traffic`` changed it.
 - ``workers/PID.json``: each worker's report: the generation it has applied, the version it serves per
-  model and arm, and the arms that failed to load.
+  model and arm, its traffic rule per model, and the arms that failed to load.
 
 Every worker checks ``desired.json`` every 100 ms (one ``stat``) and loads what differs. The worker that
 answers a reload publishes the new generation, waits until every live worker reports it, and only then
@@ -26,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchkiln.core.io import atomic_write_text
@@ -47,6 +48,26 @@ Targets = dict[str, dict[str, Target]]  # model -> arm -> target
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """How a model's requests reach its challenger: a sticky A/B share, or a mirror of every request."""
+
+    challenger_weight: float = 0.0
+    shadow: bool = False
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return {"challenger_weight": self.challenger_weight, "shadow": self.shadow}
+
+
+@dataclass(frozen=True)
+class Desired:
+    """``desired.json``: the generation, what each arm serves, and the traffic rules changed at runtime."""
+
+    generation: int = 0
+    targets: Targets = field(default_factory=dict)
+    traffic: dict[str, Traffic] = field(default_factory=dict)  # model -> rule; absent: the settings'
+
+
+@dataclass(frozen=True)
 class Report:
     """One worker's state, as it last wrote it."""
 
@@ -54,6 +75,7 @@ class Report:
     generation: int
     served: dict[str, dict[str, str]]  # model -> arm -> version
     errors: dict[str, dict[str, str]]  # model -> arm -> the last load failure
+    traffic: dict[str, Traffic]  # model -> the rule it applies
 
 
 @dataclass(frozen=True)
@@ -79,17 +101,18 @@ class WorkerSync:
         self._seen: tuple[int, int, int] | None = None  # desired.json's (mtime_ns, size, inode), last read
 
     # --- desired.json -------------------------------------------------------------------------------------
-    def desired(self) -> tuple[int, Targets]:
-        """The published generation and targets; (0, {}) before the first publication."""
+    def desired(self) -> Desired:
+        """What was published last; generation 0 and nothing else before the first publication."""
         try:
             data = json.loads((self.folder / DESIRED).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return 0, {}
+            return Desired()
         targets = {
             model: {arm: Target(t["uri"], t["version"]) for arm, t in arms.items()}
             for model, arms in data["models"].items()
         }
-        return int(data["generation"]), targets
+        traffic = {model: Traffic(**rule) for model, rule in data.get("traffic", {}).items()}
+        return Desired(int(data["generation"]), targets, traffic)
 
     def changed(self) -> bool:
         """Whether ``desired.json`` changed since the last call (a ``stat``, cheap enough to poll)."""
@@ -113,26 +136,39 @@ class WorkerSync:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def publish(self, targets: Targets) -> int:
-        """Merge ``targets`` into ``desired.json`` as the next generation; call while :meth:`locked`."""
-        generation, current = self.desired()
-        merged = current | targets
+    def publish(self, targets: Targets, traffic: dict[str, Traffic] | None = None) -> int:
+        """Merge ``targets`` (and traffic rules) into ``desired.json`` as the next generation; call while
+        :meth:`locked`."""
+        current = self.desired()
+        merged = current.targets | targets
         body = {
-            "generation": generation + 1,
+            "generation": current.generation + 1,
             "models": {
                 model: {arm: {"uri": t.uri, "version": t.version} for arm, t in arms.items()}
                 for model, arms in merged.items()
             },
+            "traffic": {m: rule.to_dict() for m, rule in (current.traffic | (traffic or {})).items()},
         }
         atomic_write_text(self.folder / DESIRED, json.dumps(body, indent=1))
-        return generation + 1
+        return current.generation + 1
 
     # --- reports ------------------------------------------------------------------------------------------
     def report(
-        self, generation: int, served: dict[str, dict[str, str]], errors: dict[str, dict[str, str]]
+        self,
+        generation: int,
+        served: dict[str, dict[str, str]],
+        errors: dict[str, dict[str, str]],
+        traffic: dict[str, Traffic],
     ) -> None:
         """Write this worker's report."""
-        body = {"pid": os.getpid(), "generation": generation, "served": served, "errors": errors}
+        rules = {m: rule.to_dict() for m, rule in traffic.items()}
+        body = {
+            "pid": os.getpid(),
+            "generation": generation,
+            "served": served,
+            "errors": errors,
+            "traffic": rules,
+        }
         atomic_write_text(self.folder / REPORTS / f"{os.getpid()}.json", json.dumps(body))
 
     def forget(self, pid: int) -> None:
@@ -149,11 +185,17 @@ class WorkerSync:
             except (FileNotFoundError, ValueError):
                 continue  # removed meanwhile; a report is replaced by a rename, never half-written
             if _alive(int(data["pid"])):
-                out.append(Report(int(data["pid"]), int(data["generation"]), data["served"], data["errors"]))
+                rules = {m: Traffic(**rule) for m, rule in data.get("traffic", {}).items()}
+                out.append(
+                    Report(int(data["pid"]), int(data["generation"]), data["served"], data["errors"], rules)
+                )
         return out
 
-    async def wait(self, generation: int, targets: Targets, timeout_s: float) -> Agreement:
-        """Wait until every worker has applied ``generation``, then compare what each serves with ``targets``.
+    async def wait(
+        self, generation: int, targets: Targets, timeout_s: float, traffic: dict[str, Traffic] | None = None
+    ) -> Agreement:
+        """Wait until every worker has applied ``generation``, then compare what each serves with ``targets``
+        (and the traffic rule it applies with ``traffic``).
 
         Returns after ``timeout_s`` at the latest; the missing workers are then among the problems.
         """
@@ -177,6 +219,11 @@ class WorkerSync:
                 for model, arms in targets.items()
                 for arm, target in arms.items()
                 if r.served.get(model, {}).get(arm) != target.version
+            ]
+            wrong += [
+                f"{model} routes {r.traffic.get(model)}, not {rule}"
+                for model, rule in (traffic or {}).items()
+                if r.traffic.get(model) != rule
             ]
             problems += [f"worker {r.pid}: {w}" for w in wrong]
             agreeing += not wrong
