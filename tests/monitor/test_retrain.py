@@ -177,6 +177,7 @@ def test_dry_run_prints_the_plan_and_gates_and_changes_nothing(
     assert result.exit_code == 0, result.output
     assert "champion version 1" in result.output
     assert "McNemar one-sided mid-p p < 0.01 AND accuracy gain >= 2.00 points" in result.output
+    assert "then a canary answering 10% of request keys, judged by a sequential test" in result.output
     assert not (loop["tmp"] / "out").exists()
     assert len(registry.list_versions(MODEL, tracking_uri=loop["uri"])) == 1
 
@@ -198,7 +199,7 @@ def test_bad_gates_and_a_rollback_without_history_exit_2_with_the_fix(loop: dict
         ],
     )
     assert bad.exit_code == 2 and "alpha" in bad.output
-    assert "  - unknown key 'alpah'. Did you mean 'alpha'? Valid keys here: alpha, epochs," in bad.stderr
+    assert "  - unknown key 'alpah'. Did you mean 'alpha'? Valid keys here: alpha, canary_alpha," in bad.stderr
     missing = loop["tmp"] / "gates.yaml"
     bad = runner.invoke(
         app, ["retrain", str(loop["config"]), "--model", MODEL, "--settings", str(missing), "--dry-run"]

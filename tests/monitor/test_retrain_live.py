@@ -167,6 +167,48 @@ def test_a_challenger_that_fails_on_the_served_traffic_is_rolled_back_in_shadow(
     assert served(live) == {"champion": "1", "challenger": "1"}
 
 
+def traffic(live: dict) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    models = httpx.get(f"{live['url']}/admin/models", headers=headers, timeout=30).json()["models"]
+    return next(m["traffic"] for m in models if m["name"] == MODEL)
+
+
+IDLE = {"champion": 1.0, "challenger": 0.0, "shadow": True}  # the serve settings' rule
+
+
+def test_a_canary_over_its_latency_limit_is_rolled_back_by_itself(live: dict, make_image_folder: Any) -> None:
+    new = inverted(live["root"] / "new-slow", make_image_folder, seed=2)
+    champion = registry.current_version(MODEL, "champion", tracking_uri=live["uri"])
+    result = retrain(
+        live["config"],
+        model=MODEL,
+        data=[new],
+        tracking_uri=live["uri"],
+        server=live["url"],
+        admin_token=TOKEN,
+        log_url=live["log_url"],
+        out_dir=live["root"] / "retrain-slow",
+        device="cpu",
+        # No answer takes under a microsecond: the canary fails its p99 gate once it has 20 requests.
+        settings=RetrainSettings(
+            epochs=5, shadow_requests=20, canary_weight=0.5, canary_min_requests=20, canary_max_p99_ms=0.001
+        ),
+    )
+    record = result.record
+    assert record.live["shadow"]["error_rate"] == 0.0  # shadow passed
+    canary = record.live["canary"]
+    assert canary["decision"] == "fail" and canary["requests"] >= 20 and canary["failures"] == 0
+    assert record.outcome == "rejected"
+    assert record.reason.startswith("canary gate: p99 ") and record.reason.endswith(
+        "ms > canary_max_p99_ms 0.001 on " + f"{canary['requests']} requests; rolled back"
+    )
+    assert record.live["rollback_reload"]["workers"] == {"total": 2, "serving": 2}
+    assert "traffic_restored" not in record.live  # the rejected canary restored the rule itself
+    assert traffic(live) == IDLE
+    assert registry.current_version(MODEL, "challenger", tracking_uri=live["uri"]) == champion
+    assert served(live) == {"champion": champion, "challenger": champion}
+
+
 def test_a_better_challenger_goes_through_shadow_and_every_worker_serves_it(
     live: dict, make_image_folder: Any
 ) -> None:
@@ -181,7 +223,7 @@ def test_a_better_challenger_goes_through_shadow_and_every_worker_serves_it(
         log_url=live["log_url"],
         out_dir=live["root"] / "retrain",
         device="cpu",
-        settings=RetrainSettings(epochs=5, shadow_requests=30),
+        settings=RetrainSettings(epochs=5, shadow_requests=30, canary_weight=0.5),
     )
     record = result.record
     assert record.outcome == "promoted", record.reason
@@ -189,7 +231,12 @@ def test_a_better_challenger_goes_through_shadow_and_every_worker_serves_it(
     shadow = record.live["shadow"]
     assert shadow["requests"] == shadow["shadow_answers"] == 30 and shadow["error_rate"] == 0.0
     assert shadow["agreement"] < 1  # it answers the inverted images the champion gets wrong
+    canary = record.live["canary"]
+    # No failure in 59 requests: the sequential test calls a 0.1 % failure rate likelier than 5 %.
+    assert canary["decision"] == "pass" and canary["failures"] == 0 and canary["requests"] >= 59
+    assert canary["reason"].startswith(f"0 of {canary['requests']} canary requests failed (0.000): healthy")
     assert record.live["promotion"]["workers"] == {"total": 2, "serving": 2}
+    assert record.live["traffic_restored"] == IDLE and traffic(live) == IDLE
     assert registry.current_version(MODEL, "champion", tracking_uri=live["uri"]) == version
     assert served(live)["champion"] == version
     # Fresh connections reach both workers; each answers with the new champion.

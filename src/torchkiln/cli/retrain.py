@@ -34,7 +34,7 @@ def retrain_command(
     ] = None,
     from_scratch: Annotated[bool | None, typer.Option(help="Train the challenger from scratch.")] = None,
     server: Annotated[
-        str | None, typer.Option(help="A running kiln serve to reload after promotion.")
+        str | None, typer.Option(help="A running kiln serve: shadow, canary, then the reload that promotes.")
     ] = None,
     admin_token: Annotated[
         str | None, typer.Option(envvar="KILN_ADMIN_TOKEN", help="Its admin token ($KILN_ADMIN_TOKEN).")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from torchkiln.core.config_io import apply_override, format_errors
 from torchkiln.core.errors import ConfigError
@@ -127,7 +127,42 @@ class RetrainSettings(BaseModel):
     shadow_min_agreement: float = Field(
         0.0, ge=0, le=1, description="...or it agrees less with the champion."
     )
+    canary_weight: float = Field(
+        0.1, ge=0, le=1, description="With --server: then answer this share of request keys (0: no canary)."
+    )
+    canary_good_error_rate: float = Field(
+        0.001, gt=0, lt=1, description="The sequential test's healthy failure rate (H0)."
+    )
+    canary_max_error_rate: float = Field(
+        0.05, gt=0, lt=1, description="...against this failing one (H1): roll back when it is likelier."
+    )
+    canary_alpha: float = Field(0.05, gt=0, lt=0.5, description="The risk of rolling back a healthy canary.")
+    canary_beta: float = Field(0.05, gt=0, lt=0.5, description="The risk of promoting a failing canary.")
+    canary_min_requests: int = Field(
+        30, ge=1, description="Pass no canary, and judge no p99, on fewer canary requests."
+    )
+    canary_max_requests: int = Field(
+        500, ge=1, description="Undecided by then: pass if its failure rate <= canary_max_error_rate."
+    )
+    canary_max_p99_ms: float | None = Field(
+        1000, gt=0, description="Roll back when the canary's p99 request latency exceeds this."
+    )
+    canary_timeout_s: float = Field(600, gt=0, description="The canary must reach a decision within this.")
     promote: bool = Field(True, description="Move alias champion to a challenger that passes every gate.")
+
+    @model_validator(mode="after")
+    def _rates_in_order(self) -> RetrainSettings:
+        if self.canary_good_error_rate >= self.canary_max_error_rate:
+            raise ValueError(
+                f"canary_good_error_rate ({self.canary_good_error_rate}) must be below canary_max_error_rate "
+                f"({self.canary_max_error_rate}): the sequential test tells the two apart"
+            )
+        if self.canary_min_requests > self.canary_max_requests:
+            raise ValueError(
+                f"canary_min_requests ({self.canary_min_requests}) must not exceed canary_max_requests "
+                f"({self.canary_max_requests})"
+            )
+        return self
 
 
 def load_retrain_settings(
@@ -256,8 +291,16 @@ def plan(record: DecisionRecord, settings: RetrainSettings) -> list[str]:
         f"5. replay the last {s.replay_items} logged requests (with --feedback-from); gate: agreement with "
         f"the champion >= {s.min_replay_agreement}",
         f"6. with --server: shadow for {s.shadow_requests} logged requests; roll back past error rate "
-        f"{s.shadow_max_error_rate}, p99 {s.shadow_max_p99_ms} ms, agreement below {s.shadow_min_agreement} "
-        "(no canary: see docs/monitoring.md)",
+        f"{s.shadow_max_error_rate}, p99 {s.shadow_max_p99_ms} ms, agreement below {s.shadow_min_agreement}; "
+        + (
+            f"then a canary answering {s.canary_weight:.0%} of request keys, judged by a sequential test of "
+            f"its failure rate ({s.canary_good_error_rate} healthy vs {s.canary_max_error_rate} failing, "
+            f"alpha {s.canary_alpha}, beta {s.canary_beta}; {s.canary_min_requests} to "
+            f"{s.canary_max_requests} canary requests) and its p99 (<= {s.canary_max_p99_ms} ms); rolled "
+            "back by itself past either"
+            if s.canary_weight > 0
+            else "no canary (canary_weight 0)"
+        ),
         "7. "
         + (
             "promote: alias champion -> challenger, reload the server (--server), check every worker"
@@ -281,3 +324,89 @@ def shadow_failures(figures: dict[str, Any], s: RetrainSettings) -> list[str]:
     if agreement is not None and agreement < s.shadow_min_agreement:
         failed.append(f"agreement {agreement:.3f} < shadow_min_agreement {s.shadow_min_agreement}")
     return failed
+
+
+@dataclass(frozen=True)
+class CanaryTest:
+    """Wald's sequential probability ratio test of a canary's failure rate, read after every request.
+
+    Each canary request fails or not. H0: it fails at ``p0`` (healthy); H1: at ``p1`` (failing). After
+    ``n`` requests with ``k`` failures the log-likelihood ratio is
+    ``k ln(p1/p0) + (n - k) ln((1 - p1)/(1 - p0))``. It crosses ``ln((1 - beta)/alpha)``: roll back (a
+    healthy canary is rolled back with probability about ``alpha``); it crosses ``ln(beta/(1 - alpha))``:
+    healthy (a failing canary passes with probability about ``beta``). Wald (1945); the test needs, on
+    average, far fewer requests than a fixed-size test of the same risks.
+
+    Example:
+        >>> t = CanaryTest(p0=0.001, p1=0.05, alpha=0.05, beta=0.05)
+        >>> t.decide(failures=0, requests=59), t.decide(failures=1, requests=10)
+        ('pass', 'fail')
+    """
+
+    p0: float
+    p1: float
+    alpha: float
+    beta: float
+
+    @property
+    def upper(self) -> float:
+        return float(np.log((1 - self.beta) / self.alpha))
+
+    @property
+    def lower(self) -> float:
+        return float(np.log(self.beta / (1 - self.alpha)))
+
+    def llr(self, failures: int, requests: int) -> float:
+        ok = requests - failures
+        return float(failures * np.log(self.p1 / self.p0) + ok * np.log((1 - self.p1) / (1 - self.p0)))
+
+    def decide(self, failures: int, requests: int) -> Literal["pass", "fail"] | None:
+        """'fail' past the upper bound, 'pass' past the lower one, None while undecided."""
+        llr = self.llr(failures, requests)
+        if llr >= self.upper:
+            return "fail"
+        if llr <= self.lower:
+            return "pass"
+        return None
+
+    @classmethod
+    def of(cls, s: RetrainSettings) -> CanaryTest:
+        return cls(s.canary_good_error_rate, s.canary_max_error_rate, s.canary_alpha, s.canary_beta)
+
+
+def canary_verdict(
+    failures: int, requests: int, p99_ms: float | None, s: RetrainSettings
+) -> tuple[Literal["pass", "fail"] | None, str]:
+    """The canary's decision after ``requests`` canary requests (``failures`` of them failed) and the p99
+    of their latency: ('fail', why) at once past a limit; ('pass', why) once the sequential test says
+    healthy on at least ``canary_min_requests``; (None, '') while undecided. At ``canary_max_requests``
+    it decides by the observed failure rate.
+    """
+    test = CanaryTest.of(s)
+    llr = test.llr(failures, requests)
+    rate = failures / requests if requests else 0.0
+    figures = f"{failures} of {requests} canary requests failed ({rate:.3f})"
+    decision = test.decide(failures, requests)
+    if decision == "fail":
+        return "fail", (
+            f"{figures}: the sequential test prefers canary_max_error_rate {s.canary_max_error_rate} to "
+            f"canary_good_error_rate {s.canary_good_error_rate} (log-likelihood ratio {llr:.2f} >= "
+            f"{test.upper:.2f})"
+        )
+    if requests < s.canary_min_requests:
+        return None, ""
+    if s.canary_max_p99_ms and p99_ms is not None and p99_ms > s.canary_max_p99_ms:
+        return "fail", f"p99 {p99_ms:.1f} ms > canary_max_p99_ms {s.canary_max_p99_ms} on {requests} requests"
+    if decision == "pass":
+        return (
+            "pass",
+            f"{figures}: healthy by the sequential test (log-likelihood ratio {llr:.2f} <= {test.lower:.2f})",
+        )
+    if requests >= s.canary_max_requests:
+        if rate <= s.canary_max_error_rate:
+            return (
+                "pass",
+                f"{figures} <= canary_max_error_rate {s.canary_max_error_rate} at canary_max_requests",
+            )
+        return "fail", f"{figures} > canary_max_error_rate {s.canary_max_error_rate} at canary_max_requests"
+    return None, ""

@@ -1,10 +1,12 @@
-"""``kiln retrain``'s steps on a running server: shadow traffic judged from the prediction log, and the
-reload that promotes, each checked on every worker.
+"""``kiln retrain``'s steps on a running server: shadow traffic judged from the prediction log, a canary
+judged by a sequential test, and the reload that promotes, each checked on every worker.
 
 The server must serve the model as ``uri: models:/NAME@champion`` with ``challenger:
 models:/NAME@challenger`` and ``shadow: true``; between retrains the challenger alias points at the
-champion's own version. A shadow phase moves the challenger alias and reloads; a promotion moves the
-champion alias and reloads.
+champion's own version. A shadow phase moves the challenger alias and reloads; a canary gives the
+challenger a share of the request keys (``PUT /admin/models/NAME/traffic``), counts its requests and
+failures on ``/metrics`` and reads its latency from the log; a promotion moves the champion alias and
+reloads; then the traffic rule goes back to what it was.
 """
 
 from __future__ import annotations
@@ -12,13 +14,63 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import sqlalchemy as sa
 
 from torchkiln.core.errors import ServeError
+from torchkiln.monitor.decision import CanaryTest, RetrainSettings, canary_verdict
 from torchkiln.serve.predlog_db import make_engine, predictions, reason, shown
+from torchkiln.serve.routes import PREDICT_ROUTE
 
 POLL_S = 0.1  # how often the shadow phase reads the log
+
+
+def _admin(server: str, admin_token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=120)
+
+
+def _unreachable(server: str, exc: Exception) -> ServeError:
+    return ServeError(f"Cannot reach the server at {server.rstrip('/')} ({exc}). Check --server.")
+
+
+def traffic_of(server: str, admin_token: str | None, model: str) -> dict[str, Any]:
+    """The model's traffic rule on the server now: ``{"challenger_weight": w, "shadow": b}``."""
+    try:
+        with _admin(server, admin_token) as client:
+            r = client.get("/admin/models")
+    except httpx.HTTPError as exc:
+        raise _unreachable(server, exc) from exc
+    if r.status_code != 200:
+        raise ServeError(f"GET /admin/models on {server} answered {r.status_code}: {r.text[:300]}")
+    for m in r.json()["models"]:
+        if m["name"] == model:
+            return {
+                "challenger_weight": m["traffic"].get("challenger", 0.0),
+                "shadow": m["traffic"].get("shadow", False),
+            }
+    raise ServeError(f"The server at {server} does not serve '{model}'. Check --server and --model.")
+
+
+def set_traffic(server: str, admin_token: str | None, model: str, **rule: Any) -> dict[str, Any]:
+    """``PUT /admin/models/NAME/traffic`` with ``rule``; every worker must apply it.
+
+    Raises:
+        ServeError: the server refused the rule or not every worker applied it (its answer says why).
+    """
+    try:
+        with _admin(server, admin_token) as client:
+            r = client.put(f"/admin/models/{model}/traffic", json=rule)
+    except httpx.HTTPError as exc:
+        raise _unreachable(server, exc) from exc
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code != 200:
+        raise ServeError(
+            f"The server at {server} did not route '{model}' by {rule}: PUT /admin/models/{model}/traffic "
+            f"answered {r.status_code}: {body.get('detail', r.text[:300])}"
+        )
+    return body
 
 
 def reload_arm(server: str, admin_token: str | None, model: str, arm: str, version: str) -> dict[str, Any]:
@@ -27,12 +79,9 @@ def reload_arm(server: str, admin_token: str | None, model: str, arm: str, versi
     Raises:
         ServeError: as :func:`reload_and_verify`.
     """
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
     base = server.rstrip("/")
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+        with _admin(server, admin_token) as client:
             r = client.post("/admin/reload", params={"model": model, "force": "false"})
             body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             if r.status_code != 200:
@@ -42,7 +91,7 @@ def reload_arm(server: str, admin_token: str | None, model: str, arm: str, versi
                 )
             models = client.get("/admin/models").json()["models"]
     except httpx.HTTPError as exc:
-        raise ServeError(f"Cannot reach the server at {base} ({exc}). Check --server.") from exc
+        raise _unreachable(server, exc) from exc
     workers = body["workers"]
     served = {v["arm"]: v["version"] for m in models if m["name"] == model for v in m["versions"]}
     if served.get(arm) != version or workers["serving"] != workers["total"]:
@@ -148,3 +197,93 @@ def _read(engine: sa.Engine, model: str, after: int) -> tuple[list[Any], list[An
 
 def _labels(outputs: Any) -> list[Any]:
     return [o.get("label") if isinstance(o, dict) else None for o in outputs or []]
+
+
+def canary_counts(server: str, model: str, version: str) -> tuple[int, int]:
+    """(answered, failed) requests of ``version`` of ``model`` as the challenger, summed over the server's
+    workers on ``/metrics``: predict requests it answered (2xx), and those it failed
+    (``kiln_canary_failures_total``; the champion answered them instead).
+
+    Raises:
+        ServeError: the server is unreachable, or its metrics are off.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        r = httpx.get(f"{server.rstrip('/')}/metrics", timeout=30)
+    except httpx.HTTPError as exc:
+        raise _unreachable(server, exc) from exc
+    if r.status_code != 200:
+        raise ServeError(
+            f"The canary counts its requests on the server's /metrics, which answered {r.status_code}. Turn "
+            f"metrics on in the serve settings (metrics: true), or skip the canary with canary_weight 0."
+        )
+    answered = failed = 0
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") != model or labels.get("version") != version:
+                continue
+            if sample.name == "kiln_requests_total" and labels.get("route") == PREDICT_ROUTE:
+                answered += int(sample.value) if labels.get("status", "").startswith("2") else 0
+            elif sample.name == "kiln_canary_failures_total":
+                failed += int(sample.value)
+    return answered, failed
+
+
+def canary_figures(
+    server: str, log_url: str, model: str, version: str, *, after: int, s: RetrainSettings
+) -> dict[str, Any]:
+    """Watch a canary until :func:`~torchkiln.monitor.decision.canary_verdict` decides: its requests and
+    failures from ``/metrics`` (counted from now), its p99 request latency from the log rows after row
+    ``after``. Returns the figures with ``decision`` ('pass' or 'fail') and ``reason``.
+
+    Raises:
+        ServeError: no decision within ``canary_timeout_s`` (too little traffic for the share), or the
+            server or the log cannot be read.
+    """
+    answered0, failed0 = canary_counts(server, model, version)
+    engine, parsed = make_engine(log_url)
+    start = time.monotonic()
+    p = predictions.c
+    try:
+        while True:
+            answered, failed = canary_counts(server, model, version)
+            answered, failed = answered - answered0, failed - failed0
+            requests = answered + failed
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(p.version, p.latency_ms).where(
+                        p.id > after, p.model == model, p.shadow == sa.false()
+                    )
+                ).all()
+            mine = [r.latency_ms for r in rows if r.version == version]
+            others = [r.latency_ms for r in rows if r.version != version]
+            p99 = float(np.percentile(mine, 99)) if len(mine) >= s.canary_min_requests else None
+            decision, why = canary_verdict(failed, requests, p99, s)
+            if decision is not None:
+                break
+            if time.monotonic() - start > s.canary_timeout_s:
+                raise ServeError(
+                    f"The canary of '{model}' (version {version}, {s.canary_weight:.0%} of request keys) got "
+                    f"{requests} requests in {s.canary_timeout_s:g} s, too few to decide (it needs at least "
+                    f"{s.canary_min_requests}). Is traffic reaching the server? Raise canary_weight or "
+                    f"canary_timeout_s."
+                )
+            time.sleep(POLL_S * 5)
+    except sa.exc.SQLAlchemyError as exc:
+        raise ServeError(f"Cannot read the prediction log {shown(parsed)} ({reason(exc)}).") from exc
+    finally:
+        engine.dispose()
+    return {
+        "decision": decision,
+        "reason": why,
+        "weight": s.canary_weight,
+        "requests": requests,
+        "failures": failed,
+        "error_rate": failed / requests if requests else 0.0,
+        "log_likelihood_ratio": CanaryTest.of(s).llr(failed, requests),
+        "p99_ms": p99,
+        "champion_p99_ms": float(np.percentile(others, 99)) if others else None,
+        "seconds": round(time.monotonic() - start, 2),
+    }
