@@ -1,8 +1,9 @@
 """Drift detection: compare a window of served traffic with the reference profile, signal by signal.
 
 A *signal* is what the server has for each item: numeric input statistics (the task's
-``summarize_inputs``: for images the mean and std of the model input), the predicted class, the
-confidence, and a penultimate-layer embedding. :func:`detect` runs one test per signal, feature and
+``summarize_inputs``: for images the mean and std of the model input), continuous output signals (the
+task's ``output_signals`` other than a classifier's: a forecast's level and spread), the predicted class,
+the confidence, and a penultimate-layer embedding. :func:`detect` runs one test per signal, feature and
 method (a *row*) and gives one verdict for the window:
 
 - ``"not enough data"`` when the window has fewer than ``DriftSettings.min_window`` items (default 50):
@@ -38,7 +39,8 @@ PSI_THRESHOLD = 0.25
 Verdict = Literal["drift", "no drift", "not enough data"]
 
 
-# Methods by kind of signal: continuous 1-D (input statistics, confidence), classes, embeddings.
+# Methods by kind of signal: continuous 1-D (input statistics, output signals, confidence), classes,
+# embeddings.
 CONTINUOUS_METHODS = ("ks", "psi")
 CLASS_METHODS = ("chi2", "psi")
 EMBEDDING_METHODS = ("mmd", "classifier")
@@ -52,6 +54,8 @@ class DriftSettings:
         min_window: a smaller window gives "not enough data", never an alarm. 50: below it a KS test on
             200-vs-thousands items cannot see even a large shift reliably, and PSI bins hold ~5 items.
         input_methods: tests on each numeric input statistic, from ``CONTINUOUS_METHODS``.
+        output_methods: tests on each continuous output signal (a forecast's level and spread), from
+            ``CONTINUOUS_METHODS``.
         confidence_methods: tests on the confidence, from ``CONTINUOUS_METHODS``.
         class_methods: tests on the predicted classes, from ``CLASS_METHODS``.
         embedding_methods: tests on the embeddings, from ``EMBEDDING_METHODS``.
@@ -65,6 +69,7 @@ class DriftSettings:
 
     min_window: int = MIN_WINDOW
     input_methods: tuple[str, ...] = ("ks", "psi")
+    output_methods: tuple[str, ...] = ("ks", "psi")
     confidence_methods: tuple[str, ...] = ("ks",)
     class_methods: tuple[str, ...] = ("chi2",)
     embedding_methods: tuple[str, ...] = ("mmd",)
@@ -76,6 +81,7 @@ class DriftSettings:
     def __post_init__(self) -> None:
         for name, allowed in (
             ("input_methods", CONTINUOUS_METHODS),
+            ("output_methods", CONTINUOUS_METHODS),
             ("confidence_methods", CONTINUOUS_METHODS),
             ("class_methods", CLASS_METHODS),
             ("embedding_methods", EMBEDDING_METHODS),
@@ -141,8 +147,8 @@ class DriftRow:
     """One test of one feature of one signal.
 
     Attributes:
-        signal: "input", "prediction", "confidence" or "embedding".
-        feature: the input statistic's name, or the signal's name for the others.
+        signal: "input", "output", "prediction", "confidence" or "embedding".
+        feature: the input statistic's or output signal's name, or the signal's name for the others.
         method: "ks", "psi", "chi2", "mmd" or "classifier".
         rule: "p_value" (drifted when ``p_value < threshold``) or "statistic" (when
             ``statistic > threshold``).
@@ -265,10 +271,14 @@ def statistics(
     it once).
     """
     out: list[Statistic] = []
-    for name in sorted(set(reference.inputs) & set(window.inputs)):
-        for m in settings.input_methods:
-            res = _CONTINUOUS[m](reference.inputs[name], window.inputs[name], settings, None, p_values)
-            out.append(Statistic("input", name, m, res))
+    for signal, ref, cur, methods in (
+        ("input", reference.inputs, window.inputs, settings.input_methods),
+        ("output", reference.outputs, window.outputs, settings.output_methods),
+    ):
+        for name in sorted(set(ref) & set(cur)):
+            for m in methods:
+                res = _CONTINUOUS[m](ref[name], cur[name], settings, None, p_values)
+                out.append(Statistic(signal, name, m, res))
     if reference.classes is not None and window.classes is not None:
         if reference.num_classes != window.num_classes:
             raise DataError(
@@ -290,8 +300,9 @@ def statistics(
             out.append(Statistic("embedding", "embedding", m, res))
     if not out:
         raise DataError(
-            "The reference and the window share no signal; expected at least one of inputs (by name), "
-            "classes, confidence or embeddings in both. Fix: log the same signals the reference profile has."
+            "The reference and the window share no signal; expected at least one of inputs or outputs (by "
+            "name), classes, confidence or embeddings in both. Fix: log the same signals the reference "
+            "profile has."
         )
     return out
 

@@ -2,8 +2,8 @@
 matplotlib plots embedded as PNG ``data:`` URIs (no CDN, no external file).
 
 Per version: the drift rows, the live performance, one plot per feature (the reference's histogram beside
-the window's: input statistics, confidence, predicted classes, the embedding's first component) and the
-drift score of each signal over the sub-windows of the window.
+the window's: input statistics, output signals, confidence, predicted classes, the embedding's first
+component) and the drift score of each signal over the sub-windows of the window.
 """
 
 from __future__ import annotations
@@ -82,9 +82,8 @@ def _classes(perf: Any) -> list[dict[str, str]]:
 
 
 def _feature_plots(ref: Signals, cur: Signals) -> list[tuple[str, str]]:
-    plots = [
-        (f"input {name}", _hist(ref.inputs[name], cur.inputs[name], name)) for name in sorted(cur.inputs)
-    ]
+    named = (("input", ref.inputs, cur.inputs), ("output", ref.outputs, cur.outputs))
+    plots = [(f"{kind} {name}", _hist(r[name], c[name], name)) for kind, r, c in named for name in sorted(c)]
     if ref.confidence is not None and cur.confidence is not None:
         plots.append(("confidence", _hist(ref.confidence, cur.confidence, "confidence")))
     if ref.classes is not None and cur.classes is not None and ref.num_classes:

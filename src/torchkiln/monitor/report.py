@@ -8,7 +8,8 @@ an offline ``report.html``.
 
 **Drift score.** Each row of a drift check is scored so that 1.0 is its threshold and higher is more
 drifted: a p-value row ``log10(p) / log10(threshold)``, a statistic row ``statistic / threshold``. A
-signal's score (``input/mean``, ``prediction``, ``confidence``, ``embedding``) is the largest of its rows'.
+signal's score (``input/mean``, ``output/forecast_level``, ``prediction``, ``confidence``, ``embedding``)
+is the largest of its rows'.
 The watch loop exports it as ``kiln_drift_score{model,version,signal}``.
 """
 
@@ -139,9 +140,14 @@ def row_score(row: DriftRow) -> float:
     return round(row.statistic / row.threshold, 4) if row.threshold > 0 else math.inf
 
 
+# Signals of several named features: each feature is a signal of its own in the scores and the gauges.
+NAMED_SIGNALS = ("input", "output")
+
+
 def signal_name(row: DriftRow) -> str:
-    """``input/<statistic>`` for an input statistic, else the signal: the ``signal`` label of the gauge."""
-    return f"input/{row.feature}" if row.signal == "input" else row.signal
+    """``input/<statistic>`` for an input statistic, ``output/<name>`` for an output signal (a forecast's
+    ``output/forecast_level``), else the signal: the ``signal`` label of the gauge."""
+    return f"{row.signal}/{row.feature}" if row.signal in NAMED_SIGNALS else row.signal
 
 
 def signal_scores(report: DriftReport) -> dict[str, float]:

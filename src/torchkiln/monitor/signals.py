@@ -16,6 +16,8 @@ class Signals:
 
     Attributes:
         inputs: numeric input statistics, name -> (N,) floats (e.g. ``{"mean": ..., "std": ...}``).
+        outputs: continuous output signals other than a classifier's confidence, name -> (N,) floats
+            (a forecaster's ``{"forecast_level": ..., "forecast_spread": ...}``).
         classes: (N,) predicted class indices, or None.
         num_classes: the model's number of classes; required with ``classes``.
         confidence: (N,) probability of the predicted class, or None.
@@ -23,6 +25,7 @@ class Signals:
     """
 
     inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     classes: np.ndarray | None = None
     num_classes: int | None = None
     confidence: np.ndarray | None = None
@@ -30,12 +33,13 @@ class Signals:
 
     def __post_init__(self) -> None:
         lengths = {f"inputs[{k!r}]": len(v) for k, v in self.inputs.items()}
+        lengths |= {f"outputs[{k!r}]": len(v) for k, v in self.outputs.items()}
         for name in ("classes", "confidence", "embeddings"):
             if getattr(self, name) is not None:
                 lengths[name] = len(getattr(self, name))
         if not lengths:
             raise DataError(
-                "Signals got no signal at all; expected inputs, classes, confidence or embeddings. "
+                "Signals got no signal at all; expected inputs, outputs, classes, confidence or embeddings. "
                 "Fix: pass at least one of them."
             )
         if len(set(lengths.values())) > 1:
@@ -50,8 +54,8 @@ class Signals:
             )
 
     def __len__(self) -> int:
-        first = next(iter(self.inputs.values()), None)
-        for a in (first, self.classes, self.confidence, self.embeddings):
+        named = (next(iter(m.values()), None) for m in (self.inputs, self.outputs))
+        for a in (*named, self.classes, self.confidence, self.embeddings):
             if a is not None:
                 return len(a)
         raise AssertionError("unreachable: __post_init__ requires a signal")
@@ -64,6 +68,7 @@ class Signals:
 
         return Signals(
             inputs={k: np.asarray(v)[index] for k, v in self.inputs.items()},
+            outputs={k: np.asarray(v)[index] for k, v in self.outputs.items()},
             classes=pick(self.classes),
             num_classes=self.num_classes,
             confidence=pick(self.confidence),

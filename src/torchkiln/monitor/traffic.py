@@ -13,12 +13,16 @@ Signals of a window:
   a logged summary lacks or holds a non-number for (NaN) is left out of both sides;
 - **predicted class and confidence**: the server's logged live signals of the input when the row has
   them; otherwise derived from the answer (``label`` -> its index in the bundle's labels, ``score``);
+- **outputs**: the reference's other output signals (a forecaster's ``forecast_level`` and
+  ``forecast_spread``, in the model's scaled units), from the logged live signals only: the answer holds
+  the forecast in the data's units, so they cannot be derived from it;
 - **embedding**: the logged live signals only (the server projects the penultimate features with the
   reference's PCA); a window without them is compared on the other signals.
 
 Live signals are read tolerantly: a ``signals`` column of the row (one object per input), or a
-``"signals"`` object inside each input's summary or output, with ``predicted``, ``confidence`` and
-``embedding`` keys. Anything else is ignored.
+``"signals"`` object inside each input's summary or output, with ``predicted``, ``confidence``,
+``embedding`` and the output signals' keys. Anything else is ignored. A signal that one input of the window
+lacks (a log written before live signals, a batch whose signals failed) is left out of the comparison.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ from torchkiln.serve.performance import Window, parse_window
 from torchkiln.serve.predlog_db import open_existing, reason, shown, utc
 
 __all__ = ["Traffic", "read_traffic", "reference_signals", "window_signals"]
+
+# The output signals of a classifier's reference: they become Signals.classes and Signals.confidence; any
+# other output signal (``task.output_signals``) is a continuous one of Signals.outputs.
+CLASS_SIGNALS = ("predicted", "confidence")
 
 
 @dataclass(frozen=True)
@@ -169,15 +177,24 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def reference_signals(reference: Reference, labels: Sequence[str]) -> Signals:
-    """The reference profile's signals: summary columns, predicted class and confidence, embeddings."""
+    """The reference profile's signals: summary columns, output signals (predicted class and confidence, or
+    continuous ones such as a forecast's level and spread), embeddings."""
     a = reference.arrays
     columns = list(reference.meta.get("summary_columns", []))
     summary = np.asarray(a["summary"], np.float64)
     inputs = {name: summary[:, j] for j, name in enumerate(columns) if np.isfinite(summary[:, j]).all()}
+    outputs = {n: np.asarray(a[n], np.float64) for n in reference.meta.get("signals", [])}
+    outputs = {n: v for n, v in outputs.items() if n not in CLASS_SIGNALS and np.isfinite(v).all()}
     classes = np.asarray(a["predicted"], np.int64) if "predicted" in a and labels else None
     confidence = np.asarray(a["confidence"], np.float64) if "confidence" in a else None
-    return Signals(inputs=inputs, classes=classes, num_classes=len(labels) if classes is not None else None,
-                   confidence=confidence, embeddings=np.asarray(a["embedding"], np.float64))  # fmt: skip
+    return Signals(
+        inputs=inputs,
+        outputs=outputs,
+        classes=classes,
+        num_classes=len(labels) if classes is not None else None,
+        confidence=confidence,
+        embeddings=np.asarray(a["embedding"], np.float64),
+    )
 
 
 def window_signals(
@@ -197,6 +214,8 @@ def window_signals(
         for j, name in enumerate(columns)
         if name in reference.inputs and np.isfinite(table[:, j]).all()
     }
+    # Output signals come from the live signals only: the answer's forecast is in the data's units.
+    outputs = {name: _column(traffic, name, lambda _: None, np.float64) for name in reference.outputs}
     index = {label: i for i, label in enumerate(labels)}
     classes = confidence = embeddings = None
     if reference.classes is not None:
@@ -205,8 +224,14 @@ def window_signals(
         confidence = _column(traffic, "confidence", lambda o: o.get("score"), np.float64)
     if reference.embeddings is not None:
         embeddings = _embeddings(traffic, reference.embeddings.shape[1])
-    return Signals(inputs=inputs, classes=classes, num_classes=reference.num_classes if classes is not None
-                   else None, confidence=confidence, embeddings=embeddings)  # fmt: skip
+    return Signals(
+        inputs=inputs,
+        outputs={name: v for name, v in outputs.items() if v is not None},
+        classes=classes,
+        num_classes=reference.num_classes if classes is not None else None,
+        confidence=confidence,
+        embeddings=embeddings,
+    )
 
 
 def _column(traffic: Traffic, key: str, from_output: Any, dtype: type) -> np.ndarray | None:

@@ -74,7 +74,11 @@ class WatchConfig:
 
 class Gauges:
     """``kiln_drift_score{model,version,signal}`` and ``kiln_live_accuracy{model,version}`` in a registry of
-    their own (not the process's default one), served by :meth:`serve`."""
+    their own (not the process's default one), served by :meth:`serve`.
+
+    ``signal`` is a score's name in :func:`~torchkiln.monitor.report.signal_scores`: ``input/mean``,
+    ``output/forecast_level`` (a forecaster's), ``prediction``, ``confidence``, ``embedding``...
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
