@@ -246,7 +246,8 @@ def test_retrain_on_new_texts_promotes_a_challenger_trained_on_the_merged_data(
     registry.register_bundle(tiny_text_bundle, name="reviews", alias="champion", tracking_uri=uri)
     new = write_csv(tmp_path / "new.csv", ["text", "label"], shifted_reviews(80, seed=3))
 
-    # From scratch: a fine-tuned text run learns a new vocabulary, so the champion's embedding would not fit.
+    # From scratch: the new reviews' cue word is outside the champion's vocabulary, which a fine-tuned run
+    # keeps (its embedding rows fit those token ids), so only a run with its own tokenizer can learn it.
     result = retrain(
         config,
         model="reviews",

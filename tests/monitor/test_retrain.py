@@ -199,7 +199,8 @@ def test_bad_gates_and_a_rollback_without_history_exit_2_with_the_fix(loop: dict
         ],
     )
     assert bad.exit_code == 2 and "alpha" in bad.output
-    assert "  - unknown key 'alpah'. Did you mean 'alpha'? Valid keys here: alpha, canary_alpha," in bad.stderr
+    did_you_mean = "  - unknown key 'alpah'. Did you mean 'alpha'? Valid keys here: alpha, canary_alpha,"
+    assert did_you_mean in bad.stderr
     missing = loop["tmp"] / "gates.yaml"
     bad = runner.invoke(
         app, ["retrain", str(loop["config"]), "--model", MODEL, "--settings", str(missing), "--dry-run"]

@@ -18,7 +18,8 @@ def retrain_command(
     ],
     model: Annotated[str, typer.Option("--model", help="The registered model whose champion is challenged.")],
     data: Annotated[
-        list[Path] | None, typer.Option("--data", help="New labelled images: a folder or a CSV manifest.")
+        list[Path] | None,
+        typer.Option("--data", help="New labelled data: an image folder or CSV manifest, or a CSV of texts."),
     ] = None,
     feedback_from: Annotated[
         str | None,

@@ -69,7 +69,8 @@ def retrain(
     Args:
         config: the training config the champion was trained with (its ``data.path`` is the original data).
         model: the registered model whose ``champion`` alias is challenged.
-        data: folders or CSV manifests of new labelled images.
+        data: new labelled data: image folders or CSV manifests (path,label[,split]), or for a text
+            model CSVs of texts (the config's text/label columns, or text,label[,split]).
         feedback_from: a prediction log URL: its feedback-labelled inputs (kept bodies only) are new data,
             and its last ``settings.replay_items`` requests are replayed through both models.
         settings: the gates (:class:`RetrainSettings`).

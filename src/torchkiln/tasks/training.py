@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from torchkiln.artifacts.bundle import init_from_bundle, save_bundle
+from torchkiln.artifacts.bundle import init_from_bundle, load_bundle, save_bundle
 from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import dump_config
 from torchkiln.core.errors import CheckpointError, ConfigError
@@ -50,7 +50,13 @@ def train_new_run(cfg: RunConfig) -> Path:
         ConfigError, DataError: before any compute, if the config or data is bad (no run is left).
     """
     task = get_task(cfg.task.kind)
-    resolved, data = task.prepare(cfg)  # all data checks happen here, before any compute
+    # All data checks happen in prepare, before any compute. A run that starts from a bundle's weights
+    # keeps its fitted preprocessing (a tokenizer): the weights fit that one, and a refit would move ids.
+    state = None
+    if cfg.model.init_from:
+        files = load_bundle(cfg.model.init_from).state_files
+        state = task.load_state(cfg, files) if files else None
+    resolved, data = task.prepare(cfg, state=state)
     run_dir = new_run_dir(resolved)
     (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
     for name, content in task.state_files(data).items():  # fitted on train: what a resume must reuse

@@ -207,6 +207,24 @@ def test_a_resumed_run_reuses_its_saved_tokenizer(config, monkeypatch: pytest.Mo
     assert (run / "bundle" / "state" / "tokenizer.json").read_bytes() == saved
 
 
+def test_a_run_started_from_a_bundle_keeps_its_tokenizer(
+    tmp_path: Path, config, tiny_text_bundle: Path, make_sentiment_csv
+) -> None:
+    """model.init_from: the weights fit the bundle's token ids, so new data with new words must not refit
+    the tokenizer (a refit moved "great" from one id to another and grew the vocabulary)."""
+    new = make_sentiment_csv(tmp_path / "new.csv", 160, seed=7)
+    new.write_text(new.read_text(encoding="utf-8").replace("great", "splendiferous"), encoding="utf-8")
+    cfg = config(path=str(new))
+    cfg["model"]["init_from"] = str(tiny_text_bundle)
+    cfg["train"] |= {"epochs": 1}
+    run = api.train(api.load_config(cfg))
+    saved = (tiny_text_bundle / "state" / "tokenizer.json").read_bytes()
+    assert (run / "bundle" / "state" / "tokenizer.json").read_bytes() == saved
+    assert load_bundle(run / "bundle").config.data.tokenizer.vocab_size == (
+        load_bundle(tiny_text_bundle).config.data.tokenizer.vocab_size
+    )
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])  # static calibrates on val: rows of another length
 def test_lstm_bundle_exports_to_int8_onnx_that_predicts_like_the_eager_one(
     tiny_text_bundle: Path, tmp_path: Path, mode: str
