@@ -1,4 +1,5 @@
-r"""The closed loop on real Fashion-MNIST: serve, drift, feedback, retrain, shadow, promotion, recovery.
+r"""The closed loop on real Fashion-MNIST: serve, drift, feedback, retrain, shadow, canary, promotion,
+recovery.
 
     python examples/closed_loop.py [--work runs/closed-loop] [--reuse]
 
@@ -11,8 +12,9 @@ This is what `make closed-loop` runs. Every step uses the product as a user woul
 3. `kiln monitor watch --once` on each window: the drift alert reaches a local webhook for the dark one only;
 4. POST /v1/feedback: the true labels of the dark images;
 5. `kiln retrain` fine-tunes a challenger on them (the feedback-labelled bodies of the log);
-6. the challenger wins on the fresh dark test set, goes through shadow on the live server (a thread sends
-   the traffic the shadow phase waits for) and is promoted;
+6. the challenger wins on the fresh dark test set, goes through shadow on the live server, then answers a
+   share of the requests as a canary until a sequential test passes it (a thread sends the labelled dark
+   traffic both phases wait for), and is promoted;
 7. the replaced champion goes back into the shadow arm, so both versions answer the same new dark
    traffic: the prediction log shows which version answered each request, and live accuracy recovers.
 
@@ -343,8 +345,8 @@ def shadow_traffic(
     client: httpx.Client, champion: str, items: list[tuple[bytes, str]], stop: threading.Event, sent: list
 ) -> None:
     """Wait until the server mirrors to a new challenger (kiln retrain's shadow phase), then send labelled
-    dark traffic, 4 requests at a time, until the arms change again (promotion or rollback), kiln retrain
-    ends, or the images run out."""
+    dark traffic, 4 requests at a time, through the shadow and the canary phase until the arms change
+    again (promotion or rollback), kiln retrain ends, or the images run out."""
     arms = {"champion": champion, "challenger": champion}
     while not stop.is_set() and (arms := served(client))["challenger"] == champion:
         time.sleep(0.2)
@@ -352,6 +354,10 @@ def shadow_traffic(
         if stop.is_set() or served(client) != arms:
             return
         sent += replay(client, items[i : i + 4], label=True)
+
+
+def ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
 
 
 def performance(client: httpx.Client, window: int) -> dict[tuple[str, bool], dict]:
@@ -379,6 +385,7 @@ def main() -> None:
     parser.add_argument("--shifted", type=int, default=2000, help="dark test images replayed and labelled")
     parser.add_argument("--after", type=int, default=1000, help="dark images sent after the promotion")
     parser.add_argument("--window", type=int, default=300, help="the drift check's window (inputs)")
+    parser.add_argument("--canary-weight", type=float, default=0.25, help="the canary's share of requests")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
     args.work = args.work.resolve()
@@ -408,7 +415,7 @@ def main() -> None:
 
     test = [(p, p.parent.name) for p in sorted(test_dir.glob("*/*.png"))]
     random.Random(1).shuffle(test)
-    n = [args.clean, args.shifted, 300, args.after]
+    n = [args.clean, args.shifted, 1000, args.after]
     clean = [(p.read_bytes(), lab) for p, lab in test[: n[0]]]
     dark = [(darker(p.read_bytes()), lab) for p, lab in test[n[0] : sum(n)]]
     shifted, shadow_pool, after = dark[: n[1]], dark[n[1] : n[1] + n[2]], dark[n[1] + n[2] :]
@@ -443,7 +450,7 @@ def main() -> None:
             print(f"  {len(ok(dark_got))} labels stored; GET /v1/models/{MODEL}/performance:")
             show_performance(performance(client, len(dark_got)))
 
-            step("5-6. kiln retrain: fine-tune on the labelled dark images, judge, shadow, promote")
+            step("5-6. kiln retrain: fine-tune on the labelled dark images, judge, shadow, canary, promote")
             out = args.work / "retrain"
             config = run / "config.yaml"
             cmd = [
@@ -451,7 +458,7 @@ def main() -> None:
                 "--server", server.base, "--log-url", log_url,
                 "--drift-report", str(args.work / "monitor" / "shifted" / "report.json"),
                 "--out", str(out), "--set", f"epochs={args.retrain_epochs}",
-                "--set", f"replay_items={args.shifted}",
+                "--set", f"replay_items={args.shifted}", "--set", f"canary_weight={args.canary_weight}",
             ]  # fmt: skip
             print("$ kiln", " ".join(cmd), '--admin-token "$KILN_ADMIN_TOKEN"  # from the environment')
             stop, sent = threading.Event(), []
@@ -499,8 +506,16 @@ def main() -> None:
                     f"judged on {sh['requests']} requests, {sh['shadow_answers']} shadow answers, error rate "
                     f"{sh['error_rate']:.3f}, p99 {sh['p99_ms']:.1f} ms, agreement {sh['agreement']:.3f}"
                 )
-            print("  canary: none yet (kiln serve cannot change the challenger's traffic share at runtime;")
-            print("  docs/monitoring.md, 'No canary yet'): shadow is the live check before promotion")
+            ca = (d.get("live") or {}).get("canary")
+            if ca:
+                canary_answers = sum(r["version"] == d["challenger"].get("version") for r in ok(sent))
+                print(
+                    f"  canary at {ca['weight']:.0%} of request keys: {ca['requests']} canary requests "
+                    f"({canary_answers} of them labelled by the thread), {ca['failures']} failed; sequential "
+                    f"test: {ca['decision']} after {ca['seconds']:.1f} s (log-likelihood ratio "
+                    f"{ca['log_likelihood_ratio']:.2f}); p99 {ms(ca['p99_ms'])} against the champion's "
+                    f"{ms(ca['champion_p99_ms'])}"
+                )
             print(f"  outcome: {d['outcome']}: {d['reason']}")
             if d["outcome"] != "promoted":
                 raise SystemExit("the challenger was not promoted; see the decision record above")
@@ -526,7 +541,7 @@ def main() -> None:
                 f"({mirrored} shadow answers by version {v1})"
             )
 
-            phases = {"clean": got, "dark": dark_got, "shadow phase": sent, "after promotion": after_got}
+            phases = {"clean": got, "dark": dark_got, "shadow, canary": sent, "after promotion": after_got}
             phase_of = {r["id"]: name for name, rs in phases.items() for r in ok(rs)}
             rows = [r for r in read_predictions(log_url, model=MODEL) if r.request_id in phase_of]
             print(f"  the prediction log ({len(rows)} rows): which version answered, per phase")

@@ -127,6 +127,22 @@ def send_forever(url: str, images: list[Path], stop: threading.Event) -> None:
             i += 1
 
 
+def retrain_on_server(live: dict, config: Path, new: Path, out: str, gates: RetrainSettings) -> Any:
+    """kiln retrain with the new images, against the live server and its log."""
+    return retrain(
+        config,
+        model=MODEL,
+        data=[new],
+        tracking_uri=live["uri"],
+        server=live["url"],
+        admin_token=TOKEN,
+        log_url=live["log_url"],
+        out_dir=live["root"] / out,
+        device="cpu",
+        settings=gates,
+    )
+
+
 def served(live: dict) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     models = httpx.get(f"{live['url']}/admin/models", headers=headers, timeout=30).json()["models"]
@@ -143,18 +159,8 @@ def test_a_challenger_that_fails_on_the_served_traffic_is_rolled_back_in_shadow(
     gray = live["root"] / "gray.yaml"
     gray.write_text(yaml.safe_dump(raw))
     new = inverted(live["root"] / "new-gray", make_image_folder)
-    result = retrain(
-        gray,
-        model=MODEL,
-        data=[new],
-        tracking_uri=live["uri"],
-        server=live["url"],
-        admin_token=TOKEN,
-        log_url=live["log_url"],
-        out_dir=live["root"] / "retrain-gray",
-        device="cpu",
-        settings=RetrainSettings(epochs=5, from_scratch=True, shadow_requests=30, shadow_settle_s=2),
-    )
+    gates = RetrainSettings(epochs=5, from_scratch=True, shadow_requests=30, shadow_settle_s=2)
+    result = retrain_on_server(live, gray, new, "retrain-gray", gates)
     record = result.record
     assert result.challenger_version == "2"
     assert record.test["p_value"] < 0.05  # it passed the offline gate
@@ -179,21 +185,11 @@ IDLE = {"champion": 1.0, "challenger": 0.0, "shadow": True}  # the serve setting
 def test_a_canary_over_its_latency_limit_is_rolled_back_by_itself(live: dict, make_image_folder: Any) -> None:
     new = inverted(live["root"] / "new-slow", make_image_folder, seed=2)
     champion = registry.current_version(MODEL, "champion", tracking_uri=live["uri"])
-    result = retrain(
-        live["config"],
-        model=MODEL,
-        data=[new],
-        tracking_uri=live["uri"],
-        server=live["url"],
-        admin_token=TOKEN,
-        log_url=live["log_url"],
-        out_dir=live["root"] / "retrain-slow",
-        device="cpu",
-        # No answer takes under a microsecond: the canary fails its p99 gate once it has 20 requests.
-        settings=RetrainSettings(
-            epochs=5, shadow_requests=20, canary_weight=0.5, canary_min_requests=20, canary_max_p99_ms=0.001
-        ),
+    # No answer takes under a microsecond: the canary fails its p99 gate once it has 20 requests.
+    gates = RetrainSettings(
+        epochs=5, shadow_requests=20, canary_weight=0.5, canary_min_requests=20, canary_max_p99_ms=0.001
     )
+    result = retrain_on_server(live, live["config"], new, "retrain-slow", gates)
     record = result.record
     assert record.live["shadow"]["error_rate"] == 0.0  # shadow passed
     canary = record.live["canary"]
@@ -213,18 +209,8 @@ def test_a_better_challenger_goes_through_shadow_and_every_worker_serves_it(
     live: dict, make_image_folder: Any
 ) -> None:
     new = inverted(live["root"] / "new", make_image_folder)
-    result = retrain(
-        live["config"],
-        model=MODEL,
-        data=[new],
-        tracking_uri=live["uri"],
-        server=live["url"],
-        admin_token=TOKEN,
-        log_url=live["log_url"],
-        out_dir=live["root"] / "retrain",
-        device="cpu",
-        settings=RetrainSettings(epochs=5, shadow_requests=30, canary_weight=0.5),
-    )
+    gates = RetrainSettings(epochs=5, shadow_requests=30, canary_weight=0.5)
+    result = retrain_on_server(live, live["config"], new, "retrain", gates)
     record = result.record
     assert record.outcome == "promoted", record.reason
     version = result.challenger_version
