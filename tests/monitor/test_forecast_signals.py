@@ -3,8 +3,8 @@
 ``forecast_log`` trains a tiny LSTM forecaster on a stationary monthly series (400 months, the last 12 for
 test and the 200 before them for val: a reference of 195 windows), serves it in process and logs three
 kinds of traffic, each in its own log: clean (the histories of 100 val windows drawn at random, so the
-window is a sample of the reference's own items), the same histories three times larger, and 10 units
-higher.
+window is a sample of the reference's own items), the same histories three times larger, 10 units
+higher, and with twice the history (the earlier months before each window, which the model never reads).
 
 The forecaster normalizes each window before its network, so its embedding cannot see a change of scale or
 level: only the input statistics and the output signals do.
@@ -41,8 +41,9 @@ OUTPUT_ROWS = [
     "output/forecast_spread/ks",
     "output/forecast_spread/psi",
 ]
-SCORES = {"input/points", "input/mean", "input/std", "input/last[0]", "output/forecast_level",
-          "output/forecast_spread", "embedding"}  # fmt: skip
+# No input/points: the history length beyond the lookback is a request-only field (the model never reads it).
+SCORES = {"input/mean", "input/std", "input/last[0]", "output/forecast_level", "output/forecast_spread",
+          "embedding"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,20 @@ def forecast_log(tmp_path_factory: pytest.TempPathFactory) -> ForecastLog:
     sample = np.sort(np.random.default_rng(0).choice(len(items), 100, replace=False))
     histories = [items[int(i)] for i in sample]
     kinds = {"clean": {}, "x3": {"scale": 3.0}, "plus10": {"offset": 10.0}}
-    urls = {kind: f"sqlite:///{root}/{kind}.db" for kind in kinds}
+    urls = {kind: f"sqlite:///{root}/{kind}.db" for kind in [*kinds, "longer"]}
     for kind, change in kinds.items():
         asyncio.run(serve(bundle, urls[kind], [body(h, **change) for h in histories]))
+    lookback = len(items[0].values)
+    longer = [longer_body(items[int(i) - lookback], items[int(i)]) for i in sample if i >= lookback]
+    asyncio.run(serve(bundle, urls["longer"], longer))
     return ForecastLog(bundle, urls, sample)
+
+
+def longer_body(before: History, h: History) -> dict[str, Any]:
+    """``h``'s request with the window just before it prepended: twice the history, the same last months."""
+    assert before.time[-1] < h.time[0]
+    first, second = body(before), body(h)
+    return {k: first[k] + second[k] for k in ("history", "timestamps")}
 
 
 def test_clean_traffic_has_the_references_output_signals_and_does_not_drift(
@@ -157,3 +168,10 @@ def test_output_signals_are_compared_by_name_with_their_own_methods() -> None:
     assert len(ref.take(np.arange(10))) == 10 and set(ref.take(np.arange(10)).outputs) == {"level", "spread"}
     with pytest.raises(ConfigError, match=r"Unknown method 'kss' in DriftSettings.output_methods.*ks, psi"):
         DriftSettings(output_methods=("kss",))
+
+
+def test_a_longer_history_than_the_lookback_is_no_drift(forecast_log: ForecastLog) -> None:
+    """Clients may send more history than the model reads: the logged length is not compared."""
+    assert "points" not in load_bundle(forecast_log.bundle).profile["reference"]["summary_columns"]
+    (v,) = check(str(forecast_log.bundle), log_url=forecast_log.urls["longer"], window="1000").versions
+    assert v.verdict == "no drift" and set(v.scores) == SCORES

@@ -271,6 +271,11 @@ class Task(ReferenceProfiler, Protocol):
         """Small JSON-ready descriptions of each input for the prediction log and drift monitoring."""
         ...
 
+    # Fields of ``summarize_inputs`` that describe the request, not what the model reads (a forecast's
+    # history length beyond its lookback): logged, but left out of the reference profile, so never
+    # compared for drift.
+    request_only_fields: frozenset[str]
+
     def example_request(self) -> dict[str, Any]:
         """A real, valid JSON request body, shown in the OpenAPI docs."""
         ...

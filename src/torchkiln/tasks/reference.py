@@ -89,7 +89,9 @@ def build_reference(
         else np.arange(total)
     )
     summaries, signals, features = _passes(cfg, task, model, inputs, index, state, device)
-    columns, table = summary_table(summaries)
+    columns, table = summary_table(
+        [{k: v for k, v in s.items() if k not in task.request_only_fields} for s in summaries]
+    )
     feats = torch.cat(features).numpy()  # (N, D)
     mean, components, explained = fit_projection(feats, settings.dims)
     arrays: dict[str, np.ndarray] = {

@@ -171,6 +171,7 @@ class ForecastingTask:
     primary_metric = PrimaryMetric("mase", higher_is_better=False, scale=1.0, unit="MASE")
     image_input = False
     cli_options = frozenset({"history", "horizon"})
+    request_only_fields = frozenset({"points"})  # the model reads the last lookback points only
     input_dynamic_axes = (0,)
 
     # Data ------------------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class ImageClassificationTask:
     primary_metric = PrimaryMetric("accuracy")
     image_input = True
     cli_options = frozenset({"paths", "top_k"})
+    request_only_fields = frozenset()
     input_dynamic_axes = (0,)  # (B, C, H, W): only the batch varies
 
     def prepare(

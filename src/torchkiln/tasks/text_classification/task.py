@@ -185,6 +185,7 @@ class TextClassificationTask:
     primary_metric = PrimaryMetric("accuracy")
     image_input = False
     cli_options = frozenset({"texts", "file", "top_k"})
+    request_only_fields = frozenset()
     input_dynamic_axes = (0, 1)  # (B, L) token ids, padded to the longest row of each batch
 
     # Data ------------------------------------------------------------------------------------------
