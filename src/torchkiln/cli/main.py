@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from torchkiln.cli.dashboard import dashboard_command
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.env import env_command
 from torchkiln.cli.help import use_cli_help
@@ -58,6 +59,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(runs_app, name="runs")
 app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
+app.command("dashboard")(dashboard_command)
 app.command("env")(env_command)
 app.command("retrain")(retrain_command)
 

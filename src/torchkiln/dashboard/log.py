@@ -1,0 +1,234 @@
+"""The dashboard's read-only view of the prediction log.
+
+Every query is bounded: rows come newest first by primary key (``id < before`` pages backwards, ``id >
+after`` asks for what is new), ``LIMIT`` a page, so a page costs the same with a thousand rows or a million.
+The connection is read-only (SQLite ``query_only``, PostgreSQL ``default_transaction_read_only``): the
+dashboard never writes to the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from torchkiln.core.errors import ServeError
+from torchkiln.serve.predlog_db import feedback, open_existing, predictions, reason, shown
+
+RECENT_ROWS = 10_000  # the models and versions a filter offers: those of the last rows
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the live view shows; each field left empty shows all."""
+
+    model: str = ""
+    version: str = ""
+    label: str = ""  # the answer's top-1 label
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    disagrees: bool = False  # only inputs whose feedback label differs from the answer
+    shadow: bool = True  # include the shadow answers
+
+    def query(self) -> dict[str, str]:
+        """The filters as URL query parameters (empty ones left out), for links and the poll."""
+        raw = {
+            "model": self.model,
+            "version": self.version,
+            "label": self.label,
+            "min_confidence": "" if self.min_confidence is None else f"{self.min_confidence:g}",
+            "max_confidence": "" if self.max_confidence is None else f"{self.max_confidence:g}",
+            "disagrees": "1" if self.disagrees else "",
+            "shadow": "" if self.shadow else "0",
+        }
+        return {k: v for k, v in raw.items() if v}
+
+
+@dataclass(frozen=True)
+class Answer:
+    label: str | None
+    score: float | None
+    feedback: str | None = None  # the true label, when one came
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    request_id: str
+    time: datetime
+    model: str
+    version: str
+    arm: str
+    shadow: bool
+    latency_ms: float
+    items: int
+    answers: list[Answer]
+    has_payload: bool
+    payload_type: str | None
+
+    @property
+    def disagrees(self) -> bool:
+        return any(a.feedback is not None and a.feedback != a.label for a in self.answers)
+
+
+@dataclass
+class LogReader:
+    """One dashboard's connection to the log (made once; pooled by SQLAlchemy)."""
+
+    url: str
+    engine: sa.Engine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine, self.parsed = open_existing(self.url, check="--log-url")
+        backend = self.parsed.get_backend_name()
+
+        @sa.event.listens_for(self.engine, "connect")
+        def _read_only(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if backend == "sqlite":
+                cur.execute("PRAGMA query_only = ON")
+            elif backend == "postgresql":
+                cur.execute("SET default_transaction_read_only = on")
+            cur.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _run(self, build: Any) -> Any:
+        try:
+            with self.engine.connect() as conn:
+                return build(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise ServeError(f"Cannot read the prediction log {shown(self.parsed)} ({reason(exc)}).") from exc
+
+    def models(self) -> list[str]:
+        """The model names of the log's last rows, with their versions: ``{model: [versions]}``."""
+        return sorted(self.versions())
+
+    def versions(self) -> dict[str, list[str]]:
+        p = predictions.c
+        recent = sa.select(p.model, p.version).order_by(p.id.desc()).limit(RECENT_ROWS).subquery()
+
+        def build(conn: sa.Connection) -> dict[str, list[str]]:
+            out: dict[str, set[str]] = {}
+            for model, version in conn.execute(sa.select(recent.c.model, recent.c.version).distinct()):
+                out.setdefault(model, set()).add(version)
+            return {m: sorted(v, key=_version_key) for m, v in out.items()}
+
+        return self._run(build)
+
+    def rows(
+        self, filters: Filters, *, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[Row]:
+        """At most ``limit`` rows that pass ``filters``, newest first; ``before``/``after`` a row id."""
+        p = predictions.c
+        q = sa.select(
+            p.id,
+            p.request_id,
+            p.time,
+            p.model,
+            p.version,
+            p.arm,
+            p.shadow,
+            p.latency_ms,
+            p["items"],
+            p.outputs,
+            p.payload_type,
+            (p.payload.is_not(None)).label("has_payload"),
+        )
+        if filters.model:
+            q = q.where(p.model == filters.model)
+        if filters.version:
+            q = q.where(p.version == filters.version)
+        if not filters.shadow:
+            q = q.where(p.shadow == sa.false())
+        if filters.label:
+            q = q.where(p.outputs[(0, "label")].as_string() == filters.label)
+        if filters.min_confidence is not None:
+            q = q.where(p.outputs[(0, "score")].as_float() >= filters.min_confidence)
+        if filters.max_confidence is not None:
+            q = q.where(p.outputs[(0, "score")].as_float() <= filters.max_confidence)
+        f = feedback.c
+        if filters.disagrees:
+            wrong = sa.select(f.request_id).where(f.predicted != f.label)
+            if filters.model:
+                wrong = wrong.where(f.model == filters.model)
+            q = q.where(p.request_id.in_(wrong), p.shadow == sa.false())
+        if before is not None:
+            q = q.where(p.id < before)
+        if after is not None:
+            q = q.where(p.id > after)
+        q = q.order_by(p.id.desc()).limit(limit)
+
+        def build(conn: sa.Connection) -> list[Row]:
+            found = conn.execute(q).all()
+            labels: dict[tuple[str, int], str] = {}
+            ids = sorted({r.request_id for r in found})
+            if ids and sa.inspect(conn).has_table("feedback"):
+                for fr in conn.execute(sa.select(f.request_id, f.item, f.label).where(f.request_id.in_(ids))):
+                    labels[(fr.request_id, int(fr.item))] = str(fr.label)
+            return [_row(r, labels) for r in found]
+
+        return self._run(build)
+
+    def latest_id(self) -> int:
+        return int(self._run(lambda c: c.execute(sa.select(sa.func.max(predictions.c.id))).scalar()) or 0)
+
+    def payload(self, row_id: int) -> tuple[bytes, str | None, str] | None:
+        """The kept request body of row ``row_id``, its media type and model; None if none was kept.
+
+        A shadow row keeps no body of its own: it is the body of the answered row of the same request.
+        """
+        p = predictions.c
+
+        def build(conn: sa.Connection) -> Any:
+            row = conn.execute(
+                sa.select(p.request_id, p.shadow, p.payload, p.payload_type, p.model).where(p.id == row_id)
+            ).first()
+            if row is None or row.payload is not None or not row.shadow:
+                return row
+            return conn.execute(
+                sa.select(p.payload, p.payload_type, p.model)
+                .where(p.request_id == row.request_id, p.shadow == sa.false(), p.model == row.model)
+                .limit(1)
+            ).first()
+
+        found = self._run(build)
+        if found is None or found.payload is None:
+            return None
+        return bytes(found.payload), found.payload_type, str(found.model)
+
+
+def _row(r: Any, labels: dict[tuple[str, int], str]) -> Row:
+    outputs = r.outputs if isinstance(r.outputs, list) else []
+    answers = []
+    for i, o in enumerate(outputs):
+        o = o if isinstance(o, dict) else {}
+        label, score = o.get("label"), o.get("score")
+        answers.append(
+            Answer(
+                None if label is None else str(label),
+                float(score) if isinstance(score, int | float) else None,
+                labels.get((r.request_id, i)),
+            )
+        )
+    return Row(
+        int(r.id),
+        r.request_id,
+        r.time,
+        r.model,
+        r.version,
+        r.arm,
+        bool(r.shadow),
+        float(r.latency_ms),
+        int(r._mapping["items"]),
+        answers,
+        bool(r.has_payload),
+        r.payload_type,
+    )
+
+
+def _version_key(v: str) -> tuple[int, int, str]:
+    return (0, int(v), "") if v.isdigit() else (1, 0, v)
