@@ -9,7 +9,6 @@ with the server's tokens. It binds 127.0.0.1 by default; on any other address it
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import ServeError
+from torchkiln.serve.settings import bind_address, strong_token
 
 FIX = "Fix the kiln dashboard option or the KILN_DASHBOARD_* variable; docs/dashboard.md lists every setting."
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -62,23 +61,13 @@ class DashboardSettings(BaseSettings):
 
     @field_validator("token")
     @classmethod
-    def _strong(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
-            raise ValueError(
-                "the dashboard token must have at least 16 characters; make one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        return v
+    def _strong(cls, v: SecretStr | None) -> SecretStr | None:
+        return strong_token(v, "dashboard token")
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if v not in ("localhost", "0.0.0.0", "::"):
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                raise ValueError("host must be an IP address or 'localhost'") from None
-        return v
+        return bind_address(v)
 
     @field_validator("server")
     @classmethod

@@ -131,13 +131,7 @@ class ServeSettings(BaseSettings):
     @field_validator("admin_token", "feedback_token")
     @classmethod
     def _strong_token(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
-            what = (info.field_name or "token").replace("_", " ")
-            raise ValueError(
-                f"the {what} must have at least 16 characters; make one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        return v
+        return strong_token(v, (info.field_name or "token").replace("_", " "))
 
     @field_validator("device", mode="before")
     @classmethod
@@ -155,12 +149,7 @@ class ServeSettings(BaseSettings):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if v not in ("localhost", "0.0.0.0", "::"):
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                raise ValueError("host must be an IP address or 'localhost'") from None
-        return v
+        return bind_address(v)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeSettings:
@@ -184,6 +173,26 @@ class ServeSettings(BaseSettings):
         if path is not None:
             sources += (YamlConfigSettingsSource(settings_cls, yaml_file=path),)
         return sources
+
+
+def strong_token(v: SecretStr | None, what: str) -> SecretStr | None:
+    """A token of at least 16 characters, or None (off); shared by every server's settings."""
+    if v is not None and len(v.get_secret_value()) < 16:
+        raise ValueError(
+            f"the {what} must have at least 16 characters; make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return v
+
+
+def bind_address(v: str) -> str:
+    """An address a server can bind: an IP address, 'localhost', or all interfaces (0.0.0.0, ::)."""
+    if v not in ("localhost", "0.0.0.0", "::"):
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("host must be an IP address or 'localhost'") from None
+    return v
 
 
 def load_settings(config: str | Path | None = None, **values: Any) -> ServeSettings:
