@@ -42,7 +42,7 @@ from torchkiln.monitor.signals import Signals
 from torchkiln.serve.performance import Window, parse_window
 from torchkiln.serve.predlog_db import open_existing, reason, shown, utc
 
-__all__ = ["Traffic", "read_traffic", "reference_signals", "window_signals"]
+__all__ = ["Traffic", "read_traffic", "reference_signals", "traffic_of", "window_signals"]
 
 # The output signals of a classifier's reference: they become Signals.classes and Signals.confidence; any
 # other output signal (``task.output_signals``) is a continuous one of Signals.outputs.
@@ -148,14 +148,20 @@ def _read(
         # Each request holds at least one input: the last N requests hold the last N inputs.
         query = query.order_by(c.time.desc(), c.id.desc()).limit(win.last)
         rows = list(reversed(conn.execute(query).mappings().all()))
-        traffic = _traffic(g_model, g_version, bool(g_shadow), rows)
+        traffic = traffic_of(g_model, g_version, bool(g_shadow), rows)
         traffic = traffic.tail(win.last) if win.last is not None else traffic
         if len(traffic):
             out.append(traffic)
     return out
 
 
-def _traffic(model: str, version: str, shadow: bool, rows: Sequence[Mapping[str, Any]]) -> Traffic:
+def traffic_of(model: str, version: str, shadow: bool, rows: Sequence[Mapping[str, Any]]) -> Traffic:
+    """One group's logged rows, oldest first, as :class:`Traffic` (one entry per input).
+
+    Each row is a mapping with ``time``, ``outputs``, ``input_summary`` and, when the log has the column,
+    ``signals``: what :func:`read_traffic` selects, and what the dashboard reads in its own bounded
+    queries.
+    """
     times, summaries, outputs, live = [], [], [], []
     for row in rows:
         summ, outs = _as_list(row["input_summary"]), _as_list(row["outputs"])
