@@ -3,112 +3,26 @@
 Everything is read from the run folders as `kiln train` and `kiln evaluate` leave them: `config.yaml` (task,
 model, monitor), `bundle/bundle.json` (`trained`: epochs, best epoch, seconds, the best epoch's metrics)
 and `eval/<split>/metrics.json` (the numbers of each evaluation). No run is loaded or imported, so listing is
-quick; MLflow is not needed.
+quick; MLflow is not needed (:mod:`torchkiln.artifacts.runs` reads them).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from torchkiln.artifacts.runs import find_runs, headline, read_run
 from torchkiln.core.console import err, out
 
 runs_app = typer.Typer(
     help="The runs under a folder with their key figures; 'kiln runs compare RUN...' side by side.",
     invoke_without_command=True,
 )
-
-
-@dataclass
-class RunSummary:
-    """What one run folder says about itself; fields are None where the run has not written them."""
-
-    path: Path
-    task: str | None = None
-    model: str | None = None
-    monitor: str | None = None
-    epochs: int | None = None
-    best_epoch: int | None = None
-    seconds: float | None = None
-    stopped: str = ""
-    best: dict[str, float] = field(default_factory=dict)  # the best epoch's metrics
-    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> numbers
-
-    @property
-    def monitored(self) -> float | None:
-        return self.best.get(self.monitor) if self.monitor else None
-
-    def figures(self) -> dict[str, Any]:
-        """One flat mapping for tables and --json: the settings, then the best epoch's, then each split's."""
-        row: dict[str, Any] = {
-            "task": self.task,
-            "model": self.model,
-            "epochs": self.epochs,
-            "best epoch": None if self.best_epoch is None else self.best_epoch + 1,
-            "seconds": self.seconds,
-        }
-        row |= {k: v for k, v in self.best.items() if k != "epoch"}
-        for split, numbers in sorted(self.evaluations.items()):
-            row |= {f"{split}/{k}": v for k, v in numbers.items()}
-        return row
-
-
-def read_run(path: Path) -> RunSummary | None:
-    """The summary of ``path``, or None if it is not a run folder (no config.yaml)."""
-    config = path / "config.yaml"
-    if not config.is_file():
-        return None
-    run = RunSummary(path)
-    try:
-        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        task = cfg.get("task")
-        run.task = task.get("kind") if isinstance(task, dict) else task
-        run.model = (cfg.get("model") or {}).get("name")
-        run.monitor = (cfg.get("train") or {}).get("monitor")
-    except (yaml.YAMLError, AttributeError):
-        pass
-    trained = _json(path / "bundle" / "bundle.json").get("trained") or {}
-    run.epochs, run.best_epoch = trained.get("epochs"), trained.get("best_epoch")
-    run.seconds, run.stopped = trained.get("seconds"), trained.get("stopped") or ""
-    run.best = {k: v for k, v in (trained.get("metrics") or {}).items() if isinstance(v, int | float)}
-    for metrics in sorted(path.glob("eval/*/metrics.json")):
-        data = _json(metrics)
-        numbers = _numbers(data) | {f"model/{k}": v for k, v in _numbers(data.get("model") or {}).items()}
-        if numbers:
-            run.evaluations[metrics.parent.name] = numbers
-    return run
-
-
-def find_runs(root: Path) -> list[RunSummary]:
-    """Every run folder under ``root`` (``runs/<name>/<timestamp>``), newest first."""
-    found = [r for p in root.glob("*/*") if p.is_dir() and (r := read_run(p)) is not None]
-    return sorted(found, key=lambda r: r.path.name, reverse=True)
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _numbers(data: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-HEADLINE = ("accuracy", "macro_f1", "model/mase", "model/rmse")  # what a list shows of an evaluation
-
-
-def _headline(numbers: dict[str, float]) -> list[str]:
-    return [k for k in HEADLINE if k in numbers] or list(numbers)[:2]
 
 
 def _cell(value: Any) -> str:
@@ -142,7 +56,7 @@ def list_runs(
     for r in runs:
         monitored = f"{r.monitor} {_cell(r.monitored)}" if r.monitor else "—"
         evaluated = ", ".join(
-            f"{split}: {', '.join(f'{k} {_cell(nums[k])}' for k in _headline(nums))}"
+            f"{split}: {', '.join(f'{k} {_cell(nums[k])}' for k in headline(nums))}"
             for split, nums in r.evaluations.items()
         )
         table.add_row(

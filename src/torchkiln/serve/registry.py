@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,7 @@ class ModelVersionInfo:
     source: str
     artifact_uri: str
     run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict, compare=False)  # lineage: torchkiln.retrain.* ...
 
 
 def registry_uri(tracking_uri: str | None = None, *, runs_dir: str | Path = "runs") -> str:
@@ -356,6 +357,7 @@ def _info(mv: ModelVersion, aliases: dict[str, Any]) -> ModelVersionInfo:
         source=tags.get(TAG_SOURCE, "?"),
         artifact_uri=mv.source,
         run_id=mv.run_id,
+        tags=dict(tags),
     )
 
 
@@ -538,3 +540,27 @@ def log_decision(
                 for key, value in link.items():
                     client.set_tag(train_run_id, key, value)
     return run.info.run_id
+
+
+def list_decisions(name: str, *, tracking_uri: str | None = None) -> list[str]:
+    """The artifact URIs of the ``decision.json`` of every ``kiln retrain`` of ``name``, newest first
+    (the runs :func:`log_decision` made; none when no retrain ran).
+
+    Raises:
+        ServeError: the registry fails.
+
+    Example:
+        >>> list_decisions("shapes")
+        ['file:///home/me/project/runs/mlartifacts/9f.../artifacts/decision.json']
+    """
+    uri = registry_uri(tracking_uri)
+    with _registry_errors(uri):
+        client = _client(uri)
+        exp = client.get_experiment_by_name(RETRAIN_EXPERIMENT)
+        if exp is None:
+            return []
+        where = None if "'" in name else f"tags.`torchkiln.model` = '{name}'"
+        runs = _pages(client.search_runs, experiment_ids=[exp.experiment_id], filter_string=where or "")
+    runs = [r for r in runs if r.data.tags.get("torchkiln.model") == name]
+    runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return [f"{r.info.artifact_uri}/decision.json" for r in runs]
