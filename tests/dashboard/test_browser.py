@@ -5,9 +5,6 @@ reload, and the filters narrow it."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,33 +13,12 @@ import httpx
 import pytest
 
 from ..conftest import KILN
+from .browsing import answers, chromium, free_port, needs_browser, new_page, processes, start, wait_until
 from .conftest import png
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():  # .ci/run installs it; a machine without it cannot run these tests
-    pytest.skip(
-        "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True
-    )
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = needs_browser
 ADMIN = "browser-admin-token-0123456789ab"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen, errors: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, errors.read_text(errors="replace")
-        time.sleep(0.1)
+WAIT_MS = 30_000  # a loaded 2-core machine: the log writer and the poll may take seconds
 
 
 @pytest.fixture(scope="module")
@@ -57,52 +33,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iterat
         "KILN_ADMIN_TOKEN": ADMIN,
         "KILN_DASHBOARD_POLL_S": "0.3",
     }
-    procs = []
-    try:
-        err = root / "serve.txt"
-        with err.open("wb") as fh:
-            cmd = [KILN, "serve", str(tiny_bundle), "--name", "shapes", "--port", str(serve_port)]
-            cmd += ["--log-url", log_url]
-            serve = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=fh)
-        procs.append(serve)
+    with processes() as procs:
         server = f"http://127.0.0.1:{serve_port}"
-        wait_http(f"{server}/readyz", serve, err)
-        err = root / "dashboard.txt"
-        with err.open("wb") as fh:
-            cmd = [KILN, "dashboard", "--log-url", log_url, "--port", str(dash_port), "--server", server]
-            dash = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=fh)
-        procs.append(dash)
+        cmd = [KILN, "serve", str(tiny_bundle), "--name", "shapes", "--port", str(serve_port)]
+        procs.append(start([*cmd, "--log-url", log_url], cwd=root, env=env, errors=root / "serve.txt"))
+        wait_until(lambda: answers(f"{server}/readyz"), procs[-1], root / "serve.txt")
         url = f"http://127.0.0.1:{dash_port}"
-        wait_http(f"{url}/live", dash, err)
+        cmd = [KILN, "dashboard", "--log-url", log_url, "--port", str(dash_port), "--server", server]
+        procs.append(start(cmd, cwd=root, env=env, errors=root / "dashboard.txt"))
+        wait_until(lambda: answers(f"{url}/live"), procs[-1], root / "dashboard.txt")
         yield {"server": server, "url": url, "root": root}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.console_errors = []  # type: ignore[attr-defined]
-    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))  # type: ignore[attr-defined]
-    page.on("pageerror", lambda e: page.console_errors.append(str(e)))  # type: ignore[attr-defined]
+    page = new_page(browser)
     yield page
-    context.close()
+    page.context.close()
 
 
 def predict(server: str, seeds: range) -> list[dict[str, Any]]:
@@ -116,34 +69,36 @@ def predict(server: str, seeds: range) -> list[dict[str, Any]]:
 
 
 def test_predictions_appear_in_the_open_live_view_without_a_reload(stack: dict[str, Any], page: Any) -> None:
-    expect = sync_api.expect
+    from playwright.sync_api import expect
+
     predict(stack["server"], range(3))
     page.goto(f"{stack['url']}/live")
     rows = page.locator("#rows tr[id^=row-]")
-    expect(rows).to_have_count(3)  # the log writer flushes within its interval: expect() waits for it
+    expect(rows).to_have_count(3, timeout=WAIT_MS)  # the log writer flushes within its interval
     page.evaluate("window.kilnMarker = 'same page'")
-    answers = predict(stack["server"], range(3, 8))
-    expect(rows).to_have_count(8)
-    newest = answers[-1]
-    expect(rows.first.locator("td.answer .label")).to_have_text(newest["predictions"][0]["label"])
+    sent = predict(stack["server"], range(3, 8))
+    expect(rows).to_have_count(8, timeout=WAIT_MS)
+    newest = sent[-1]["predictions"][0]["label"]
+    expect(rows.first.locator("td.answer .label")).to_have_text(newest, timeout=WAIT_MS)
     assert page.evaluate("window.kilnMarker") == "same page"  # no reload happened
     images = page.locator("#rows img")
-    expect(images).to_have_count(8)
+    expect(images).to_have_count(8, timeout=WAIT_MS)
     for i in range(8):  # every thumbnail loaded: a broken image has naturalWidth 0
         assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), i
     assert page.console_errors == []
 
 
 def test_the_filters_narrow_the_view(stack: dict[str, Any], page: Any) -> None:
-    expect = sync_api.expect
-    answers = predict(stack["server"], range(20, 30))
-    label = answers[0]["predictions"][0]["label"]
+    from playwright.sync_api import expect
+
+    sent = predict(stack["server"], range(20, 30))
+    label = sent[0]["predictions"][0]["label"]
     page.goto(f"{stack['url']}/live")
-    expect(page.locator("#rows tr[id^=row-]").first).to_be_visible()
+    expect(page.locator("#rows tr[id^=row-]").first).to_be_visible(timeout=WAIT_MS)
     page.get_by_label("Class").fill(label)
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url(f"**/live?*label={label}*")
     labels = page.locator("#rows td.answer .label")
-    expect(labels.first).to_have_text(label)
+    expect(labels.first).to_have_text(label, timeout=WAIT_MS)
     assert set(labels.all_inner_texts()) == {label}
     assert page.console_errors == []

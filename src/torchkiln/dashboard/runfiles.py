@@ -105,7 +105,9 @@ def curves(rows: list[RunRow]) -> list[dict[str, Any]]:
             series.append({"label": ref, "values": values})
         metric = key.rpartition("/")[2]
         x = list(range(1, longest + 1))
-        charts.append({"x": x, "time": False, "title": key, "ylabel": metric, "series": series})
+        charts.append(
+            {"x": x, "time": False, "whole_x": True, "title": key, "ylabel": metric, "series": series}
+        )
     return charts
 
 

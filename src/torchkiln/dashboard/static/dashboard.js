@@ -7,6 +7,7 @@ document.addEventListener("htmx:afterSwap", (event) => {
 });
 
 // <div class="chart" data-series='{"x": [...], "series": [{"label": "p50", "values": [...]}], ...}'>
+// Options: title, ylabel, height, time (false: x is not unix seconds), whole_x (ticks at whole numbers).
 function drawCharts(root) {
   for (const el of root.querySelectorAll("div.chart[data-series]")) {
     if (el.dataset.drawn) continue;
@@ -17,7 +18,8 @@ function drawCharts(root) {
       width: Math.max(280, Math.min(el.clientWidth || 900, 1200)),
       height: spec.height || 220,
       scales: { x: { time: spec.time !== false } },
-      axes: [{}, { label: spec.ylabel || "" }],
+      // whole_x: an epoch axis, ticked at whole numbers only
+      axes: [spec.whole_x ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}, { label: spec.ylabel || "" }],
       series: [{}, ...spec.series.map((s, i) => ({
         label: s.label, stroke: s.color || colors[i % colors.length], width: 1.5,
         dash: s.dash ? [6, 4] : undefined, points: { show: false },
