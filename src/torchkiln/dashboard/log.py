@@ -73,6 +73,18 @@ class Row:
         return any(a.feedback is not None and a.feedback != a.label for a in self.answers)
 
 
+@dataclass(frozen=True)
+class Unlabelled:
+    """What :meth:`LogReader.unlabelled` found: the inputs that wait for a true label."""
+
+    considered: int  # answered rows looked at
+    kept: int  # of them, the rows that kept their request body
+    waiting: int  # inputs of those with a top-1 score and no feedback label
+    rows: list[Row]  # the rows of ``inputs``, by id
+    inputs: list[tuple[int, int]]  # (row id, input) of the least confident ``limit`` of them, in order
+    classes: list[str]  # the classes those rows' answers name in their top_k, sorted
+
+
 @dataclass
 class LogReader:
     """One dashboard's connection to the log (made once; pooled by SQLAlchemy)."""
@@ -199,6 +211,60 @@ class LogReader:
         if found is None or found.payload is None:
             return None
         return bytes(found.payload), found.payload_type, str(found.model)
+
+    def unlabelled(self, model: str, *, window: int, limit: int) -> Unlabelled:
+        """The inputs waiting for a true label among the last ``window`` answered (not shadow) rows of
+        ``model``: those whose request body was kept and that have no feedback, least confident first.
+
+        Bounded however long the log is: the model index walked back ``window`` rows, one top-1 score per
+        single-input row computed by the database (whole answers only for requests of several inputs),
+        and whole rows only for the ``limit`` inputs returned.
+        """
+        p, f = predictions.c, feedback.c
+        answered = sa.and_(p.model == model, p.shadow == sa.false())
+        recent = sa.select(p.id).where(answered).order_by(p.id.desc()).limit(window).subquery()
+        span = sa.select(sa.func.count(), sa.func.min(recent.c.id))
+        columns = [p.id, p.request_id, p.time, p.model, p.version, p.arm, p.shadow, p.latency_ms, p["items"]]
+        columns += [p.outputs, p.payload_type, sa.true().label("has_payload")]
+
+        def build(conn: sa.Connection) -> Unlabelled:
+            considered, oldest = conn.execute(span).one()
+            if not considered:
+                return Unlabelled(0, 0, 0, [], [], [])
+            kept = sa.and_(answered, p.id >= oldest, p.payload.is_not(None))
+            score = p.outputs[(0, "score")].as_float().label("score")
+            single = conn.execute(sa.select(p.id, p.request_id, score).where(kept, p["items"] == 1)).all()
+            several = conn.execute(sa.select(p.id, p.request_id, p.outputs).where(kept, p["items"] > 1)).all()
+            labels: dict[tuple[str, int], str] = {}
+            if sa.inspect(conn).has_table("feedback"):
+                # IN (subquery), not a join: the planner then probes feedback's (request_id, item) index
+                # for each kept row, instead of scanning all of feedback (62 ms against 2 ms at 20,000).
+                given = sa.select(f.request_id, f.item, f.label)
+                for fr in conn.execute(given.where(f.request_id.in_(sa.select(p.request_id).where(kept)))):
+                    labels[(fr.request_id, int(fr.item))] = str(fr.label)
+            waiting = [
+                (r.score, -r.id, 0) for r in single if r.score is not None and (r.request_id, 0) not in labels
+            ]
+            for r in several:
+                for i, o in enumerate(r.outputs if isinstance(r.outputs, list) else []):
+                    s = o.get("score") if isinstance(o, dict) else None
+                    if isinstance(s, int | float) and (r.request_id, i) not in labels:
+                        waiting.append((float(s), -r.id, i))
+            first = sorted(waiting)[:limit]
+            ids = sorted({-neg for _, neg, _ in first})
+            found = conn.execute(sa.select(*columns).where(p.id.in_(ids))).all() if ids else []
+            classes: set[str] = set()
+            for r in found:
+                for o in r.outputs if isinstance(r.outputs, list) else []:
+                    top = o.get("top_k") if isinstance(o, dict) else None
+                    classes.update(str(t["label"]) for t in top or [] if isinstance(t, dict) and "label" in t)
+            inputs = [(-neg, i) for _, neg, i in first]
+            rows = [_row(r, labels) for r in found]
+            return Unlabelled(
+                int(considered), len(single) + len(several), len(waiting), rows, inputs, sorted(classes)
+            )
+
+        return self._run(build)
 
 
 def _row(r: Any, labels: dict[tuple[str, int], str]) -> Row:
