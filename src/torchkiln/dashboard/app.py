@@ -12,6 +12,7 @@ sends one), so another site cannot make a visitor's browser send it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 import secrets
@@ -31,8 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core.errors import KilnError
 from torchkiln.dashboard import pages
-from torchkiln.dashboard.inputs import Decoder
-from torchkiln.dashboard.log import LogReader
+from torchkiln.dashboard.inputs import Decoder, InputView
+from torchkiln.dashboard.log import LogReader, Row
 from torchkiln.dashboard.settings import DashboardSettings
 
 HERE = Path(__file__).parent
@@ -64,6 +65,20 @@ class Dashboard:
     decoder: Decoder
     templates: jinja2.Environment
     nav: list[Nav]
+
+    def input_views(self, rows: list[Row]) -> dict[int, list[InputView]]:
+        """The inputs of a page's rows, by row id (blocking: call in a thread). Text and series are drawn
+        in the page; an image model's inputs are thumbnails that the browser loads on its own."""
+        out = {}
+        for r in rows:
+            task = self.decoder.task(r.model)
+            if task is not None and task.image_input and r.has_payload:  # the thumbnail route decodes it
+                out[r.id] = [InputView("image")] * r.items
+                continue
+            kept = self.log.payload(r.id) if r.has_payload or r.shadow else None
+            body, media = (kept[0], kept[1]) if kept else (None, r.payload_type)
+            out[r.id] = self.decoder.views(r.model, body, media, r.items)
+        return out
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         """Render template ``name`` with the shared context (navigation, current path)."""
@@ -121,6 +136,10 @@ def create_dashboard(settings: DashboardSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The start-up objects (torch, the task registry) out of the collector's generations: a full
+        # collection walked them for 170-260 ms, the spikes over 300 ms in bench/dashboard_pages.py.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -21,7 +21,6 @@ from torchkiln.core.errors import ServeError, did_you_mean
 from torchkiln.dashboard.app import Dashboard, DashboardDep, Nav, PageError
 from torchkiln.dashboard.inputs import InputView
 from torchkiln.dashboard.log import RECENT_ROWS, Answer, Row
-from torchkiln.dashboard.pages.live import _views
 from torchkiln.dashboard.server import Server
 
 router = APIRouter()
@@ -91,7 +90,7 @@ def _queue(dash: Dashboard, server: Server, model: str) -> Queue:
     rows = {r.id: r for r in found.rows}
     shown = [Waiting(rows[row_id], item) for row_id, item in found.inputs]
     classes, note = _classes(server, model, found.classes)
-    views = _views(dash, found.rows)
+    views = dash.input_views(found.rows)
     can_send = server.configured and not note
     return Queue(model, found.considered, found.kept, found.waiting, shown, views, classes, can_send, note)
 

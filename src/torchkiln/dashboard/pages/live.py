@@ -8,15 +8,15 @@ an open tab stays small however long it runs. "Older" pages backwards with ``bef
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from torchkiln.dashboard.app import DashboardDep, Nav, PageError
-from torchkiln.dashboard.inputs import InputView, thumbnail
-from torchkiln.dashboard.log import Filters, Row
+from torchkiln.dashboard.inputs import thumbnail
+from torchkiln.dashboard.log import Filters
 
 router = APIRouter()
 NAV = Nav("Live", "/live", 10)
@@ -56,26 +56,12 @@ def _confidence(value: str, name: str) -> float | None:
     return v
 
 
-def _views(dash: Any, rows: list[Row]) -> dict[int, list[InputView]]:
-    """The inputs of the page's rows (text and series are drawn in the page; images load on their own)."""
-    out = {}
-    for r in rows:
-        task = dash.decoder.task(r.model)
-        if task is not None and task.image_input and r.has_payload:  # the thumbnail route decodes it
-            out[r.id] = [InputView("image")] * r.items
-            continue
-        kept = dash.log.payload(r.id) if r.has_payload or r.shadow else None
-        body, media = (kept[0], kept[1]) if kept else (None, r.payload_type)
-        out[r.id] = dash.decoder.views(r.model, body, media, r.items)
-    return out
-
-
 @router.get("/live", include_in_schema=False)
 async def live(request: Request, dash: DashboardDep, before: int | None = None) -> Response:
     f = filters(**{k: v for k, v in request.query_params.items() if k in Filters.__dataclass_fields__})
     size = dash.settings.page_size
     rows = await run_in_threadpool(dash.log.rows, f, limit=size, before=before)
-    views = await run_in_threadpool(_views, dash, rows)
+    views = await run_in_threadpool(dash.input_views, rows)
     versions = await run_in_threadpool(dash.log.versions)
     newest = rows[0].id if rows and before is None else await run_in_threadpool(dash.log.latest_id)
     return dash.render(
@@ -98,7 +84,7 @@ async def new_rows(request: Request, dash: DashboardDep, after: int = 0) -> Resp
     rows = await run_in_threadpool(dash.log.rows, f, limit=dash.settings.page_size, after=after)
     if not rows:
         return Response(status_code=204)  # htmx swaps nothing: the poller keeps asking after the same id
-    views = await run_in_threadpool(_views, dash, rows)
+    views = await run_in_threadpool(dash.input_views, rows)
     return dash.render(
         request, "live_rows.html.j2", rows=rows, views=views, query=f.query(), newest=rows[0].id, poll=True
     )
