@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import re
+import shutil
+import sqlite3
+from pathlib import Path
 from typing import Any
+
+from fastapi.testclient import TestClient
+
+from torchkiln.dashboard.app import create_dashboard
+from torchkiln.dashboard.settings import load_dashboard_settings
 
 from .conftest import MARKUP
 
@@ -76,3 +84,21 @@ def test_a_bad_filter_is_a_422_page_that_says_what_to_fix(client: Any) -> None:
     )
     assert client.get("/inputs/999999/0.png").status_code == 404
     assert client.get("/nope").status_code == 404
+
+
+def test_a_log_no_server_has_migrated_is_filtered_from_its_json(
+    logged: dict[str, Any], tmp_path: Path
+) -> None:
+    """A log written before the top_label/top_score columns: the filters read the answers' JSON instead."""
+    old = tmp_path / "old.db"
+    shutil.copy(logged["root"] / "p.db", old)
+    with sqlite3.connect(old) as conn:
+        for column in ("top_label", "top_score"):
+            conn.execute(f"DROP INDEX ix_predictions_{column}")
+            conn.execute(f"ALTER TABLE predictions DROP COLUMN {column}")
+    label = logged["answers"][0]["predictions"][0]["label"]
+    want = sum(a["predictions"][0]["label"] == label for a in logged["answers"][:30])
+    settings = load_dashboard_settings(log_url=f"sqlite:///{old}")
+    with TestClient(create_dashboard(settings)) as client:
+        assert len(row_ids(client.get(f"/live?model=shapes&label={label}").text)) == want
+        assert len(row_ids(client.get("/live?min_confidence=0&max_confidence=1").text)) == 32  # all scored

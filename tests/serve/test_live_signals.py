@@ -195,7 +195,7 @@ OLD_TABLE = """CREATE TABLE predictions (
     input_summary JSON NOT NULL, payload {blob}, payload_type VARCHAR{tail})"""
 OLD_ROW = """INSERT INTO predictions (request_id, time, model, version, arm, shadow, latency_ms, route, items,
     outputs, input_summary) VALUES ('old', '2025-03-01 12:00:00+00:00', 'shapes', '1', 'champion', {false},
-    1.0, '/v1/models/shapes/predict', 1, '[{{"label": "dot"}}]', '[{{"mean": 0.5}}]')"""
+    1.0, '/v1/models/shapes/predict', 1, '[{{"label": "dot", "score": 0.75}}]', '[{{"mean": 0.5}}]')"""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -222,7 +222,7 @@ def old_log(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return info.set(database=name).render_as_string(hide_password=False)
 
 
-def test_an_old_log_gains_the_signals_column_and_keeps_its_rows(old_log: str) -> None:
+def test_an_old_log_gains_the_new_columns_and_keeps_its_rows(old_log: str) -> None:
     engine = sa.create_engine(old_log)
     assert "signals" not in present_columns(engine)
     [old] = read_predictions(old_log)  # read before any migration: the missing column reads as null
@@ -243,8 +243,14 @@ def test_an_old_log_gains_the_signals_column_and_keeps_its_rows(old_log: str) ->
     plog.log(new)
     assert plog.flush()
     plog.close()
-    assert "signals" in present_columns(engine)
+    assert {"signals", "top_label", "top_score"} <= present_columns(engine)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("predictions")}
+    assert {"ix_predictions_top_label", "ix_predictions_top_score"} <= indexes
+    with engine.connect() as conn:  # the old row's top-1 filled in from its outputs when the columns came
+        tops = dict(conn.execute(sa.text("SELECT request_id, top_label FROM predictions")).all())
+        score = conn.execute(sa.text("SELECT top_score FROM predictions WHERE request_id = 'old'")).scalar()
+    assert tops == {"old": "dot", "new": "vbar"} and score == 0.75
     engine.dispose()
     rows = {r.request_id: r for r in read_predictions(old_log)}
-    assert rows["old"].signals is None and rows["old"].outputs == [{"label": "dot"}]
+    assert rows["old"].signals is None and rows["old"].outputs == [{"label": "dot", "score": 0.75}]
     assert rows["new"].signals == entries

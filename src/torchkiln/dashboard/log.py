@@ -15,7 +15,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from torchkiln.core.errors import ServeError
-from torchkiln.serve.predlog_db import feedback, open_existing, predictions, reason, shown
+from torchkiln.serve.predlog_db import (
+    DERIVED,
+    feedback,
+    open_existing,
+    predictions,
+    present_columns,
+    reason,
+    shown,
+)
 
 RECENT_ROWS = 10_000  # the models and versions a filter offers: those of the last rows
 
@@ -94,6 +102,7 @@ class LogReader:
 
     def __post_init__(self) -> None:
         self.engine, self.parsed = open_existing(self.url, check="--log-url")
+        self._has_top: bool | None = None  # whether the log has the top_label/top_score columns
         backend = self.parsed.get_backend_name()
 
         @sa.event.listens_for(self.engine, "connect")
@@ -107,6 +116,16 @@ class LogReader:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def top(self) -> tuple[Any, Any]:
+        """The first answer's top-1 label and score as SQL expressions: the indexed ``top_label`` and
+        ``top_score`` columns, or for a log no server has migrated yet, the same read out of the JSON."""
+        p = predictions.c
+        if self._has_top is None:
+            self._has_top = set(DERIVED) <= self._run(lambda c: present_columns(c))
+        if self._has_top:
+            return p.top_label, p.top_score
+        return p.outputs[(0, "label")].as_string(), p.outputs[(0, "score")].as_float()
 
     def _run(self, build: Any) -> Any:
         try:
@@ -156,12 +175,13 @@ class LogReader:
             q = q.where(p.version == filters.version)
         if not filters.shadow:
             q = q.where(p.shadow == sa.false())
+        top_label, top_score = self.top()
         if filters.label:
-            q = q.where(p.outputs[(0, "label")].as_string() == filters.label)
+            q = q.where(top_label == filters.label)
         if filters.min_confidence is not None:
-            q = q.where(p.outputs[(0, "score")].as_float() >= filters.min_confidence)
+            q = q.where(top_score >= filters.min_confidence)
         if filters.max_confidence is not None:
-            q = q.where(p.outputs[(0, "score")].as_float() <= filters.max_confidence)
+            q = q.where(top_score <= filters.max_confidence)
         f = feedback.c
         if filters.disagrees:
             wrong = sa.select(f.request_id).where(f.predicted != f.label)
@@ -232,7 +252,7 @@ class LogReader:
             if not considered:
                 return Unlabelled(0, 0, 0, [], [], [])
             kept = sa.and_(answered, p.id >= oldest, p.payload.is_not(None))
-            score = p.outputs[(0, "score")].as_float().label("score")
+            score = self.top()[1].label("score")
             single = conn.execute(sa.select(p.id, p.request_id, score).where(kept, p["items"] == 1)).all()
             several = conn.execute(sa.select(p.id, p.request_id, p.outputs).where(kept, p["items"] > 1)).all()
             labels: dict[tuple[str, int], str] = {}

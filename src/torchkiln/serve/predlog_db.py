@@ -89,9 +89,15 @@ predictions = sa.Table(
     sa.Column("payload_type", sa.String, nullable=True),
     # Added after the first release: migrate() adds it to an older log (null in its old rows).
     sa.Column("signals", sa.JSON, nullable=True),
+    # The first input's top-1 label and score, copied out of ``outputs`` at insert so that a filter on them
+    # (the dashboard's class and confidence filters) uses an index instead of parsing JSON row by row.
+    # Null when the answer has none (a forecast). migrate() adds them to an older log and fills them in.
+    sa.Column("top_label", sa.String, nullable=True, index=True),
+    sa.Column("top_score", sa.Float, nullable=True, index=True),
 )
-FIELDS = [c.name for c in predictions.columns if c.name != "id"]
-ADDED_COLUMNS = ("signals",)  # predictions columns an older log may lack; migrate() adds them
+DERIVED = ("top_label", "top_score")  # computed from a record's outputs; not fields of PredictionRecord
+FIELDS = [c.name for c in predictions.columns if c.name not in ("id", *DERIVED)]
+ADDED_COLUMNS = ("signals", *DERIVED)  # predictions columns an older log may lack; migrate() adds them
 # One row per labelled input (``POST /v1/feedback``). It holds what the answering arm predicted, so live
 # accuracy needs no join; a shadow arm's answer to the same input is joined from ``predictions`` when read.
 # ``create_all`` adds it to a log written before it existed: the table is new, the others are unchanged.
@@ -129,6 +135,17 @@ def migrate(engine: sa.Engine) -> list[str]:
                 column = predictions.c[name]
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+            if set(DERIVED) & set(missing):  # once, when the columns arrive: the old rows' values
+                p = predictions.c
+                conn.execute(
+                    predictions.update().values(
+                        top_label=p.outputs[(0, "label")].as_string(),
+                        top_score=p.outputs[(0, "score")].as_float(),
+                    )
+                )
+            for index in predictions.indexes:
+                if any(c.name in missing for c in index.columns):
+                    index.create(conn, checkfirst=True)
     return missing
 
 
@@ -212,7 +229,7 @@ def _insert_rows(conn: sa.Connection, records: list[PredictionRecord]) -> None:
     sql, processors = _insert_plan(conn.dialect)
     rows = []
     for record in records:
-        row = list(_VALUES(record))
+        row = [*_VALUES(record), *top_of(record.outputs)]
         for i, process in processors:
             row[i] = process(row[i])
         rows.append(tuple(row))
@@ -223,12 +240,23 @@ def _insert_rows(conn: sa.Connection, records: list[PredictionRecord]) -> None:
 def _insert_plan(dialect: sa.Dialect) -> tuple[str, list[tuple[int, Any]]]:
     """The positional INSERT for ``dialect`` and the columns' bind processors, as (position, function)."""
     mark = "?" if dialect.paramstyle == "qmark" else "%s"  # sqlite3: qmark; psycopg: format/pyformat
-    sql = f"INSERT INTO predictions ({', '.join(FIELDS)}) VALUES ({', '.join([mark] * len(FIELDS))})"
-    processors = [predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in FIELDS]
+    names = [*FIELDS, *DERIVED]
+    sql = f"INSERT INTO predictions ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
+    processors = [predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
     return sql, [(i, f) for i, f in enumerate(processors) if f is not None]
 
 
 _VALUES = operator.attrgetter(*FIELDS)  # a record's column values, in FIELDS order
+
+
+def top_of(outputs: Any) -> tuple[str | None, float | None]:
+    """The first answer's top-1 label and score, as the ``top_label``/``top_score`` columns hold them."""
+    first = outputs[0] if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict) else {}
+    label, score = first.get("label"), first.get("score")
+    return (
+        None if label is None else str(label),
+        float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+    )
 
 
 def insert_new(engine: sa.Engine, records: list[PredictionRecord]) -> None:
