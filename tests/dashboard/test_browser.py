@@ -102,3 +102,35 @@ def test_the_filters_narrow_the_view(stack: dict[str, Any], page: Any) -> None:
     expect(labels.first).to_have_text(label, timeout=WAIT_MS)
     assert set(labels.all_inner_texts()) == {label}
     assert page.console_errors == []
+
+
+def test_a_missing_or_wrong_token_is_refused_in_the_browser(
+    stack: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    """A dashboard with a token: the browser gets the sign-in page, a wrong token is refused, the right
+    one opens the live view."""
+    from playwright.sync_api import expect
+
+    token, port = "browser-dashboard-token-0123456789", free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILN_DASHBOARD_TOKEN": token}
+    log_url = f"sqlite:///{stack['root']}/p.db"
+    with processes() as procs:
+        cmd = [KILN, "dashboard", "--log-url", log_url, "--port", str(port)]
+        procs.append(start(cmd, cwd=tmp_path, env=env, errors=tmp_path / "dashboard.txt"))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/login"), procs[-1], tmp_path / "dashboard.txt")
+        page = new_page(browser)
+        response = page.goto(f"{url}/live")
+        assert response is not None and response.status == 401
+        expect(page.get_by_role("alert")).to_have_text("This dashboard needs its token.")
+        assert page.locator("#rows").count() == 0
+        page.get_by_label("Dashboard token").fill("not-the-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_have_text(
+            "The token is wrong. It is the dashboard's KILN_DASHBOARD_TOKEN.", timeout=WAIT_MS
+        )
+        page.get_by_label("Dashboard token").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{url}/live")
+        expect(page.locator("h1")).to_have_text("Live predictions", timeout=WAIT_MS)
+        page.context.close()
