@@ -142,7 +142,8 @@ def _thresholds(path: Path | None) -> Any:
 
 
 def _seconds(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    from torchkiln.serve.performance import DURATION_UNITS as units
+
     t = text.strip()
     if len(t) > 1 and t[-1] in units and t[:-1].isdigit() and int(t[:-1]) > 0:
         return float(int(t[:-1]) * units[t[-1]])

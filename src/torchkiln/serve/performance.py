@@ -39,7 +39,7 @@ __all__ = [
 Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
 WINDOW_PATTERN = r"^([1-9][0-9]{0,6}|[1-9][0-9]{0,5}[smhd])$"
 DEFAULT_WINDOW = "1000"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}  # seconds per unit of "30s", "5m", "1h", "7d"
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def parse_window(text: str) -> Window:
         )
     if text[-1].isdigit():
         return Window(text, last=int(text))
-    return Window(text, span=timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]]))
+    return Window(text, span=timedelta(seconds=int(text[:-1]) * DURATION_UNITS[text[-1]]))
 
 
 def performance(engine: sa.Engine, model: str, window: Window, *, now: datetime | None = None) -> Performance:
