@@ -9,7 +9,7 @@ challenger, every step logged and every decision written down.
 4. register the challenger and point ``challenger`` at it;
 5. replay the last window of logged traffic through both: agreement, and accuracy on labelled rows;
 6. with ``--server``: the challenger in shadow on the live server, judged from its prediction log
-   (:mod:`torchkiln.monitor.live`); rolled back past the error-rate, p99 or agreement gate. Then a canary:
+   (:mod:`torchkiln.monitor.rollout`); rolled back past the error-rate, p99 or agreement gate. Then a canary:
    it answers ``canary_weight`` of the request keys until a sequential test of its failure rate decides,
    and is rolled back by itself when that test or its p99 says so;
 7. promote: move ``champion``, ``POST /admin/reload`` and check every worker serves it; or reject. The
@@ -32,7 +32,7 @@ from torchkiln.artifacts.predictor import Predictor
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, KilnError, ServeError
 from torchkiln.monitor.data_merge import MergedData, feedback_items, merge, scan_source
-from torchkiln.monitor.decision import DecisionRecord, RetrainSettings, judge, shadow_failures
+from torchkiln.monitor.decision import DecisionRecord, RetrainSettings, judge
 from torchkiln.monitor.logged import NO_PAYLOADS, LoggedInputs, read_logged_inputs
 from torchkiln.serve import registry
 from torchkiln.tasks.base import load_config
@@ -152,14 +152,18 @@ def retrain(
         verdict = _replay_step(record, champ, chall, logged, settings, device)
         if not verdict:  # a rejected challenger keeps its version and record, not the alias
             registry.delete_alias(model, "challenger", tracking_uri=uri)
-    at = Live(server, admin_token, log_url or "", model, uri) if server else None
+    at = None
+    if server:  # HTTP and the server's routes are imported for a live rollout only
+        from torchkiln.monitor import rollout
+
+        at = rollout.Live(server, admin_token, log_url or "", model, uri)
     canary = None  # the traffic rule to restore once a canary changed it
     try:
         if verdict and at is not None:
-            verdict = _shadow_step(record, at, version, champion.version, settings)
+            verdict = rollout.shadow_step(record, at, version, champion.version, settings)
             if verdict and settings.canary_weight > 0:
                 canary = at.traffic()
-                verdict = _canary_step(record, at, version, champion.version, settings, canary)
+                verdict = rollout.canary_step(record, at, version, champion.version, settings, canary)
                 canary = canary if verdict else None  # a rejected canary has restored it already
         if verdict:
             _promote_step(record, model, version, settings, uri, server, admin_token)
@@ -168,7 +172,7 @@ def retrain(
         raise
     finally:
         if canary is not None and at is not None:
-            _restore_traffic(record, at, canary)
+            rollout.restore_traffic(record, at, canary)
         path = record.write(out_dir / "decision.json")
         log.info("decision: %s (%s); record %s", record.outcome, record.reason, path)
         _log_decision(record, path, version, run_dir, merged, champion.version, uri)
@@ -359,120 +363,6 @@ def _promote_step(
             "promotion": reload_and_verify(server, admin_token, model, version)
         }
         log.info("step 7: %s reloaded: %s", server, record.live)
-
-
-@dataclass(frozen=True)
-class Live:
-    """The running server of the live steps, its prediction log, and the registry it loads from."""
-
-    server: str
-    admin_token: str | None
-    log_url: str
-    model: str
-    registry_uri: str
-
-    def traffic(self) -> dict[str, Any]:
-        from torchkiln.monitor import live
-
-        return live.traffic_of(self.server, self.admin_token, self.model)
-
-    def rollback(self, record: DecisionRecord, champion: str) -> None:
-        """The challenger alias back to the champion's version, and every worker's challenger arm with it."""
-        from torchkiln.monitor import live
-
-        registry.set_alias(self.model, champion, "challenger", tracking_uri=self.registry_uri)
-        assert record.live is not None
-        record.live["rollback_reload"] = live.reload_arm(
-            self.server, self.admin_token, self.model, "challenger", champion
-        )
-
-
-def _shadow_step(
-    record: DecisionRecord, at: Live, version: str | None, champion: str, s: RetrainSettings
-) -> bool:
-    from torchkiln.monitor import live
-
-    assert version is not None
-    reloaded = live.reload_arm(at.server, at.admin_token, at.model, "challenger", version)
-    after = live.log_watermark(at.log_url)
-    log.info(
-        "step 6: %s mirrors %s to version %s on %s workers; waiting for %d requests in the log",
-        at.server,
-        at.model,
-        version,
-        reloaded["workers"]["total"],
-        s.shadow_requests,
-    )
-    figs = live.shadow_figures(
-        at.log_url,
-        at.model,
-        version,
-        after=after,
-        requests=s.shadow_requests,
-        timeout_s=s.shadow_timeout_s,
-        settle_s=s.shadow_settle_s,
-    )
-    record.live = {"shadow": figs, "shadow_reload": reloaded}
-    log.info("step 6: shadow figures %s", figs)
-    failed = shadow_failures(figs, s)
-    if not failed:
-        return True
-    at.rollback(record, champion)  # the server stops mirroring to it
-    record.outcome = "rejected"
-    record.reason = f"shadow gate on {figs['requests']} requests: {'; '.join(failed)}; rolled back"
-    return False
-
-
-def _canary_step(
-    record: DecisionRecord,
-    at: Live,
-    version: str | None,
-    champion: str,
-    s: RetrainSettings,
-    before: dict[str, Any],
-) -> bool:
-    from torchkiln.monitor import live
-
-    assert version is not None and record.live is not None
-    after = live.log_watermark(at.log_url)
-    routed = live.set_traffic(
-        at.server, at.admin_token, at.model, challenger_weight=s.canary_weight, shadow=False
-    )
-    log.info(
-        "step 6: canary: version %s answers %.0f%% of %s's request keys on %s workers (was %s)",
-        version,
-        s.canary_weight * 100,
-        at.model,
-        routed["workers"]["total"],
-        before,
-    )
-    figs = live.canary_figures(at.server, at.log_url, at.model, version, after=after, s=s)
-    record.live["canary"] = figs
-    log.info("step 6: canary %s: %s", figs["decision"], figs["reason"])
-    if figs["decision"] == "pass":
-        return True
-    live.set_traffic(at.server, at.admin_token, at.model, **before)  # users first: no more canary answers
-    at.rollback(record, champion)
-    record.outcome = "rejected"
-    record.reason = f"canary gate: {figs['reason']}; rolled back"
-    return False
-
-
-def _restore_traffic(record: DecisionRecord, at: Live, rule: dict[str, Any]) -> None:
-    """Route by ``rule`` again after a canary; a failure is logged and recorded, not raised, since it may
-    come while another error is on its way."""
-    from torchkiln.monitor import live
-
-    try:
-        routed = live.set_traffic(at.server, at.admin_token, at.model, **rule)
-    except KilnError as exc:
-        record.live = (record.live or {}) | {"traffic_restore_failed": str(exc)}
-        log.error(
-            "step 7: %s still routes the canary's share: %s. PUT the rule %s yourself.", at.model, exc, rule
-        )
-        return
-    record.live = (record.live or {}) | {"traffic_restored": routed["traffic"]}
-    log.info("step 7: %s routes by %s again", at.model, routed["traffic"])
 
 
 def _log_decision(
