@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on this machine pip takes it from local disk (see DEVELOPERS.md)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
+	# The `trees` detection catalog reads only the data/ folder of deepforest; its dependencies
+	# (Lightning, albumentations, ...) are not needed, so it is installed without them.
+	$(PY) -m pip install -q --no-deps deepforest==2.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

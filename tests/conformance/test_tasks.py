@@ -296,7 +296,11 @@ def test_bundle_has_a_reference_profile_of_the_held_out_split(case: Case) -> Non
     }
     assert {name: a.shape for name, a in arrays.items()} == expected
     assert meta["summary_columns"], "no numeric input statistic in the summaries"
-    assert set(meta["signals"]) in ({"predicted", "confidence"}, {"forecast_level", "forecast_spread"})
+    assert set(meta["signals"]) in (
+        {"predicted", "confidence"},
+        {"forecast_level", "forecast_spread"},
+        {"box_count", "mean_score", "top_score"},
+    )
     for name, a in arrays.items():
         assert np.isfinite(a).all(), f"{name} holds NaN or inf"
     if "confidence" in arrays:

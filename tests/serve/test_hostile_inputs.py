@@ -147,11 +147,11 @@ def test_too_many_items_is_refused_before_any_item_is_decoded(
     tmp_path: Path, serve_one: Any, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[int] = []
-    real = image_task._check_image
+    real = image_task.check_image
 
-    def spy(raw: bytes, index: int, limits: Any) -> bytes:
+    def spy(raw: bytes, index: int, max_pixels: int, **kw: Any) -> bytes:
         checked.append(index)
-        return real(raw, index, limits)
+        return real(raw, index, max_pixels, **kw)
 
     message = (
         "The request has 5 inputs; this server takes at most 4 per request. Split it into several requests."
@@ -159,7 +159,7 @@ def test_too_many_items_is_refused_before_any_item_is_decoded(
 
     async def go() -> None:
         async with serve_one(tmp_path, tiny_bundle, "shapes", max_items=4) as client:
-            monkeypatch.setattr(image_task, "_check_image", spy)  # after the load's warm-up request
+            monkeypatch.setattr(image_task, "check_image", spy)  # after the load's warm-up request
             r = await client.post(URL, json={"images": [b64(png(i)) for i in range(5)]})
             assert (r.status_code, r.json()["type"], r.json()["detail"]) == (422, "too_many_items", message)
 
@@ -173,16 +173,16 @@ def test_livez_answers_while_a_small_image_is_being_decoded(
     """A 4 KB body is below INLINE_BYTES; its decoding must still leave the event loop free."""
     entered, release = threading.Event(), threading.Event()
     released: list[bool] = []
-    real = image_task._check_image
+    real = image_task.check_image
 
-    def held(raw: bytes, index: int, limits: Any) -> bytes:
+    def held(raw: bytes, index: int, max_pixels: int, **kw: Any) -> bytes:
         entered.set()
         released.append(release.wait(timeout=30))  # False: nobody could release it, the loop was blocked
-        return real(raw, index, limits)
+        return real(raw, index, max_pixels, **kw)
 
     async def go() -> None:
         async with serve_one(tmp_path, tiny_bundle, "shapes") as client:
-            monkeypatch.setattr(image_task, "_check_image", held)  # after the load's warm-up request
+            monkeypatch.setattr(image_task, "check_image", held)  # after the load's warm-up request
             predict = asyncio.create_task(client.post(URL, json={"images": [b64(png())]}))
             assert await asyncio.to_thread(entered.wait, 30)
             live = await client.get("/livez")

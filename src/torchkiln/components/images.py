@@ -131,6 +131,19 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def image_tensor(source: ImageLike, *, channels: int = 3) -> torch.Tensor:
+    """One image as it is, in uint8 ``(C, H, W)`` (``channels`` 1: grayscale, 3: RGB): no resize, no crop.
+
+    Example:
+        >>> image_tensor("field.png").shape  # a 1249 x 1035 aerial photo
+        torch.Size([3, 1035, 1249])
+    """
+    img = _to_mode(open_image(source), channels, str(source) if isinstance(source, str | Path) else None)
+    arr = np.array(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 def _to_mode(img: Image.Image, channels: int, name: str | None = None) -> Image.Image:
     """Convert to L or RGB; 16-bit and float grayscale are rescaled, not clipped at 255.
 

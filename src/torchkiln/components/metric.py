@@ -43,3 +43,8 @@ class Metric(nn.Module):
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError(f"{type(self).__name__} must define compute() -> dict[str, float]")
+
+    def empty(self) -> bool:
+        """True when nothing was observed: the phase reports no figures rather than zeros. A detector's
+        training step updates no metric (its boxes exist only in eval mode), so its ``train/`` has none."""
+        return False

@@ -62,7 +62,11 @@ class EpochTally:
         """``{prefix/metric: value}`` of the task's metrics and ``{prefix/loss: mean}`` for each loss."""
         self.flush()
         losses = {f"{prefix}/{k}": v.item() / max(self.weight, 1.0) for k, v in self.total.items()}
-        return {f"{prefix}/{k}": v for k, v in computed(self.metrics).items()} | losses
+        return {f"{prefix}/{k}": v for k, v in self.figures().items()} | losses
+
+    def figures(self) -> dict[str, float]:
+        """The task's metrics so far; none when the metric observed nothing (:meth:`Metric.empty`)."""
+        return {} if self.metrics.empty() else computed(self.metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {

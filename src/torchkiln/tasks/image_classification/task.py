@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import io
 from collections.abc import Collection, Mapping, Sequence
@@ -27,15 +26,8 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
-from torchkiln.components.images import (
-    FORMAT_NAMES,
-    MAX_ASPECT_RATIO,
-    PIL_FORMATS,
-    ImageLike,
-    bomb_pixels,
-    expand_inputs,
-    to_model_input,
-)
+from torchkiln.components.image_requests import check_image, decode_base64
+from torchkiln.components.images import ImageLike, expand_inputs, to_model_input
 from torchkiln.components.models import Classifier, check_model
 from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.splits import resolve_class_weights
@@ -126,59 +118,6 @@ class ImagePredictRequest(BaseModel):
     @property
     def encoded(self) -> list[str]:
         return [self.image] if self.image is not None else list(self.images or [])
-
-
-def _decode_base64(text: str, index: int) -> bytes:
-    if text.startswith("data:"):
-        head, _, text = text.partition(",")
-        if not head.endswith(";base64"):
-            raise PredictError(
-                f"images[{index}] is a data: URL that is not base64 ('{head[:40]}'). "
-                f"Expected data:image/png;base64,... or plain base64."
-            )
-    if "\n" in text:  # line-wrapped, as the base64 tool writes it (76 characters a line)
-        text = text.replace("\r\n", "").replace("\n", "")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PredictError(
-            f"images[{index}] is not valid base64 ({exc}). Expected the image file's bytes in standard "
-            f"base64, e.g. base64.b64encode(open('x.png', 'rb').read()).decode()."
-        ) from None
-    if not raw:
-        raise PredictError(f"images[{index}] is empty. Expected the bytes of an image file.")
-    return raw
-
-
-def _check_image(raw: bytes, index: int, limits: RequestLimits) -> bytes:
-    """Read only the header: refuse non-images, decompression bombs and absurd aspect ratios before
-    decoding anything (the resize costs work in proportion to the longer side)."""
-    too_big = (
-        f"more than this server's limit of {limits.max_pixels:,}. Downscale it before sending; the model "
-        f"sees it resized anyway."
-    )
-    try:
-        with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked while reading the header
-        n = bomb_pixels(exc)
-        size = f"{n:,} pixels" if n is not None else "more pixels than Pillow's decompression-bomb limit"
-        raise PredictError(f"images[{index}] is {size}, {too_big}") from None
-    except Exception as exc:  # Pillow raises many types for foreign bytes
-        raise PredictError(
-            f"images[{index}] is not an image file in a format this server reads ({type(exc).__name__}). "
-            f"Expected {FORMAT_NAMES} bytes; convert it to PNG or JPEG."
-        ) from None
-    if width * height > limits.max_pixels:
-        raise PredictError(f"images[{index}] is {width}x{height} = {width * height:,} pixels, {too_big}")
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise PredictError(
-            f"images[{index}] is {width}x{height} pixels: its longer side is more than {MAX_ASPECT_RATIO} "
-            f"times its shorter side, this server's limit (photos and scans stay below "
-            f"{MAX_ASPECT_RATIO}:1). Crop it to the part that matters before sending; the model sees only "
-            f"its central square."
-        )
-    return raw
 
 
 def _check_resolved(d: Any, fields: Sequence[str], what: str) -> None:
@@ -366,11 +305,11 @@ class ImageClassificationTask:
     def decode_request(self, request: BaseModel, *, limits: RequestLimits) -> list[bytes]:
         request = checked_request(request, ImagePredictRequest)
         limits.check_count(len(request.encoded))  # count first: decoding every item costs CPU
-        return [_check_image(_decode_base64(t, i), i, limits) for i, t in enumerate(request.encoded)]
+        return [check_image(decode_base64(t, i), i, limits.max_pixels) for i, t in enumerate(request.encoded)]
 
     def decode_uploads(self, files: Sequence[bytes], *, limits: RequestLimits) -> list[bytes]:
         limits.check_count(len(files))
-        return [_check_image(raw, i, limits) for i, raw in enumerate(files)]
+        return [check_image(raw, i, limits.max_pixels) for i, raw in enumerate(files)]
 
     def input_profile(self, data: ImageData) -> dict[str, Any]:
         return data.profile

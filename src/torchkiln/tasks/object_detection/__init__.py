@@ -1,0 +1,1 @@
+"""Object detection: images with boxes (COCO, Pascal VOC, YOLO, CSV) -> a detector that draws them."""
