@@ -9,16 +9,19 @@ string, a series as an object with ``values``.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from torchkiln.core.errors import KilnError
+from torchkiln.dashboard.log import Box
 from torchkiln.tasks import TASKS
 from torchkiln.tasks.base import RequestLimits, Task
 
 THUMBNAIL_PX = 96
+BOX_COLOUR = (255, 214, 0)  # a detector's boxes on a thumbnail: yellow reads on photos and on grey
 TEXT_CHARS = 280
 SPARK_W, SPARK_H = 120, 32
 LIMITS = RequestLimits(max_items=10_000)
@@ -94,18 +97,30 @@ def sparkline(values: np.ndarray) -> str:
     return " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
 
 
-def thumbnail(raw: Any) -> bytes:
-    """A PNG of at most THUMBNAIL_PX on its longer side, from an image input's file bytes.
+def thumbnail(raw: Any, boxes: Sequence[Box] = ()) -> bytes:
+    """A PNG of at most THUMBNAIL_PX on its longer side, from an image input's file bytes, with a detector's
+    ``boxes`` (in the input's pixels) drawn on it. An input that carries request options besides its
+    image (a detector's) holds the bytes in ``image``.
 
     Raises:
         ValueError: the bytes are not an image Pillow reads.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
-    with Image.open(io.BytesIO(raw)) as img:
+    data = getattr(raw, "image", raw)
+    if not isinstance(data, bytes):
+        raise ValueError(f"an image input is {type(data).__name__}, not the file's bytes")
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
         img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a fraction of the size
-        small = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+        small = img.convert("RGB" if boxes or img.mode not in ("L", "RGB") else img.mode)
         small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        out = io.BytesIO()
-        small.save(out, format="PNG")
-        return out.getvalue()
+    if boxes:
+        sx, sy = small.width / width, small.height / height
+        pen = ImageDraw.Draw(small)
+        for b in boxes:
+            x1, y1 = b.x1 * sx, b.y1 * sy
+            pen.rectangle((x1, y1, max(x1, b.x2 * sx - 1), max(y1, b.y2 * sy - 1)), outline=BOX_COLOUR)
+    out = io.BytesIO()
+    small.save(out, format="PNG")
+    return out.getvalue()

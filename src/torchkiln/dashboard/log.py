@@ -55,10 +55,32 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class Box:
+    """One box of a detector's answer, in the input image's pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
 class Answer:
     label: str | None
     score: float | None
     feedback: str | None = None  # the true label, when one came
+    boxes: tuple[Box, ...] = ()  # a detector's answer: its boxes (``count`` is set, ``label`` is None)
+    count: int | None = None
+
+    @property
+    def classes(self) -> str:
+        """A detector's boxes per class, most frequent first: "Tree 57, Dead 3"."""
+        mix: dict[str, int] = {}
+        for b in self.boxes:
+            mix[b.label] = mix.get(b.label, 0) + 1
+        return ", ".join(f"{k} {n}" for k, n in sorted(mix.items(), key=lambda kv: -kv[1]))
 
 
 @dataclass(frozen=True)
@@ -232,6 +254,14 @@ class LogReader:
             return None
         return bytes(found.payload), found.payload_type, str(found.model)
 
+    def answer(self, row_id: int, item: int) -> Answer | None:
+        """The logged answer to input ``item`` of row ``row_id`` (a detector's boxes, for its thumbnail)."""
+        p = predictions.c
+        found = self._run(lambda conn: conn.execute(sa.select(p.outputs).where(p.id == row_id)).scalar())
+        if not isinstance(found, list) or not 0 <= item < len(found):
+            return None
+        return _answer(found[item], None)
+
     def unlabelled(self, model: str, *, window: int, limit: int) -> Unlabelled:
         """The inputs waiting for a true label among the last ``window`` answered (not shadow) rows of
         ``model``: those whose request body was kept and that have no feedback, least confident first.
@@ -287,19 +317,37 @@ class LogReader:
         return self._run(build)
 
 
+def _boxes(found: Any) -> tuple[Box, ...]:
+    """The well-formed boxes of a logged ``detections`` list (anything else in it is skipped)."""
+    out = []
+    for d in found if isinstance(found, list) else []:
+        box = d.get("box") if isinstance(d, dict) else None
+        if (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int | float) for v in box)
+            and isinstance(d.get("score"), int | float)
+        ):
+            out.append(Box(*(float(v) for v in box), str(d.get("label")), float(d["score"])))
+    return tuple(out)
+
+
+def _answer(o: Any, feedback: str | None) -> Answer:
+    o = o if isinstance(o, dict) else {}
+    label, score = o.get("label"), o.get("score")
+    boxes = _boxes(o.get("detections")) if "detections" in o else ()
+    return Answer(
+        None if label is None else str(label),
+        float(score) if isinstance(score, int | float) else None,
+        feedback,
+        boxes,
+        len(boxes) if "detections" in o else None,
+    )
+
+
 def _row(r: Any, labels: dict[tuple[str, int], str]) -> Row:
     outputs = r.outputs if isinstance(r.outputs, list) else []
-    answers = []
-    for i, o in enumerate(outputs):
-        o = o if isinstance(o, dict) else {}
-        label, score = o.get("label"), o.get("score")
-        answers.append(
-            Answer(
-                None if label is None else str(label),
-                float(score) if isinstance(score, int | float) else None,
-                labels.get((r.request_id, i)),
-            )
-        )
+    answers = [_answer(o, labels.get((r.request_id, i))) for i, o in enumerate(outputs)]
     return Row(
         int(r.id),
         r.request_id,

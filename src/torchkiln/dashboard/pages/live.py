@@ -103,8 +103,9 @@ async def input_image(row_id: int, item: int, dash: DashboardDep) -> Response:
         task = dash.decoder.task(model)
         if raw is None or task is None or not task.image_input or not 0 <= item < len(raw):
             return None
+        answer = dash.log.answer(row_id, item)
         try:
-            return thumbnail(raw[item])
+            return thumbnail(raw[item], answer.boxes if answer is not None else ())
         except (ValueError, OSError):
             return None
 
