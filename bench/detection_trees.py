@@ -6,13 +6,19 @@ training budget on this machine) and are scored on the held-out 1249 x 1035 imag
 tile. The from-scratch runs train every backbone stage at the full rate. The target is mAP@.5 >= 0.5 for
 the pretrained detector.
 
-    .venv/bin/python bench/detection_trees.py [--out runs/bench-trees] [--only lite0-imagenet]
+    .venv/bin/python bench/detection_trees.py [--out runs/bench-trees] [--only lite0-imagenet] \
+        [--plots docs/tasks/img]
+
+``--plots`` writes the validation mAP@.5 per epoch of every run (``trees-learning-curves.png``) and the
+held-out image with the pretrained detector's boxes drawn (``trees-test.jpg``: true positives green,
+false positives red, misses orange) into a folder.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torchkiln
 
@@ -28,13 +34,55 @@ RUNS = {
 }
 
 
-def run(name: str, runs: Path, extra: list[str]) -> dict[str, float]:
+def plots(runs: dict[str, Path], out: Path) -> None:
+    """The learning curves of ``runs`` and the pretrained run's drawn test image, into ``out``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    for name, run_dir in runs.items():
+        history = json.loads((run_dir / "history.json").read_text())
+        ax.plot([h["epoch"] + 1 for h in history], [h["val/map_50"] for h in history], label=name)
+    ax.set(xlabel="epoch", ylabel="val mAP@.5", ylim=(0, 1), title="trees: validation mAP@.5 per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "trees-learning-curves.png")
+    if "lite0-imagenet" in runs:
+        from torchkiln.components.box_drawing import draw_detections
+        from torchkiln.components.images import open_image
+        from torchkiln.tasks.object_detection.data import pad_batch
+        from torchkiln.tasks.object_detection.metrics import rows_to_predictions
+
+        bundle = torchkiln.load_predictor(runs["lite0-imagenet"] / "bundle", device="cpu").bundle
+        _, data = bundle.task.prepare(bundle.config, splits={"test"})
+        record = data.splits["test"][0]
+        rows = bundle.model.eval()(pad_batch([data.image(record)]))
+        t = bundle.config.task
+        drawn = draw_detections(
+            open_image(record.path),
+            rows_to_predictions(rows.detach())[0],
+            data.targets(record),
+            data.classes,
+            score_threshold=t.score_threshold,
+            iou_threshold=t.iou_threshold,
+        )
+        drawn.save(out / "trees-test.jpg", quality=85)
+
+
+def run(name: str, runs: Path, extra: list[str]) -> dict[str, Any]:
     overrides = [*RUNS[name], f"runs_dir={runs}", f"name=trees-{name}", "tracking.mlflow=false", *extra]
     run_dir = torchkiln.train(torchkiln.load_config(RECIPE, overrides))
     seconds = torchkiln.load_predictor(run_dir).bundle.meta["trained"]["seconds"]
     ev = torchkiln.evaluate(run_dir, mlflow=False)
     coco, at = ev.results["coco"], ev.results["at_threshold"]
-    row = {
+    row: dict[str, Any] = {
+        "run_dir": run_dir,
         "map_50": coco["map_50"],
         "map": coco["map"],
         "map_75": coco["map_75"],
@@ -45,7 +93,8 @@ def run(name: str, runs: Path, extra: list[str]) -> dict[str, float]:
         "train_s": seconds,
         "predict_s": ev.seconds,
     }
-    print(f"  {name}: {run_dir}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "run_dir")
+    print(f"  {name}: {run_dir}: {figures}", flush=True)
     return row
 
 
@@ -55,8 +104,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-trees"), help="where the runs go")
     parser.add_argument("--only", action="append", choices=list(RUNS), help="run only these (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="extra overrides for every run")
+    parser.add_argument("--plots", type=Path, help="write the learning curves and the drawn test image here")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="plot these finished runs (NAME=RUN_DIR); train nothing",
+    )
     args = parser.parse_args()
+    if args.runs:
+        plots({p.split("=", 1)[0]: Path(p.split("=", 1)[1]) for p in args.runs}, args.plots or Path("."))
+        return
     rows = {name: run(name, args.out, args.set) for name in args.only or RUNS}
+    if args.plots:
+        plots({name: r["run_dir"] for name, r in rows.items()}, args.plots)
     heads = ("mAP@.5", "mAP", "mAP@.75", "AR@100", "P", "R", "train s")
     print(f"{'detector':24} " + " ".join(f"{h:>7}" for h in heads))
     for name, r in rows.items():

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from torchkiln.components import boxes as B
-from torchkiln.components.boxes import ImageBoxes, check_records, to_tv_boxes
+from torchkiln.components.boxes import ImageBoxes, check_records, crop_boxes, to_tv_boxes
 from torchkiln.core.errors import DataError
 
 
@@ -201,3 +201,10 @@ def test_trap_xyxy_where_coco_xywh_is_expected() -> None:
         "that way. Expected COCO x,y,w,h (absolute pixels, top-left corner). Write COCO bbox as [x, y, "
         "width, height]: w = x2 - x1, h = y2 - y1."
     )
+
+
+def test_crop_boxes_keeps_boxes_mostly_inside_the_window() -> None:
+    boxes = torch.tensor([[90.0, 0, 110, 10], [60.0, 0, 110, 10], [120.0, 5, 140, 25], [300.0, 0, 310, 10]])
+    cropped, keep = crop_boxes(boxes, (100, 0, 200, 50))
+    assert keep.tolist() == [True, False, True, False]  # half inside counts; a fifth, or none, does not
+    assert cropped[keep].tolist() == [[0.0, 0.0, 10.0, 10.0], [20.0, 5.0, 40.0, 25.0]]

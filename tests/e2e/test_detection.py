@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -110,6 +111,20 @@ def test_the_server_answers_boxes_with_the_request_options_and_logs_them(
             files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images[:1]]
             upload = await client.post(url, files=files)
             bad = await client.post(url, json={"images": encoded, "max_detections": 0})
+            hostile = [
+                {"images": ["not base64!"]},
+                {"images": [base64.b64encode(b"GIF89a not really").decode()]},
+                {"image": encoded[0], "score_threshold": "high"},
+                {"image": encoded[0], "top_k": 3},  # a classifier's option
+                {"image": encoded[0], "images": encoded},
+            ]
+            for body in hostile:
+                r = await client.post(url, json=body)
+                assert r.status_code == 422, (body, r.status_code, r.text)
+            tiny = io.BytesIO()
+            Image.new("L", (1, 1)).save(tiny, format="PNG")  # one grey pixel: answered, with no box
+            r = await client.post(url, json={"image": base64.b64encode(tiny.getvalue()).decode()})
+            assert r.status_code == 200 and r.json()["predictions"][0]["width"] == 1, r.text
             for r in (every, two, none, upload):
                 assert r.status_code == 200, r.text
             assert bad.status_code == 422 and bad.json()["type"] == "invalid_input"

@@ -9,11 +9,43 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from typing import Annotated
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 
 from torchkiln.components.images import FORMAT_NAMES, MAX_ASPECT_RATIO, PIL_FORMATS, bomb_pixels
 from torchkiln.core.errors import PredictError
+
+
+class ImagesRequest(BaseModel):
+    """Images as base64 strings: one in ``image`` or several in ``images``. An image task's request schema
+    subclasses it and adds its own answer options (``top_k``, ``score_threshold``...)."""
+
+    # The schema says "exactly one of the two, a list not empty", as the validator below does: a body valid
+    # against the schema is one the server takes (the OpenAPI checks in tests/serve/test_openapi.py).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["images"]}]}
+    )
+
+    # null is taken (as a missing key) but not documented: the schema's oneOf reads "the key is there".
+    image: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL."
+    )
+    images: Annotated[
+        list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
+    ] = Field(None, description="Several image files, each as base64 or a data: URL.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ImagesRequest:
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of 'image' (a base64 string) or 'images' (a list of them)")
+        return self
+
+    @property
+    def encoded(self) -> list[str]:
+        return [self.image] if self.image is not None else list(self.images or [])
 
 
 def decode_base64(text: str, index: int) -> bytes:

@@ -7,13 +7,12 @@ import hashlib
 import io
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import WithJsonSchema
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,7 +25,7 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
-from torchkiln.components.image_requests import check_image, decode_base64
+from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
 from torchkiln.components.images import ImageLike, expand_inputs, to_model_input
 from torchkiln.components.models import Classifier, check_model
 from torchkiln.components.penultimate import forward_with_features, last_linear
@@ -91,33 +90,10 @@ def _example_png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-class ImagePredictRequest(BaseModel):
+class ImagePredictRequest(ImagesRequest):
     """Images as base64 strings: one in ``image`` or several in ``images``."""
 
-    # The schema says "exactly one of the two, a list not empty", as the validator below does: a body valid
-    # against the schema is one the server takes (the OpenAPI checks in tests/serve/test_openapi.py).
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["images"]}]}
-    )
-
-    # null is taken (as a missing key) but not documented: the schema's oneOf reads "the key is there".
-    image: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
-        None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL."
-    )
-    images: Annotated[
-        list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
-    ] = Field(None, description="Several image files, each as base64 or a data: URL.")
     top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return per image.")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> ImagePredictRequest:
-        if (self.image is None) == (self.images is None):
-            raise ValueError("give exactly one of 'image' (a base64 string) or 'images' (a list of them)")
-        return self
-
-    @property
-    def encoded(self) -> list[str]:
-        return [self.image] if self.image is not None else list(self.images or [])
 
 
 def _check_resolved(d: Any, fields: Sequence[str], what: str) -> None:

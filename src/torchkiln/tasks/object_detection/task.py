@@ -9,17 +9,16 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import WithJsonSchema
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchkiln.components.image_requests import check_image, decode_base64
+from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
 from torchkiln.components.images import ImageLike, image_tensor, peek_image
 from torchkiln.components.models import check_model
 from torchkiln.core.config import RunConfig
@@ -76,35 +75,15 @@ def _example_png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-class DetectRequest(BaseModel):
+class DetectRequest(ImagesRequest):
     """Images as base64 strings (``image`` or ``images``), and per-request answer options."""
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["images"]}]}
-    )
-
-    image: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
-        None, description="One image file (PNG, JPEG, ...) as base64 or a data: URL."
-    )
-    images: Annotated[
-        list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
-    ] = Field(None, description="Several image files, each as base64 or a data: URL.")
     score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Keep boxes scoring at least this (default: the model's)."
     )
     max_detections: int | None = Field(
         None, ge=1, le=1000, description="Return at most this many boxes per image (default: the model's)."
     )
-
-    @model_validator(mode="after")
-    def _one_of(self) -> DetectRequest:
-        if (self.image is None) == (self.images is None):
-            raise ValueError("give exactly one of 'image' (a base64 string) or 'images' (a list of them)")
-        return self
-
-    @property
-    def encoded(self) -> list[str]:
-        return [self.image] if self.image is not None else list(self.images or [])
 
 
 class Detection(BaseModel):
