@@ -86,7 +86,7 @@ def run(name: str, runs: Path, extra: list[str]) -> dict[str, Any]:
         "map_50": coco["map_50"],
         "map": coco["map"],
         "map_75": coco["map_75"],
-        "mar_100": coco["mar_100"],
+        "mar": coco[f"mar_{int(coco['max_detections'])}"],
         "precision": at["precision"],
         "recall": at["recall"],
         "f1": at["f1"],
@@ -108,7 +108,6 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         nargs="*",
-        type=Path,
         default=[],
         help="plot these finished runs (NAME=RUN_DIR); train nothing",
     )
@@ -119,11 +118,11 @@ def main() -> None:
     rows = {name: run(name, args.out, args.set) for name in args.only or RUNS}
     if args.plots:
         plots({name: r["run_dir"] for name, r in rows.items()}, args.plots)
-    heads = ("mAP@.5", "mAP", "mAP@.75", "AR@100", "P", "R", "train s")
+    heads = ("mAP@.5", "mAP", "mAP@.75", "AR@max", "P", "R", "train s")
     print(f"{'detector':24} " + " ".join(f"{h:>7}" for h in heads))
     for name, r in rows.items():
         print(
-            f"{name:24} {r['map_50']:7.3f} {r['map']:7.3f} {r['map_75']:7.3f} {r['mar_100']:7.3f} "
+            f"{name:24} {r['map_50']:7.3f} {r['map']:7.3f} {r['map_75']:7.3f} {r['mar']:7.3f} "
             f"{r['precision']:7.3f} {r['recall']:7.3f} {r['train_s']:7.0f}"
         )
     if "lite0-imagenet" in rows and len(rows) > 1:

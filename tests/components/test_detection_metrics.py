@@ -302,3 +302,18 @@ def test_coco_map_without_pycocotools_names_the_extra(monkeypatch: pytest.Monkey
 
     with pytest.raises(ConfigError, match=r"pip install 'torchkiln\[detect\]'"):
         coco_map([PRED], [TRUTH], ["cat", "dog"])
+
+
+def test_a_dense_image_counts_up_to_its_own_cap_of_boxes() -> None:
+    # 150 true boxes, each found: COCO's cap of 100 detections would stop the recall at 100/150.
+    boxes = torch.tensor([[i * 10.0, 0.0, i * 10.0 + 8, 8.0] for i in range(150)])
+    truth = {"boxes": boxes, "labels": torch.zeros(150, dtype=torch.long)}
+    pred = {
+        "boxes": boxes,
+        "scores": torch.linspace(0.99, 0.5, 150),
+        "labels": torch.zeros(150, dtype=torch.long),
+    }
+    capped = coco_map([pred], [truth], ["tree"])
+    assert capped["mar_100"] == pytest.approx(100 / 150) and capped["max_detections"] == 100
+    full = coco_map([pred], [truth], ["tree"], max_detections=300)
+    assert full["mar_300"] == pytest.approx(1.0) and full["map_50"] == pytest.approx(1.0)

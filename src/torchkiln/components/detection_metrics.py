@@ -34,7 +34,7 @@ from torchkiln.components.boxes import xyxy_to_coco
 from torchkiln.core.errors import ConfigError, DataError
 
 Target = Mapping[str, Tensor]  # a prediction or a ground truth of one image (see the module doc)
-COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")  # and mar_<N> per cap
 
 
 @dataclass(frozen=True)
@@ -268,20 +268,25 @@ def _all_point_ap(recall: Tensor, precision: Tensor) -> float:
     return float((steps * envelope).sum())
 
 
-def coco_map(preds: Sequence[Target], truths: Sequence[Target], classes: Sequence[str]) -> dict[str, float]:
+def coco_map(
+    preds: Sequence[Target], truths: Sequence[Target], classes: Sequence[str], *, max_detections: int = 100
+) -> dict[str, float]:
     """COCO box mAP and mAR from pycocotools, through ``torchmetrics.detection.MeanAveragePrecision``.
 
     ``map`` averages AP over IoU 0.50:0.05:0.95 and the classes; ``map_50``/``map_75`` at one IoU;
-    ``map_small/medium/large`` by box area (< 32², < 96², above); ``mar_1/10/100`` is the recall with at
-    most that many detections per image. A value is -1 where COCO has nothing to average (no ground-truth
-    box in that group). Per class: ``ap/<name>`` (AP@[.5:.95]) and ``ap50/<name>`` (AP@.5, read from the
-    same evaluation's precision table, so it costs no second run). A class without ground-truth boxes has
-    no AP and is left out.
+    ``map_small/medium/large`` by box area (< 32², < 96², above); ``mar_1``, ``mar_10`` and
+    ``mar_<max_detections>`` are the recall with at most that many detections per image. Every AP counts the
+    best ``max_detections`` boxes of an image: COCO's 100 would cap the recall of an image with 279 trees at
+    36 %, so dense scenes pass their own cap (``max_detections`` is in the result too). A value is -1
+    where COCO has nothing to average (no ground-truth box in that group). Per class: ``ap/<name>``
+    (AP@[.5:.95]) and ``ap50/<name>`` (AP@.5, read from the same evaluation's precision table, so it costs
+    no second run). A class without ground-truth boxes has no AP and is left out.
 
     Args:
         preds: one prediction dict per image (all of them: do not filter by score, AP sweeps the scores).
         truths: one ground-truth dict per image, in the same order.
         classes: the class names; labels index them.
+        max_detections: the boxes per image that count (COCO's default is 100).
 
     Returns:
         The numbers above, as floats.
@@ -303,7 +308,9 @@ def coco_map(preds: Sequence[Target], truths: Sequence[Target], classes: Sequenc
         ) from None
     from torchmetrics.detection import MeanAveragePrecision  # here: importing it takes seconds
 
+    caps = sorted({1, 10, max_detections})
     metric = MeanAveragePrecision(
+        max_detection_thresholds=caps,
         box_format="xyxy",
         iou_type="bbox",
         class_metrics=True,
@@ -311,14 +318,15 @@ def coco_map(preds: Sequence[Target], truths: Sequence[Target], classes: Sequenc
         average="macro",  # per-class evaluation: the precision table then has one column per class
         extended_summary=True,  # that table, for AP@.5 per class
     )
+    metric.warn_on_many_detections = False  # more boxes than the cap: the cap is the caller's choice
     metric.update(
         [{k: _cpu(p[k]) for k in ("boxes", "scores", "labels")} for p in preds],
         [{k: _cpu(t[k]) for k in ("boxes", "labels")} for t in truths],
     )
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         out = metric.compute()
-    result = {key: float(out[key]) for key in COCO_KEYS}
-    return result | _per_class(out, classes)
+    result = {key: float(out[key]) for key in COCO_KEYS} | {f"mar_{n}": float(out[f"mar_{n}"]) for n in caps}
+    return result | {"max_detections": float(max_detections)} | _per_class(out, classes)
 
 
 def _cpu(x: Tensor) -> Tensor:
@@ -401,6 +409,7 @@ def evaluate_detections(
     *,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.5,
+    max_detections: int = 100,
 ) -> dict[str, Any]:
     """Every detection metric in one JSON-ready dict (what the report and ``metrics.json`` show).
 
@@ -410,6 +419,7 @@ def evaluate_detections(
         classes: the class names; labels index them.
         score_threshold: the operating point of ``at_threshold`` and the counts.
         iou_threshold: the IoU a match needs in ``at_threshold`` and ``pr_curve`` (COCO uses its own).
+        max_detections: the boxes per image COCO's figures count (see :func:`coco_map`).
 
     Returns:
         ``{"coco": coco_map(...), "at_threshold": threshold_scores(...) | the two thresholds,
@@ -429,7 +439,7 @@ def evaluate_detections(
     _check_lists(preds, truths, classes)
     thresholds = {"score_threshold": score_threshold, "iou_threshold": iou_threshold}
     return {
-        "coco": coco_map(preds, truths, classes),
+        "coco": coco_map(preds, truths, classes, max_detections=max_detections),
         "at_threshold": threshold_scores(preds, truths, **thresholds) | thresholds,
         "pr_curve": pr_curve(preds, truths, iou_threshold=iou_threshold) | {"iou_threshold": iou_threshold},
         "counts": _counts(preds, truths, classes, score_threshold),

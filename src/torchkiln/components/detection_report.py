@@ -119,11 +119,12 @@ def _at(at: Mapping[str, Any]) -> str:
 
 def _headline(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     coco, at, counts = results["coco"], results["at_threshold"], results["counts"]
+    cap = int(coco.get("max_detections", 100))
     return [
         ("mAP@[.5:.95]", _fmt(coco.get("map"))),
         ("mAP@.5", _fmt(coco.get("map_50"))),
         ("mAP@.75", _fmt(coco.get("map_75"))),
-        ("AR@100", _fmt(coco.get("mar_100"))),
+        (f"AR@{cap}", _fmt(coco.get(f"mar_{cap}"))),
         (f"Precision ({_at(at)})", _fmt(at["precision"])),
         (f"Recall ({_at(at)})", _fmt(at["recall"])),
         (f"F1 ({_at(at)})", _fmt(at["f1"])),

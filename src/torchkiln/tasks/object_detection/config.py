@@ -56,12 +56,19 @@ class DetectionDataConfig(DataConfig):
     tile_size: Annotated[int, Field(ge=64, le=4096)] = Field(
         512, description="Training crops are at most this big; larger images are predicted tile by tile."
     )
+    scale: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
+        1.0,
+        description="Zoom every image by this factor inside the detector (2 for objects under ~30 px); "
+        "answers stay in the input's pixels.",
+    )
     tile_overlap: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
         0.25, description="The share of a tile that overlaps its neighbour when an image is tiled."
     )
     augment: list[DetectionAugmentStep] = Field(default=list(DEFAULT_AUGMENT))
     anchor_sizes: list[Annotated[int, Field(ge=2)]] | None = Field(
-        None, description="One anchor size per feature level, in pixels; default: from the boxes' sizes."
+        None,
+        description="One anchor size per feature level, in the detector's pixels (after data.scale); "
+        "default: from the training boxes' sizes.",
     )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
 

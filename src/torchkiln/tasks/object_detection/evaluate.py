@@ -46,10 +46,11 @@ class DetectionEvaluation:
     def summary(self) -> list[Any]:
         coco, at = self.results["coco"], self.results["at_threshold"]
         table = Table(title=f"{self.split} split: {self.images} image(s), {self.seconds:.1f} s")
-        for name in ("mAP@[.5:.95]", "mAP@.5", "mAP@.75", "AR@100", "precision", "recall", "F1"):
+        cap = int(coco["max_detections"])
+        for name in ("mAP@[.5:.95]", "mAP@.5", "mAP@.75", f"AR@{cap}", "precision", "recall", "F1"):
             table.add_column(name, justify="right")
         table.add_row(
-            *(f"{coco[k]:.3f}" for k in ("map", "map_50", "map_75", "mar_100")),
+            *(f"{coco[k]:.3f}" for k in ("map", "map_50", "map_75", f"mar_{cap}")),
             *(f"{at[k]:.3f}" for k in ("precision", "recall", "f1")),
         )
         return [
@@ -86,7 +87,12 @@ def evaluate_detector(bundle: Any, *, split: str, out_dir: Path, device: torch.d
     seconds = time.perf_counter() - start
     t = cfg.task
     results = evaluate_detections(
-        preds, truths, data.classes, score_threshold=t.score_threshold, iou_threshold=t.iou_threshold
+        preds,
+        truths,
+        data.classes,
+        score_threshold=t.score_threshold,
+        iou_threshold=t.iou_threshold,
+        max_detections=t.max_detections,  # COCO's 100 would cap the recall of a dense image
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / "metrics.json"

@@ -164,7 +164,8 @@ class ObjectDetectionTask:
         cfg = cast(DetectionRunConfig, cfg)
         check_model(cfg.model.name, args=cfg.model.args, pretrained=cfg.model.pretrained, task=self.kind)
         data = load_detection_data(cfg.data, seed=cfg.seed, only_splits=splits)
-        anchors = cfg.data.anchor_sizes or anchor_sizes_for(box_sizes(data.splits["train"]))
+        # In the detector's pixels: after the zoom of data.scale.
+        anchors = cfg.data.anchor_sizes or anchor_sizes_for(box_sizes(data.splits["train"]) * cfg.data.scale)
         path = cfg.data.path if cfg.data.format == "catalog" or not Path(cfg.data.path).exists() else None
         resolved = cfg.model_copy(
             update={
@@ -200,6 +201,7 @@ class ObjectDetectionTask:
             tile_size=d.tile_size,
             **m.args,
         )
+        net.transform.scale = d.scale
         return DetectorModel(
             net, tile_size=d.tile_size, tile_overlap=d.tile_overlap, max_detections=cfg.task.max_detections
         )
@@ -327,6 +329,7 @@ class ObjectDetectionTask:
                 "input": "uint8 RGB images (B, 3, H, W), padded at the bottom and right; no resize",
                 "tile_size": d.tile_size,
                 "tile_overlap": d.tile_overlap,
+                "scale": d.scale,
                 "anchor_sizes": d.anchor_sizes,
                 "output": "(B, max_detections, 6) rows x1, y1, x2, y2, score, label (label -1: padding)",
             },
