@@ -117,3 +117,17 @@ def test_a_local_coco_state_dict_loads_all_but_the_box_predictor(tmp_path) -> No
         3,
         1024,
     )  # refit: 2 classes + background
+
+
+def test_the_zoom_doubles_the_pixels_and_answers_in_the_input_pixels() -> None:
+    from torchkiln.tasks.object_detection.models import IMAGENET_STATS, NativeTransform
+
+    transform = NativeTransform(1, 1, list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1]), size_divisible=32)
+    transform.scale = 2.0
+    image = torch.rand(3, 50, 70)
+    target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 25.0]]), "labels": torch.tensor([1])}
+    batch, targets = transform.train()([image], [target])
+    assert batch.image_sizes == [(100, 140)]
+    assert targets[0]["boxes"].tolist() == [[20.0, 10.0, 60.0, 50.0]]
+    back = transform.eval().postprocess([{"boxes": targets[0]["boxes"]}], batch.image_sizes, [(50, 70)])
+    assert back[0]["boxes"].tolist() == [[10.0, 5.0, 30.0, 25.0]]
