@@ -317,3 +317,6 @@ def test_a_dense_image_counts_up_to_its_own_cap_of_boxes() -> None:
     assert capped["mar_100"] == pytest.approx(100 / 150) and capped["max_detections"] == 100
     full = coco_map([pred], [truth], ["tree"], max_detections=300)
     assert full["mar_300"] == pytest.approx(1.0) and full["map_50"] == pytest.approx(1.0)
+    # pycocotools' own summary reads mAP@[.5:.95] at 100 detections only (-1 at another cap): ours is read
+    # from its precision table at the cap.
+    assert full["map"] == pytest.approx(1.0) and full["ap/tree"] == pytest.approx(1.0)

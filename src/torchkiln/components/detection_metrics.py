@@ -326,7 +326,21 @@ def coco_map(
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         out = metric.compute()
     result = {key: float(out[key]) for key in COCO_KEYS} | {f"mar_{n}": float(out[f"mar_{n}"]) for n in caps}
+    if "precision" in out:
+        # pycocotools' summarize() reads mAP@[.5:.95] (overall, by area, per class) at 100 detections
+        # whatever maxDets holds, so with another cap it says -1: read them from its precision table at the
+        # last cap instead, averaged as summarize() does (entries > -1). With the cap at 100 they are equal.
+        table = out["precision"][..., -1]  # (IoU 10, recall 101, class K, area 4)
+        for key, area in (("map", 0), ("map_small", 1), ("map_medium", 2), ("map_large", 3)):
+            result[key] = _mean_valid(table[:, :, :, area])
+        result["map_50"], result["map_75"] = _mean_valid(table[0, :, :, 0]), _mean_valid(table[5, :, :, 0])
     return result | {"max_detections": float(max_detections)} | _per_class(out, classes)
+
+
+def _mean_valid(values: Tensor) -> float:
+    """The mean of the entries > -1 (COCO marks an empty cell -1), or -1 when none is."""
+    kept = values[values > -1]
+    return float(kept.double().mean()) if len(kept) else -1.0
 
 
 def _cpu(x: Tensor) -> Tensor:
@@ -340,14 +354,13 @@ def _per_class(out: Mapping[str, Any], classes: Sequence[str]) -> dict[str, floa
     if "precision" not in out:  # no image at all: torchmetrics skips pycocotools
         return {}
     labels = out["classes"].reshape(-1).tolist()  # sorted: the order of the precision table's K axis
-    ap = out["map_per_class"].reshape(-1).tolist()
-    at_50 = out["precision"][0, :, :, 0, -1]  # (R, K): IoU 0.5, every recall step, area "all", 100 dets
+    table = out["precision"][:, :, :, 0, -1]  # (IoU, R, K): area "all", the last detection cap
     result: dict[str, float] = {}
-    for k, (label, value) in enumerate(zip(labels, ap, strict=True)):
+    for k, label in enumerate(labels):
+        value = _mean_valid(table[:, :, k])
         if value > -1:
-            p = at_50[:, k]
             result[f"ap/{classes[label]}"] = value
-            result[f"ap50/{classes[label]}"] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+            result[f"ap50/{classes[label]}"] = _mean_valid(table[0, :, k])
     return result
 
 
