@@ -70,10 +70,21 @@ class DetectionDataConfig(DataConfig):
         description="One anchor size per feature level, in the detector's pixels (after data.scale); "
         "default: from the training boxes' sizes.",
     )
+    mean: list[float] | None = Field(
+        None,
+        description="Per-channel mean of [0, 1] pixels; default: the pretrained weights' (or ImageNet's).",
+    )
+    std: list[float] | None = Field(None, description="Per-channel std of [0, 1] pixels; default as mean.")
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
 
     @model_validator(mode="after")
     def _anchors(self) -> DetectionDataConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != 3:
+                raise ValueError(f"data.{name} needs 3 values (R, G, B); got {values}")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"data.std values must be > 0; got {self.std}")
         sizes = self.anchor_sizes
         if sizes is not None and (len(sizes) != 5 or sorted(sizes) != sizes):
             raise ValueError(

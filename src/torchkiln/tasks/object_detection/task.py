@@ -45,8 +45,8 @@ from torchkiln.tasks.object_detection.data import (
     pad_batch,
 )
 from torchkiln.tasks.object_detection.metrics import DetectionAP, rows_to_predictions
+from torchkiln.tasks.object_detection.models import IMAGENET_STATS, DetectorModel, anchor_sizes_for
 from torchkiln.tasks.object_detection.models import TASK as KIND
-from torchkiln.tasks.object_detection.models import DetectorModel, anchor_sizes_for
 
 LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
@@ -162,7 +162,12 @@ class ObjectDetectionTask:
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
     ) -> tuple[RunConfig, DetectionData]:
         cfg = cast(DetectionRunConfig, cfg)
-        check_model(cfg.model.name, args=cfg.model.args, pretrained=cfg.model.pretrained, task=self.kind)
+        spec = check_model(
+            cfg.model.name, args=cfg.model.args, pretrained=cfg.model.pretrained, task=self.kind
+        )
+        # The normalization goes into the config: a bundle rebuilds its model without the pretrained
+        # weights (model.pretrained false), and must still normalize as training did.
+        stats = spec.pretrained_stats if cfg.model.pretrained and spec.pretrained_stats else IMAGENET_STATS
         data = load_detection_data(cfg.data, seed=cfg.seed, only_splits=splits)
         # In the detector's pixels: after the zoom of data.scale.
         anchors = cfg.data.anchor_sizes or anchor_sizes_for(box_sizes(data.splits["train"]) * cfg.data.scale)
@@ -174,6 +179,8 @@ class ObjectDetectionTask:
                         "path": path or absolute_if_exists(cfg.data.path),
                         "classes": data.classes,
                         "anchor_sizes": anchors,
+                        "mean": cfg.data.mean or list(stats[0]),
+                        "std": cfg.data.std or list(stats[1]),
                     }
                 )
             }
@@ -186,11 +193,11 @@ class ObjectDetectionTask:
     def build_model(self, cfg: RunConfig) -> DetectorModel:
         cfg = cast(DetectionRunConfig, cfg)
         d, m = cfg.data, cfg.model
-        if not d.classes or not d.anchor_sizes:
+        if not d.classes or not d.anchor_sizes or not d.mean or not d.std:
             raise ConfigError(
-                "build_model needs a resolved config, but data.classes or data.anchor_sizes is not set; "
-                "expected the config that task.prepare returns (a bundle's config is resolved too). Fix: "
-                "pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
+                "build_model needs a resolved config, but data.classes, anchor_sizes, mean or std is not "
+                "set; expected the config that task.prepare returns (a bundle's config is resolved too). "
+                "Fix: pass the config from `cfg, data = task.prepare(cfg)`, or the bundle's."
             )
         spec = check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind)
         net = spec.builder(
@@ -202,6 +209,7 @@ class ObjectDetectionTask:
             **m.args,
         )
         net.transform.scale = d.scale
+        net.transform.image_mean, net.transform.image_std = list(d.mean), list(d.std)
         return DetectorModel(
             net, tile_size=d.tile_size, tile_overlap=d.tile_overlap, max_detections=cfg.task.max_detections
         )
@@ -330,6 +338,8 @@ class ObjectDetectionTask:
                 "tile_size": d.tile_size,
                 "tile_overlap": d.tile_overlap,
                 "scale": d.scale,
+                "mean": d.mean,
+                "std": d.std,
                 "anchor_sizes": d.anchor_sizes,
                 "output": "(B, max_detections, 6) rows x1, y1, x2, y2, score, label (label -1: padding)",
             },
