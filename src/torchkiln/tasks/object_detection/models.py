@@ -64,7 +64,7 @@ class NativeTransform(GeneralizedRCNNTransform):
         if self.scale == 1.0:
             return image, target
         h, w = image.shape[-2:]
-        size = [max(1, round(h * self.scale)), max(1, round(w * self.scale))]
+        size = [max(1, int(h * self.scale + 0.5)), max(1, int(w * self.scale + 0.5))]  # traceable
         image = nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if target is not None:
             target = {**target, "boxes": resize_boxes(target["boxes"], (h, w), (size[0], size[1]))}
