@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from torchkiln.components.box_formats import read_voc
-from torchkiln.components.boxes import ImageBoxes, crop_boxes, xyxy_to_voc
+from torchkiln.components.boxes import crop_boxes, xyxy_to_voc
 from torchkiln.core.errors import DataError
 
 TREES_PACKAGE = "deepforest==2.1.0"
@@ -55,13 +55,6 @@ def deepforest_data() -> Path:
             f"pip install --no-deps {TREES_PACKAGE}"
         )
     return folder
-
-
-def _as_tree(record: ImageBoxes) -> ImageBoxes:
-    return ImageBoxes(
-        record.path, record.width, record.height, record.boxes, (CLASS,) * len(record.boxes),
-        record.source, record.format,
-    )  # fmt: skip
 
 
 def _voc_xml(filename: str, width: int, height: int, boxes: torch.Tensor) -> str:
@@ -104,7 +97,7 @@ def write_trees_voc(to: Path) -> dict[str, int]:
         (annotations / f"{name}.xml").write_text(xml, encoding="utf-8")
         splits[split].append(name)
 
-    large = _as_tree(read_voc(source / f"{LARGE_TRAIN}.xml", images_dir=source)[0])
+    large = read_voc(source / f"{LARGE_TRAIN}.xml", images_dir=source)[0]  # every box is written as Tree
     with Image.open(large.path) as img:
         img.load()
         xs = [round(i * large.width / GRID) for i in range(GRID + 1)]

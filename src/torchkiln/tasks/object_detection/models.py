@@ -71,14 +71,11 @@ class NativeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-class FrozenBatchNorm(nn.Module):
+def freeze_batchnorm_statistics(module: nn.Module) -> None:
     """Keep the BatchNorm layers of ``module`` in eval mode: pretrained statistics, trainable affine."""
-
-    @staticmethod
-    def apply(module: nn.Module) -> None:
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
 
 
 def _fpn(body: nn.Module, return_layers: dict[str, str], in_channels: list[int], width: int) -> nn.Module:
@@ -345,7 +342,7 @@ class DetectorModel(nn.Module):
     def train(self, mode: bool = True) -> DetectorModel:
         super().train(mode)
         if mode and getattr(self.net.backbone, "frozen_bn", False):
-            FrozenBatchNorm.apply(self.net.backbone.body)
+            freeze_batchnorm_statistics(self.net.backbone.body)
         return self
 
     def forward(self, x: Any, targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
