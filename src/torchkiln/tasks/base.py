@@ -8,7 +8,7 @@ what keeps training and serving preprocessing identical.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -46,11 +46,13 @@ __all__ = [
     "ReferenceProfiler",
     "RequestLimits",
     "Task",
+    "TaskAction",
     "TooManyItemsError",
     "TrainModule",
     "get_task",
     "input_profile",
     "load_config",
+    "task_actions",
     "validate",
 ]
 
@@ -86,6 +88,33 @@ class RequestLimits:
                 f"The request has {n} inputs; this server takes at most {self.max_items} per request. "
                 f"Split it into several requests."
             )
+
+
+@dataclass(frozen=True)
+class TaskAction:
+    """A request a task answers beside predict, on its own route: ``POST /v1/models/{name}/{action}``.
+
+    Unbatched: one request is one call of ``run`` in the server's thread pool (style transfer optimizes an
+    image per request, for seconds). The body is validated against ``request_schema``; ``run`` raises
+    :class:`~torchkiln.core.errors.PredictError` for an input it cannot use (the server answers 422 with
+    the message) and returns one JSON-ready answer that fits ``response_schema``. A task lists its
+    actions in an ``actions`` attribute (a tuple; none when absent).
+
+    Example:
+        >>> TaskAction("stylize", "Style transfer", StylizeRequest, StylizeAnswer, run_stylize, example)
+    """
+
+    name: str
+    summary: str
+    request_schema: type[BaseModel]
+    response_schema: type[BaseModel]
+    run: Callable[[BaseModel, RequestLimits], dict[str, Any]]
+    example_request: Callable[[], dict[str, Any]]
+
+
+def task_actions(task: Any) -> tuple[TaskAction, ...]:
+    """The task's :class:`TaskAction` routes; ``()`` for a task without an ``actions`` attribute."""
+    return tuple(getattr(task, "actions", ()))
 
 
 class TooManyItemsError(PredictError):

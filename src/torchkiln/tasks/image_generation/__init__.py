@@ -1,0 +1,1 @@
+"""Image generation: a DCGAN that draws new images like its training set, and neural style transfer."""
