@@ -300,6 +300,7 @@ def test_bundle_has_a_reference_profile_of_the_held_out_split(case: Case) -> Non
         {"predicted", "confidence"},
         {"forecast_level", "forecast_spread"},
         {"box_count", "mean_score", "top_score"},
+        {"brightness", "contrast"},
     )
     for name, a in arrays.items():
         assert np.isfinite(a).all(), f"{name} holds NaN or inf"

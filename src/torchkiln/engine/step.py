@@ -89,6 +89,10 @@ class TrainModule(Protocol):
         """A model input from a training batch for TensorBoard's graph and image grid (None: neither)."""
         ...
 
+    # Optional: ``epoch_images(modules, device) -> {tag: uint8 (B, C, H, W)}``, drawn at the end of every
+    # epoch in eval mode and shown in TensorBoard as image grids (a GAN's samples from fixed noise). It
+    # must not draw from the global RNG, which a resumed run restores.
+
 
 class StepContext:
     """What a training step may do to the run's gradients and optimizers.

@@ -153,13 +153,17 @@ class Tracker:
                 if p.grad is not None:
                     self.tb.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
-    def sample_grid(self, images: torch.Tensor, step: int = 0) -> None:
-        """``images``: uint8 ``(B, C, H, W)`` as the model receives them."""
+    @property
+    def wants_images(self) -> bool:
+        return self.tb is not None
+
+    def sample_grid(self, images: torch.Tensor, step: int = 0, *, tag: str = "inputs/train_batch") -> None:
+        """``images``: uint8 ``(B, C, H, W)`` as the model receives them (or a generator draws them)."""
         if self.tb is None:
             return
         from torchvision.utils import make_grid
 
-        self.tb.add_image("inputs/train_batch", make_grid(images[:64].cpu(), nrow=8), step)
+        self.tb.add_image(tag, make_grid(images[:64].cpu(), nrow=8), step)
 
     def graph(self, model: nn.Module, example: torch.Tensor) -> None:
         if self.tb is None:

@@ -358,6 +358,7 @@ def fit(
                 state.history.append(results)
                 tracker.scalars({k: v for k, v in results.items() if k != "epoch"}, state.step)
                 end_of_epoch(loop, state, results, ckpt_dir)
+                _log_epoch_images(loop, tracker, state.step)
                 progress.end_epoch(results)
                 atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
         best = ckpt_dir / "best.pt"
@@ -381,6 +382,17 @@ def upgrade_checkpoint(ckpt: dict[str, Any], serves: str) -> dict[str, Any]:
         "optimizers": {serves: ckpt["optimizer"]},
         "schedulers": {serves: ckpt["scheduler"]} if ckpt["scheduler"] else {},
     }
+
+
+@torch.inference_mode()
+def _log_epoch_images(loop: Loop, tracker: Tracker, step: int) -> None:
+    """The train module's ``epoch_images`` (a GAN's samples from fixed noise), if it has any, to TensorBoard."""
+    draw = getattr(loop.train, "epoch_images", None)
+    if draw is None or not tracker.wants_images:
+        return
+    loop.modules.eval()
+    for tag, images in draw(loop.modules, loop.precision.device).items():
+        tracker.sample_grid(images, step, tag=tag)
 
 
 def _log_first_batch(loop: Loop, tracker: Tracker) -> None:

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core._version import __version__
+from torchkiln.serve.action_routes import router as action_router
 from torchkiln.serve.admin_routes import router as admin_router
 from torchkiln.serve.deployments import ModelManager
 from torchkiln.serve.feedback import OTHER_WORKERS_WAIT_S, FeedbackStore
@@ -208,6 +209,7 @@ def create_app(settings: ServeSettings, sync: WorkerSync | None = None) -> FastA
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(feedback_router)
+    app.include_router(action_router)  # last: its /v1/models/{name}/{action} must not shadow the others
     _add_error_handlers(app)
     app.add_middleware(
         LimitsAndMetrics,

@@ -102,6 +102,9 @@ class ServeSettings(BaseSettings):
     max_items: int = Field(64, ge=1, description="Inputs per request; more get 422.")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Per image; larger ones get 422.")
     request_timeout_s: float = Field(10.0, gt=0.0, description="Waiting longer gets 504.")
+    action_timeout_s: float = Field(
+        120.0, gt=0.0, description="A task action (stylize: seconds of optimization) taking longer gets 504."
+    )
     header_timeout_s: float = Field(
         10.0, gt=0.0, description="A connection whose request head is not whole by then is closed."
     )

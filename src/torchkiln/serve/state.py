@@ -6,7 +6,8 @@ the other. Both import this module, and ``app`` imports ``routes``: the dependen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from torchkiln.serve.deployments import ModelManager
 from torchkiln.serve.feedback import FeedbackStore
@@ -25,6 +26,7 @@ class ServerState:
     predlog: PredictionLog | None
     feedback: FeedbackStore | None = None  # the labels table of the prediction log; None when it is off
     draining: bool = False
+    action_slot: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # one task action at a time
 
 
 class ApiError(Exception):
