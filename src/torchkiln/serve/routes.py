@@ -418,8 +418,8 @@ def _preprocess(model: ServedModel, raw: list[Any], top_k: int | None, media: st
         try:
             items.append(model.predictor.preprocess([item]))
         except KilnError as exc:
-            # Both the JSON list and the multipart field of an image task are named "images".
-            where = f"images[{i}]" if model.task.image_input else f"Input {i}"
+            # Both the JSON list and the multipart field of a task that takes images are named "images".
+            where = f"images[{i}]" if model.task.upload_media == "image/*" else f"Input {i}"
             raise ApiError(422, "invalid_input", f"{where}: {exc}") from None
     # After preprocessing, so only inputs it took are checked; the check reads headers, never raises.
     return Inputs(raw, model.predictor.collate(items), top_k, media, model.predictor.input_warnings(raw))

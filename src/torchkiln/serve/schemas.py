@@ -267,7 +267,7 @@ def predict_request_body(tasks: list[Any]) -> dict[str, Any]:
     json_schema: dict[str, Any] = refs[0] if len(refs) == 1 else {"oneOf": refs}
     examples = {t.kind: {"summary": t.summary, "value": t.example_request()} for t in tasks}
     content: dict[str, Any] = {"application/json": {"schema": json_schema, "examples": examples}}
-    if any(t.image_input for t in tasks):
+    if any(t.upload_media == "image/*" for t in tasks):
         images = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
         upload = {
             "type": "object",

@@ -55,7 +55,6 @@ def example_config(root: Path) -> dict[str, Any]:
             "latent_dim": 16,
             "eval_samples": 16,
             "grid": 8,
-            "features": "none",
         },
         "data": {"path": str(data)},
         "model": {"name": "dcgan", "args": {"width": 8}},

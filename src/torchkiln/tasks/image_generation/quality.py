@@ -78,6 +78,7 @@ class ClassifierFeatures(nn.Module):
     Attributes:
         num_features: D (torchmetrics' FID reads it).
         image_size, channels: what the classifier takes.
+        classes: its class names, in label order (:meth:`predict` indexes them).
     """
 
     def __init__(self, bundle: Bundle) -> None:
@@ -87,6 +88,7 @@ class ClassifierFeatures(nn.Module):
         self.image_size = int(bundle.config.data.image_size)
         self.channels = int(bundle.config.data.channels)
         self.source = str(bundle.path)
+        self.classes = list(bundle.config.data.classes or [])  # the classifier's labels, in its order
         self.requires_grad_(False)
         self.eval()
         probe = torch.zeros(1, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
@@ -116,6 +118,12 @@ class ClassifierFeatures(nn.Module):
             top, left = (size[0] - s) // 2, (size[1] - s) // 2
             x = x[:, :, top : top + s, left : left + s]
         return x.round().clamp(0, 255).to(torch.uint8)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class index (into ``classes``) of each image ``(N,)``."""
+        outputs, _ = self.task.forward_features(self.model, self.prepare(images))
+        return outputs.argmax(dim=1).cpu()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -301,7 +301,7 @@ class ImageGenerationTask:
 
     @property
     def actions(self) -> tuple[TaskAction, ...]:
-        from torchkiln.tasks.image_generation.style import STYLIZE
+        from torchkiln.tasks.image_generation.style_serve import STYLIZE
 
         return (STYLIZE,)
 
