@@ -171,3 +171,49 @@ def test_evaluate_scores_against_the_real_versus_real_floor(run_dir: Path) -> No
     assert (
         html.count("<img") == 1 + 8 and "http://" not in html and "https://" not in html
     )  # a class grid, 8 rows of neighbours
+
+
+def test_the_server_stylizes_on_its_own_route_one_at_a_time(run_dir: Path) -> None:
+    from torchkiln.tasks.image_generation.style_serve import example_request
+
+    settings = load_settings(models=[{"uri": str(run_dir / "bundle"), "name": "gan"}])
+    app = create_app(settings)
+    body = example_request()
+
+    async def go() -> None:
+        async with running(app) as client:
+            url = "/v1/models/gan/stylize"
+            r = await client.post(url, json=body)
+            assert r.status_code == 200, r.text
+            answer = r.json()["answer"]
+            assert (r.json()["action"], answer["width"], answer["height"], answer["steps"]) == (
+                "stylize",
+                32,
+                32,
+                3,
+            )
+            assert Image.open(io.BytesIO(base64.b64decode(answer["image"]))).size == (32, 32)
+            text = base64.b64encode(b"just some text, not an image").decode()
+            bad = await client.post(url, json=body | {"style": text})
+            assert bad.status_code == 422 and bad.json()["type"] == "invalid_input"
+            assert bad.json()["detail"].startswith("'style' ")
+            huge = await client.post(url, json=body | {"size": 5000})
+            assert huge.status_code == 422 and "size" in huge.json()["detail"]
+            wrong = await client.post(url, content=b"content=x", headers={"content-type": "text/plain"})
+            assert wrong.status_code == 415
+            slot = app.state.kiln.action_slot
+            await slot.acquire()  # another stylize request is running
+            try:
+                busy = await client.post(url, json=body)
+            finally:
+                slot.release()
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "5"
+            assert busy.json()["detail"] == (
+                "This server is answering another 'stylize' request, which runs one at a time. Retry after "
+                "the Retry-After seconds, or add replicas."
+            )
+            again = await client.post(url, json=body)
+            assert again.status_code == 200
+            assert again.json()["answer"]["image"] == answer["image"]  # the same seed: the same picture
+
+    asyncio.run(go())
