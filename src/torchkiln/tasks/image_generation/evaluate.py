@@ -100,7 +100,7 @@ def evaluate_generator(
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / "metrics.json"
     atomic_write_text(metrics_file, json.dumps(results, indent=2))
-    report = _report(out_dir, cfg, bundle, results, fakes, neighbours, data.classes)
+    report = _report(out_dir, cfg, bundle, results, fakes, neighbours, data.classes, device)
     return GenerationEvaluation(results, split, report, metrics_file)
 
 
@@ -181,12 +181,12 @@ def _png_uri(images: torch.Tensor, nrow: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _report(out_dir, cfg, bundle, results, fakes, neighbours, classes) -> Path:
+def _report(out_dir, cfg, bundle, results, fakes, neighbours, classes, device) -> Path:
     k = len(classes) if cfg.task.conditional else 0
     model = bundle.model
     if k:  # one row per class, 8 seeds each
         labels = torch.arange(k).repeat_interleave(8)
-        grid = draw(model, cfg, labels, next(model.parameters()).device)
+        grid = draw(model, cfg, labels, device)
         samples = [
             {
                 "title": "Eight seeds per class, one class per row: " + ", ".join(classes),

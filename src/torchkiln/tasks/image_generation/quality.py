@@ -36,6 +36,7 @@ from torch import nn
 from torchkiln.artifacts.bundle import Bundle, load_bundle
 from torchkiln.components.metric import Metric
 from torchkiln.core.errors import ConfigError, DataError, did_you_mean
+from torchkiln.tasks.image_generation.train import to_uint8
 
 REFERENCE_FEATURES = "fashion-mnist-cnn"
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -319,14 +320,14 @@ def real_vs_real(
 class GenerationQuality(Metric):
     """FID, KID, precision and recall of a validation epoch: held-out real images against generated ones.
 
-    ``update(real, fake)`` takes uint8 image batches and keeps the first ``max_items`` features of each
+    ``update(fake, real)`` takes the generated batch (the outputs) and the real one (the targets) and keeps the first ``max_items`` features of each
     (as buffers, so a checkpoint of the epoch in progress holds them); ``compute`` measures them. The
     feature classifier is not part of the state (it belongs to no GAN checkpoint) but follows ``.to()``.
     The engine makes a fresh metric per epoch, so no ``reset`` is needed.
 
     Example:
         >>> metric = GenerationQuality(load_features("fashion-mnist-cnn"), max_items=5000)
-        >>> metric.update(real_uint8, to_uint8(generator(z)))
+        >>> metric.update(generator(z), real_uint8)
         >>> sorted(metric.compute())
         ['fid', 'kid', 'precision', 'recall']
     """
@@ -354,7 +355,11 @@ class GenerationQuality(Metric):
                 setattr(self, name, saved.new_zeros(saved.shape, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def update(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+    def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        """A batch of generated images (the model's outputs: uint8, or float in [-1, 1]) and of real ones
+        (the targets, uint8), in the order every task's metric takes ``(outputs, targets)``."""
+        if fake.is_floating_point():
+            fake = to_uint8(fake)
         device = _device(self.features)  # the real batch comes from the loader, on the CPU
         for name, images in (("real", real), ("fake", fake)):
             kept = getattr(self, name)

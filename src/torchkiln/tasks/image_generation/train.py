@@ -140,7 +140,7 @@ class GANTraining:
         with ctx.autocast():
             fake = g(z)
             d_real, d_fake = self._d(d, real, labels), self._d(d, fake, fake_labels)
-        ctx.metrics.update(batch[0], to_uint8(fake))
+        ctx.metrics.update(fake, batch[0])  # (outputs, targets): the generated images, the real ones
         return {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
 
     def fixed_input(self, n: int) -> torch.Tensor:
