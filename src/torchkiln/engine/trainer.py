@@ -386,7 +386,7 @@ def upgrade_checkpoint(ckpt: dict[str, Any], serves: str) -> dict[str, Any]:
 
 @torch.inference_mode()
 def _log_epoch_images(loop: Loop, tracker: Tracker, step: int) -> None:
-    """The train module's ``epoch_images`` (a GAN's samples from fixed noise), if it has any, to TensorBoard."""
+    """The train module's ``epoch_images`` (a GAN's fixed-noise samples), if it has any, to TensorBoard."""
     draw = getattr(loop.train, "epoch_images", None)
     if draw is None or not tracker.wants_images:
         return

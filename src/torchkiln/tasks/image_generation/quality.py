@@ -320,8 +320,9 @@ def real_vs_real(
 class GenerationQuality(Metric):
     """FID, KID, precision and recall of a validation epoch: held-out real images against generated ones.
 
-    ``update(fake, real)`` takes the generated batch (the outputs) and the real one (the targets) and keeps the first ``max_items`` features of each
-    (as buffers, so a checkpoint of the epoch in progress holds them); ``compute`` measures them. The
+    ``update(fake, real)`` takes the generated batch (the outputs) and the real one (the targets) and
+    keeps the first ``max_items`` features of each (as buffers, so a checkpoint of the epoch in progress
+    holds them); ``compute`` measures them. The
     feature classifier is not part of the state (it belongs to no GAN checkpoint) but follows ``.to()``.
     The engine makes a fresh metric per epoch, so no ``reset`` is needed.
 
