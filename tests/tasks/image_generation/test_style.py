@@ -136,8 +136,9 @@ def test_tensorboard_gets_the_losses_and_images(weights: None, tmp_path) -> None
     assert {"stylize/style", "stylize/content", "stylize/tv", "stylize/total"} <= set(
         events.Tags()["scalars"]
     )
-    assert len(events.Scalars("stylize/style")) == 4
-    assert [e.step for e in events.Images("stylize/image")] == [1, 2, 3, 4, 5]  # every step when steps < 10
+    # x: steps done. Losses from the start image (0) to the result (4); images after every step (< 20 steps)
+    assert [e.step for e in events.Scalars("stylize/style")] == [0, 1, 2, 3, 4]
+    assert [e.step for e in events.Images("stylize/image")] == [1, 2, 3, 4]
 
 
 # Bad inputs: exact messages, raised before any compute.
@@ -150,7 +151,7 @@ def test_tensorboard_gets_the_losses_and_images(weights: None, tmp_path) -> None
             "size",
             8,
             "The 'size' parameter of stylize must be an int in [32, 1024]. Got 8 instead. It is the output's "
-            "longer side in pixels; 256 takes about 20 s on 2 CPU cores.",
+            "longer side in pixels; 256 takes about 8 s on 2 CPU cores.",
         ),
         (
             "steps",
@@ -193,6 +194,16 @@ def test_absurd_options_are_refused_with_the_valid_range(option: str, value: obj
     with pytest.raises(ConfigError) as exc:
         stylize(_content(), _style(), **{option: value})  # type: ignore[arg-type]
     assert str(exc.value) == message
+
+
+def test_a_device_this_machine_lacks_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as exc:
+        stylize(_content(), _style(), device="cuda")
+    assert str(exc.value) == (
+        "The 'device' parameter of stylize is 'cuda' but CUDA is not available on this machine. "
+        "Use auto (or cpu)."
+    )
 
 
 def test_a_style_that_is_not_an_image_is_refused(tmp_path) -> None:

@@ -5,11 +5,11 @@ features (Gatys et al., 2016). The content loss keeps one deeper block's feature
 image's; the style loss matches the Gram matrices of several blocks' features to the style image's; a
 total-variation loss keeps the pixels smooth.
 
-EfficientNet, like ResNet, transfers style poorly through plain Gram matrices: its activations are peaky
-(a few huge values per channel) and the Gram matrices are dominated by them. ``mode="swag"`` applies
-Wang et al.'s fix (CVPR 2021, "Rethinking and Improving the Robustness of Image Style Transfer"):
-a softmax over each channel's spatial positions before the Gram matrix ("stylization with activation
-smoothing").
+EfficientNet, like ResNet, has residual blocks whose outputs are peaky (a few large values per channel,
+std 7 to 10, maxima 35 to 60 on photos), and plain Gram matrices are dominated by those peaks.
+``mode="swag"`` applies Wang et al.'s fix (CVPR 2021, "Rethinking and Improving the Robustness of Image
+Style Transfer"): a softmax with a temperature before the Gram matrix ("stylization with activation
+smoothing"). docs/tasks/generation-style.md compares the two (bench/style_transfer.py).
 
 Example:
     >>> result = stylize("photo.jpg", "painting.jpg", size=256)
@@ -35,6 +35,7 @@ from torch import nn
 from torchkiln.components.efficientnet_lite import efficientnet_lite0_imagenet
 from torchkiln.components.images import FORMAT_NAMES, ImageLike, image_tensor, peek_image
 from torchkiln.core.errors import ConfigError, DataError, did_you_mean
+from torchkiln.engine.precision import resolve_device
 
 Mode = Literal["gram", "swag"]
 OptimizerName = Literal["lbfgs", "adam"]
@@ -48,14 +49,13 @@ WEIGHT_MAX = 1e6  # each loss weight is in [0, WEIGHT_MAX]
 # content is one deeper block, which keeps the layout but not the colours and strokes.
 STYLE_LAYERS = (0, 2, 4, 7, 10)
 CONTENT_LAYER = 7
-# SWAG's softmax temperature, in units of the block outputs (their std is about 7 to 10 on photos): 1 makes
-# each channel's softmax nearly one-hot, which is the peakiness SWAG removes; far above it, nearly uniform.
-SWAG_TEMPERATURE = 8.0
-ADAM_LR = 0.03  # per step, in logit units of the pixels
+# SWAG's softmax temperature, in units of the block outputs (std 7 to 10): at 1 each channel's softmax is
+# nearly one-hot, the peakiness SWAG removes; 8 left the style loss at 2-5x lower after 100 steps, 16 and
+# 32 at 12-60x (bench/style_transfer.py, 3 pairs); far above, the softmax is nearly linear.
+SWAG_TEMPERATURE = 16.0
+ADAM_LR = 0.1  # in logit units of the pixels; 0.03 reached half of L-BFGS's style-loss drop in 200 steps
 LBFGS_LR, LBFGS_HISTORY = 1.0, 20
-INIT_NOISE = (
-    0.1  # std of the seeded noise added to the start image (logit units): it seeds texture in flat areas
-)
+INIT_NOISE = 0.1  # std of the start image's seeded noise, in logits: it seeds texture in flat areas
 DEFAULTS = {"steps": 200, "size": 256, "content_weight": 1.0, "style_weight": 10.0, "tv_weight": 1.0}
 
 Losses = dict[str, float]  # "content", "style", "tv" (unweighted) and "total" (weighted sum)
@@ -75,7 +75,9 @@ def swag(features: torch.Tensor, temperature: float = SWAG_TEMPERATURE) -> torch
     """SWAG's activation smoothing: a softmax over each channel's spatial positions, times their number N.
 
     The scale N makes a uniform channel all ones, so :func:`gram` of the result is about 1 whatever the
-    image size (the content and style images may differ in size).
+    image size (the content and style images may differ in size). Per channel, a channel's mean drops
+    out (a softmax ignores a shift), and with it most of the colour: results keep the content's colours.
+    (Wang et al.'s reference code takes one softmax over all C*H*W activations instead.)
 
     Example:
         >>> swag(torch.zeros(1, 1, 2, 2))  # uniform: tensor([[[[1., 1.], [1., 1.]]]])
@@ -149,24 +151,17 @@ class StyleResult:
         return path
 
 
-def check_options(
-    *,
-    steps: int,
-    size: int,
-    content_weight: float,
-    style_weight: float,
-    tv_weight: float,
-    mode: str,
-    optimizer: str,
-) -> None:
+def check_options(*, steps: int, size: int, weights: Mapping[str, float], mode: str, optimizer: str) -> None:
     """Refuse an option out of its range before any compute, naming the parameter and its valid values.
+
+    ``weights``: {"content": content_weight, "style": style_weight, "tv": tv_weight}.
 
     Raises:
         ConfigError: e.g. "The 'size' parameter of stylize must be an int in [32, 1024]. Got 8 instead. ..."
     """
     ranges = {
         "steps": (steps, STEPS_RANGE, "the optimization steps; 200 suits 256 px"),
-        "size": (size, SIZE_RANGE, "the output's longer side in pixels; 256 takes about 20 s on 2 CPU cores"),
+        "size": (size, SIZE_RANGE, "the output's longer side in pixels; 256 takes about 8 s on 2 CPU cores"),
     }
     for name, (value, (lo, hi), what) in ranges.items():
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -174,8 +169,8 @@ def check_options(
                 f"The '{name}' parameter of stylize must be an int in [{lo}, {hi}]. Got {value!r} instead. "
                 f"It is {what}."
             )
-    weights = {"content_weight": content_weight, "style_weight": style_weight, "tv_weight": tv_weight}
-    for name, value in weights.items():
+    for key, value in weights.items():
+        name = f"{key}_weight"
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= WEIGHT_MAX:
             raise ConfigError(
                 f"The '{name}' parameter of stylize must be a float in [0, {WEIGHT_MAX:g}]. Got {value!r} "
@@ -246,7 +241,7 @@ def stylize(
     The output keeps the content's aspect ratio, its longer side ``size`` pixels; the style image is
     resized the same way (the Gram matrices are averages over positions, so sizes need not match).
     Losses are relative: content = mean squared feature error / mean square of the content features;
-    style = the same for the Gram matrices, summed over the 5 style blocks; tv = see
+    style = the same for the Gram matrices, averaged over the 5 style blocks; tv = see
     :func:`total_variation`. The total is ``content_weight * content + style_weight * style +
     tv_weight * tv``.
 
@@ -258,15 +253,16 @@ def stylize(
         mode: ``"swag"`` (softmax-smoothed Gram matrices) or ``"gram"`` (plain Gram matrices).
         optimizer: ``"lbfgs"`` (fewer steps, more work each) or ``"adam"``.
         seed: of the start image's noise; the same seed gives the same image on the same machine.
-        device: a torch device (``"cpu"``, ``"cuda"``...); the optimization runs in fp32.
-        tensorboard_dir: write the losses every step and the image 10 times a run there (TensorBoard).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a GPU when there is one); fp32.
+        tensorboard_dir: a TensorBoard folder: the losses after every step, the image 10 times a run.
         on_step: called after every step with (step from 1, its losses).
 
     Returns:
         A :class:`StyleResult`: the uint8 image, the losses at start and end, their history, the time.
 
     Raises:
-        ConfigError: an option out of range, or TensorBoard asked for but not installed.
+        ConfigError: an option out of range, a device this machine lacks, or TensorBoard asked for but
+            not installed.
         DataError: ``content`` or ``style`` is missing or not an image.
 
     Example:
@@ -274,36 +270,31 @@ def stylize(
         >>> result.losses_end["style"] / result.losses_start["style"]
         0.03
     """
-    check_options(
-        steps=steps,
-        size=size,
-        content_weight=content_weight,
-        style_weight=style_weight,
-        tv_weight=tv_weight,
-        mode=mode,
-        optimizer=optimizer,
-    )
+    weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
+    check_options(steps=steps, size=size, weights=weights, mode=mode, optimizer=optimizer)
+    where = resolve_device(device, setting="The 'device' parameter of stylize")
     started = time.perf_counter()
     content_img, style_img = (
-        load_rgb(src, size, role).to(device) for src, role in ((content, "content"), (style, "style"))
+        load_rgb(src, size, role).to(where) for src, role in ((content, "content"), (style, "style"))
     )
-    weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
-    objective = StyleObjective(style_features(str(device)), content_img, style_img, mode, weights)
+    objective = StyleObjective(style_features(str(where)), content_img, style_img, mode, weights)
     logits = _start_logits(content_img, seed)
     writer = _tensorboard(tensorboard_dir)
     history: list[Losses] = []
+    every = max(1, steps // 10)  # TensorBoard gets about 10 images a run
     for step, losses in enumerate(_optimize(objective, logits, steps, optimizer), start=1):
         history.append(losses)
         if on_step is not None:
             on_step(step, losses)
-        if writer is not None:
-            _log(writer, step, losses, logits, image_every=max(1, steps // 10))
+        if writer is not None:  # x axis: steps done; ``losses`` are those of the image before this step
+            _log(writer, step - 1, losses, torch.sigmoid(logits) if step % every == 0 else None, step)
     with torch.no_grad():
-        final = {k: float(v) for k, v in objective(torch.sigmoid(logits)).items()}
+        pixels = torch.sigmoid(logits)  # (1, 3, H, W) in [0, 1]
+        final = {k: float(v) for k, v in objective(pixels).items()}
     if writer is not None:
-        writer.add_image("stylize/image", torch.sigmoid(logits)[0].detach().cpu(), steps + 1)
+        _log(writer, steps, final, pixels if steps % every else None, steps)
         writer.close()
-    image = (torch.sigmoid(logits)[0].detach() * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    image = (pixels[0] * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
     return StyleResult(
         image, history[0], final, history, steps, time.perf_counter() - started, mode, optimizer
     )
@@ -394,8 +385,9 @@ def _tensorboard(log_dir: str | Path | None) -> Any:
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def _log(writer: Any, step: int, losses: Losses, logits: torch.Tensor, *, image_every: int) -> None:
+def _log(writer: Any, done: int, losses: Losses, pixels: torch.Tensor | None, pixels_done: int) -> None:
+    """The losses of the image after ``done`` steps; ``pixels``, the image after ``pixels_done`` steps."""
     for key, value in losses.items():
-        writer.add_scalar(f"stylize/{key}", value, step)
-    if step % image_every == 1 or image_every == 1:
-        writer.add_image("stylize/image", torch.sigmoid(logits)[0].detach().cpu(), step)
+        writer.add_scalar(f"stylize/{key}", value, done)
+    if pixels is not None:
+        writer.add_image("stylize/image", pixels[0].detach().cpu(), pixels_done)

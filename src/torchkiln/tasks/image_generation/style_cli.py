@@ -37,12 +37,14 @@ def stylize(
     ] = None,
     optimizer: Annotated[str | None, typer.Option(help="lbfgs (default) or adam.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the start image's noise.")] = 0,
-    device: Annotated[str, typer.Option(help="A torch device: cpu, cuda, cuda:N.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N, or auto (a GPU when there is one).")
+    ] = "cpu",
     tensorboard: Annotated[
         Path | None, typer.Option(help="Write the losses and intermediate images to this TensorBoard folder.")
     ] = None,
 ) -> None:
-    """Neural style transfer: repaint CONTENT in the style of STYLE by optimizing its pixels (no training)."""
+    """Neural style transfer: repaint --content in the style of --style by optimizing its pixels."""
     from torchkiln.tasks.image_generation.style import DEFAULTS
     from torchkiln.tasks.image_generation.style import stylize as run
 
