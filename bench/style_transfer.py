@@ -5,8 +5,9 @@ and grass textures (grayscale, repeated to RGB). For every pair and mode it meas
 ``stylize`` (decoding and resizing included) and its CPU time, the style loss from start to end (each
 mode's own loss, relative to the content image's mismatch, so it starts near 1), the content loss of the
 result (mean squared feature error / mean square of the content features), and, as one yardstick for
-both modes, the plain-Gram style loss of each result. It prints a table and draws content | style | Gram |
-SWAG, one row per pair, into ``docs/tasks/img/style-gram-vs-swag.png``.
+both modes, the plain-Gram style loss of each result; "10x at" is the first step after which the style
+loss is 10 times below its start. It prints a table and draws content | style | Gram | SWAG, one row per
+pair, into ``docs/tasks/img/style-gram-vs-swag.png``.
 
     .venv/bin/python bench/style_transfer.py [--steps 200] [--optimizer lbfgs] [--figure PATH]
 """
@@ -72,6 +73,13 @@ def gram_yardstick(content: np.ndarray, style: np.ndarray, result: StyleResult, 
         return float(objective(image)["style"])
 
 
+def tenfold(result: StyleResult) -> str:
+    """The first step after which the style loss is 10x below its start ("-": never)."""
+    start = result.losses_start["style"]
+    later = [*(h["style"] for h in result.history[1:]), result.losses_end["style"]]  # after steps 1..N
+    return next((str(i) for i, loss in enumerate(later, start=1) if loss <= start / 10), "-")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
@@ -89,7 +97,7 @@ def main() -> None:
     )
     style_features("cpu")  # built once, outside the timings (about 0.1 s)
     header = f"{'pair':<18} {'mode':<5} {'seconds':>7} {'cpu s':>6} {'style start':>11} {'style end':>9}"
-    print(f"{header} {'ratio':>6} {'content':>7} {'gram yardstick':>14}")
+    print(f"{header} {'ratio':>6} {'10x at':>6} {'content':>7} {'gram yardstick':>14}")
     rows = []
     for content_name, content, style_name, style in pairs():
         results = {}
@@ -111,7 +119,8 @@ def main() -> None:
             start, end = r.losses_start["style"], r.losses_end["style"]
             print(
                 f"{content_name + '/' + style_name:<18} {mode:<5} {r.seconds:>7.1f} {cpu:>6.1f} "
-                f"{start:>11.3f} {end:>9.4f} {start / end:>6.1f} {r.losses_end['content']:>7.3f} "
+                f"{start:>11.3f} {end:>9.4f} {start / end:>6.1f} {tenfold(r):>6} "
+                f"{r.losses_end['content']:>7.3f} "
                 f"{gram_yardstick(content, style, r, args.size):>14.4f}",
                 flush=True,
             )
