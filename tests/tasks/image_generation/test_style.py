@@ -322,6 +322,14 @@ def test_a_request_whose_style_is_not_an_image_names_the_field() -> None:
         "'style' is not an image file in a format this server reads (UnidentifiedImageError). Expected "
         "PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM bytes; convert it to PNG or JPEG."
     )
+    truncated = base64.b64encode(_png(_style())[:200]).decode()  # a whole header, then the data stops
+    with pytest.raises(PredictError) as exc:
+        run_stylize(StylizeRequest.model_validate({**example_request(), "style": truncated}), RequestLimits())
+    assert str(exc.value).startswith("'style' is corrupt or not an image (")
+    assert str(exc.value).endswith(
+        "Expected a complete PNG, JPEG, BMP, GIF, TIFF, WebP or PPM/PGM file; send the whole file again or "
+        "re-encode it."
+    )
     body = {**example_request(), "content": "%%% not base64"}
     with pytest.raises(PredictError) as exc:
         run_stylize(StylizeRequest.model_validate(body), RequestLimits())

@@ -16,7 +16,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchkiln.components.image_requests import check_image, decode_base64
-from torchkiln.components.images import open_image
+from torchkiln.components.images import image_tensor
 from torchkiln.core.errors import DataError, PredictError
 from torchkiln.tasks.base import RequestLimits, TaskAction, checked_request
 from torchkiln.tasks.image_generation.style import DEFAULTS, SIZE_RANGE, STEPS_RANGE, WEIGHT_MAX, stylize
@@ -126,14 +126,15 @@ def run_stylize(request: BaseModel, limits: RequestLimits) -> dict[str, Any]:
 _FIELDS = ("content", "style")
 
 
-def _decoded(text: str, index: int, name: str, limits: RequestLimits) -> Image.Image:
-    """One image field -> a decoded PIL image, after the header checks every image route makes.
+def _decoded(text: str, index: int, name: str, limits: RequestLimits) -> np.ndarray:
+    """One image field -> uint8 RGB ``(H, W, 3)``, after the header checks every image route makes.
 
-    The shared checks name an item ``images[i]``; this body names its two images, so messages do too.
+    The shared checks name an item ``images[i]`` (decoding: "The image"); this body names its two images,
+    so the messages do too.
     """
     try:
         raw = check_image(decode_base64(text, index), index, limits.max_pixels, resized=False)
-        return open_image(raw)
+        return image_tensor(raw, channels=3).permute(1, 2, 0).numpy()  # any colour mode -> RGB
     except (PredictError, DataError) as exc:
         message = str(exc).replace(f"images[{index}]", f"'{name}'", 1)
         raise PredictError(message.replace("The image", f"'{name}'", 1)) from None
