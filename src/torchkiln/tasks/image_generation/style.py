@@ -126,7 +126,8 @@ class StyleResult:
     """What :func:`stylize` returns.
 
     ``losses_start`` and ``losses_end`` hold the content, style and tv losses (unweighted: relative
-    squared errors, see :func:`stylize`) and the weighted total; ``history`` holds them for every step.
+    squared errors, see :func:`stylize`) and the weighted total. ``history[i]`` holds those of the image
+    after ``i`` steps, so ``history[0]`` is ``losses_start``; ``losses_end`` is the returned image's.
     """
 
     image: np.ndarray  # uint8 (H, W, 3)
