@@ -5,7 +5,7 @@ textures, repeated to RGB), and writes one PNG per pair into OUT (default ``runs
 
     .venv/bin/python examples/style_transfer.py [OUT] [--steps 200] [--size 256] [--mode swag|gram]
 
-Each pair takes about 5 to 10 s at 256 px on 2 CPU cores; see docs/tasks/generation-style.md.
+Each pair takes about 5 to 10 s at 256 px on 2 CPU cores; see docs/tasks/generation.md.
 """
 
 from __future__ import annotations

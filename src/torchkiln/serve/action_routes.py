@@ -3,13 +3,16 @@
 An action is unbatched and slow (style transfer optimizes an image for seconds), so it runs in the thread
 pool, one at a time per server process: a second request meanwhile gets 429 with Retry-After instead of
 taking the cores the first one is using. A request that outlives ``action_timeout_s`` gets 504; its work
-still holds the slot until it ends, so a timeout never lets two run at once.
+gets the same deadline (``RequestLimits.deadline``) and stops at it, holding the slot until then, so a
+timeout never lets two run at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 import uuid
 from typing import Any
 
@@ -99,6 +102,7 @@ async def _run(
             {"Retry-After": "5"},
         )
     await slot.acquire()
+    limits = dataclasses.replace(limits, deadline=time.monotonic() + timeout_s)  # the work stops there too
     work = asyncio.ensure_future(run_in_threadpool(_call, spec, parsed, limits))
     work.add_done_callback(lambda done: (slot.release(), done.cancelled() or done.exception()))
     try:

@@ -8,6 +8,7 @@ what keeps training and serving preprocessing identical.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -76,6 +77,17 @@ class RequestLimits:
 
     max_items: int = 64
     max_pixels: int = 4096 * 4096  # per image; a small PNG can decode to gigabytes
+    # time.monotonic() after which a task action gives up (the server's action_timeout_s): its caller has
+    # had a 504 by then, and the work would only hold the action's slot. None: no deadline.
+    deadline: float | None = None
+
+    def check_deadline(self, what: str) -> None:
+        """Raise :class:`PredictError` once ``deadline`` has passed; a long action calls it as it goes."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise PredictError(
+                f"{what} was stopped: it ran past this server's action_timeout_s. Ask for fewer steps or "
+                f"a smaller size."
+            )
 
     def check_count(self, n: int) -> None:
         """Refuse a request of more than ``max_items`` items; a task calls it before decoding any of them.

@@ -340,3 +340,21 @@ def test_a_request_whose_style_is_not_an_image_names_the_field() -> None:
         "'content' is 32x32 = 1,024 pixels, more than this server's limit of 100. "
         "Downscale it before sending."
     )
+
+
+def test_a_request_past_its_deadline_stops_at_the_next_step() -> None:
+    """The server gives an action its action_timeout_s as a deadline: the work stops instead of holding
+    the slot after the caller had its 504."""
+    import time
+
+    from torchkiln.core.errors import PredictError
+    from torchkiln.tasks.base import RequestLimits
+    from torchkiln.tasks.image_generation.style_serve import STYLIZE, StylizeRequest
+
+    request = StylizeRequest.model_validate(STYLIZE.example_request())
+    with pytest.raises(PredictError) as info:
+        STYLIZE.run(request, RequestLimits(deadline=time.monotonic() - 1))
+    assert str(info.value) == (
+        "The stylize request (step 1 of 3) was stopped: it ran past this server's action_timeout_s. Ask for "
+        "fewer steps or a smaller size."
+    )

@@ -9,7 +9,7 @@ EfficientNet, like ResNet, has residual blocks whose outputs are peaky (a few la
 std 7 to 10, maxima 34 to 60 on a photo); Wang et al. argue such peaks dominate plain Gram matrices.
 ``mode="swag"`` applies Wang et al.'s fix (CVPR 2021, "Rethinking and Improving the Robustness of Image
 Style Transfer"): a softmax with a temperature before the Gram matrix ("stylization with activation
-smoothing"). docs/tasks/generation-style.md compares the two (bench/style_transfer.py).
+smoothing"). docs/tasks/generation.md compares the two (bench/style_transfer.py).
 
 Example:
     >>> result = stylize("photo.jpg", "painting.jpg", size=256)

@@ -110,6 +110,9 @@ def run_stylize(request: BaseModel, limits: RequestLimits) -> dict[str, Any]:
         mode=body.mode,
         optimizer=body.optimizer,
         seed=body.seed,
+        on_step=lambda step, losses: limits.check_deadline(
+            f"The stylize request (step {step} of {body.steps})"
+        ),
     )
     height, width = result.image.shape[:2]
     answer = StylizeAnswer(
