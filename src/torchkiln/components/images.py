@@ -131,6 +131,25 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def convert_images(images: torch.Tensor, *, channels: int, size: int) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` -> ``(N, channels, size, size)``: gray to RGB (or back), then the shorter side
+    to ``size`` (antialiased) and a centre crop; in chunks, so 70,000 images never need two full copies.
+
+    Example:
+        >>> convert_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), channels=3, size=32).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    from torchvision.transforms.v2 import functional as TF  # here: only data loading needs it
+
+    if images.shape[1] != channels:
+        images = images.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(images)
+    if images.shape[-2:] != (size, size):
+        images = torch.cat(
+            [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in images.split(4096)]
+        )
+    return images.contiguous()
+
+
 def image_tensor(source: ImageLike, *, channels: int = 3) -> torch.Tensor:
     """One image as it is, in uint8 ``(C, H, W)`` (``channels`` 1: grayscale, 3: RGB): no resize, no crop.
 

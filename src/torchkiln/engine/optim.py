@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from torchkiln.core.config import OptimizerConfig, SchedulerConfig
+from torchkiln.core.config import OptimizerConfig, RunConfig, SchedulerConfig
 from torchkiln.core.errors import ConfigError
+from torchkiln.engine.step import OptimSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +126,18 @@ def _cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return factor
+
+
+def optim_spec(name: str, groups: list[ParamGroup], cfg: RunConfig, *, steps_per_epoch: int) -> OptimSpec:
+    """The optimizer of ``groups`` and its schedule as ``cfg.train`` sets them, named ``name``
+    (``ctx.step(name)``): what a train module's ``configure_optimizers`` returns one of per optimizer.
+
+    Example:
+        >>> optim_spec("model", task.param_groups(cfg, model), cfg, steps_per_epoch=len(loader))
+    """
+    t = cfg.train
+    optimizer = build_optimizer(groups, t.optimizer)
+    scheduler = build_scheduler(
+        optimizer, t.scheduler, epochs=t.epochs, steps_per_epoch=steps_per_epoch, mode=t.monitor_mode
+    )
+    return OptimSpec(name, optimizer, scheduler)

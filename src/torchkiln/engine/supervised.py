@@ -14,7 +14,7 @@ from torch import nn
 
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
-from torchkiln.engine.optim import ParamGroup, build_optimizer, build_scheduler
+from torchkiln.engine.optim import ParamGroup, optim_spec
 from torchkiln.engine.step import OptimSpec, StepContext
 
 
@@ -56,16 +56,8 @@ class Supervised:
     def configure_optimizers(
         self, cfg: RunConfig, modules: nn.ModuleDict, *, steps_per_epoch: int
     ) -> list[OptimSpec]:
-        model = modules["model"]
-        optimizer = build_optimizer(self.parts.param_groups(cfg, model), cfg.train.optimizer)
-        scheduler = build_scheduler(
-            optimizer,
-            cfg.train.scheduler,
-            epochs=cfg.train.epochs,
-            steps_per_epoch=steps_per_epoch,
-            mode=cfg.train.monitor_mode,
-        )
-        return [OptimSpec("model", optimizer, scheduler)]
+        groups = self.parts.param_groups(cfg, modules["model"])
+        return [optim_spec("model", groups, cfg, steps_per_epoch=steps_per_epoch)]
 
     def metrics(self, cfg: RunConfig) -> Metric:
         return self.parts.metrics(cfg)

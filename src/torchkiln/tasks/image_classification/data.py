@@ -14,7 +14,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from torchkiln.components import arrays, catalog
 from torchkiln.components.augment import Augment
@@ -22,6 +21,7 @@ from torchkiln.components.batches import EpochBatchSampler, balanced_weights
 from torchkiln.components.images import (
     GRAY_MODES,
     FileItems,
+    convert_images,
     decode_all,
     image_header,
     scan_csv,
@@ -273,13 +273,7 @@ def _from_arrays(
     # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.
     used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))
     imgs, label_idx, splits = imgs[torch.from_numpy(used)], label_idx[used], splits[used]
-    if imgs.shape[1] != channels:
-        imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
-    if imgs.shape[-2:] != (size, size):
-        imgs = torch.cat(
-            [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)]
-        )
-    imgs = imgs.contiguous()
+    imgs = convert_images(imgs, channels=channels, size=size)
     out = {}
     for split in SPLITS:
         sel = torch.from_numpy(np.flatnonzero(splits == split))

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from torchkiln.components import arrays, catalog
 from torchkiln.components.batches import EpochBatchSampler
-from torchkiln.components.images import decode_all, scan_folder
+from torchkiln.components.images import convert_images, decode_all, scan_folder
 from torchkiln.components.splits import SPLITS, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.core.io import beside
@@ -107,13 +106,7 @@ def load_generation_data(
     used = torch.from_numpy(np.isin(splits, wanted))
     imgs, label_idx, splits = imgs[used], label_idx[used.numpy()], splits[used.numpy()]
     channels = cfg.channels or imgs.shape[1]
-    if imgs.shape[1] != channels:
-        imgs = imgs.expand(-1, 3, -1, -1) if channels == 3 else TF.rgb_to_grayscale(imgs)
-    if imgs.shape[-2:] != (size, size):
-        imgs = torch.cat(
-            [TF.center_crop(TF.resize(c, [size], antialias=True), [size]) for c in imgs.split(4096)]
-        )
-    imgs = imgs.contiguous()
+    imgs = convert_images(imgs, channels=channels, size=size)
     out = {}
     for split in SPLITS:
         sel = torch.from_numpy(np.flatnonzero(splits == split))

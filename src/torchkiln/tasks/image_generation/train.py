@@ -17,7 +17,7 @@ from torch import nn
 
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
-from torchkiln.engine.optim import ParamGroup, build_optimizer, build_scheduler
+from torchkiln.engine.optim import ParamGroup, optim_spec
 from torchkiln.engine.step import OptimSpec, StepContext
 from torchkiln.tasks.image_generation.config import GenerationRunConfig
 
@@ -84,15 +84,9 @@ class GANTraining:
         specs = []
         for name, mult in (("discriminator", cfg.task.d_lr_mult), ("generator", 1.0)):
             params = [p for p in modules[name].parameters() if p.requires_grad]
-            optimizer = build_optimizer([ParamGroup(name, params, mult)], cfg.train.optimizer)
-            scheduler = build_scheduler(
-                optimizer,
-                cfg.train.scheduler,
-                epochs=cfg.train.epochs,
-                steps_per_epoch=steps_per_epoch,
-                mode=cfg.train.monitor_mode,
+            specs.append(
+                optim_spec(name, [ParamGroup(name, params, mult)], cfg, steps_per_epoch=steps_per_epoch)
             )
-            specs.append(OptimSpec(name, optimizer, scheduler))
         return specs
 
     def metrics(self, cfg: RunConfig) -> Metric:
