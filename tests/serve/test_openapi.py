@@ -78,6 +78,7 @@ OPERATIONS = [
     ("GET", "/admin/models"),
     ("POST", "/admin/reload"),
     ("PUT", "/admin/models/{name}/traffic"),
+    ("POST", "/v1/models/{name}/{action}"),  # a task's own requests (stylize); this classifier has none
 ]
 
 
