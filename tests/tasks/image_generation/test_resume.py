@@ -21,7 +21,7 @@ from ...conftest import KILN
 
 def config(tmp: Path) -> Path:
     raw = example_config(tmp)
-    images, labels = shapes(240, seed=5)
+    images, labels = shapes(160, seed=5)
     np.savez(tmp / "many.npz", x_train=images, y_train=labels, classes=np.array(CLASSES))
     raw["data"] = {"path": str(tmp / "many.npz")}
     raw["task"] |= {"conditional": True, "features": "none"}
@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path) -> N
                 state = torch.load(found[0], weights_only=True)["state"]
             except Exception:  # replaced while it was read: read the next one
                 continue
-            if state["epoch"] == 1 and 5 <= state["batch"] <= 40:  # well inside the second epoch
+            if state["epoch"] == 1 and 5 <= state["batch"] <= 30:  # well inside the second epoch
                 proc.send_signal(signal.SIGKILL)
                 killed_at = state
                 break
