@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core.errors import KilnError
 from torchkiln.dashboard import pages
-from torchkiln.dashboard.inputs import Decoder, InputView
+from torchkiln.dashboard.inputs import Decoder, InputView, takes_images
 from torchkiln.dashboard.log import LogReader, Row
 from torchkiln.dashboard.settings import DashboardSettings
 
@@ -72,7 +72,7 @@ class Dashboard:
         out = {}
         for r in rows:
             task = self.decoder.task(r.model)
-            if task is not None and task.image_input and r.has_payload:  # the thumbnail route decodes it
+            if task is not None and takes_images(task) and r.has_payload:  # the thumbnail route decodes it
                 out[r.id] = [InputView("image")] * r.items
                 continue
             kept = self.log.payload(r.id) if r.has_payload or r.shadow else None

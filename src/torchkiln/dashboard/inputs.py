@@ -2,8 +2,9 @@
 
 Only kept bodies can be shown (the server keeps ``log_payload_sample_rate`` of them). A body is decoded by
 the task whose request schema it fits, as the server decoded it; which task that is, is learned once per
-model. The dashboard never names a task family: an image task says ``image_input``, a text arrives as a
-string, a series as an object with ``values``.
+model. The dashboard never names a task family: a task whose requests carry images takes image uploads
+(``upload_media``), a text arrives as a string, a series as an object with ``values``. A generator's
+request carries only seeds, so its inputs have no preview.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ class Decoder:
         return [_view(task, x) for x in raw]
 
 
+def takes_images(task: Task) -> bool:
+    """The task's inputs are images (a classifier's, a detector's), not only its model's (a generator's)."""
+    return task.upload_media == "image/*"
+
+
 def _view(task: Task, raw: Any) -> InputView:
-    if task.image_input:
+    if takes_images(task):
         return InputView("image")
     if isinstance(raw, str):
         return InputView("text", text=raw if len(raw) <= TEXT_CHARS else raw[: TEXT_CHARS - 1] + "…")

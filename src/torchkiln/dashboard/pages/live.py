@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from torchkiln.dashboard.app import DashboardDep, Nav, PageError
-from torchkiln.dashboard.inputs import thumbnail
+from torchkiln.dashboard.inputs import takes_images, thumbnail
 from torchkiln.dashboard.log import Filters
 
 router = APIRouter()
@@ -101,7 +101,7 @@ async def input_image(row_id: int, item: int, dash: DashboardDep) -> Response:
         body, media, model = kept
         raw = dash.decoder.decode(model, body, media)
         task = dash.decoder.task(model)
-        if raw is None or task is None or not task.image_input or not 0 <= item < len(raw):
+        if raw is None or task is None or not takes_images(task) or not 0 <= item < len(raw):
             return None
         answer = dash.log.answer(row_id, item)
         try:
