@@ -6,6 +6,7 @@ The images are drawn, not downloaded: three classes whose patterns a small CNN t
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,6 +23,15 @@ from torchkiln.tasks.text_classification.example import sentiment_rows as exampl
 
 # The `kiln` script of the interpreter running the tests: CI has no venv on PATH, so never look it up there.
 KILN = str(Path(sys.executable).parent / "kiln")
+
+
+def kiln(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``kiln ARGS`` in ``cwd`` as a user would; with ``ok`` it must succeed (the output says why not)."""
+    done = subprocess.run([KILN, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert done.returncode == 0, (done.stdout, done.stderr)
+    return done
+
 
 TASKS.names()  # loads every family; each registers its models (model tests iterate over all of them)
 

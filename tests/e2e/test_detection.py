@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,7 @@ from torchkiln.serve.predlog import read_predictions
 from torchkiln.serve.settings import load_settings
 from torchkiln.tasks.base import get_task
 
-from ..conftest import KILN, running
-
-
-def kiln(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([KILN, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    if ok:
-        assert done.returncode == 0, (done.stdout, done.stderr)
-    return done
+from ..conftest import kiln, running
 
 
 @pytest.fixture(scope="module")
