@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torchkiln.core.errors import DataError, PredictError
+from torchkiln.core.errors import ConfigError, DataError, PredictError
 from torchkiln.tasks.base import RequestLimits, TooManyItemsError, validate
 from torchkiln.tasks.image_generation.example import CLASSES, example_config
 from torchkiln.tasks.image_generation.task import TASK, GenerateInput, GenerateRequest
@@ -126,4 +126,16 @@ def test_an_image_size_the_dcgan_cannot_draw_is_refused(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"The images of '{path}' are 20x20; the DCGAN draws square images of 28, 32, 56, 64 pixels. Set "
         "data.image_size to one of them (images are resized and centre-cropped to it)."
+    )
+
+
+def test_a_missing_feature_classifier_fails_before_the_data_loads(tmp_path: Path) -> None:
+    raw = example_config(tmp_path)
+    raw["task"]["features"] = "fashion-mnist-cn"
+    raw["data"]["path"] = str(tmp_path / "not-written-yet.npz")
+    with pytest.raises(ConfigError) as info:
+        TASK.prepare(validate(raw))
+    assert str(info.value).startswith(
+        "task.features is 'fashion-mnist-cn', which is neither the built-in feature classifier nor a bundle "
+        "folder. Did you mean 'fashion-mnist-cnn'?"
     )

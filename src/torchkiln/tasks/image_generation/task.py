@@ -110,6 +110,8 @@ class ImageGenerationTask:
             raise ConfigError(
                 "model.args sets 'latent_dim', which is a task setting. Move it to task.latent_dim."
             )
+        if cfg.task.features != "none":
+            _features(cfg.task.features)  # a wrong feature classifier fails here, before the data loads
         data = load_generation_data(cfg.data, seed=cfg.seed, only_splits=splits)
         train = cfg.train
         if cfg.task.features == "none" and train.monitor == "val/fid":  # no quality figures to pick by
