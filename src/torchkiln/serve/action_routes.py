@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import json
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -22,12 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from torchkiln.core.errors import KilnError
 from torchkiln.serve.routes import (
-    REQUEST_ID,
     StateDep,
-    _deployment,
-    _shape,
+    deployment,
     error_responses,
+    example_shape,
     json_body,
+    request_id,
     shown_name,
 )
 from torchkiln.serve.state import ApiError
@@ -57,10 +56,8 @@ async def task_action(name: str, action: str, request: Request, state: StateDep)
 
     Unbatched, one at a time per server process (429 while one runs), within ``action_timeout_s``.
     """
-    rid = request.headers.get("x-request-id") or ""
-    rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
-    request.state.kiln_request_id = rid
-    dep = _deployment(state, name)
+    rid = request_id(request)
+    dep = deployment(state, name)
     model = dep.models["champion"]
     request.state.kiln_model, request.state.kiln_version = dep.name, model.version
     actions = {a.name: a for a in task_actions(model.task)}
@@ -79,7 +76,7 @@ async def task_action(name: str, action: str, request: Request, state: StateDep)
         await request.body(),
         spec.request_schema,
         example,
-        fix=f"Expected a JSON object like {json.dumps(_shape(example))}.",
+        fix=f"Expected a JSON object like {json.dumps(example_shape(example))}.",
         what="The request body is invalid",
     )
     answer = await _run(

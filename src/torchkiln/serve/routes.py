@@ -127,6 +127,15 @@ def detail(dep: Deployment) -> ModelDetail:
 SHOWN_NAME_CHARS = 60
 
 
+def request_id(request: Request) -> str:
+    """The caller's ``X-Request-ID`` when it is well formed, else a new one; kept on the request's state for
+    the access log and the error answers."""
+    rid = request.headers.get("x-request-id") or ""
+    rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
+    request.state.kiln_request_id = rid
+    return rid
+
+
 def shown_name(name: str) -> str:
     """A caller's model name as an error message quotes it: at most SHOWN_NAME_CHARS characters."""
     return name if len(name) <= SHOWN_NAME_CHARS else f"{name[:SHOWN_NAME_CHARS]}..."
@@ -150,10 +159,8 @@ async def predict(
     The answer says which model version answered. With an A/B split, the same ``X-Request-Key`` always
     goes to the same arm.
     """
-    rid = request.headers.get("x-request-id") or ""
-    rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
-    request.state.kiln_request_id = rid
-    dep = _deployment(state, name)
+    rid = request_id(request)
+    dep = deployment(state, name)
     start = time.perf_counter()
     body = await request.body()
     model, inputs, answer = await _answer(request, state, dep, x_request_key or rid, body)
@@ -190,7 +197,7 @@ async def _answer(
         try:
             return model, inputs, await _call(state, dep, model, inputs)
         except ModelUnloadedError:
-            dep = _deployment(state, dep.name)
+            dep = deployment(state, dep.name)
         except Exception as exc:
             if model.arm != "challenger":
                 raise
@@ -201,7 +208,7 @@ async def _answer(
             try:
                 return champion, inputs, await _call(state, dep, champion, inputs)
             except ModelUnloadedError:
-                dep = _deployment(state, dep.name)
+                dep = deployment(state, dep.name)
     raise ApiError(
         503,
         "reloading",
@@ -228,7 +235,7 @@ def _canary_failed(state: ServerState, dep: Deployment, model: ServedModel, exc:
         raise exc
 
 
-def _deployment(state: ServerState, name: str) -> Deployment:
+def deployment(state: ServerState, name: str) -> Deployment:
     dep = state.manager.deployments.get(name)
     if dep is None:
         known = ", ".join(sorted(state.manager.deployments))
@@ -313,7 +320,7 @@ def _json_inputs(body: bytes, model: ServedModel, limits: RequestLimits, media: 
     except RecursionError:
         raise _too_deep() from None
     except ValidationError as exc:
-        fix = f"Expected a JSON object like {json.dumps(_shape(task.example_request()))}."
+        fix = f"Expected a JSON object like {json.dumps(example_shape(task.example_request()))}."
         detail = format_errors(
             exc, task.request_schema, what="The request body is invalid", fix=fix, source="the request"
         )
@@ -355,7 +362,7 @@ def _too_deep() -> ApiError:
     )
 
 
-def _shape(example: dict[str, Any]) -> dict[str, Any]:
+def example_shape(example: dict[str, Any]) -> dict[str, Any]:
     """The example with long strings cut, for error messages."""
     return {
         k: ([f"{v[0][:12]}..."] if isinstance(v, list) and v and isinstance(v[0], str) else v)
@@ -454,7 +461,7 @@ async def _call(state: ServerState, dep: Deployment, model: ServedModel, inputs:
         ) from None
     if metrics is not None:
         for prediction in answer.predictions:
-            if "label" in prediction:
+            if prediction.get("label") is not None:  # an unconditional generator's images have none
                 metrics.predicted.labels(dep.name, model.version, str(prediction["label"])).inc()
     return answer
 

@@ -64,6 +64,11 @@ class GenerationRunConfig(RunConfig):
     model: GenerationModelConfig = GenerationModelConfig()
     default_monitor: ClassVar[tuple[str, str]] = ("val/fid", "min")
 
+    @property
+    def label_classes(self) -> int:
+        """How many classes the networks are conditioned on: 0 for an unconditional GAN."""
+        return len(self.data.classes or []) if self.task.conditional else 0
+
     @model_validator(mode="before")
     @classmethod
     def _gan_defaults(cls, raw: Any) -> Any:

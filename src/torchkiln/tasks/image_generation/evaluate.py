@@ -109,7 +109,7 @@ def draw(
     model: torch.nn.Module, cfg: GenerationRunConfig, labels: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
     """uint8 images from seeds 0..n-1, one per label (the label ignored when unconditional)."""
-    k = len(cfg.data.classes or []) if cfg.task.conditional else 0
+    k = cfg.label_classes
     parts = []
     for start in range(0, len(labels), 500):
         chunk = torch.arange(start, min(start + 500, len(labels)))
@@ -182,7 +182,7 @@ def _png_uri(images: torch.Tensor, nrow: int) -> str:
 
 
 def _report(out_dir, cfg, bundle, results, fakes, neighbours, classes, device) -> Path:
-    k = len(classes) if cfg.task.conditional else 0
+    k = cfg.label_classes
     model = bundle.model
     if k:  # one row per class, 8 seeds each
         labels = torch.arange(k).repeat_interleave(8)

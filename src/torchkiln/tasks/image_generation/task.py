@@ -116,13 +116,12 @@ class ImageGenerationTask:
         train = cfg.train
         if cfg.task.features == "none" and train.monitor == "val/fid":  # no quality figures to pick by
             train = train.model_copy(update={"monitor": "train/g_loss", "monitor_mode": "min"})
-        path = cfg.data.path if not Path(cfg.data.path).exists() else absolute_if_exists(cfg.data.path)
         resolved = cfg.model_copy(
             update={
                 "train": train,
                 "data": cfg.data.model_copy(
                     update={
-                        "path": path,
+                        "path": absolute_if_exists(cfg.data.path),
                         "classes": data.classes,
                         "image_size": data.size,
                         "channels": data.channels,
@@ -150,7 +149,7 @@ class ImageGenerationTask:
         return spec.builder(
             image_size=d.image_size,
             in_channels=d.channels,
-            num_classes=len(d.classes) if cfg.task.conditional else 0,
+            num_classes=cfg.label_classes,
             latent_dim=cfg.task.latent_dim,
             **m.args,
         )
@@ -169,7 +168,7 @@ class ImageGenerationTask:
             part,
             batch_size=cfg.train.batch_size if train else cfg.evaluate.batch_size,
             latent_dim=cfg.task.latent_dim,
-            num_classes=len(data.classes) if cfg.task.conditional else 0,
+            num_classes=cfg.label_classes,
             seed=cfg.seed,
             train=train,
             flip=cfg.data.flip,
@@ -269,7 +268,7 @@ class ImageGenerationTask:
     def bundle_meta(self, cfg: RunConfig) -> dict[str, Any]:
         cfg = cast(GenerationRunConfig, cfg)
         d = cfg.data
-        k = len(d.classes or []) if cfg.task.conditional else 0
+        k = cfg.label_classes
         return {
             "labels": d.classes,
             "preprocessing": {

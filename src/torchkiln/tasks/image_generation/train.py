@@ -71,7 +71,7 @@ class GANTraining:
     ) -> None:
         self.cfg = cast(GenerationRunConfig, cfg)
         self._build, self._metrics = build, metrics
-        self.num_classes = len(self.cfg.data.classes or []) if self.cfg.task.conditional else 0
+        self.num_classes = self.cfg.label_classes
         self.real_target = 1.0 - self.cfg.train.label_smoothing  # one-sided label smoothing (Salimans 2016)
 
     def build_modules(self, cfg: RunConfig) -> nn.ModuleDict:
