@@ -122,7 +122,10 @@ class TrainConfig(Strict):
     accumulate: Annotated[int, Field(ge=1)] = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["reduce-overhead", "max-autotune"] = Field(
+        default=False,
+        description="torch.compile the modules; reduce-overhead adds CUDA graphs (static shapes).",
+    )
     device: str = "auto"
     monitor: str = Field(default="val/accuracy", description="Metric that picks the best checkpoint.")
     monitor_mode: Literal["max", "min"] = "max"

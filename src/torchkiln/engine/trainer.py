@@ -105,8 +105,11 @@ def setup(cfg: RunConfig, train: TrainModule, loaders: Loaders, modules: nn.Modu
         modules = modules.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(loaders.train) / cfg.train.accumulate)
     optimizers = train.configure_optimizers(cfg, modules, steps_per_epoch=steps_per_epoch)
+    mode = cfg.train.compile if isinstance(cfg.train.compile, str) else None
     forward = (
-        nn.ModuleDict({k: torch.compile(m) for k, m in modules.items()}) if cfg.train.compile else modules
+        nn.ModuleDict({k: torch.compile(m, mode=mode) for k, m in modules.items()})
+        if cfg.train.compile
+        else modules
     )
     ctx = StepContext(
         precision=precision, optimizers=optimizers, modules=forward, grad_clip=cfg.train.grad_clip
@@ -306,6 +309,7 @@ def fit(
     resume: bool = False,
     modules: nn.ModuleDict | None = None,
     finish: Callable[[FitResult], Path] | None = None,
+    on_epoch: Callable[[TrainState, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``cfg`` with ``train``'s steps on ``loaders`` into ``run_dir``; write checkpoints and history.
 
@@ -319,6 +323,9 @@ def fit(
             the best epoch's weights).
         finish: called with the best weights loaded, before the run is closed; writes the run's
             artifact (the bundle) and returns its path, which is logged to the tracker.
+        on_epoch: called after every epoch (its checkpoints written) with the state and the epoch's
+            figures (``train/*``, ``val/*``); a tuner reports them here, and may raise to stop the run
+            (a pruned trial), which ends it as FAILED with its checkpoints kept.
 
     Returns:
         The final :class:`TrainState` (epochs, best metric, history) and the trained modules.
@@ -361,6 +368,8 @@ def fit(
                 _log_epoch_images(loop, tracker, state.step)
                 progress.end_epoch(results)
                 atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
+                if on_epoch is not None:
+                    on_epoch(state, results)
         best = ckpt_dir / "best.pt"
         if best.exists():
             loop.modules.load_state_dict(upgrade_checkpoint(load_checkpoint(best), train.serves)["modules"])

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from torchkiln.core.config_io import dump_config
 from torchkiln.core.errors import CheckpointError, ConfigError
 from torchkiln.core.io import atomic_write_text
 from torchkiln.engine.checkpoint import load_checkpoint
-from torchkiln.engine.trainer import FitResult, Loaders, fit
+from torchkiln.engine.trainer import FitResult, Loaders, TrainState, fit
 from torchkiln.tasks.base import Task, get_task, input_profile, validate
 from torchkiln.tasks.reference import training_reference
 
 log = logging.getLogger("torchkiln.train")
+
+EpochHook = Callable[[TrainState, dict[str, float]], None]  # after each epoch: (state, figures)
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -43,7 +46,7 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def train_new_run(cfg: RunConfig) -> Path:
+def train_new_run(cfg: RunConfig, *, on_epoch: EpochHook | None = None) -> Path:
     """Check the data, then train a new run; returns its directory (the bundle is ``run_dir/bundle``).
 
     Raises:
@@ -66,7 +69,7 @@ def train_new_run(cfg: RunConfig) -> Path:
         lines = [f"{item}\t{reason}" for item, reason in data.problems]
         (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
     try:
-        train_task(resolved, task, data, run_dir)
+        train_task(resolved, task, data, run_dir, on_epoch=on_epoch)
     except BaseException:
         if not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
@@ -168,6 +171,7 @@ def train_task(
     resume: bool = False,
     modules: nn.ModuleDict | None = None,
     bundle: bool = True,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Train ``task`` on ``data`` into ``run_dir``; with ``bundle``, calibrate, profile the held-out split
     (``evaluate.reference``) and write ``run_dir/bundle``.
@@ -180,6 +184,7 @@ def train_task(
         resume: continue from the last checkpoint.
         modules: train these instead of new modules (a pruned model to fine-tune).
         bundle: write the bundle at the end (a fine-tune inside ``kiln export`` does not).
+        on_epoch: called after every epoch with the state and its figures (see :func:`fit`).
 
     Returns:
         What :func:`~torchkiln.engine.trainer.fit` returns: the state and the best weights.
@@ -229,4 +234,5 @@ def train_task(
         resume=resume,
         modules=modules,
         finish=write_bundle if bundle else None,
+        on_epoch=on_epoch,
     )
