@@ -137,6 +137,10 @@ class TrainConfig(Strict):
     log_epochs: Annotated[int, Field(ge=0)] = 1
     max_minutes: Annotated[float, Field(gt=0)] | None = None
     deterministic: bool = False
+    ddp_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=600.0,
+        description="Seconds a rank of a multi-process run waits for the others before it gives up.",
+    )
 
     @field_validator("device", mode="before")
     @classmethod
