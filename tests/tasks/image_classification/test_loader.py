@@ -12,7 +12,8 @@ from torchkiln.components.augment import AugmentStep, build_augment
 from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.core.errors import DataError
 from torchkiln.tasks.image_classification.config import ImageDataConfig
-from torchkiln.tasks.image_classification.data import BatchSet, SplitData, load_image_data, make_loader
+from torchkiln.tasks.image_classification.data import SplitData, load_image_data
+from torchkiln.tasks.image_classification.loader import BatchSet, data_device, make_loader
 
 STEPS = TypeAdapter(list[AugmentStep])
 ALL_STEPS = [
@@ -20,6 +21,7 @@ ALL_STEPS = [
     {"name": "random_resized_crop"},
     {"name": "horizontal_flip"},
     {"name": "vertical_flip"},
+    {"name": "translate"},
     {"name": "rotation"},
     {"name": "color_jitter"},
     {"name": "trivial_augment"},
@@ -34,8 +36,8 @@ def random_split(n: int = 20, channels: int = 3, size: int = 16) -> SplitData:
     return SplitData(torch.arange(n) % 3, images=images)
 
 
-def augment(*steps: dict, size: int = 16):
-    return build_augment(STEPS.validate_python(list(steps)), size)
+def augment(*steps: dict):
+    return build_augment(STEPS.validate_python(list(steps)))
 
 
 # --- EpochBatchSampler --------------------------------------------------------------------------
@@ -102,7 +104,8 @@ def test_augmentation_depends_only_on_epoch_and_batch() -> None:
 
 
 def test_augmentation_leaves_the_global_rng_alone() -> None:
-    batches = BatchSet(random_split(), size=16, channels=3, seed=0, augment=augment({"name": "rotation"}))
+    steps = ({"name": "rotation"}, {"name": "trivial_augment"})  # batched, then the per-image policy
+    batches = BatchSet(random_split(), size=16, channels=3, seed=0, augment=augment(*steps))
     torch.manual_seed(123)
     state = torch.get_rng_state()
     batches[(0, 0, torch.arange(4))]
@@ -126,7 +129,7 @@ def test_every_augment_step_keeps_shape_and_dtype(step: dict, channels: int) -> 
 
 
 def test_no_steps_means_no_augmentation() -> None:
-    assert build_augment([], 16) is None
+    assert build_augment([]) is None
 
 
 # --- make_loader --------------------------------------------------------------------------------
@@ -160,20 +163,6 @@ def test_loader_over_lazy_files(tiny_image_folder: Path) -> None:
     assert torch.equal(lazy_x, eager.splits["val"].images)
 
 
-def test_batch_flip_flips_each_image_on_its_own() -> None:
-    from torchkiln.components.augment import BatchFlip
-
-    torch.manual_seed(0)
-    x = torch.arange(64 * 2 * 3, dtype=torch.uint8).view(64, 1, 2, 3)
-    out = BatchFlip(0.5, dim=-1)(x)
-    flipped = [bool(torch.equal(o, i.flip(-1))) for o, i in zip(out, x, strict=True)]
-    same = [bool(torch.equal(o, i)) for o, i in zip(out, x, strict=True)]
-    assert all(f != s for f, s in zip(flipped, same, strict=True))  # each image is one or the other
-    assert 16 < sum(flipped) < 48  # both outcomes occur, image by image
-    assert torch.equal(BatchFlip(0.0, dim=-2)(x), x)
-    assert torch.equal(BatchFlip(1.0, dim=-2)(x), x.flip(-2))
-
-
 def test_a_split_with_neither_images_nor_paths_is_refused() -> None:
     with pytest.raises(DataError) as exc:
         SplitData(torch.arange(3))
@@ -198,3 +187,62 @@ def test_a_balanced_sampler_draws_each_class_about_equally_and_reproducibly() ->
     assert torch.equal(again, drawn[: len(again)])  # the same draws from the same seed and epoch
     plain = torch.cat([y for _, y in make_loader(split, **kwargs)])
     assert plain.float().mean().item() == pytest.approx(0.1, abs=0.02)
+
+
+# --- device-resident batches (data.on_device) --------------------------------------------------
+CPU = torch.device("cpu")
+LOADER_ARGS = {"batch_size": 4, "size": 16, "channels": 3, "shuffle": True, "seed": 5}
+
+
+def test_resident_batches_equal_the_cpu_loaders_and_resume_exactly() -> None:
+    split = random_split(n=30)
+    steps = ({"name": "random_crop"}, {"name": "horizontal_flip"}, {"name": "color_jitter"})
+    plain = make_loader(split, augment=augment(*steps), num_workers=0, **LOADER_ARGS)
+    resident = make_loader(
+        split, augment=augment(*steps), device=CPU, num_workers=2, pin_memory=True, **LOADER_ARGS
+    )
+    assert (resident.num_workers, resident.pin_memory) == (0, False)  # built in the loading process
+    for loader in (plain, resident):
+        loader.sampler.set_epoch(2)
+    full = list(resident)
+    for (xa, ya), (xb, yb) in zip(list(plain), full, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    again = make_loader(split, augment=augment(*steps), device=CPU, **LOADER_ARGS)
+    again.sampler.set_epoch(2, start_batch=5)
+    for (xa, ya), (xb, yb) in zip(full[5:], list(again), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_where_batches_are_built() -> None:
+    split = random_split(n=4)
+    lazy = SplitData(torch.arange(2), paths=(Path("a.png"), Path("b.png")))
+    assert data_device(True, CPU, split) == CPU  # the tests' way onto the resident path
+    assert data_device("auto", CPU, split) is None  # auto: CUDA only
+    assert data_device(False, CPU, split) is None
+    assert data_device("auto", None, split) is None  # the run's device is not on this machine
+    assert data_device("auto", CPU, lazy) is None
+    with pytest.raises(DataError, match=r"data.on_device is true, but this split is read from image files"):
+        data_device(True, CPU, lazy)
+    with pytest.raises(DataError, match=r"Fix: set data.cache: memory"):
+        make_loader(lazy, batch_size=2, size=16, channels=3, device=CPU)
+
+
+def test_on_device_takes_auto_true_or_false() -> None:
+    assert ImageDataConfig(path="x").on_device == "auto"
+    assert ImageDataConfig(path="x", on_device=True).on_device is True
+    with pytest.raises(ValueError, match="on_device"):
+        ImageDataConfig(path="x", on_device="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resident_batches_on_cuda_stay_there_and_repeat() -> None:
+    cuda = torch.device("cuda")
+    split = random_split(n=30)
+    steps = ({"name": "random_crop"}, {"name": "horizontal_flip"}, {"name": "rotation"})
+    assert data_device("auto", cuda, split) == cuda  # tiny: fits in any GPU
+    loader = make_loader(split, augment=augment(*steps), device=cuda, **LOADER_ARGS)
+    first, second = list(loader), list(loader)
+    for (xa, ya), (xb, yb) in zip(first, second, strict=True):
+        assert xa.device.type == ya.device.type == "cuda" and xa.dtype == torch.uint8
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -37,6 +37,11 @@ class ImageDataConfig(DataConfig):
         "shuffle", description="balanced: training draws every class equally often (with replacement)."
     )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    on_device: Literal["auto"] | bool = Field(
+        "auto",
+        description="Keep in-memory images on the run's device and build and augment batches there. "
+        "auto: on CUDA, when a split takes at most a quarter of the free GPU memory.",
+    )
 
     @model_validator(mode="after")
     def _stats_match(self) -> ImageDataConfig:

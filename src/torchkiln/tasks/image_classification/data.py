@@ -1,9 +1,9 @@
-"""From ``data.path`` to validated, split, preprocessed image data (statistics from train only), and the
-loader of whole, reproducibly augmented batches."""
+"""From ``data.path`` to validated, split, preprocessed image data (statistics from train only).
+
+``loader.py`` turns a split into whole, reproducibly augmented batches."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +13,8 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from torchkiln.components import arrays, catalog
-from torchkiln.components.augment import Augment
-from torchkiln.components.batches import EpochBatchSampler, balanced_weights
 from torchkiln.components.images import (
     GRAY_MODES,
     FileItems,
@@ -26,7 +23,6 @@ from torchkiln.components.images import (
     image_header,
     scan_csv,
     scan_folder,
-    to_model_input,
 )
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
@@ -295,73 +291,6 @@ def _stats(cfg, pretrained, train_images: torch.Tensor | None):
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
-
-
-class BatchSet(Dataset):
-    """Builds whole batches: ``(epoch, b, indices) -> (uint8 images (B, C, S, S), labels (B,))``."""
-
-    def __init__(
-        self, split: SplitData, *, size: int, channels: int, augment: Augment | None, seed: int
-    ) -> None:
-        self.split, self.size, self.channels, self.augment, self.seed = split, size, channels, augment, seed
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, b, idx = key
-        if self.split.images is not None:
-            x = self.split.images[idx]
-        else:  # a SplitData holds images or paths: __post_init__ refuses neither
-            paths = cast(tuple[Path, ...], self.split.paths)
-            x = torch.stack([to_model_input(paths[i], size=self.size, channels=self.channels) for i in idx])
-        if self.augment is not None:
-            # Own RNG stream per batch: independent of worker count and of where a run resumed.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + b)
-                x = self.augment(x)
-        return x, self.split.labels[idx]
-
-
-def make_loader(
-    split: SplitData,
-    *,
-    batch_size: int,
-    size: int,
-    channels: int,
-    augment: Augment | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int | str = "auto",
-    pin_memory: bool = False,
-    balanced: bool = False,
-) -> DataLoader:
-    """A DataLoader over whole batches (``batch_size=None``); its sampler is an :class:`EpochBatchSampler`.
-
-    ``balanced`` (training only) draws every class equally often: each item weighs 1 / its class's count.
-    """
-    if num_workers == "auto":
-        # In-memory data is one tensor index per batch, and per-sample v2 augmentation of decoded
-        # uint8 tensors costs ~20 us an op: worker processes would only add IPC and steal the cores
-        # that the model's threads use. Decoding files is the slow case that workers pay off for.
-        num_workers = 0 if split.images is not None else min(4, os.cpu_count() or 1)
-    # Training drops a ragged last batch (a batch of 1 breaks BatchNorm); evaluation keeps every item.
-    drop_last = shuffle and len(split) > batch_size
-    weights = balanced_weights(split.labels) if balanced and shuffle and len(split) else None
-    sampler = EpochBatchSampler(
-        len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, weights=weights
-    )
-    return DataLoader(
-        BatchSet(split, size=size, channels=channels, augment=augment, seed=seed),
-        batch_size=None,
-        sampler=sampler,
-        num_workers=int(num_workers),
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        # Its own generator: iterating must not consume the global RNG that dropout draws from,
-        # or a resumed run would see other dropout masks than an uninterrupted one.
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 def raw_images(split: SplitData) -> RawItems:
