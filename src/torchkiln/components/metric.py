@@ -2,7 +2,8 @@
 
 A subclass declares its running sums with :meth:`Metric.add_state`. They are buffers, so ``.to(device)``
 moves them, ``state_dict()`` holds them (the engine puts the epoch in progress in its mid-epoch
-checkpoints), and summing them across processes is all DDP will need.
+checkpoints), and in multi-process training the engine sums them across processes before ``compute``
+(a state declared ``reduce="cat"``, a growing list of rows, is concatenated instead).
 
 This is not torchmetrics' ``Metric``: importing torchmetrics took 6.0 s here and imports transformers,
 which every training and serving process would pay. torchmetrics' functional metrics are still used where
@@ -25,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -34,9 +35,21 @@ from torch import nn
 class Metric(nn.Module):
     """Running sums as buffers; subclasses define ``update(...)`` and ``compute() -> {name: float}``."""
 
-    def add_state(self, name: str, default: torch.Tensor) -> None:
-        """A running sum, starting at ``default`` (a tensor; its dtype is kept)."""
+    def add_state(self, name: str, default: torch.Tensor, *, reduce: Literal["sum", "cat"] = "sum") -> None:
+        """A running sum, starting at ``default`` (a tensor; its dtype is kept).
+
+        ``reduce`` is how processes combine it: ``sum`` (counts, sums), or ``cat`` for rows kept along
+        dim 0 (features a metric measures at the end), concatenated in rank order.
+        """
         self.register_buffer(name, default.clone())
+        self.state_reductions[name] = reduce
+
+    @property
+    def state_reductions(self) -> dict[str, str]:
+        """``{state: "sum" | "cat"}`` for every :meth:`add_state`."""
+        if "_reductions" not in self.__dict__:
+            self.__dict__["_reductions"] = {}
+        return self.__dict__["_reductions"]
 
     def update(self, *args: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define update(...)")

@@ -12,6 +12,7 @@ import torch
 
 from torchkiln.core.config import DEVICE_CHOICES, DEVICE_NAME, TrainConfig, device_name
 from torchkiln.core.errors import ConfigError
+from torchkiln.engine.distributed import local_device
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +94,7 @@ def resolve_precision(cfg: TrainConfig, *, image_input: bool) -> Precision:
     """Pick AMP and memory format. ``auto``: bf16 (fp16 + GradScaler on older GPUs) on CUDA,
     bf16 on CPUs with fast bf16, fp32 otherwise; channels_last for image models (oneDNN convolutions
     on CPU run 2-3x faster in NHWC than in NCHW here; cuDNN tensor cores want NHWC too)."""
-    device = resolve_device(cfg.device)
+    device = local_device(resolve_device(cfg.device))  # in a process group: this rank's own GPU
     dtype: torch.dtype | None
     if cfg.precision == "auto":
         if device.type == "cuda":

@@ -33,6 +33,7 @@ from torch.optim import lr_scheduler
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import did_you_mean
+from torchkiln.engine import distributed
 from torchkiln.engine.precision import Precision
 
 Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
@@ -109,6 +110,7 @@ class StepContext:
         optimizers: Sequence[OptimSpec],
         modules: nn.ModuleDict,
         grad_clip: float | None = None,
+        average_grads: bool = False,
     ) -> None:
         if not optimizers:
             raise ValueError("configure_optimizers returned no optimizer; return at least one OptimSpec")
@@ -116,6 +118,7 @@ class StepContext:
         self.optimizers = {o.name: o for o in optimizers}
         self.modules = modules  # as the step sees them (compiled or DDP-wrapped): for no_sync
         self.grad_clip = grad_clip
+        self.average_grads = average_grads  # a process group without DDP modules: average at each step
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_scaler)
         self.metrics: Any = None  # the engine sets the Metric of the phase that runs
         self.before_step: Callable[[OptimSpec], None] | None = None  # the engine's: sees unscaled grads
@@ -124,7 +127,7 @@ class StepContext:
         self._params = {
             o.name: [p for g in o.optimizer.param_groups for p in g["params"]] for o in optimizers
         }
-        self._divisor, self._boundary, self._stepped = 1, True, False
+        self._divisor, self._boundary, self._stepped, self._share = 1, True, False, 1.0
 
     @property
     def device(self) -> torch.device:
@@ -139,9 +142,15 @@ class StepContext:
         return self.precision.autocast()
 
     # -- the engine's side ----------------------------------------------------------------------------
-    def begin_batch(self, *, group_size: int, last_in_group: bool) -> None:
-        """``group_size``: batches in this accumulation group (the last group of an epoch may be short)."""
+    def begin_batch(self, *, group_size: int, last_in_group: bool, share: float = 1.0) -> None:
+        """``group_size``: batches in this accumulation group (the last group of an epoch may be short).
+
+        ``share``: this process's items x processes / the items of the whole batch. Ranks average their
+        gradients, so a rank with a larger shard weighs its loss up: the average is then the gradient
+        of the whole batch's mean loss. 1 in one process, and whenever the shards are equal.
+        """
         self._divisor, self._boundary, self._stepped = group_size, last_in_group, False
+        self._share = share
 
     def end_batch(self) -> bool:
         """Update the loss scale after this batch's steps; True if any optimizer stepped."""
@@ -157,6 +166,8 @@ class StepContext:
         gives the gradient of one k-times larger batch, a short last group included.
         """
         name = self._name(optimizer, "backward")
+        if self._share != 1.0:
+            loss = loss * self._share
         scaled = self.scaler.scale(loss / self._divisor)
         with self._no_sync():
             if len(self._params) > 1:
@@ -174,6 +185,8 @@ class StepContext:
         if not self._boundary:
             return False
         spec = self.optimizers[name]
+        if self.average_grads:
+            distributed.average_grads(self._params[name])
         if self.grad_clip is not None or self.before_step is not None:
             self.scaler.unscale_(spec.optimizer)
         if self.before_step is not None:

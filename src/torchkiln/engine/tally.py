@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from torchkiln.components.metric import Metric
+from torchkiln.engine import distributed
 
 
 def computed(metrics: Metric) -> dict[str, float]:
@@ -59,8 +60,21 @@ class EpochTally:
         return means
 
     def results(self, prefix: str) -> dict[str, float]:
-        """``{prefix/metric: value}`` of the task's metrics and ``{prefix/loss: mean}`` for each loss."""
+        """``{prefix/metric: value}`` of the task's metrics and ``{prefix/loss: mean}`` for each loss.
+
+        In multi-process training every rank calls this at the same point: the metrics' states, the loss
+        sums and their weights are combined over ranks first, so every rank reports the group's figures.
+        """
         self.flush()
+        if distributed.active():
+            distributed.sync_metric(self.metrics)
+            # A rank whose shard of the split was empty has seen no loss: it adds zeros to the sums.
+            names = sorted({n for keys in distributed.gather(sorted(self.total)) for n in keys})
+            for name in names:
+                self.total.setdefault(name, torch.zeros((), device=self.device))
+                self.total[name] = distributed.all_sum(self.total[name])
+            weight = torch.tensor(self.weight, dtype=torch.float64, device=self.device)
+            self.weight = float(distributed.all_sum(weight).item())
         losses = {f"{prefix}/{k}": v.item() / max(self.weight, 1.0) for k, v in self.total.items()}
         return {f"{prefix}/{k}": v for k, v in self.figures().items()} | losses
 

@@ -10,7 +10,9 @@ state, the position in the epoch and the epoch's running train figures, which is
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
@@ -30,12 +33,15 @@ from torch.utils.data import DataLoader
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, did_you_mean
 from torchkiln.core.io import atomic_write_text
+from torchkiln.engine import distributed
 from torchkiln.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchkiln.engine.precision import Precision, resolve_precision
 from torchkiln.engine.progress import Progress
 from torchkiln.engine.step import OptimSpec, StepContext, TrainModule
 from torchkiln.engine.tally import EpochTally, computed
 from torchkiln.engine.tracking import Tracker
+
+log = logging.getLogger("torchkiln.train")
 
 
 @dataclass
@@ -50,6 +56,7 @@ class TrainState:
     bad_epochs: int = 0
     elapsed: float = 0.0  # training seconds, summed across resumes
     stopped: str = ""  # why training stopped early, if it did
+    samples: int = 0  # training items seen in the whole run, by all processes together
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: str = ""
     epochs: int = 0  # the train.epochs the schedules were planned for (0: a checkpoint from before this)
@@ -94,7 +101,13 @@ def seed_everything(seed: int) -> None:
 
 def setup(cfg: RunConfig, train: TrainModule, loaders: Loaders, modules: nn.ModuleDict | None = None) -> Loop:
     """Build everything a run trains with; ``modules`` replaces ``train.build_modules(cfg)`` (e.g. a
-    pruned model to fine-tune)."""
+    pruned model to fine-tune).
+
+    In a process group each rank gets its shard of every batch, and a run with one optimizer trains
+    through ``DistributedDataParallel``. A run with several (a GAN) averages its gradients at each
+    ``ctx.step`` instead: DDP expects every parameter that took part in a forward to get a gradient in
+    the next backward, and a GAN's discriminator runs in the generator's step without one.
+    """
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -103,18 +116,52 @@ def setup(cfg: RunConfig, train: TrainModule, loaders: Loaders, modules: nn.Modu
     modules = (modules if modules is not None else train.build_modules(cfg)).to(precision.device)
     if precision.channels_last:
         modules = modules.to(memory_format=torch.channels_last)
+    if distributed.active():
+        val = distributed.shard_loader(loaders.val, train=False) if loaders.val is not None else None
+        loaders = Loaders(distributed.shard_loader(loaders.train, train=True), val)
     steps_per_epoch = math.ceil(len(loaders.train) / cfg.train.accumulate)
     optimizers = train.configure_optimizers(cfg, modules, steps_per_epoch=steps_per_epoch)
+    wrapped = _data_parallel(modules, precision.device) if len(optimizers) == 1 else modules
+    if len(optimizers) > 1:
+        distributed.broadcast_parameters(modules)  # equal on every rank before the first step
     mode = cfg.train.compile if isinstance(cfg.train.compile, str) else None
     forward = (
-        nn.ModuleDict({k: torch.compile(m, mode=mode) for k, m in modules.items()})
+        nn.ModuleDict({k: torch.compile(m, mode=mode) for k, m in wrapped.items()})
         if cfg.train.compile
-        else modules
+        else wrapped
     )
     ctx = StepContext(
-        precision=precision, optimizers=optimizers, modules=forward, grad_clip=cfg.train.grad_clip
+        precision=precision,
+        optimizers=optimizers,
+        modules=forward,
+        grad_clip=cfg.train.grad_clip,
+        average_grads=distributed.active() and len(optimizers) > 1,
     )
     return Loop(cfg, train, modules, forward, precision, optimizers, ctx, loaders, steps_per_epoch)
+
+
+def _data_parallel(modules: nn.ModuleDict, device: torch.device) -> nn.ModuleDict:
+    """``DistributedDataParallel`` around each module with trainable parameters (in a process group).
+
+    Buffers are not broadcast at every forward: BatchNorm statistics are averaged over ranks at the end
+    of each epoch instead (:func:`~torchkiln.engine.distributed.average_buffers`), as timm does.
+    """
+    if not distributed.active():
+        return modules
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # torch >= 2.14 renamed broadcast_buffers (still accepted, with a warning) to forward_sync_buffers
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    return nn.ModuleDict(
+        {
+            k: DistributedDataParallel(m, device_ids=ids, **no_sync)
+            if any(p.requires_grad for p in m.parameters())
+            else m
+            for k, m in modules.items()
+        }
+    )
 
 
 def check_monitor(loop: Loop) -> None:
@@ -131,8 +178,23 @@ def check_monitor(loop: Loop) -> None:
 
 
 def checkpoint_state(loop: Loop, state: TrainState, tally: EpochTally | None = None) -> dict[str, Any]:
-    """Everything a resume needs; ``tally``: the epoch in progress's running figures (mid-epoch only)."""
-    return {
+    """Everything a resume needs; ``tally``: the epoch in progress's running figures (mid-epoch only).
+
+    In a process group every rank calls this (it gathers what differs between ranks: their RNG
+    streams, running figures and BatchNorm statistics, under ``ranks``); rank 0 writes it.
+    """
+    ranks = (
+        distributed.gather(
+            {
+                "rng": rng_state(),
+                "tally": tally.state_dict() if tally is not None else {},
+                "buffers": {k: b for k, b in loop.modules.named_buffers() if b.is_floating_point()},
+            }
+        )
+        if distributed.active()
+        else None
+    )
+    return ({"ranks": ranks} if ranks else {}) | {
         "modules": loop.modules.state_dict(),
         "optimizers": {o.name: o.optimizer.state_dict() for o in loop.optimizers},
         "schedulers": {o.name: o.scheduler.state_dict() for o in loop.optimizers if o.scheduler is not None},
@@ -153,15 +215,41 @@ def restore(loop: Loop, ckpt: dict[str, Any], tally: EpochTally) -> TrainState:
         if o.scheduler is not None and not (replan and isinstance(o.scheduler, PLANNED)):
             o.scheduler.load_state_dict(ckpt["schedulers"][o.name])
     loop.ctx.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
-    if ckpt.get("tally"):
-        tally.load_state_dict(ckpt["tally"])
+    own = _own_part(ckpt)
+    set_rng_state(own["rng"])
+    if own.get("tally"):
+        tally.load_state_dict(own["tally"])
+    if own.get("buffers"):
+        loop.modules.load_state_dict(own["buffers"], strict=False)
     state = TrainState(**ckpt["state"])
     if state.epochs not in (0, loop.cfg.train.epochs):  # a run extended with more epochs: replan
         for o in loop.optimizers:
             if isinstance(o.scheduler, PLANNED):
                 _advance(o.scheduler, state.step)
     return state
+
+
+def _own_part(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG, running figures and buffers from a checkpoint.
+
+    A checkpoint of N processes resumed by N is exact. With another number of processes the run goes on,
+    but not bit for bit: rank r takes the RNG of saved rank r mod N, and the epoch in progress's ``train/``
+    figures restart at the resume point.
+    """
+    saved = ckpt.get("ranks") or [{"rng": ckpt["rng"], "tally": ckpt.get("tally", {})}]
+    r, world = distributed.rank(), distributed.world_size()
+    if len(saved) == world:
+        return saved[r]
+    if r == 0:
+        log.warning(
+            "This checkpoint was written by %d process(es) and is resumed by %d: training goes on, but not "
+            "bit for bit as an uninterrupted run (random streams differ). Resume with --nproc %d for an "
+            "exact resume.",
+            len(saved),
+            world,
+            len(saved),
+        )
+    return {"rng": saved[r % len(saved)]["rng"]}
 
 
 # Schedules planned over the run's length (one-cycle; cosine, a LambdaLR of the step): an extended run
@@ -198,6 +286,8 @@ def train_one_epoch(
     sampler = loop.loaders.train.sampler
     sampler.set_epoch(state.epoch, start_batch=state.batch)  # type: ignore[attr-defined]
     n_batches = len(sampler)  # type: ignore[arg-type]
+    world = distributed.world_size()
+    global_items = getattr(sampler, "batch_items", None)  # a shard's whole batch, in a process group
     full = n_batches - n_batches % t.accumulate  # batches before this index are in full groups
     ctx.metrics = tally.metrics
     seen, t0, started = 0, time.perf_counter(), time.perf_counter()
@@ -205,19 +295,26 @@ def train_one_epoch(
     for batch in loop.loaders.train:
         b = state.batch
         last_in_group = (b + 1) % t.accumulate == 0 or b + 1 == n_batches
+        items = train.batch_size(batch)
+        whole = global_items(b) if global_items is not None else items
+        share = items * world / whole  # 1, unless this batch's shards differ in size
         ctx.begin_batch(
-            group_size=t.accumulate if b < full else n_batches - full, last_in_group=last_in_group
+            group_size=t.accumulate if b < full else n_batches - full,
+            last_in_group=last_in_group,
+            share=share,
         )
         # Gradients exist only until the step clears them: histograms of the epoch's last step.
         ctx.before_step = _histograms(loop, tracker, state.step + 1) if b + 1 == n_batches else None
-        tally.add(train.training_step(ctx, loop.forward, batch))
+        tally.add(train.training_step(ctx, loop.forward, batch), weight=share)  # the batch's mean loss
         ctx.end_batch()
-        seen += train.batch_size(batch)
+        seen += items
+        state.samples += whole
         state.batch = b + 1
         if not last_in_group:
             continue
         state.step += 1
-        if state.step % t.log_every == 0 or state.batch == n_batches:
+        logged = state.step % t.log_every == 0 or state.batch == n_batches
+        if logged:
             now = time.perf_counter()
             losses = tally.flush()  # the one host sync
             tracker.scalars(
@@ -232,12 +329,28 @@ def train_one_epoch(
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.batch < n_batches:
             state.elapsed += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
-        if t.max_minutes and state.elapsed - budget_from + time.perf_counter() - started > t.max_minutes * 60:
+            _save(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
+        if t.max_minutes and _over_budget(loop, state, budget_from, started, logged):
             state.stopped = f"time budget of {t.max_minutes} min reached"
             break
     state.elapsed += time.perf_counter() - started
     return tally.results("train")
+
+
+def _over_budget(loop: Loop, state: TrainState, budget_from: float, started: float, logged: bool) -> bool:
+    """``train.max_minutes`` spent? One process checks every step; a process group agrees at log steps,
+    so that every rank stops after the same batch."""
+    spent = state.elapsed - budget_from + time.perf_counter() - started
+    over = spent > (loop.cfg.train.max_minutes or math.inf) * 60
+    if not distributed.active():
+        return over
+    return logged and distributed.any_rank(over, loop.precision.device)
+
+
+def _save(path: Path, ckpt: dict[str, Any]) -> None:
+    """Write a checkpoint from rank 0 (the only process, outside a process group)."""
+    if distributed.is_main():
+        save_checkpoint(path, ckpt)
 
 
 def _learning_rates(loop: Loop) -> dict[str, float]:
@@ -296,8 +409,8 @@ def end_of_epoch(loop: Loop, state: TrainState, results: dict[str, float], ckpt_
             state.stopped = f"early stopping: {monitor} did not improve for {state.bad_epochs} epochs"
     ckpt = checkpoint_state(loop, state)
     if improved:
-        save_checkpoint(ckpt_dir / "best.pt", ckpt)
-    save_checkpoint(ckpt_dir / "last.pt", ckpt)
+        _save(ckpt_dir / "best.pt", ckpt)
+    _save(ckpt_dir / "last.pt", ckpt)
 
 
 def fit(
@@ -343,21 +456,29 @@ def fit(
     if state.stopped.startswith("time budget"):
         state.stopped = ""  # resuming a run that ran out of time continues it
     budget_from = state.elapsed
-    tracker = Tracker(cfg, run_dir, resume_run_id=state.mlflow_run_id or None)
+    main = distributed.is_main()  # rank 0 tracks, prints and writes; the other ranks only train
+    tracker = Tracker(cfg if main else _untracked(cfg), run_dir, resume_run_id=state.mlflow_run_id or None)
     state.mlflow_run_id = tracker.mlflow_run_id or ""
+    world = distributed.world_size()
+    where = loop.precision.describe() + (f", {world} processes" if world > 1 else "")
     progress = Progress(
-        epochs=cfg.train.epochs, describe=loop.precision.describe(), every=cfg.train.log_epochs
+        epochs=cfg.train.epochs, describe=where, every=cfg.train.log_epochs, console=None if main else QUIET
     )
     status = "FAILED"
     try:
         if not resume:
-            _log_first_batch(loop, tracker)
+            if main:
+                _log_first_batch(loop, tracker)
+            if distributed.active():  # each rank its own dropout masks; rank 0's stream as in one process
+                seed_everything(cfg.seed + distributed.rank())
         with progress:
             while state.epoch < cfg.train.epochs and not state.stopped:
                 results = train_one_epoch(loop, state, tally, ckpt_dir, tracker, progress, budget_from)
                 if state.stopped and state.batch < len(loop.loaders.train):
-                    save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
+                    _save(ckpt_dir / "last.pt", checkpoint_state(loop, state, tally))
                     break
+                for module in loop.modules.values():
+                    distributed.average_buffers(module)
                 tally = EpochTally(train.metrics(cfg).to(loop.precision.device), loop.precision.device)
                 if loop.loaders.val is not None:
                     results |= evaluate_split(loop, loop.loaders.val, "val")
@@ -367,19 +488,29 @@ def fit(
                 end_of_epoch(loop, state, results, ckpt_dir)
                 _log_epoch_images(loop, tracker, state.step)
                 progress.end_epoch(results)
-                atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
+                if main:
+                    atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=2))
                 if on_epoch is not None:
                     on_epoch(state, results)
         best = ckpt_dir / "best.pt"
-        if best.exists():
+        if main and best.exists():  # the other ranks end with the last weights: only rank 0 writes
             loop.modules.load_state_dict(upgrade_checkpoint(load_checkpoint(best), train.serves)["modules"])
         result = FitResult(state, loop.modules, loop.precision.device)
-        if finish is not None:
+        if finish is not None and main:
             tracker.artifacts(finish(result), "bundle")
         status = "FINISHED"
     finally:
         tracker.close(status)
     return result
+
+
+QUIET = Console(quiet=True)  # the progress of ranks other than 0
+
+
+def _untracked(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with TensorBoard and MLflow off: what ranks other than 0 track (nothing)."""
+    off = cfg.tracking.model_copy(update={"tensorboard": False, "mlflow": False})
+    return cfg.model_copy(update={"tracking": off})
 
 
 def upgrade_checkpoint(ckpt: dict[str, Any], serves: str) -> dict[str, Any]:

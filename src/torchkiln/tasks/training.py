@@ -24,6 +24,7 @@ from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import dump_config
 from torchkiln.core.errors import CheckpointError, ConfigError
 from torchkiln.core.io import atomic_write_text
+from torchkiln.engine import distributed
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, TrainState, fit
 from torchkiln.tasks.base import Task, get_task, input_profile, validate
@@ -52,6 +53,7 @@ def train_new_run(cfg: RunConfig, *, on_epoch: EpochHook | None = None) -> Path:
     Raises:
         ConfigError, DataError: before any compute, if the config or data is bad (no run is left).
     """
+    distributed.init_from_env(timeout_s=cfg.train.ddp_timeout)  # under torchrun: join the other processes
     task = get_task(cfg.task.kind)
     # All data checks happen in prepare, before any compute. A run that starts from a bundle's weights
     # keeps its fitted preprocessing (a tokenizer): the weights fit that one, and a refit would move ids.
@@ -60,23 +62,30 @@ def train_new_run(cfg: RunConfig, *, on_epoch: EpochHook | None = None) -> Path:
         files = load_bundle(cfg.model.init_from).state_files
         state = task.load_state(cfg, files) if files else None
     resolved, data = task.prepare(cfg, state=state)
-    run_dir = new_run_dir(resolved)
-    (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
-    for name, content in task.state_files(data).items():  # fitted on train: what a resume must reuse
-        (run_dir / "state").mkdir(exist_ok=True)
-        (run_dir / "state" / name).write_bytes(content)
-    if data.problems:
-        lines = [f"{item}\t{reason}" for item, reason in data.problems]
-        (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    main = distributed.is_main()  # in a process group rank 0 makes the run directory and writes its files
+    run_dir = Path(distributed.broadcast_text(str(new_run_dir(resolved)) if main else ""))
+    if main:
+        _write_run_files(run_dir, resolved, task, data)
     try:
         train_task(resolved, task, data, run_dir, on_epoch=on_epoch)
     except BaseException:
-        if not any((run_dir / "checkpoints").glob("*.pt")):
+        if main and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
             with contextlib.suppress(OSError):  # <runs_dir>/<name> too, unless other runs live there
                 run_dir.parent.rmdir()
         raise
     return run_dir
+
+
+def _write_run_files(run_dir: Path, resolved: RunConfig, task: Task, data: Any) -> None:
+    """The resolved config, the state fitted on train (what a resume must reuse) and the skipped items."""
+    (run_dir / "config.yaml").write_text(dump_config(resolved), encoding="utf-8")
+    for name, content in task.state_files(data).items():
+        (run_dir / "state").mkdir(exist_ok=True)
+        (run_dir / "state" / name).write_bytes(content)
+    if data.problems:
+        lines = [f"{item}\t{reason}" for item, reason in data.problems]
+        (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ def resume_run(run_dir: Path, *, epochs: int | None = None) -> Path:
         ConfigError: ``epochs`` is below the epochs the run has already trained.
     """
     resolved = _saved_config(run_dir)
+    distributed.init_from_env(timeout_s=resolved.train.ddp_timeout)
     point = resume_point(run_dir)  # reads last.pt once
     if epochs is not None and epochs != resolved.train.epochs:
         if epochs < point.epoch:
@@ -135,7 +145,8 @@ def resume_run(run_dir: Path, *, epochs: int | None = None) -> Path:
         raw = resolved.model_dump(mode="json")
         raw["train"]["epochs"] = epochs
         resolved = validate(raw)
-        atomic_write_text(run_dir / "config.yaml", dump_config(resolved))
+        if distributed.is_main():
+            atomic_write_text(run_dir / "config.yaml", dump_config(resolved))
         point = dataclasses.replace(point, epochs=epochs)
     if point.complete:
         return run_dir

@@ -337,8 +337,9 @@ class GenerationQuality(Metric):
         super().__init__()
         self._features = (features,)  # a tuple: not a submodule, so not in state_dict()
         self.max_items = max_items
-        self.add_state("real", torch.zeros(0, features.num_features))  # (n, D), grows to max_items
-        self.add_state("fake", torch.zeros(0, features.num_features))
+        # (n, D), grows to max_items; processes concatenate theirs
+        self.add_state("real", torch.zeros(0, features.num_features), reduce="cat")
+        self.add_state("fake", torch.zeros(0, features.num_features), reduce="cat")
 
     @property
     def features(self) -> ClassifierFeatures:
