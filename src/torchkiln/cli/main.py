@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
+import os
 from dataclasses import replace
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +22,7 @@ from torchkiln.cli.dashboard import dashboard_command
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.env import env_command
 from torchkiln.cli.help import use_cli_help
+from torchkiln.cli.lr_find import lr_find_command
 from torchkiln.cli.monitor import monitor_app
 from torchkiln.cli.registry import registry_app
 from torchkiln.cli.retrain import retrain_command
@@ -62,6 +65,7 @@ app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
 app.command("dashboard")(dashboard_command)
 app.command("env")(env_command)
+app.command("lr-find")(lr_find_command)
 app.command("retrain")(retrain_command)
 
 
@@ -96,19 +100,34 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(metavar="RUN", help="Continue the run in this directory.")
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train in N processes on this machine through torchrun (DDP): one per GPU, or gloo on "
+            "the CPU. train.batch_size is the batch of all N together. Several machines: docs/scale.md.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model. The last line printed is the run directory.
 
     Flags such as --epochs are short for one --set each: --epochs 20 is --set train.epochs=20."""
     from torchkiln import api
 
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    fail = _fail_on_rank if world != "1" else _fail
+    err.quiet = rank != "0"  # in a process group, one set of messages: rank 0's (errors: every rank's)
     try:
         overrides = run_overrides(
             set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, name=name,
             runs_dir=runs_dir,
         )  # fmt: skip
     except KilnError as exc:
-        _fail(exc)
+        fail(exc)
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        args = [str(config)] if config is not None else []
+        args += [f"--set={o}" for o in overrides] + (["--resume", str(resume)] if resume is not None else [])
+        raise typer.Exit(torchrun(args, nproc=nproc))
     epochs = _resume_epochs(overrides) if resume is not None else None
     if resume is not None and (config is not None or (overrides and epochs is None)):
         err.print(
@@ -146,7 +165,9 @@ def train(
         else:
             run_dir = api.train(api.load_config(config, overrides))
     except KilnError as exc:
-        _fail(exc)
+        fail(exc)
+    if rank != "0":
+        return  # rank 0 reports and writes the bundle
     summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
     if not summary["metrics"]:
         err.print(
@@ -158,6 +179,38 @@ def train(
         err.print(best, soft_wrap=True)
     err.print(f"bundle: {run_dir / 'bundle'}")
     print(run_dir)
+
+
+def torchrun(args: list[str], *, nproc: int) -> int:
+    """Run ``kiln train ARGS`` in ``nproc`` processes on this machine (``torchrun --standalone``); the exit
+    code: 0, 2 when the first rank to fail exited with a kiln error (its message is above), else 1.
+
+    Each process gets an equal share of the CPU threads unless ``OMP_NUM_THREADS`` is set.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The launcher's own log lines and traceback repeat what the failed rank printed: keep only ours.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    launch = ["--standalone", f"--nproc-per-node={nproc}", "-m", "torchkiln.train", *args]
+    try:
+        run(get_args_parser().parse_args(launch))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        err.print(
+            f"error: rank {rank} of {nproc} failed first (exit code {failure.exitcode}); the other processes "
+            f"were stopped. Its message is above.",
+            soft_wrap=True,
+        )
+        return 2 if failure.exitcode == 2 else 1
+    return 0
+
+
+def _fail_on_rank(exc: KilnError) -> NoReturn:
+    """:func:`fail` in a process group: the message says which rank failed."""
+    err.quiet = False
+    _fail(KilnError(f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}: {exc}"))
 
 
 def _resume_epochs(overrides: list[str]) -> int | None:

@@ -221,6 +221,7 @@ def train_task(
             "epochs": s.epoch,
             "best_epoch": s.best_epoch,
             "steps": s.step,
+            "samples": s.samples,  # training items seen, by all processes together
             "seconds": round(s.elapsed, 1),
             "stopped": s.stopped,
             "metrics": summary,
