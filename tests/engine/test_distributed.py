@@ -40,6 +40,8 @@ def test_shards_split_every_batch_between_ranks_without_duplicates() -> None:
     for b in range(3):
         both = torch.cat([shards[0][b][2], shards[1][b][2]])
         assert both.tolist() == list(range(b * 5, min(b * 5 + 5, 13)))  # each item once, in order
+    assert [b for _, b, _ in shards[0]] == [0, 1, 2]  # rank 0: the keys of one process
+    assert [b for _, b, _ in shards[1]] == [3, 4, 5]  # others: keys of their own, for their own randomness
     sampler = ShardedBatches(Batches(), rank=1, world=2, train=True)
     list(sampler)
     assert [sampler.batch_items(b) for b in range(3)] == [5, 5, 3]
@@ -47,7 +49,7 @@ def test_shards_split_every_batch_between_ranks_without_duplicates() -> None:
 
 def test_an_evaluation_rank_skips_its_empty_shard() -> None:
     shards = list(ShardedBatches(Batches(), rank=3, world=4, train=False))
-    assert [b for _, b, _ in shards] == [0, 1]  # batch 2 has 3 items: rank 3 gets none
+    assert [b for _, b, _ in shards] == [9, 10]  # batch 2 has 3 items: rank 3 gets none
 
 
 def test_a_training_batch_smaller_than_the_group_is_refused() -> None:

@@ -90,7 +90,9 @@ def local_device(device: torch.device) -> torch.device:
 class ShardedBatches(Sampler[tuple[int, int, torch.Tensor]]):
     """Rank r's part of each ``(epoch, b, indices)`` batch of ``inner``: a contiguous slice of ``indices``.
 
-    Shards differ by at most one item. A training batch must give every rank an item (DDP all-reduces
+    The shard's key is ``(epoch, b + r * len(inner), part)``. Datasets seed per-batch randomness from the
+    key (augmentation, a GAN's noise), so every shard draws its own; rank 0's keys are those of one
+    process. Shards differ by at most one item. A training batch must give every rank an item (DDP all-reduces
     every step); an evaluation skips a rank's empty shard (a short last batch).
     """
 
@@ -120,7 +122,7 @@ class ShardedBatches(Sampler[tuple[int, int, torch.Tensor]]):
                 )
             part = torch.tensor_split(indices, self.world)[self.rank]
             if len(part):
-                yield epoch, b, part
+                yield epoch, b + self.rank * len(self.inner), part
 
 
 def shard_loader(loader: DataLoader, *, train: bool) -> DataLoader:
