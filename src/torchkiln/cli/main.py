@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 from dataclasses import replace
 from enum import StrEnum
 from importlib.metadata import entry_points
@@ -198,12 +199,14 @@ def torchrun(args: list[str], *, nproc: int) -> int:
         run(get_args_parser().parse_args(launch))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"it was killed by {signal.Signals(-code).name}" if code < 0 else f"it exited with code {code}"
+        said = " Its message is above." if code > 0 else ""
         err.print(
-            f"error: rank {rank} of {nproc} failed first (exit code {failure.exitcode}); the other processes "
-            f"were stopped. Its message is above.",
+            f"error: rank {rank} of {nproc} failed first ({how}); the other processes were stopped.{said}",
             soft_wrap=True,
         )
-        return 2 if failure.exitcode == 2 else 1
+        return 2 if code == 2 else 1
     return 0
 
 
