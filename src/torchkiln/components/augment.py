@@ -105,9 +105,9 @@ class Augment:
     """The configured augmentation, applied to a batch ``(B, C, S, S)`` on whatever device it is on.
 
     Batched steps draw each image's parameters from one generator on the batch's device, seeded with
-    the batch's seed. The per-image v2 policies draw from the global RNG, which is forked and seeded
-    with the same seed around the call, so the caller's RNG stream is left as it was. Config order is
-    kept.
+    the batch's seed. The per-image v2 policies draw from the CPU's global RNG, which is forked and
+    seeded with the same seed around the call, so the caller's RNG stream is left as it was. Config
+    order is kept.
     """
 
     def __init__(self, stages: list[BatchOp | v2.Compose]) -> None:
@@ -116,7 +116,7 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, *, seed: int) -> torch.Tensor:
         g = torch.Generator(device=x.device).manual_seed(seed)
-        with _seeded_global_rng(seed, x.device) if self.per_image else contextlib.nullcontext():
+        with _seeded_global_rng(seed) if self.per_image else contextlib.nullcontext():
             for stage in self.stages:
                 per_image = isinstance(stage, v2.Compose)
                 x = torch.stack([stage(img) for img in x]) if per_image else stage(x, g)
@@ -124,10 +124,11 @@ class Augment:
 
 
 @contextlib.contextmanager
-def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+def _seeded_global_rng(seed: int) -> Iterator[None]:
+    """The CPU's global RNG, seeded with ``seed`` inside and as it was after: v2 draws its parameters
+    there, whatever the images' device. The CUDA generators are left alone (dropout draws from them)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         yield
 
 

@@ -43,8 +43,9 @@ class BatchSet(Dataset):
         self.split, self.size, self.channels, self.augment, self.seed = split, size, channels, augment, seed
         self.images, self.labels = split.images, split.labels
         if device is not None:
-            if self.images is None:
-                raise AssertionError("device-resident batches need an in-memory split")  # make_loader checks
+            assert self.images is not None, (
+                "device-resident batches need an in-memory split"
+            )  # make_loader checks
             self.images, self.labels = self.images.to(device), self.labels.to(device)
 
     def __len__(self) -> int:
@@ -53,7 +54,7 @@ class BatchSet(Dataset):
     def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, b, idx = key
         if self.images is not None:
-            idx = idx.to(self.images.device)  # (B,) int64: a kilobyte, whatever the device
+            idx = _to(idx, self.images.device)
             x = self.images[idx]
         else:  # a SplitData holds images or paths: __post_init__ refuses neither
             paths = cast(tuple[Path, ...], self.split.paths)
@@ -61,6 +62,14 @@ class BatchSet(Dataset):
         if self.augment is not None:
             x = self.augment(x, seed=batch_seed(self.seed, epoch, b))
         return x, self.labels[idx]
+
+
+def _to(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch's indices (B,) on ``device``. To a GPU through pinned memory: a copy from pageable memory
+    would wait for the GPU to finish the steps queued before it, a host sync per batch."""
+    if device.type == "cuda":
+        return idx.pin_memory().to(device, non_blocking=True)
+    return idx.to(device)
 
 
 def make_loader(
