@@ -183,6 +183,132 @@ class EvaluateConfig(Strict):
     reference: ReferenceConfig = ReferenceConfig()
 
 
+# --- tuning (kiln tune) -------------------------------------------------------------------------
+PARAM_FORMS = (
+    "{loguniform: [low, high]}, {uniform: [low, high]}, {int: [low, high], step: k, log: bool} or "
+    "{choice: [a, b, ...]}"
+)
+
+
+class ParamSpace(Strict):
+    """The distribution of one tuned setting. Written as one of ``PARAM_FORMS``; stored as kind and bounds.
+
+    Example:
+        >>> ParamSpace.model_validate({"loguniform": [1e-4, 1e-1]}).kind
+        'loguniform'
+    """
+
+    kind: Literal["loguniform", "uniform", "int", "choice"]
+    low: int | float | None = None
+    high: int | float | None = None
+    step: Annotated[int, Field(ge=1)] = 1
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _written_form(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or "kind" in raw:
+            return raw
+        kinds = [k for k in ("loguniform", "uniform", "int", "choice") if k in raw]
+        if len(kinds) != 1:
+            raise ValueError(f"a tuned setting is one of {PARAM_FORMS}; got {raw}")
+        kind, rest = kinds[0], {k: v for k, v in raw.items() if k != kinds[0]}
+        if kind == "choice":
+            return {"kind": kind, "choices": raw[kind], **rest}
+        bounds = raw[kind]
+        if not isinstance(bounds, list | tuple) or len(bounds) != 2:
+            raise ValueError(f"{kind} takes [low, high]; got {bounds!r}")
+        return {"kind": kind, "low": bounds[0], "high": bounds[1], **rest}
+
+    @model_validator(mode="after")
+    def _sound(self) -> ParamSpace:
+        if self.kind == "choice":
+            if not self.choices:
+                raise ValueError("choice needs at least one value: {choice: [a, b, ...]}")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high; got [{self.low}, {self.high}]")
+        if self.kind != "int" and (self.step != 1 or self.log):
+            raise ValueError(f"step and log are settings of int ranges, not of {self.kind}")
+        if self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0; got {self.low}. Use uniform for a range from 0")
+        if self.kind == "int":
+            if not (float(self.low).is_integer() and float(self.high).is_integer()):
+                raise ValueError(f"int needs whole bounds; got [{self.low}, {self.high}]. Use uniform")
+            if self.log and (self.low < 1 or self.step != 1):
+                raise ValueError("int with log: true needs low >= 1 and no step")
+        return self
+
+
+class TuneSampler(Strict):
+    name: Literal["tpe", "random"] = "tpe"
+    startup_trials: Annotated[int, Field(ge=0)] = Field(
+        default=5, description="tpe: trials sampled at random before the model of the results takes over."
+    )
+
+
+class TunePruner(Strict):
+    name: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: Annotated[int, Field(ge=0)] = Field(
+        default=3, description="median: trials that finish before any trial is pruned."
+    )
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=1, description="median: epochs every trial trains before it can be pruned."
+    )
+    min_epochs: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="hyperband: the fewest epochs a trial trains (its smallest budget)."
+    )
+    reduction_factor: Annotated[int, Field(ge=2)] = Field(
+        default=3, description="hyperband: 1 / the fraction of trials promoted from one rung to the next."
+    )
+
+
+class TuneConfig(Strict):
+    """The ``tune`` section: what ``kiln tune`` searches, and how. Training ignores it."""
+
+    metric: str | None = Field(
+        default=None, description="An epoch figure such as val/loss; default: train.monitor."
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="Default: from train.monitor_mode (max: maximize)."
+    )
+    params: dict[str, ParamSpace] = Field(min_length=1, description="A config key -> its distribution.")
+    sampler: TuneSampler = TuneSampler()
+    pruner: TunePruner = TunePruner()
+    trials: Annotated[int, Field(ge=1)] = 20
+    timeout: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Seconds after which no new trial starts; running ones finish."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        # `sampler: random` is shorthand for `sampler: {name: random}`, and so for the pruner.
+        if isinstance(raw, dict):
+            raw = {
+                k: {"name": v} if k in ("sampler", "pruner") and isinstance(v, str) else v
+                for k, v in raw.items()
+            }
+        return raw
+
+    @field_validator("params")
+    @classmethod
+    def _keys(cls, params: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        for key in params:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
+                raise ValueError(
+                    f"'{key}' is not a config key; write keys as in --set, e.g. train.optimizer.lr"
+                )
+            if key.split(".")[0] in ("tune", "runs_dir"):
+                raise ValueError(f"'{key}' cannot be tuned: it decides where and how the study itself runs")
+        return params
+
+    def objective(self, train: TrainConfig) -> tuple[str, Literal["maximize", "minimize"]]:
+        """The figure trials are judged by and its direction, defaults filled in from ``train``."""
+        direction = self.direction or ("maximize" if train.monitor_mode == "max" else "minimize")
+        return self.metric or train.monitor, direction
+
+
 class TaskConfig(Strict):
     """The ``task`` section; each family's subclass fixes ``kind`` and adds its settings."""
 
@@ -210,6 +336,9 @@ class RunConfig(Strict):
     seed: int = 0
     name: str | None = None
     runs_dir: str = "runs"
+    tune: TuneConfig | None = Field(
+        default=None, description="What kiln tune searches; kiln train ignores it."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 notes = logging.getLogger("torchkiln.tracking")  # what kiln prints as note:/warning: lines
 
 RUN_FILE = "mlflow.json"  # in a run directory: {"tracking_uri": ..., "run_id": ...}
+# A new run becomes a child of this MLflow run (its tag mlflow.parentRunId) when the variable is set:
+# kiln tune sets it for its trials, whose runs nest under the study's run.
+PARENT_RUN_ENV = "KILN_MLFLOW_PARENT_RUN_ID"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,7 +122,10 @@ class Tracker:
             if resume_run_id:
                 run = mlflow.start_run(run_id=resume_run_id)
             else:
-                run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_dir.name)
+                parent = os.environ.get(PARENT_RUN_ENV) or None
+                run = mlflow.start_run(
+                    experiment_id=exp.experiment_id, run_name=run_dir.name, parent_run_id=parent
+                )
                 params = {k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()}
                 mlflow.log_params(params)
                 mlflow.set_tag("torchkiln.run_dir", str(run_dir))
