@@ -28,6 +28,7 @@ from torchkiln.cli.monitor import monitor_app
 from torchkiln.cli.registry import registry_app
 from torchkiln.cli.retrain import retrain_command
 from torchkiln.cli.runs import runs_app
+from torchkiln.cli.tune import tune_command
 from torchkiln.core._version import __version__
 from torchkiln.core.cli_options import (
     BatchSizeOpt,
@@ -68,6 +69,7 @@ app.command("dashboard")(dashboard_command)
 app.command("env")(env_command)
 app.command("lr-find")(lr_find_command)
 app.command("retrain")(retrain_command)
+app.command("tune")(tune_command)
 
 
 def _version(value: bool) -> None:
