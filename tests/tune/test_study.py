@@ -20,7 +20,14 @@ from torchkiln.engine.trainer import TrainState
 from torchkiln.tasks.base import load_config
 from torchkiln.tune import tune
 from torchkiln.tune.storage import HOST, check_storage, default_storage, open_storage, recover_orphans
-from torchkiln.tune.study import EpochReport, make_pruner, make_sampler, trials_counted, worker_seed
+from torchkiln.tune.study import (
+    EpochReport,
+    has_work,
+    make_pruner,
+    make_sampler,
+    trials_counted,
+    worker_seed,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LR = {"x": FloatDistribution(1e-4, 1.0, log=True)}
@@ -75,6 +82,10 @@ def test_the_trial_count_takes_retries_in_place_of_what_they_retry() -> None:
     add(study, TrialState.FAIL)  # its process died...
     add(study, TrialState.WAITING, failed_trial=3, retry_history=[3])  # ...and its retry counts instead
     assert trials_counted(study) == 4
+    # The study has its 4, but the queued retry still needs a worker.
+    assert has_work(study, 4) and has_work(study, 5)
+    study.tell(study.ask(), 0.5)  # a worker pops and runs the retry
+    assert not has_work(study, 4)
 
 
 def test_a_running_trial_whose_process_died_is_failed_and_queued_again(tmp_path: Path) -> None:

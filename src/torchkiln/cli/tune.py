@@ -72,7 +72,7 @@ def tune_command(
         params = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.params.get(k, "") for k in keys)]
         seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
         table.add_row(str(r.number), r.state, value, str(r.epochs), *params, seconds)
-    out.print(table)
+    out.print(table, width=None if out.is_terminal else 200)  # piped to a file: every column whole
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "fail") if result.count(s))
     err.print(f"study {result.study} in {result.storage}: {counts or 'no trials'}", soft_wrap=True)
     if result.best_config is None:

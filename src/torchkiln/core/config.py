@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 class Strict(BaseModel):
@@ -220,6 +220,15 @@ class ParamSpace(Strict):
         if not isinstance(bounds, list | tuple) or len(bounds) != 2:
             raise ValueError(f"{kind} takes [low, high]; got {bounds!r}")
         return {"kind": kind, "low": bounds[0], "high": bounds[1], **rest}
+
+    @model_serializer(mode="plain")
+    def _as_written(self) -> dict[str, Any]:
+        # Dumped as written ({loguniform: [1.0e-4, 0.1]}), so that kiln config show and a saved config
+        # read like the file.
+        if self.kind == "choice":
+            return {"choice": self.choices}
+        extra = {"step": self.step} if self.step != 1 else {}
+        return {self.kind: [self.low, self.high], **extra, **({"log": True} if self.log else {})}
 
     @model_validator(mode="after")
     def _sound(self) -> ParamSpace:

@@ -237,8 +237,17 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def has_work(study: optuna.Study, trials: int) -> bool:
+    """The study lacks trials, or has a queued one (a retry) that nobody runs yet."""
+    from optuna.trial import TrialState
+
+    return trials_counted(study) < trials or bool(
+        study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    )
+
+
 def run_worker(spec: StudySpec, *, worker: int = 0) -> int:
-    """Run trials until the study has ``spec.trials`` that count, or ``spec.deadline`` passes.
+    """Run trials while the study has work (:func:`has_work`) and ``spec.deadline`` has not passed.
 
     Returns:
         How many trials this worker ran.
@@ -251,7 +260,7 @@ def run_worker(spec: StudySpec, *, worker: int = 0) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load(spec, worker=worker)
     objective, ran = Objective(spec), 0
-    while trials_counted(study) < spec.trials:
+    while has_work(study, spec.trials):
         if spec.deadline is not None and time.time() >= spec.deadline:
             break
         study.optimize(

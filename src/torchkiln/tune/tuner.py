@@ -7,6 +7,7 @@ training output goes to ``<runs_dir>/tune/<study>/worker-<i>.log``; its one line
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -31,11 +32,20 @@ from torchkiln.tune.report import (
     write_csv,
 )
 from torchkiln.tune.space import base_raw, check_space
-from torchkiln.tune.storage import check_storage, default_storage, is_url, open_storage, recover_orphans
+from torchkiln.tune.storage import (
+    MAX_RETRY,
+    check_storage,
+    default_storage,
+    is_url,
+    open_storage,
+    recover_orphans,
+)
 from torchkiln.tune.study import StudySpec, run_worker
 
 if TYPE_CHECKING:
     import optuna
+
+notes = logging.getLogger("torchkiln.tune")
 
 
 class TuneError(KilnError):
@@ -142,8 +152,7 @@ def tune(
     )
     result, failures = None, ["interrupted"]
     try:
-        failures = _run_workers(spec, workers, out_dir)
-        recover_orphans(optuna_study)
+        failures = _run_rounds(spec, workers, out_dir, optuna_study)
         result = _outputs(optuna_study, spec, t, out_dir)
     finally:
         if parent is not None:
@@ -180,8 +189,22 @@ def _study_params(t: TuneConfig, storage: str, metric: str) -> dict[str, object]
     }
 
 
-def _run_workers(spec: StudySpec, workers: int, out_dir: Path) -> list[str]:
-    """Run the study's workers to the end; the messages of those that stopped with an error."""
+def _run_rounds(spec: StudySpec, workers: int, out_dir: Path, study: optuna.Study) -> list[str]:
+    """Run the workers to the end. A worker killed in a trial (a signal: out of memory, kill) leaves it
+    running; it is failed and queued again, and the workers run again for it (at most ``MAX_RETRY`` more
+    rounds). Returns the messages of workers that stopped on an error, which would repeat."""
+    for _ in range(MAX_RETRY + 1):
+        stopped = _run_workers(spec, workers, out_dir)
+        for _code, message in (s for s in stopped if s[0] < 0):
+            notes.warning("%s; its trial is run again", message)
+        errors = [message for code, message in stopped if code > 0]
+        if errors or not recover_orphans(study):
+            return errors
+    return []
+
+
+def _run_workers(spec: StudySpec, workers: int, out_dir: Path) -> list[tuple[int, str]]:
+    """Run the study's workers until they stop; (exit code, message) of each that stopped abnormally."""
     if workers == 1:
         with parent_run_env(spec.parent_run_id):
             run_worker(spec, worker=0)
@@ -205,7 +228,7 @@ def _run_workers(spec: StudySpec, workers: int, out_dir: Path) -> list[str]:
                 p.terminate()
                 p.wait()
     return [
-        f"worker {i} stopped with exit code {code}: {_last_line(logs[i])} (its log: {logs[i]})"
+        (code, f"worker {i} stopped with exit code {code}: {_last_line(logs[i])} (its log: {logs[i]})")
         for i, code in enumerate(codes)
         if code != 0
     ]
