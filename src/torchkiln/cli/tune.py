@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from torchkiln.core.cli_options import SetOpt
@@ -72,7 +73,8 @@ def tune_command(
         params = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.params.get(k, "") for k in keys)]
         seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
         table.add_row(str(r.number), r.state, value, str(r.epochs), *params, seconds)
-    out.print(table, width=None if out.is_terminal else 200)  # piped to a file: every column whole
+    # Piped to a file, Rich would assume 80 columns and cut the parameters' columns to a few characters.
+    (out if out.is_terminal else Console(soft_wrap=True, width=200)).print(table)
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "fail") if result.count(s))
     err.print(f"study {result.study} in {result.storage}: {counts or 'no trials'}", soft_wrap=True)
     if result.best_config is None:

@@ -110,6 +110,7 @@ def plot_history(rows: Sequence[TrialRow], *, metric: str, maximize: bool, path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     done = [r for r in rows if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
@@ -133,6 +134,7 @@ def plot_history(rows: Sequence[TrialRow], *, metric: str, maximize: bool, path:
             xs.append(r.number)
             ys.append(best)
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, not 2.5
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial ({'higher' if maximize else 'lower'} is better)")
