@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
@@ -95,4 +96,20 @@ def test_importance_needs_two_complete_trials(tmp_path: Path) -> None:
     several = study_of(
         *[(TrialState.COMPLETE, v, lr, "[4, 8]") for v, lr in [(0.2, 1e-5), (0.9, 3e-3), (0.5, 0.3)]]
     )
+    assert plot_importance(several, tmp_path / "importance.png") == tmp_path / "importance.png"
+
+
+def test_without_scikit_learn_importance_falls_back_to_ped_anova(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = optuna.importance.get_param_importances
+
+    def no_sklearn(study: optuna.Study, *, evaluator: object = None, **kw: object) -> object:
+        if evaluator is None:  # fANOVA, whose forest comes from scikit-learn
+            raise ImportError("No module named 'sklearn'")
+        return real(study, evaluator=evaluator, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", no_sklearn)
+    trials = [(TrialState.COMPLETE, v, lr, c) for v, lr, c in [(0.2, 1e-5, "[4, 8]"), (0.9, 3e-3, "[8, 16]")]]
+    several = study_of(*trials, *trials, *trials)
     assert plot_importance(several, tmp_path / "importance.png") == tmp_path / "importance.png"

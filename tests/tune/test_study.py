@@ -145,3 +145,53 @@ def test_the_trial_value_is_the_metric_at_the_runs_best_epoch() -> None:
     hook = EpochReport(optuna.create_study().ask(), "val/loss")
     hook.state = TrainState(best_epoch=1, history=[{"val/loss": 1.0}, {"val/loss": 0.4}, {"val/loss": 0.7}])
     assert hook.value() == 0.4
+
+
+def test_a_worker_killed_in_a_trial_gets_its_trial_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torchkiln.tune import tuner
+
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "s.journal")), study_name="s")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rounds: list[int] = []
+
+    def workers(spec: Any, k: int, out_dir: Path) -> list[tuple[int, str]]:
+        rounds.append(k)
+        if len(rounds) == 1:  # round 1: a worker is killed (SIGKILL) in its trial, which stays running
+            trial = study.ask()
+            trial.suggest_float("x", 1e-4, 1.0, log=True)
+            trial.set_user_attr("host", HOST)
+            trial.set_user_attr("pid", dead.pid)
+            return [(-9, "worker 1 stopped with exit code -9: epoch 2/10 (its log: worker-1.log)")]
+        retry = study.ask()  # round 2: a worker runs the queued retry
+        study.tell(retry, 0.5)
+        return []
+
+    monkeypatch.setattr(tuner, "_run_workers", workers)
+    with caplog.at_level("WARNING", logger="torchkiln.tune"):
+        assert tuner._run_rounds(None, 2, tmp_path, study) == []  # type: ignore[arg-type]
+    assert rounds == [2, 2]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].params == study.trials[0].params
+    assert "exit code -9" in caplog.text and "its trial is run again" in caplog.text
+
+
+def test_a_metric_the_run_does_not_report_stops_the_study(tmp_path: Path) -> None:
+    raw = {
+        "task": "image-classification",
+        "data": {"path": "digits", "limit_per_class": 3, "num_workers": 0},
+        "model": {"name": "cnn", "args": {"channels": [4], "hidden": 0}},
+        "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "precision": "fp32"},
+        "tracking": {"tensorboard": False, "mlflow": False},
+        "evaluate": {"reference": {"split": "none"}},
+        "runs_dir": str(tmp_path / "runs"),
+        "tune": {"metric": "val/acc", "params": {"train.optimizer.lr": {"loguniform": [1e-3, 1e-2]}}},
+    }
+    with pytest.raises(ConfigError, match=r"tune\.metric is 'val/acc', which this run does not report"):
+        tune(load_config(raw), trials=3)
+    storage = open_storage(f"sqlite:///{tmp_path / 'runs' / 'tune' / 'digits-cnn.db'}")
+    assert [t.state for t in optuna.load_study(study_name="digits-cnn", storage=storage).trials] == [
+        TrialState.FAIL
+    ]

@@ -147,8 +147,8 @@ def plot_history(rows: Sequence[TrialRow], *, metric: str, maximize: bool, path:
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
-    """Parameter importances (fANOVA over the complete trials); None, with a note, when the study has
-    too few complete trials or too little spread in them to tell."""
+    """Parameter importances (fANOVA over the complete trials; PED-ANOVA without scikit-learn); None, with
+    a note, when the study has too few complete trials or too little spread in them to tell."""
     import optuna
     from optuna.trial import TrialState
 
@@ -158,8 +158,14 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
             "importance.png is not drawn: it needs 2 complete trials; the study has %d.", len(complete)
         )
         return None
+    method = "fANOVA, share of the objective's variance"
     try:
-        importances = optuna.importance.get_param_importances(study)
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except ImportError:  # fANOVA's forest is scikit-learn's (torchkiln[datasets]); PED-ANOVA needs none
+            method = "PED-ANOVA: how far the best trials' values stand apart; scikit-learn gives fANOVA"
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError) as exc:  # e.g. every complete trial has the same value
         notes.info("importance.png is not drawn: %s", str(exc).splitlines()[0][:200])
         return None
@@ -173,7 +179,7 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     names = list(importances)[::-1]  # least important at the bottom
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(names)), dpi=110)
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
+    ax.set_xlabel(f"importance ({method})")
     ax.set_title(f"What mattered, over {len(complete)} complete trials")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
