@@ -103,25 +103,12 @@ def tune(
         TuneError: a worker process stopped with an error.
 
     Example:
-        >>> result = tune("examples/digits-tune.yaml", trials=12)
+        >>> result = tune("examples/digits-tune.yaml", workers=2)
         >>> result.best_value, result.best_config
-        (0.9889, PosixPath('runs/tune/digits-cnn/best.yaml'))
+        (0.9444444444444444, PosixPath('/home/me/project/runs/tune/digits-cnn/best.yaml'))
     """
     cfg = cfg if isinstance(cfg, RunConfig) else load_config(cfg, overrides)
-    if cfg.tune is None:
-        raise ConfigError(
-            "The config has no tune section, so there is nothing to search. Add one, e.g.\n"
-            "  tune:\n    params:\n      train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}\n"
-            "docs/tuning.md lists every option."
-        )
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1; got {workers}.")
-    t = cfg.tune
-    name = study or cfg.run_name
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise ConfigError(
-            f"The study name '{name}' is not a file name. Use letters, digits, '-', '_' and '.'."
-        )
+    t, name = _checked(cfg, study, workers=workers)
     tune_dir = Path(cfg.runs_dir).resolve() / "tune"
     storage = storage or default_storage(tune_dir, name, workers=workers)
     check_storage(storage, workers=workers)
@@ -160,6 +147,24 @@ def tune(
     if failures:
         raise TuneError("\n".join(failures))
     return result
+
+
+def _checked(cfg: RunConfig, study: str | None, *, workers: int) -> tuple[TuneConfig, str]:
+    """The tune section and the study's name, or a ConfigError that says what to fix."""
+    if cfg.tune is None:
+        raise ConfigError(
+            "The config has no tune section, so there is nothing to search. Add one, e.g.\n"
+            "  tune:\n    params:\n      train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}\n"
+            "docs/tuning.md lists every option."
+        )
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {workers}.")
+    name = study or cfg.run_name
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ConfigError(
+            f"The study name '{name}' is not a file name. Use letters, digits, '-', '_' and '.'."
+        )
+    return cfg.tune, name
 
 
 def _open_study(storage: str, name: str, *, direction: str, metric: str) -> optuna.Study:
@@ -218,7 +223,8 @@ def _run_workers(spec: StudySpec, workers: int, out_dir: Path) -> list[tuple[int
         for i in range(workers):
             log = out_dir / f"worker-{i}.log"
             logs.append(log)
-            with log.open("w", encoding="utf-8") as f:  # the child keeps its own handle
+            # The child keeps its own handle; a retry round appends to the log of the round before.
+            with log.open("a", encoding="utf-8") as f:
                 cmd = [sys.executable, "-m", "torchkiln.tune.worker", str(spec_file), str(i)]
                 procs.append(subprocess.Popen(cmd, stdout=None, stderr=f, env=env))
         codes = [p.wait() for p in procs]
