@@ -19,7 +19,14 @@ from torchkiln.core.errors import ConfigError
 from torchkiln.engine.trainer import TrainState
 from torchkiln.tasks.base import load_config
 from torchkiln.tune import tune
-from torchkiln.tune.storage import HOST, check_storage, default_storage, open_storage, recover_orphans
+from torchkiln.tune.storage import (
+    HOST,
+    check_storage,
+    default_storage,
+    open_storage,
+    recover_orphans,
+    redacted,
+)
 from torchkiln.tune.study import (
     EpochReport,
     has_work,
@@ -195,3 +202,15 @@ def test_a_metric_the_run_does_not_report_stops_the_study(tmp_path: Path) -> Non
     assert [t.state for t in optuna.load_study(study_name="digits-cnn", storage=storage).trials] == [
         TrialState.FAIL
     ]
+
+
+def test_a_storage_password_is_kept_out_of_messages_and_files() -> None:
+    assert redacted("postgresql://kiln:s3cret@db.internal:5432/studies") == (
+        "postgresql://kiln:***@db.internal:5432/studies"
+    )
+    assert redacted("postgresql+psycopg2://kiln@db/studies") == "postgresql+psycopg2://kiln@db/studies"
+    assert redacted("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert redacted("runs/tune/s.journal") == "runs/tune/s.journal"
+    with pytest.raises(ConfigError) as info:
+        open_storage("postgresql://kiln:s3cret@127.0.0.1:1/studies")  # no driver, or no server there
+    assert "s3cret" not in str(info.value) and "kiln:***@127.0.0.1:1" in str(info.value)

@@ -13,6 +13,7 @@ workers it sees have died (:func:`recover_orphans`).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -27,6 +28,20 @@ HEARTBEAT_S = 30  # how often a running trial of an RDB storage says it is alive
 GRACE_S = 120  # silent for this long: its process is gone, and the trial is failed and retried
 MAX_RETRY = 2  # a trial whose process died is run again at most this many times
 HOST = socket.gethostname()
+
+
+STORAGE_ENV = "KILN_TUNE_STORAGE"  # the storage URL as worker processes get it: never written to a file
+
+
+def redacted(storage: str) -> str:
+    """``storage`` with its password (``postgresql://user:PASSWORD@host/db``) shown as ``***``, for
+    messages, files and MLflow.
+
+    Example:
+        >>> redacted("postgresql://kiln:s3cret@db.internal/studies")
+        'postgresql://kiln:***@db.internal/studies'
+    """
+    return re.sub(r"^([\w+.-]+://[^:/@]+):[^@]*@", r"\1:***@", storage)
 
 
 def is_url(storage: str) -> bool:
@@ -86,12 +101,13 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             )
     except (ImportError, ModuleNotFoundError) as exc:
         raise ConfigError(
-            f"The storage '{storage}' needs a database driver that is not installed ({exc}). For "
+            f"The storage '{redacted(storage)}' needs a database driver that is not installed ({exc}). For "
             f"PostgreSQL: pip install psycopg2-binary."
         ) from None
     except Exception as exc:  # SQLAlchemy's OperationalError and kin: no server, bad password, no database
         raise ConfigError(
-            f"The study storage '{storage}' could not be opened: {str(exc).splitlines()[0][:300]}. Check "
+            f"The study storage '{redacted(storage)}' could not be opened: {str(exc).splitlines()[0][:300]}. "
+            f"Check "
             f"that the server is up and the database exists, or use a journal file (--storage PATH.journal)."
         ) from None
 

@@ -7,6 +7,7 @@ training output goes to ``<runs_dir>/tune/<study>/worker-<i>.log``; its one line
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -34,11 +35,12 @@ from torchkiln.tune.report import (
 from torchkiln.tune.space import base_raw, check_space
 from torchkiln.tune.storage import (
     MAX_RETRY,
+    STORAGE_ENV,
     check_storage,
     default_storage,
-    is_url,
     open_storage,
     recover_orphans,
+    redacted,
 )
 from torchkiln.tune.study import StudySpec, run_worker
 
@@ -175,8 +177,9 @@ def _open_study(storage: str, name: str, *, direction: str, metric: str) -> optu
         study_name=name, storage=open_storage(storage), direction=direction, load_if_exists=True
     )
     if study.direction.name.lower() != direction or study.user_attrs.get("metric", metric) != metric:
+        was = study.user_attrs.get("metric", "?")
         raise ConfigError(
-            f"The study '{name}' in {storage} exists and optimizes {study.user_attrs.get('metric', '?')} "
+            f"The study '{name}' in {redacted(storage)} exists and optimizes {was} "
             f"({study.direction.name.lower()}); this config asks for {metric} ({direction}). Give this "
             f"search another --study name, or set tune.metric and tune.direction as they were."
         )
@@ -189,7 +192,7 @@ def _study_params(t: TuneConfig, storage: str, metric: str) -> dict[str, object]
         "metric": metric,
         "sampler": t.sampler.name,
         "pruner": t.pruner.name,
-        "storage": storage if not is_url(storage) or storage.startswith("sqlite") else storage.split("@")[-1],
+        "storage": redacted(storage),
         **{f"space.{k}": v.model_dump(exclude_defaults=True) for k, v in t.params.items()},
     }
 
@@ -214,8 +217,11 @@ def _run_workers(spec: StudySpec, workers: int, out_dir: Path) -> list[tuple[int
         with parent_run_env(spec.parent_run_id):
             run_worker(spec, worker=0)
         return []
-    spec_file = spec.write(out_dir / "study.json")
-    env = {**os.environ, **({PARENT_RUN_ENV: spec.parent_run_id} if spec.parent_run_id else {})}
+    # The workers read the study from study.json, and the storage (which may hold a password) from
+    # their environment.
+    spec_file = dataclasses.replace(spec, storage=redacted(spec.storage)).write(out_dir / "study.json")
+    env = {**os.environ, STORAGE_ENV: spec.storage}
+    env |= {PARENT_RUN_ENV: spec.parent_run_id} if spec.parent_run_id else {}
     # K trainings at once: each gets its share of the cores, or their threads would contend for all of them
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     procs, logs = [], []
@@ -260,14 +266,14 @@ def _outputs(study: optuna.Study, spec: StudySpec, t: TuneConfig, out_dir: Path)
     best_params: dict[str, object] = {}
     if best is not None:
         header = (
-            f"The best of study '{spec.study}' ({spec.storage}): trial {best.number}, "
+            f"The best of study '{spec.study}' ({redacted(spec.storage)}): trial {best.number}, "
             f"{spec.metric} {best.value:.6g}.\nTrain it: kiln train {out_dir / 'best.yaml'}"
         )
         best_config = write_best_config(spec.raw, t, best, out_dir / "best.yaml", header=header)
         best_params = next(r.params for r in rows if r.number == best.number)
     return TuneResult(
         study=spec.study,
-        storage=spec.storage,
+        storage=redacted(spec.storage),
         metric=spec.metric,
         direction=spec.direction,
         out_dir=out_dir,
