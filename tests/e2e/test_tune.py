@@ -81,7 +81,7 @@ def test_a_two_process_study_prunes_nests_its_runs_and_its_best_config_trains(pr
     states = [t.state for t in trials]
     assert len(trials) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
     assert states.count(TrialState.PRUNED) >= 1, [(t.params, t.intermediate_values) for t in trials]
-    assert {t.user_attrs["pid"] for t in trials}.__len__() == 2  # two worker processes shared the study
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # two worker processes shared the study
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
