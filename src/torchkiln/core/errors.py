@@ -46,6 +46,10 @@ class ServeError(KilnError):
     """The model server cannot start or serve as configured."""
 
 
+class TuneError(KilnError):
+    """A study could not run to its end (a worker process stopped)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 1) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice (or ``n`` choices), or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torchkiln.core.config import RunConfig, TuneConfig
-from torchkiln.core.errors import ConfigError, KilnError
+from torchkiln.core.errors import ConfigError, TuneError
 from torchkiln.engine.tracking import PARENT_RUN_ENV
 from torchkiln.tasks.base import load_config
 from torchkiln.tune.mlflow_runs import finish_parent_run, parent_run_env, start_parent_run
@@ -48,10 +48,6 @@ if TYPE_CHECKING:
     import optuna
 
 notes = logging.getLogger("torchkiln.tune")
-
-
-class TuneError(KilnError):
-    """A study could not run to its end (a worker process stopped)."""
 
 
 @dataclass(frozen=True)
