@@ -33,6 +33,7 @@ from torchkiln.components.splits import resolve_class_weights
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, PredictError
 from torchkiln.core.io import absolute_if_exists
+from torchkiln.engine.distributed import local_device
 from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.supervised import Supervised
 from torchkiln.tasks.base import (
@@ -181,7 +182,7 @@ class ImageClassificationTask:
     def loader(self, cfg: RunConfig, data: ImageData, split: str, *, train: bool) -> DataLoader:
         augment = build_augment(cfg.data.augment) if train else None
         try:
-            device: torch.device | None = resolve_device(cfg.train.device)
+            device: torch.device | None = local_device(resolve_device(cfg.train.device))  # a rank's own GPU
         except ConfigError:  # a bundle from a GPU evaluated where there is none: batches on the CPU
             device = None
         on_device = data_device(cfg.data.on_device, device, data.splits[split])
