@@ -7,17 +7,27 @@ each (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``), as docs/scale.md show
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from torchkiln.engine import distributed
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """torchrun stops the other ranks with SIGTERM when one fails: unwind, so that rank 0 removes a run
+    directory that has no checkpoint yet, as a failed one-process run does."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 @record  # an unexpected exception in a rank reaches torchrun's failure summary with its traceback
 def main(argv: list[str] | None = None) -> None:
     from torchkiln.cli.main import app
 
+    signal.signal(signal.SIGTERM, _stopped)
     args = sys.argv[1:] if argv is None else argv
     try:
         app(args=["train", *args], prog_name="torchrun -m torchkiln.train")
