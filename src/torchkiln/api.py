@@ -18,7 +18,9 @@ from torchkiln.engine.tracking import log_evaluation
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
 from torchkiln.tasks import get_task
 from torchkiln.tasks.base import Evaluation, load_config
+from torchkiln.tasks.lr_range import lr_find
 from torchkiln.tasks.training import resume_run, train_new_run
+from torchkiln.tune import TuneResult, tune
 
 if TYPE_CHECKING:
     from torchkiln.serve.settings import ServeSettings
@@ -27,14 +29,17 @@ __all__ = [
     "Evaluation",
     "ExportResult",
     "Predictor",
+    "TuneResult",
     "evaluate",
     "export",
     "load_config",
     "load_predictor",
+    "lr_find",
     "resolve",
     "serve",
     "serve_settings",
     "train",
+    "tune",
 ]
 
 

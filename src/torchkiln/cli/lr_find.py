@@ -34,9 +34,9 @@ def lr_find_command(
 
     The run is built as kiln train builds it and left untouched: nothing but the plot and its data is
     written. The last line printed is the kiln train command with the suggested --lr."""
+    from torchkiln.api import lr_find
     from torchkiln.engine.lr_find import check_range
     from torchkiln.tasks.base import load_config
-    from torchkiln.tasks.lr_range import lr_find
 
     show_warnings()
     try:

@@ -43,7 +43,7 @@ def tune_command(
 
     The tune section of CONFIG names the settings to search (docs/tuning.md). Last line: the train command.
     """
-    from torchkiln.tune import tune
+    from torchkiln.api import tune
 
     show_warnings(("torchkiln.data", "torchkiln.train", "torchkiln.tune", "torchkiln.tracking"))
     try:
