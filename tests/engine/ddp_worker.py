@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script: toy.py beside it
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from toy import rows_loader
 
-from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.components.classification import MulticlassMetrics
 from torchkiln.core.config import DataConfig, RunConfig, TaskConfig
 from torchkiln.engine import distributed
@@ -91,23 +93,12 @@ class TwoOptimizers(Supervised):
         return {"loss": self.loss_fn(out, y)}
 
 
-class Vectors(Dataset):
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.randint(0, 3, (n,), generator=g)
-        self.x = torch.randn(n, 8, generator=g) + torch.nn.functional.one_hot(self.y, 8).float() * 2
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[key[2]], self.y[key[2]]
-
-
 def loaders() -> Loaders:
     def loader(n: int, seed: int, train: bool) -> DataLoader:
-        sampler = EpochBatchSampler(n, 9, shuffle=train, seed=0, drop_last=train)
-        return DataLoader(Vectors(n, seed), batch_size=None, sampler=sampler, generator=torch.Generator())
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 3, (n,), generator=g)
+        x = torch.randn(n, 8, generator=g) + torch.nn.functional.one_hot(y, 8).float() * 2
+        return rows_loader(x, y, 9, shuffle=train, drop_last=train)
 
     return Loaders(loader(45, 1, True), loader(23, 2, False))
 

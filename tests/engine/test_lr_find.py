@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 import torchkiln
-from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError
@@ -24,27 +22,15 @@ from torchkiln.engine.step import OptimSpec, StepContext
 from torchkiln.engine.supervised import Supervised
 from torchkiln.engine.trainer import Loaders, Loop, setup
 
+from .toy import rows_loader
+
 
 # --- toy data and parts -------------------------------------------------------------------------------
-class Rows(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[key[2]], self.y[key[2]]
-
-
 def loaders(n: int = 24, batch_size: int = 4) -> Loaders:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 3, generator=g)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(n, 1, generator=g)
-    sampler = EpochBatchSampler(n, batch_size, shuffle=True, seed=0)
-    return Loaders(
-        DataLoader(Rows(x, y), batch_size=None, sampler=sampler, generator=torch.Generator()), None
-    )
+    return Loaders(rows_loader(x, y, batch_size, shuffle=True), None)
 
 
 class Count(Metric):

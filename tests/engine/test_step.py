@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 import torchkiln
-from torchkiln.components.batches import EpochBatchSampler
 from torchkiln.components.metric import Metric
 from torchkiln.core.config import RunConfig
 from torchkiln.engine.optim import ParamGroup, build_optimizer
@@ -22,27 +20,10 @@ from torchkiln.engine.step import OptimSpec, StepContext, TrainModule
 from torchkiln.engine.supervised import Supervised
 from torchkiln.engine.trainer import Loaders, fit
 
+from .toy import rows_loader
+
 
 # --- toy data and parts -------------------------------------------------------------------------------
-class Rows(Dataset):
-    """``(epoch, b, indices) -> (x[indices], y[indices])``, as the engine's samplers key batches."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[key[2]], self.y[key[2]]
-
-
-def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False) -> DataLoader:
-    sampler = EpochBatchSampler(len(x), batch_size, shuffle=shuffle, seed=0)
-    # Its own generator: a DataLoader draws its base seed from the global RNG otherwise, per epoch.
-    return DataLoader(Rows(x, y), batch_size=None, sampler=sampler, generator=torch.Generator())
-
-
 class MeanAbsError(Metric):
     def __init__(self) -> None:
         super().__init__()
@@ -107,9 +88,9 @@ def test_accumulating_k_batches_equals_one_k_times_larger_batch_with_a_short_las
 ) -> None:
     x, y = data(12)  # batches of 4 in groups of 2: [0, 1] then [2] alone, a short last group
     cfg = run_config(tiny_config, batch_size=4, accumulate=2)
-    accumulated = fit(cfg, Supervised(Regression(), cfg), Loaders(loader(x, y, 4), None), tmp_path / "a")
+    accumulated = fit(cfg, Supervised(Regression(), cfg), Loaders(rows_loader(x, y, 4), None), tmp_path / "a")
     big = run_config(tiny_config, batch_size=8)  # the same two steps: 8 rows, then the last 4
-    reference = fit(big, Supervised(Regression(), big), Loaders(loader(x, y, 8), None), tmp_path / "b")
+    reference = fit(big, Supervised(Regression(), big), Loaders(rows_loader(x, y, 8), None), tmp_path / "b")
     assert accumulated.state.step == reference.state.step == 2
     for name, p in reference.modules.state_dict().items():
         torch.testing.assert_close(accumulated.modules.state_dict()[name], p, rtol=1e-6, atol=1e-7)
@@ -268,7 +249,7 @@ def points(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gan_run(cfg: RunConfig, run_dir: Path, module: TrainModule, *, resume: bool = False) -> Any:
-    loaders = Loaders(loader(*points(40, 1), 4, shuffle=True), loader(*points(12, 2), 4))
+    loaders = Loaders(rows_loader(*points(40, 1), 4, shuffle=True), rows_loader(*points(12, 2), 4))
     return fit(cfg, module, loaders, run_dir, resume=resume)
 
 
@@ -318,14 +299,15 @@ def test_a_resumed_epoch_reports_the_whole_epochs_train_figures(
             return super().training_step(ctx, modules, batch)
 
     full = fit(
-        cfg, Supervised(Regression(), cfg), Loaders(loader(x, y, 2, shuffle=True), None), tmp_path / "a"
+        cfg, Supervised(Regression(), cfg), Loaders(rows_loader(x, y, 2, shuffle=True), None), tmp_path / "a"
     )
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, Stopping(Regression(), cfg), Loaders(loader(x, y, 2, shuffle=True), None), tmp_path / "b")
+        train = Loaders(rows_loader(x, y, 2, shuffle=True), None)
+        fit(cfg, Stopping(Regression(), cfg), train, tmp_path / "b")
     resumed = fit(
         cfg,
         Supervised(Regression(), cfg),
-        Loaders(loader(x, y, 2, shuffle=True), None),
+        Loaders(rows_loader(x, y, 2, shuffle=True), None),
         tmp_path / "b",
         resume=True,
     )
