@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))  # run as a script: toy.py beside it
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from toy import rows_loader
 
 from torchkiln.components.classification import MulticlassMetrics
 from torchkiln.core.config import DataConfig, RunConfig, TaskConfig
@@ -25,6 +22,9 @@ from torchkiln.engine import distributed
 from torchkiln.engine.optim import ParamGroup, optim_spec
 from torchkiln.engine.supervised import Supervised
 from torchkiln.engine.trainer import Loaders, fit
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script: toy.py is beside it
+from toy import rows_loader
 
 CRASH_AT = 7  # the optimizer step the crashed run dies before (epoch 1, batch 2)
 
