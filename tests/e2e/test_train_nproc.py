@@ -29,6 +29,10 @@ def test_two_processes_train_one_run_written_by_rank_0(tiny_config: dict[str, An
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["ranks"]) == 2  # each rank's RNG and statistics, for an exact resume
 
+    longer = kiln("train", "--resume", str(run_dir), "--nproc", "2", "--epochs", "3", cwd=tmp_path)
+    assert longer.stdout.strip() == str(run_dir)  # once
+    assert len(json.loads((run_dir / "history.json").read_text())) == 3
+
 
 def test_a_failing_rank_says_which_rank_and_why(tiny_config: dict[str, Any], tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(tiny_config))

@@ -156,7 +156,8 @@ def train(
                 )
                 err.print(f"{resume} is complete ({then}).", soft_wrap=True)
                 err.print(f"bundle: {resume / 'bundle'}")
-                print(resume)
+                if rank == "0":
+                    print(resume)
                 return
             if epochs is not None:  # the run's new length
                 point = dataclasses.replace(point, epochs=epochs)
