@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchkiln.artifacts.bundle import Bundle, load_bundle
 from torchkiln.artifacts.profile import Reference
-from torchkiln.core.errors import BundleError, ConfigError
+from torchkiln.components.gradcam import check_method, overlay_png
+from torchkiln.core.errors import BundleError, ConfigError, PredictError, did_you_mean
 from torchkiln.engine.precision import resolve_device
-from torchkiln.tasks.base import InputProfiler, InputWarning
+from torchkiln.tasks.base import InputProfiler, InputWarning, explainer
 
 log = logging.getLogger("torchkiln.predict")  # kiln predict prints it as warning: lines
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One input's heatmap: where the model found its evidence for ``explained`` (:meth:`Predictor.explain`).
+
+    ``answer`` is the task's usual answer (``label``, ``score``, ``top_k``), so ``explained`` differs from
+    ``answer["label"]`` only when another class was asked for.
+    """
+
+    answer: dict[str, Any]
+    explained: str  # the class the heatmap is for
+    method: str
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1], at the model's input size
+    image: np.ndarray  # (H, W) or (H, W, 3) uint8: the input as the model saw it (resized, cropped)
+
+    def png(self, *, alpha: float = 0.45, min_side: int = 0) -> bytes:
+        """The heatmap in jet colours over the image, as PNG bytes (``min_side``: enlarge small images)."""
+        return overlay_png(self.image, self.heatmap, alpha=alpha, min_side=min_side)
 
 
 class Predictor:
@@ -34,6 +58,7 @@ class Predictor:
         self.device = predictor_device(bundle, device)
         self.model = bundle.model.to(self.device).eval()
         self.batch_size = batch_size
+        self._explaining = threading.Lock()  # one explanation at a time, on a copy of the model (explain)
 
     @property
     def labels(self) -> list[str]:
@@ -179,6 +204,92 @@ class Predictor:
             chunk = inputs[start : start + self.batch_size]
             out += self.postprocess(self.forward(self.preprocess(chunk)), top_k=top_k, raw=chunk)
         return out
+
+    def explain_refusal(self, *, public: bool = False) -> str | None:
+        """Why this predictor cannot explain (an exported bundle, a task without ``explain``); None if it can.
+
+        The server asks before it predicts, so a refused ``explain=true`` costs no model call; ``public``
+        leaves out file-system paths (the answer goes to anonymous callers).
+        """
+        runtime = self.bundle.meta.get("runtime", "torch")
+        if runtime != "torch":
+            source = self.bundle.meta.get("variant", {}).get("source", "RUN_DIR/bundle")
+            which, origin = ("This model", "") if public else (f"Bundle '{self.bundle.path}'", f" ({source})")
+            return (
+                f"{which} is an exported {runtime} variant: ONNX Runtime computes no gradients, so it cannot "
+                f"draw Grad-CAM heatmaps. Explain with the trained (eager) bundle it came from{origin}."
+            )
+        try:
+            explainer(self.bundle.task)
+        except PredictError as exc:
+            return str(exc)
+        return None
+
+    def explain(
+        self, inputs: Sequence[Any], *, target: str | int | None = None, method: str = "gradcam"
+    ) -> list[Explanation]:
+        """Heatmaps of where the model found its answer for each input, with the answer itself.
+
+        The task's preprocessing, then its ``explain`` (Grad-CAM over the last convolutional block for an
+        image classifier) on a private copy of the eager model, made on the first call: hooks on it never
+        meet the batched predictions a server runs on the original in its model thread. Calls are taken one
+        at a time.
+
+        Args:
+            inputs: raw inputs, as :meth:`predict` takes them.
+            target: the class to explain, by name or index; None for each input's predicted class.
+            method: ``"gradcam"`` or ``"gradcam++"``.
+
+        Raises:
+            BundleError: the bundle is an exported (ONNX) variant, which has no gradients.
+            PredictError: the task cannot explain, the model has no convolutional layer, the class is
+                unknown, or an input cannot be read.
+
+        Example:
+            >>> e = p.explain(["xray.png"], method="gradcam++")[0]
+            >>> e.answer["label"], Path("heat.png").write_bytes(e.png(min_side=224))
+        """
+        refusal = self.explain_refusal()
+        if refusal is not None:
+            exported = self.bundle.meta.get("runtime", "torch") != "torch"
+            raise (BundleError if exported else PredictError)(refusal)
+        task, cfg = explainer(self.bundle.task), self.bundle.config
+        index, method = self._class_index(target), check_method(method)
+        out: list[Explanation] = []
+        for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
+            chunk = inputs[start : start + self.batch_size]
+            x = self.preprocess(chunk)
+            with self._explaining:
+                cams = task.explain(cfg, self._explain_model, x.to(self.device), target=index, method=method)
+            answers = self.postprocess(cams.outputs, raw=chunk)
+            images = x.permute(0, 2, 3, 1).numpy()  # (B, H, W, C) uint8, as the model saw them
+            for answer, t, heat, img in zip(
+                answers, cams.targets.tolist(), cams.heatmaps, images, strict=True
+            ):
+                shown = img[:, :, 0] if img.shape[2] == 1 else img
+                out.append(Explanation(answer, self._label(t), method, heat.numpy(), shown))
+        return out
+
+    @cached_property
+    def _explain_model(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model).eval()
+
+    def _class_index(self, target: str | int | None) -> int | None:
+        labels = self.labels
+        if target is None or isinstance(target, int):
+            return target
+        if target.isdigit() and target not in labels:
+            return int(target)
+        if target not in labels:
+            raise PredictError(
+                f"Unknown class '{target}'.{did_you_mean(target, labels)} The model's classes are "
+                f"{', '.join(labels)}. Pass one of them, spelled exactly, or its index."
+            )
+        return labels.index(target)
+
+    def _label(self, index: int) -> str:
+        labels = self.labels
+        return labels[index] if 0 <= index < len(labels) else str(index)
 
 
 def predictor_device(bundle: Bundle, device: str) -> torch.device:
