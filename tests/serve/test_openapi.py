@@ -73,6 +73,7 @@ OPERATIONS = [
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
     ("POST", "/v1/models/shapes/predict"),  # one path per served model, with its own task's body
+    ("POST", "/v1/models/{name}/explain"),  # Grad-CAM heatmaps, not logged
     ("POST", "/v1/feedback"),
     ("GET", "/v1/models/{name}/performance"),
     ("GET", "/admin/models"),

@@ -253,26 +253,43 @@ class Predictor:
         if refusal is not None:
             exported = self.bundle.meta.get("runtime", "torch") != "torch"
             raise (BundleError if exported else PredictError)(refusal)
-        task, cfg = explainer(self.bundle.task), self.bundle.config
         index, method = self._class_index(target), check_method(method)
         out: list[Explanation] = []
         for start in range(0, len(inputs), self.batch_size) if inputs else [0]:
             chunk = inputs[start : start + self.batch_size]
-            x = self.preprocess(chunk)
-            with self._explaining:
-                cams = task.explain(cfg, self._explain_model, x.to(self.device), target=index, method=method)
-            answers = self.postprocess(cams.outputs, raw=chunk)
-            images = x.permute(0, 2, 3, 1).numpy()  # (B, H, W, C) uint8, as the model saw them
-            for answer, t, heat, img in zip(
-                answers, cams.targets.tolist(), cams.heatmaps, images, strict=True
-            ):
-                shown = img[:, :, 0] if img.shape[2] == 1 else img
-                out.append(Explanation(answer, self._label(t), method, heat.numpy(), shown))
+            out += self.explain_batch(self.preprocess(chunk), chunk, target=index, method=method)
+        return out
+
+    def explain_batch(
+        self, x: torch.Tensor, raw: Sequence[Any], *, target: int | None = None, method: str = "gradcam"
+    ) -> list[Explanation]:
+        """:meth:`explain` of an already preprocessed batch ``x`` of the raw inputs ``raw`` (the server's).
+
+        Raises:
+            PredictError: the task or model cannot explain (call :meth:`explain_refusal` first for why).
+        """
+        task = explainer(self.bundle.task)
+        with self._explaining:
+            cams = task.explain(
+                self.bundle.config, self._explain_model, x.to(self.device), target=target, method=method
+            )
+        answers = self.postprocess(cams.outputs, raw=raw)
+        images = x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C) uint8, as the model saw them
+        out = []
+        for answer, t, heat, img in zip(answers, cams.targets.tolist(), cams.heatmaps, images, strict=True):
+            shown = img[:, :, 0] if img.shape[2] == 1 else img
+            out.append(Explanation(answer, self._label(t), method, heat.numpy(), shown))
         return out
 
     @cached_property
     def _explain_model(self) -> torch.nn.Module:
-        return copy.deepcopy(self.model).eval()
+        model = copy.deepcopy(self.model).eval()
+        # A copy made while the server's model thread had a hook on the original (its penultimate
+        # features) would carry that hook: the copy starts with none.
+        for m in model.modules():
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+        return model
 
     def _class_index(self, target: str | int | None) -> int | None:
         labels = self.labels

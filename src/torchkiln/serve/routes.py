@@ -29,6 +29,14 @@ from torchkiln.core.config_io import format_errors
 from torchkiln.core.errors import KilnError
 from torchkiln.serve.batching import ModelUnloadedError, QueueFullError
 from torchkiln.serve.deployments import Answer, Deployment, ServedModel, Work
+from torchkiln.serve.explaining import (
+    ExplainQuery,
+    MethodQuery,
+    VersionQuery,
+    explaining_model,
+    explanations,
+    refuse_unexplainable,
+)
 from torchkiln.serve.predlog import PredictionRecord
 from torchkiln.serve.schemas import (
     REQUEST_ID_PATTERN,
@@ -39,6 +47,7 @@ from torchkiln.serve.schemas import (
     ModelList,
     ServedVersion,
     ServedVersionDetail,
+    explain_response_model,
     predict_request_body,
     predict_response_model,
 )
@@ -49,6 +58,7 @@ router = APIRouter()
 log = logging.getLogger("torchkiln.serve")
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 PREDICT_ROUTE = "/v1/models/{name}/predict"
+EXPLAIN_ROUTE = "/v1/models/{name}/explain"
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # JSON bodies up to this size are decoded on the event loop (measured: bench/), except for image tasks: a
 # 4 KB PNG can decode to millions of pixels, so images are always decoded in the thread pool.
@@ -153,17 +163,22 @@ async def predict(
     request: Request,
     state: StateDep,
     x_request_key: Annotated[str | None, Header(max_length=256, description="Sticky A/B key")] = None,
+    explain: ExplainQuery = False,
+    method: MethodQuery = "gradcam",
 ) -> Response:
     """Predict for one or more inputs. JSON (the task's schema) or multipart uploads.
 
     The answer says which model version answered. With an A/B split, the same ``X-Request-Key`` always
-    goes to the same arm.
+    goes to the same arm. With ``explain=true`` it also holds a Grad-CAM heatmap of each input.
     """
     rid = request_id(request)
     dep = deployment(state, name)
+    if explain:
+        refuse_unexplainable(dep.models["champion"])  # before any model call
     start = time.perf_counter()
     body = await request.body()
     model, inputs, answer = await _answer(request, state, dep, x_request_key or rid, body)
+    latency_ms = (time.perf_counter() - start) * 1000  # the prediction's, without the heatmaps
     answers = answer.predictions
     headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
     content = {"model": dep.name, "version": model.version, "arm": model.arm, "request_id": rid}
@@ -171,8 +186,10 @@ async def predict(
     flagged = _flagged(state, dep, model, inputs.warnings)
     if flagged:  # only then: a response for in-distribution inputs is exactly what it was before
         content["warnings"] = flagged
+    if explain:
+        refuse_unexplainable(model)  # a challenger that cannot explain answered
+        content["explanations"] = (await explanations(state, model, inputs.x, inputs.raw, method, start))[1]
     response = JSONResponse(content, headers=headers)
-    latency_ms = (time.perf_counter() - start) * 1000
     _record(state, dep, model, rid, request.scope["path"], body, inputs, answer, latency_ms, shadow=False)
     shadow = dep.shadow
     if shadow is not None and not state.draining:
@@ -180,6 +197,36 @@ async def predict(
             _mirror, state, dep, shadow, rid, request.scope["path"], inputs, answer.summaries
         )
     return response
+
+
+@router.post(
+    EXPLAIN_ROUTE,
+    response_model=explain_response_model(),
+    responses=error_responses(404, 413, 415, 422, 503, 504),
+    openapi_extra={"requestBody": predict_request_body(list(TASKS))},
+    tags=["predict"],
+)
+async def explain_inputs(
+    name: str,
+    request: Request,
+    state: StateDep,
+    method: MethodQuery = "gradcam",
+    version: VersionQuery = None,
+) -> Response:
+    """Grad-CAM heatmaps of the model's answers to the inputs (the predict body), drawn by the champion or
+    by the served ``version``. Not a prediction: it is not logged, counted or mirrored (the dashboard
+    draws logged requests' heatmaps with it)."""
+    rid = request_id(request)
+    dep = deployment(state, name)
+    model = explaining_model(dep, version)
+    request.state.kiln_model, request.state.kiln_version = dep.name, model.version
+    refuse_unexplainable(model)
+    start = time.perf_counter()
+    inputs = await _parse(request, await request.body(), model, state)
+    answers, items = await explanations(state, model, inputs.x, inputs.raw, method, start)
+    headers = {"X-Request-ID": rid, "X-Model-Version": model.version, "X-Model-Arm": model.arm}
+    content = {"model": dep.name, "version": model.version, "arm": model.arm, "request_id": rid}
+    return JSONResponse(content | {"predictions": answers, "explanations": items}, headers=headers)
 
 
 async def _answer(

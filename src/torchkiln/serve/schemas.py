@@ -119,6 +119,18 @@ class InputWarningItem(BaseModel):
     )
 
 
+class ExplanationItem(BaseModel):
+    """A Grad-CAM heatmap of one input: where the model found its evidence for ``label``."""
+
+    input: int = Field(description="The input's index in the request (0-based).")
+    label: str = Field(description="The class the heatmap explains: the input's predicted class.")
+    method: Literal["gradcam", "gradcam++"]
+    heatmap_png: str = Field(
+        description="A base64 PNG: the heatmap in jet colours (red: the strongest evidence, blue: none) over "
+        "the input as the model saw it (resized and cropped to the model's input size)."
+    )
+
+
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _CLASS_LABEL = Field(min_length=1, max_length=200)
 
@@ -241,6 +253,28 @@ def predict_response_model() -> type[BaseModel]:
                 "reason (kiln_inputs_out_of_distribution_total counts them).",
             ),
         ),
+        explanations=(
+            list[ExplanationItem],
+            Field(
+                default_factory=list,
+                description="Present only with explain=true: one Grad-CAM heatmap per input, in input order.",
+            ),
+        ),
+    )
+
+
+@cache
+def explain_response_model() -> type[BaseModel]:
+    """``ExplainResponse``: the answers of ``POST /v1/models/{name}/explain`` and a heatmap per input."""
+    predict = predict_response_model()
+    return create_model(
+        "ExplainResponse",
+        model=(str, Field(description="The served name that answered.")),
+        version=(str, Field(description="The model version that drew the heatmaps.")),
+        arm=(Literal["champion", "challenger"], Field(description="Which A/B arm serves that version.")),
+        request_id=(str, ...),
+        predictions=(predict.model_fields["predictions"].annotation, Field(description="One per input.")),
+        explanations=(list[ExplanationItem], Field(description="One Grad-CAM heatmap per input, in order.")),
     )
 
 
