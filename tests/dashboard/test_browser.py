@@ -5,6 +5,7 @@ reload, and the filters narrow it."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,22 @@ def test_a_missing_or_wrong_token_is_refused_in_the_browser(
         page.wait_for_url(f"{url}/live")
         expect(page.locator("h1")).to_have_text("Live predictions", timeout=WAIT_MS)
         page.context.close()
+
+
+def test_a_heatmap_button_puts_the_heatmap_beside_the_image(stack: dict[str, Any], page: Any) -> None:
+    """The button's fragment swaps in through htmx, and its data: PNG loads under the page's CSP."""
+    from playwright.sync_api import expect
+
+    predict(stack["server"], range(40, 41))
+    page.goto(f"{stack['url']}/live")
+    button = page.get_by_role("button", name="heatmap").first
+    expect(button).to_be_visible(timeout=WAIT_MS)
+    button.click()
+    heat = page.locator("#rows img.heat").first
+    expect(heat).to_be_visible(timeout=WAIT_MS)
+    assert heat.evaluate("img => img.complete && img.naturalWidth === 16")  # the model's 16-pixel input
+    expect(heat).to_have_attribute("alt", re.compile(r"^Grad-CAM heatmap of input 0: where the model found "))
+    assert (
+        page.get_by_role("button", name="heatmap").count() == page.locator("#rows tr[id^=row-]").count() - 1
+    )
+    assert page.console_errors == []

@@ -32,8 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchkiln.core.errors import KilnError
 from torchkiln.dashboard import pages
-from torchkiln.dashboard.inputs import Decoder, InputView, takes_images
+from torchkiln.dashboard.heatmaps import Heatmaps
+from torchkiln.dashboard.inputs import Decoder, InputView, image_view, takes_images
 from torchkiln.dashboard.log import LogReader, Row
+from torchkiln.dashboard.server import Server
 from torchkiln.dashboard.settings import DashboardSettings
 
 HERE = Path(__file__).parent
@@ -65,6 +67,7 @@ class Dashboard:
     decoder: Decoder
     templates: jinja2.Environment
     nav: list[Nav]
+    heatmaps: Heatmaps  # Grad-CAM heatmaps of logged image inputs, drawn by the server and kept here
 
     def input_views(self, rows: list[Row]) -> dict[int, list[InputView]]:
         """The inputs of a page's rows, by row id (blocking: call in a thread). Text and series are drawn
@@ -73,7 +76,7 @@ class Dashboard:
         for r in rows:
             task = self.decoder.task(r.model)
             if task is not None and takes_images(task) and r.has_payload:  # the thumbnail route decodes it
-                out[r.id] = [InputView("image")] * r.items
+                out[r.id] = [image_view(task)] * r.items
                 continue
             kept = self.log.payload(r.id) if r.has_payload or r.shadow else None
             body, media = (kept[0], kept[1]) if kept else (None, r.payload_type)
@@ -147,7 +150,7 @@ def create_dashboard(settings: DashboardSettings) -> FastAPI:
 
     app = FastAPI(title="kiln dashboard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     nav = sorted((m.NAV for m in modules), key=lambda n: n.order)
-    app.state.dashboard = Dashboard(settings, log, Decoder(), _environment(), nav)
+    app.state.dashboard = Dashboard(settings, log, Decoder(), _environment(), nav, Heatmaps(Server(settings)))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for m in modules:
         app.include_router(m.router)

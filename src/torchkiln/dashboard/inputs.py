@@ -19,7 +19,7 @@ import numpy as np
 from torchkiln.core.errors import KilnError
 from torchkiln.dashboard.log import Box
 from torchkiln.tasks import TASKS
-from torchkiln.tasks.base import RequestLimits, Task
+from torchkiln.tasks.base import Explainer, RequestLimits, Task
 
 THUMBNAIL_PX = 96
 BOX_COLOUR = (255, 214, 0)  # a detector's boxes on a thumbnail: yellow reads on photos and on grey
@@ -36,6 +36,12 @@ class InputView:
     text: str = ""  # a text input, cut to TEXT_CHARS
     points: str = ""  # a series: the SVG polyline's points
     note: str = ""
+    explains: bool = False  # an image whose task draws heatmaps: the page offers one (dashboard/heatmaps.py)
+
+
+def image_view(task: Task) -> InputView:
+    """An image input of ``task``: its thumbnail, and a heatmap button when the task explains answers."""
+    return InputView("image", explains=isinstance(task, Explainer))
 
 
 class Decoder:
@@ -81,7 +87,7 @@ def takes_images(task: Task) -> bool:
 
 def _view(task: Task, raw: Any) -> InputView:
     if takes_images(task):
-        return InputView("image")
+        return image_view(task)
     if isinstance(raw, str):
         return InputView("text", text=raw if len(raw) <= TEXT_CHARS else raw[: TEXT_CHARS - 1] + "…")
     values = getattr(raw, "values", None)

@@ -254,6 +254,12 @@ class LogReader:
             return None
         return bytes(found.payload), found.payload_type, str(found.model)
 
+    def version(self, row_id: int) -> str | None:
+        """The version that answered row ``row_id`` (a shadow row's: the challenger's); None for no row."""
+        p = predictions.c
+        found = self._run(lambda conn: conn.execute(sa.select(p.version).where(p.id == row_id)).scalar())
+        return None if found is None else str(found)
+
     def answer(self, row_id: int, item: int) -> Answer | None:
         """The logged answer to input ``item`` of row ``row_id`` (a detector's boxes, for its thumbnail)."""
         p = predictions.c

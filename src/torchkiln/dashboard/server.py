@@ -9,6 +9,7 @@ database itself, except for moving an alias on rollback (:mod:`torchkiln.serve.r
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -45,13 +46,17 @@ class Server:
     def configured(self) -> bool:
         return self.settings.server is not None
 
-    def _call(self, method: str, path: str, *, token: Any = None, **kwargs: Any) -> httpx.Response:
+    def _call(
+        self, method: str, path: str, *, token: Any = None, content_type: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         if self.settings.server is None:
             raise ServeError(
                 "This needs the running server: start the dashboard with --server http://HOST:PORT (the "
                 "kiln serve that writes this log)."
             )
         headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         try:
             r = httpx.request(
                 method, f"{self.settings.server}{path}", headers=headers, timeout=TIMEOUT_S, **kwargs
@@ -87,6 +92,13 @@ class Server:
         if index is not None:
             body["index"] = index
         return dict(self._call("POST", "/v1/feedback", json=body, token=self.settings.feedback_token).json())
+
+    def explain(self, model: str, body: bytes, media: str, *, version: str, method: str) -> dict[str, Any]:
+        """``POST /v1/models/NAME/explain``: Grad-CAM heatmaps of a logged request's kept ``body``, drawn by
+        the served ``version`` that answered it (not logged by the server as a prediction)."""
+        path = f"/v1/models/{quote(model, safe='')}/explain"
+        params = {"version": version, "method": method}
+        return dict(self._call("POST", path, params=params, content=body, content_type=media).json())
 
     def reload(self, model: str) -> dict[str, Any]:
         """``POST /admin/reload?model=NAME``: every worker loads the versions the aliases now name."""

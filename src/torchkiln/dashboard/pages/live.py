@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from torchkiln.dashboard.app import DashboardDep, Nav, PageError
+from torchkiln.dashboard.heatmaps import Heatmap
 from torchkiln.dashboard.inputs import takes_images, thumbnail
 from torchkiln.dashboard.log import Filters
 
@@ -113,3 +114,27 @@ async def input_image(row_id: int, item: int, dash: DashboardDep) -> Response:
     if png is None:
         raise PageError(404, "No image", f"Request row {row_id} has no kept image input {item}.")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/inputs/{row_id}/{item}/heatmap", include_in_schema=False)
+async def input_heatmap(
+    request: Request, row_id: int, item: int, dash: DashboardDep, px: int = 48
+) -> Response:
+    """The Grad-CAM heatmap of input ``item`` of logged request ``row_id``, drawn by the server with the
+    version that answered it: an HTML fragment that htmx puts in place of the heatmap button, holding the
+    heatmap or why there is none (the page works either way)."""
+
+    def make() -> Heatmap:
+        kept = dash.log.payload(row_id)
+        version = dash.log.version(row_id)
+        if kept is None or version is None:
+            return Heatmap(reason=f"request row {row_id} kept no request body")
+        body, media, model = kept
+        raw = dash.decoder.decode(model, body, media)
+        task = dash.decoder.task(model)
+        if raw is None or media is None or task is None or not takes_images(task) or not 0 <= item < len(raw):
+            return Heatmap(reason=f"request row {row_id} has no kept image input {item}")
+        return dash.heatmaps.get(row_id, item, body=body, media=media, model=model, version=version)
+
+    heat = await run_in_threadpool(make)
+    return dash.render(request, "_heatmap.html.j2", heat=heat, item=item, px=min(max(px, 16), 256))
