@@ -205,6 +205,29 @@ def test_scan_csv_missing_column(manifest_dir: Path) -> None:
     )  # the file has a header: no advice to add one
 
 
+def test_scan_csv_reads_a_group_column_and_needs_it_when_named(manifest_dir: Path) -> None:
+    csv = manifest_dir / "labels.csv"
+    csv.write_text("path,label,patient_id\nimg/a0.png,a,p1\nimg/a1.png,a,\nimg/b0.png,b,p2\n")
+    items = scan_csv(csv, on_error="skip", group_column="patient_id")
+    assert items.groups == ["p1", "p2"] and items.labels == ["a", "b"]
+    assert items.problems == [
+        (
+            "labels.csv:3",
+            "the group (column 'patient_id', data.group_column) is empty. Give every row its group, such as "
+            "the patient id, or set data.on_error: skip.",
+        )
+    ]
+    assert scan_csv(csv, on_error="skip").groups is None
+    with pytest.raises(DataError) as info:
+        scan_csv(csv, on_error="raise", group_column="patient")
+    assert str(info.value) == (
+        f"Manifest '{csv}' has the columns path, label, patient_id, but not 'patient', which "
+        "data.group_column names. Did you mean 'patient_id'? Name its columns in the config "
+        "(data.path_column, data.label_column, data.split_column, data.group_column), or rename them in the "
+        "file."
+    )
+
+
 def test_scan_csv_without_a_header_line_says_to_add_one(manifest_dir: Path) -> None:
     csv = manifest_dir / "labels.csv"
     csv.write_text("img/a0.png,a\nimg/b0.png,b\n")

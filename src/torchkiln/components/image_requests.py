@@ -15,8 +15,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import WithJsonSchema
 
+from torchkiln.components import dicom
 from torchkiln.components.images import FORMAT_NAMES, MAX_ASPECT_RATIO, PIL_FORMATS, bomb_pixels
-from torchkiln.core.errors import PredictError
+from torchkiln.core.errors import ConfigError, DataError, PredictError
 
 
 class ImagesRequest(BaseModel):
@@ -80,14 +81,20 @@ def check_image(raw: bytes, index: int, max_pixels: int, *, resized: bool = True
     decoding anything (a resize costs work in proportion to the longer side).
 
     ``resized``: the model sees the image resized to a square (classification), which the messages say;
-    a detector sees it at its own size.
+    a detector sees it at its own size. DICOM bytes (the ``DICM`` magic at offset 128) are checked from
+    their header the same way, and decoded later by the same path as a DICOM file in training.
     """
     too_big = f"more than this server's limit of {max_pixels:,}. Downscale it before sending" + (
         "; the model sees it resized anyway." if resized else "."
     )
     try:
-        with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as img:
-            width, height = img.size
+        if dicom.is_dicom(raw):
+            width, height = _dicom_size(raw, index)
+        else:
+            with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as img:
+                width, height = img.size
+    except PredictError:
+        raise
     except Image.DecompressionBombError as exc:  # Pillow's own limit, checked while reading the header
         n = bomb_pixels(exc)
         size = f"{n:,} pixels" if n is not None else "more pixels than Pillow's decompression-bomb limit"
@@ -107,3 +114,21 @@ def check_image(raw: bytes, index: int, max_pixels: int, *, resized: bool = True
             + ("; the model sees only its central square." if resized else ".")
         )
     return raw
+
+
+def _dicom_size(raw: bytes, index: int) -> tuple[int, int]:
+    """(width, height) of DICOM request bytes, from the header; PredictError when it cannot be read here."""
+    try:
+        width, height, _ = dicom.dicom_header(raw)
+    except ConfigError:
+        raise PredictError(
+            f"images[{index}] is a DICOM file, which this server cannot read: pydicom is not installed. "
+            f"Expected {FORMAT_NAMES} bytes; convert it to PNG, or ask the server's operator to install "
+            f"the medical extra ({dicom.INSTALL_HINT})."
+        ) from None
+    except DataError:
+        raise PredictError(
+            f"images[{index}] starts like a DICOM file but its header cannot be read. Expected a complete "
+            f"DICOM Part 10 file; send the whole file again, or convert it to PNG."
+        ) from None
+    return width, height

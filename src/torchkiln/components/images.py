@@ -1,8 +1,9 @@
 """Image preprocessing shared by training, evaluation and prediction, and the scan of image sources.
 
 One function, :func:`to_model_input`, turns any image into the uint8 ``(C, S, S)`` tensor the model
-sees: convert the mode, resize the shorter side to ``S``, center-crop. Training, ``kiln predict``
-and the server all call it, so their preprocessing cannot drift apart.
+sees: convert the mode, resize the shorter side to ``S``, center-crop, and optionally CLAHE. Training,
+``kiln predict`` and the server all call it, so their preprocessing cannot drift apart. DICOM files and
+bytes (``components/dicom.py``) go through the same path as PNG and JPEG.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from torchkiln.components import dicom
+from torchkiln.components.contrast import clahe as apply_clahe
 from torchkiln.core.errors import DataError, did_you_mean
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm"}
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 # The Pillow decoders for IMAGE_EXTENSIONS (PPM also reads .pgm): Image.open tries only these, so a file
 # never reaches a decoder we do not accept, in training or in serving.
@@ -43,13 +46,14 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 def open_image(source: ImageLike) -> Image.Image:
-    """Open a path, encoded bytes, a uint8 array or a PIL image, fully decoded.
+    """Open a path, encoded bytes, a uint8 array or a PIL image, fully decoded (DICOM: 8-bit, windowed).
 
     Messages name a file by its path, with a fix that holds wherever the file came from (training data adds
     ``data.on_error``); encoded bytes (a served request) are "The image", with a fix for whoever sent them.
 
     Raises:
         DataError: the file is missing, not an image, truncated, or too large.
+        ConfigError: a DICOM image, and pydicom (the medical extra) is not installed.
     """
     if isinstance(source, Image.Image):
         return source
@@ -63,6 +67,8 @@ def open_image(source: ImageLike) -> Image.Image:
     name = str(source) if isinstance(source, str | Path) else None
     subject = f"Image '{name}'" if name is not None else "The image"
     with _image_errors(name):
+        if dicom.is_dicom(source):
+            return dicom.read_dicom(source, max_pixels=MAX_PIXELS)
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS)
         if img.width * img.height > MAX_PIXELS:
             raise DataError(
@@ -106,8 +112,11 @@ def _image_errors(name: str | None) -> Iterator[None]:
         ) from None
 
 
-def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tensor:
-    """Preprocess one image to a uint8 ``(C, size, size)`` tensor: mode, shorter side, center crop.
+def to_model_input(
+    source: ImageLike, *, size: int, channels: int, clahe: float | None = None
+) -> torch.Tensor:
+    """Preprocess one image to a uint8 ``(C, size, size)`` tensor: mode, shorter side, center crop, then
+    CLAHE with clip limit ``clahe`` (None: off) on that square, so its cost is bounded by the model's size.
 
     Example:
         >>> to_model_input("cat.jpg", size=224, channels=3).shape
@@ -128,7 +137,8 @@ def to_model_input(source: ImageLike, *, size: int, channels: int) -> torch.Tens
             img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
     arr = np.array(img, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, S, S)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    return x if clahe is None else apply_clahe(x, clip_limit=clahe)
 
 
 def convert_images(images: torch.Tensor, *, channels: int, size: int) -> torch.Tensor:
@@ -190,8 +200,11 @@ def _to_mode(img: Image.Image, channels: int, name: str | None = None) -> Image.
 
 def image_header(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) read from the header only; raises DataError like :func:`open_image`."""
-    with _image_errors(str(path)), Image.open(path, formats=PIL_FORMATS) as img:
-        return img.width, img.height, img.mode
+    with _image_errors(str(path)):
+        if dicom.is_dicom(path):
+            return dicom.dicom_header(path)
+        with Image.open(path, formats=PIL_FORMATS) as img:
+            return img.width, img.height, img.mode
 
 
 def peek_image(source: ImageLike) -> tuple[int, int, str] | None:
@@ -209,12 +222,19 @@ def peek_image(source: ImageLike) -> tuple[int, int, str] | None:
             else None
         )
     try:
+        if dicom.is_dicom(source):
+            return dicom.dicom_header(source)
         with Image.open(
             io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS
         ) as img:
             return img.width, img.height, img.mode
-    except Exception:  # Pillow raises many types for foreign or missing files
+    except Exception:  # Pillow (and pydicom) raise many types for foreign or missing files
         return None
+
+
+def is_image_file(path: Path) -> bool:
+    """A file a scan takes: an image suffix, or no suffix and DICOM bytes (PACS exports name files IM0001)."""
+    return path.is_file() and (path.suffix.lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path))
 
 
 @dataclass
@@ -225,6 +245,7 @@ class FileItems:
     labels: list[str]
     splits: list[str] | None  # None when the source brings no split
     problems: list[tuple[str, str]] = field(default_factory=list)  # (item, reason) skipped
+    groups: list[str] | None = None  # a manifest's group (patient) per item, with data.group_column
 
 
 def scan_folder(root: Path) -> FileItems:
@@ -244,7 +265,7 @@ def scan_folder(root: Path) -> FileItems:
         for cls_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for f in sorted(cls_dir.rglob("*")):
                 hidden = any(part.startswith(".") for part in f.relative_to(cls_dir).parts)
-                if f.is_file() and not hidden and f.suffix.lower() in IMAGE_EXTENSIONS:
+                if not hidden and is_image_file(f):
                     paths.append(f)
                     labels.append(cls_dir.name)
                     splits.append(split or "")
@@ -264,6 +285,7 @@ def scan_csv(
     label_column: str = "label",
     split_column: str | None = "split",
     split_required: bool = False,
+    group_column: str | None = None,
 ) -> FileItems:
     """Scan an image manifest: a CSV with a header, one row per image.
 
@@ -273,6 +295,7 @@ def scan_csv(
         path_column, label_column: the header names of the image path and the label.
         split_column: a column with train/val/test per row, used when the file has it (None: never).
         split_required: the config named ``split_column``, so the file must have it.
+        group_column: a column the file must have, of a group id (a patient) per row; None: no groups.
 
     Raises:
         DataError: not UTF-8, a column is missing (with a did-you-mean), no rows, or a bad row.
@@ -287,6 +310,8 @@ def scan_csv(
     wanted = {"data.path_column": path_column, "data.label_column": label_column}
     if split_required and split_column is not None:
         wanted["data.split_column"] = split_column
+    if group_column is not None:
+        wanted["data.group_column"] = group_column
     missing = {key: col for key, col in wanted.items() if col not in fields}
     if missing:
         raise DataError(_missing_columns(path, fields, missing))
@@ -296,13 +321,14 @@ def scan_csv(
             f"{path_column},{label_column}"
         )
     has_split = split_column is not None and split_column in fields
-    items = FileItems([], [], [] if has_split else None)
+    items = FileItems([], [], [] if has_split else None, groups=[] if group_column is not None else None)
     for line, row in enumerate(rows, start=2):
         file = Path(row[path_column] or "")
         file = file if file.is_absolute() else path.parent / file
         split = (row.get(split_column) or "").strip() if has_split and split_column else ""
         label = (row.get(label_column) or "").strip()
-        problem = _check_row(label, file, split, has_split)
+        group = (row.get(group_column) or "").strip() if group_column is not None else None
+        problem = _check_row(label, file, split, has_split) or _check_group(group, group_column)
         if problem:
             if on_error == "raise":
                 raise DataError(f"Manifest '{path}', line {line}: {problem}")
@@ -312,6 +338,8 @@ def scan_csv(
         items.labels.append(label)
         if items.splits is not None:
             items.splits.append(split)
+        if items.groups is not None and group is not None:
+            items.groups.append(group)
     return items
 
 
@@ -325,10 +353,11 @@ def _missing_columns(path: Path, fields: list[str], missing: dict[str, str]) -> 
     cols = " and ".join(f"'{col}'" for col in missing.values())
     keys = " and ".join(missing)
     hints = "".join(did_you_mean(col, fields) for col in missing.values())
+    group = ", data.group_column" if "data.group_column" in missing else ""
     return (
         f"Manifest '{path}' has the columns {', '.join(fields)}, but not {cols}, which {keys} "
         f"name{'' if len(missing) > 1 else 's'}.{hints} Name its columns in the config (data.path_column, "
-        f"data.label_column, data.split_column), or rename them in the file."
+        f"data.label_column, data.split_column{group}), or rename them in the file."
     )
 
 
@@ -342,10 +371,20 @@ def _check_row(label: str, file: Path, split: str, has_split: bool) -> str | Non
     return None
 
 
+def _check_group(group: str | None, column: str | None) -> str | None:
+    if group == "":
+        return (
+            f"the group (column '{column}', data.group_column) is empty. Give every row its group, such as "
+            f"the patient id, or set data.on_error: skip."
+        )
+    return None
+
+
 def decode_all(
-    paths: Sequence[Path], *, size: int, channels: int, workers: int = 4
+    paths: Sequence[Path], *, size: int, channels: int, clahe: float | None = None, workers: int = 4
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    """Decode and preprocess every file in parallel (Pillow releases the GIL while decoding).
+    """Decode and preprocess every file in parallel (Pillow releases the GIL while decoding); ``clahe`` as
+    in :func:`to_model_input`.
 
     Returns:
         (images ``(M, C, S, S)`` uint8 for the M files that decoded, their indices, problems).
@@ -353,7 +392,7 @@ def decode_all(
 
     def one(p: Path) -> torch.Tensor | str:
         try:
-            return to_model_input(p, size=size, channels=channels)
+            return to_model_input(p, size=size, channels=channels, clahe=clahe)
         except DataError as exc:
             return str(exc)
 
@@ -377,7 +416,7 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if is_image_file(f))
             if not found:
                 raise DataError(
                     f"Folder '{p}' holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). Name image "
