@@ -156,3 +156,59 @@ def test_bad_inputs_raise_data_error(
 ) -> None:
     with pytest.raises(DataError, match=match):
         classification_metrics(probs, targets, names)
+
+
+def test_the_wilson_interval_matches_the_hand_computed_value() -> None:
+    from torchkiln.components.classification_metrics import wilson_interval
+
+    # 8 of 10, z = 1.96: centre (0.8 + z²/20) / (1 + z²/10) = 0.71674, half-width
+    # z / (1 + z²/10) * sqrt(0.8 * 0.2 / 10 + z²/400) = 0.22658, so [0.4902, 0.9433].
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0  # never outside [0, 1]
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.27753, abs=1e-5)  # and not zero-wide at 0 hits
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_two_classes_at_an_operating_point() -> None:
+    from torchkiln.components.classification_threshold import Decision
+
+    p1 = torch.tensor([0.1, 0.35, 0.45, 0.2, 0.4, 0.8])  # p('pos'); truth: neg neg neg pos pos pos
+    probs, targets = torch.stack([1 - p1, p1], dim=1), torch.tensor([0, 0, 0, 1, 1, 1])
+    argmax = classification_metrics(probs, targets, ["neg", "pos"])
+    b = argmax.binary
+    assert b.threshold is None and (b.tp, b.fp, b.tn, b.fn) == (1, 0, 3, 2)
+    assert argmax.confusion_matrix == [[3, 0], [2, 1]]
+    low = classification_metrics(probs, targets, ["neg", "pos"], decision=Decision(positive=1, threshold=0.2))
+    b = low.binary
+    # At p >= 0.2: TP 0.2 0.4 0.8, FP 0.35 0.45, TN 0.1.
+    assert b.threshold == 0.2 and (b.tp, b.fp, b.tn, b.fn) == (3, 2, 1, 0)
+    assert low.confusion_matrix == [[1, 2], [0, 3]] and low.accuracy == pytest.approx(4 / 6)
+    assert (b.sensitivity.value, b.specificity.value, b.ppv.value) == pytest.approx((1.0, 1 / 3, 0.6))
+    assert (b.sensitivity.hits, b.sensitivity.total, b.npv.hits, b.npv.total) == (3, 3, 1, 1)
+    assert (b.recall, b.precision) == pytest.approx((b.sensitivity.value, b.ppv.value))
+    assert b.brier == pytest.approx(((p1 - targets.float()) ** 2).mean().item())
+    assert low.macro_auc == argmax.macro_auc and low.ece == argmax.ece  # they read the probabilities
+    # 'neg' as the positive class: its rates, from the same probabilities.
+    flipped = classification_metrics(probs, targets, ["neg", "pos"], positive=0).binary
+    assert flipped.positive == "neg" and (flipped.tp, flipped.fn) == (3, 0)
+    d = low.to_dict()["binary"]
+    assert d["sensitivity"] == {
+        "value": 1.0,
+        "low": pytest.approx(0.43850, abs=1e-5),
+        "high": 1.0,
+        "hits": 3,
+        "total": 3,
+    }
+    assert d["interval"] == "95% Wilson score interval"
+
+
+def test_an_operating_point_needs_two_classes() -> None:
+    from torchkiln.components.classification_threshold import Decision
+
+    with pytest.raises(
+        DataError, match=r"An operating point \(a threshold on p\(positive\)\) needs two classes"
+    ):
+        classification_metrics(
+            one_hot_probs([0, 1, 2], 3), torch.tensor([0, 1, 2]), NAMES, decision=Decision(1, 0.3)
+        )

@@ -1,8 +1,10 @@
 """Classification metrics, computed with torchmetrics from softmax probabilities.
 
 Everything here works on ``probs: (N, K)`` (rows sum to 1) and ``targets: (N,)`` class indices.
-Binary problems are just ``K == 2``. A class with no samples in ``targets`` has an undefined
-ROC AUC: it is ``nan`` here, ``null`` in JSON, and left out of ``macro_auc``.
+Binary problems are ``K == 2``; they get sensitivity, specificity, PPV and NPV with Wilson intervals
+and the Brier score, at the model's operating point (a threshold on p(positive), or argmax). A class
+with no samples in ``targets`` has an undefined ROC AUC: it is ``nan`` here, ``null`` in JSON, and left
+out of ``macro_auc``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from torchmetrics.functional.classification import (
     multiclass_roc,
 )
 
+from torchkiln.components.classification_threshold import Decision
 from torchkiln.core.errors import DataError
 
 ECE_BINS = 15
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile: two-sided 95 % intervals
 Curve = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -46,14 +50,47 @@ class ClassMetrics:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A proportion ``hits / total`` with its 95 % Wilson score interval; all ``nan`` when ``total`` is 0."""
+
+    value: float
+    low: float
+    high: float
+    hits: int
+    total: int
+
+    @classmethod
+    def of(cls, hits: int, total: int) -> Rate:
+        low, high = wilson_interval(hits, total)
+        return cls(hits / total if total else math.nan, low, high, hits, total)
+
+
+@dataclass(frozen=True)
 class BinaryMetrics:
-    """Two classes: the metrics of the positive class (the second one, e.g. 'positive' or 'PNEUMONIA')."""
+    """Two classes, at the operating point: the positive class's metrics (by default the second class, e.g.
+    'positive' or 'PNEUMONIA'), the confusion counts, and four rates with 95 % Wilson intervals.
+
+    ``threshold`` is ``None`` for argmax answers. sensitivity = recall = TP / (TP + FN), specificity =
+    TN / (TN + FP), PPV = precision = TP / (TP + FP), NPV = TN / (TN + FN). ``brier`` is the mean squared
+    error of p(positive) against 0/1 truth.
+    """
 
     positive: str
     precision: float
     recall: float
     f1: float
     auc: float
+    threshold: float | None
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: Rate
+    specificity: Rate
+    ppv: Rate
+    npv: Rate
+    brier: float
+    interval: str = "95% Wilson score interval"
 
 
 @dataclass(frozen=True)
@@ -89,7 +126,12 @@ class ClassificationMetrics:
 
 
 def classification_metrics(
-    probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    class_names: list[str],
+    *,
+    decision: Decision | None = None,
+    positive: int = 1,
 ) -> ClassificationMetrics:
     """Compute accuracy, per-class and macro P/R/F1, confusion matrix, one-vs-rest AUC and ECE.
 
@@ -97,13 +139,17 @@ def classification_metrics(
         probs: ``(N, K)`` probabilities (softmax already applied), on any device.
         targets: ``(N,)`` integer class indices in ``[0, K)``.
         class_names: ``K`` names, in class-index order.
+        decision: a two-class model's operating point; the predictions (accuracy, P/R/F1, the confusion
+            matrix, the binary rates) are taken at it. ``None``: argmax.
+        positive: the positive class of a two-class task without a ``decision`` (it names its own).
 
     Returns:
-        A :class:`ClassificationMetrics`. The ECE uses 15 equal-width confidence bins (L1 norm).
+        A :class:`ClassificationMetrics`. The ECE uses 15 equal-width confidence bins (L1 norm); AUC and
+        ECE read the probabilities, whatever the operating point.
 
     Raises:
-        DataError: if the shapes disagree, a target is out of range, or ``probs`` are not
-            probabilities (for example logits).
+        DataError: if the shapes disagree, a target is out of range, ``probs`` are not probabilities
+            (for example logits), or a ``decision`` is given for more than two classes.
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
@@ -112,10 +158,11 @@ def classification_metrics(
     """
     probs, targets = check_inputs(probs, targets, num_classes=len(class_names))
     k = len(class_names)
+    preds = predictions(probs, decision)
     support = torch.bincount(targets, minlength=k)  # (K,)
-    precision = multiclass_precision(probs, targets, num_classes=k, average="none")
-    recall = multiclass_recall(probs, targets, num_classes=k, average="none")
-    f1 = multiclass_f1_score(probs, targets, num_classes=k, average="none")
+    precision = multiclass_precision(preds, targets, num_classes=k, average="none")
+    recall = multiclass_recall(preds, targets, num_classes=k, average="none")
+    f1 = multiclass_f1_score(preds, targets, num_classes=k, average="none")
     auc = _per_class_auc(probs, targets, support)
     per_class = [
         ClassMetrics(
@@ -129,19 +176,84 @@ def classification_metrics(
         for c, name in enumerate(class_names)
     ]
     defined_auc = auc[~auc.isnan()]
-    pos = per_class[1] if k == 2 else None
-    binary = BinaryMetrics(pos.name, pos.precision, pos.recall, pos.f1, pos.auc) if pos else None
+    binary = None
+    if k == 2:
+        pos = decision.positive if decision is not None else positive
+        threshold = decision.threshold if decision is not None else None
+        binary = _binary(per_class[pos], probs[:, pos], targets == pos, preds == pos, threshold)
     return ClassificationMetrics(
-        accuracy=float(multiclass_accuracy(probs, targets, num_classes=k, average="micro")),
-        macro_precision=float(multiclass_precision(probs, targets, num_classes=k, average="macro")),
-        macro_recall=float(multiclass_recall(probs, targets, num_classes=k, average="macro")),
-        macro_f1=float(multiclass_f1_score(probs, targets, num_classes=k, average="macro")),
+        accuracy=float(multiclass_accuracy(preds, targets, num_classes=k, average="micro")),
+        macro_precision=float(multiclass_precision(preds, targets, num_classes=k, average="macro")),
+        macro_recall=float(multiclass_recall(preds, targets, num_classes=k, average="macro")),
+        macro_f1=float(multiclass_f1_score(preds, targets, num_classes=k, average="macro")),
         per_class=per_class,
-        confusion_matrix=multiclass_confusion_matrix(probs, targets, num_classes=k).tolist(),
+        confusion_matrix=multiclass_confusion_matrix(preds, targets, num_classes=k).tolist(),
         macro_auc=float(defined_auc.mean()) if len(defined_auc) else math.nan,
         ece=float(multiclass_calibration_error(probs, targets, num_classes=k, n_bins=ECE_BINS, norm="l1")),
         num_samples=len(targets),
         binary=binary,
+    )
+
+
+def predictions(probs: torch.Tensor, decision: Decision | None = None) -> torch.Tensor:
+    """``(N, K)`` probabilities -> ``(N,)`` int64 predicted classes: the argmax, or at ``decision``.
+
+    Raises:
+        DataError: a ``decision`` (an operating point) for more than two classes.
+    """
+    if decision is None:
+        return probs.argmax(dim=1)
+    if probs.shape[1] != 2:
+        raise DataError(
+            f"An operating point (a threshold on p(positive)) needs two classes; probs has "
+            f"{probs.shape[1]}. Leave the decision out: a task of more classes answers its argmax."
+        )
+    return decision.predict(probs)
+
+
+def wilson_interval(hits: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``hits / total`` (95 % with the default ``z``).
+
+    Unlike the normal approximation p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is not zero-wide
+    at 0 or n hits (Wilson, 1927; Brown, Cai & DasGupta, 2001 recommend it for small n).
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when ``total`` is 0.
+
+    Example:
+        >>> wilson_interval(8, 10)  # (0.4902, 0.9433)
+    """
+    if total == 0:
+        return math.nan, math.nan
+    p, z2 = hits / total, z * z
+    center = (p + z2 / (2 * total)) / (1 + z2 / total)
+    half = z / (1 + z2 / total) * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    # Exactly 0 at no hits and 1 at all hits (rounding would leave 1e-16 off).
+    return (0.0 if hits == 0 else center - half), (1.0 if hits == total else center + half)
+
+
+def _binary(
+    pos: ClassMetrics, score: torch.Tensor, truth: torch.Tensor, said: torch.Tensor, threshold: float | None
+) -> BinaryMetrics:
+    """``score``: (N,) p(positive); ``truth``, ``said``: (N,) bool, the true and the predicted positives."""
+    tp, fp = int((said & truth).sum()), int((said & ~truth).sum())
+    tn, fn = int((~said & ~truth).sum()), int((~said & truth).sum())
+    return BinaryMetrics(
+        positive=pos.name,
+        precision=pos.precision,
+        recall=pos.recall,
+        f1=pos.f1,
+        auc=pos.auc,
+        threshold=threshold,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        sensitivity=Rate.of(tp, tp + fn),
+        specificity=Rate.of(tn, tn + fp),
+        ppv=Rate.of(tp, tp + fp),
+        npv=Rate.of(tn, tn + fn),
+        brier=float(((score.double() - truth.double()) ** 2).mean()),
     )
 
 
