@@ -39,10 +39,16 @@ def device_name(value: Any) -> Any:
 
 
 class SplitConfig(Strict):
-    """Fractions used only when the data brings no split of its own."""
+    """Fractions used only when the data brings no split of its own (``val`` also when it brings no val,
+    or one smaller than ``min_val``)."""
 
     val: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     test: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    min_val: Annotated[int, Field(ge=0)] = Field(
+        50,
+        description="Classification data: a val split the data brings with fewer items than this is merged "
+        "into train and carved again (data.split.val of train), with a warning; 0 keeps it as it is.",
+    )
 
     @model_validator(mode="after")
     def _leave_some_train(self) -> SplitConfig:
