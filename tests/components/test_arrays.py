@@ -193,6 +193,32 @@ def test_npz_medmnist_layout(tmp_path):
     assert data.splits.tolist() == ["train"] * 7 + ["val"] * 2 + ["test"] * 3
     np.testing.assert_array_equal(data.images[7:9], keys["val_images"])
     np.testing.assert_array_equal(data.labels[-3:], keys["test_labels"][:, 0])
+    # MedMNIST's files carry no class names; torchkiln knows the documented ones, which data.classes may
+    # replace (own_names is False).
+    assert data.classes == ["normal", "pneumonia"] and not data.own_names
+
+
+@pytest.mark.parametrize(
+    ("name", "classes"),
+    [
+        ("pneumoniamnist_224.npz", ["normal", "pneumonia"]),
+        ("breastmnist.npz", ["malignant", "normal, benign"]),
+        ("octmnist_64.npz", ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"]),
+        ("retinamnist.npz", ["0", "1"]),  # graded 0..4: its names are its digits
+        ("pneumonia.npz", ["0", "1"]),  # not a MedMNIST file name
+    ],
+)
+def test_npz_class_names_of_known_medmnist_files(tmp_path, name, classes):
+    labels = np.arange(len(classes)).reshape(-1, 1).astype(np.uint8)
+    np.savez(tmp_path / name, train_images=np.zeros((len(classes), 28, 28), np.uint8), train_labels=labels)
+    assert load_npz(tmp_path / name).classes == classes
+
+
+def test_npz_own_classes_win_over_the_documented_names(tmp_path):
+    path = tmp_path / "pneumoniamnist.npz"
+    np.savez(path, x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 1]), classes=np.array(["healthy", "sick"]))
+    data = load_npz(path)
+    assert data.classes == ["healthy", "sick"] and data.own_names
 
 
 def test_npz_bad_keys_names_file_found_and_expected(tmp_path):

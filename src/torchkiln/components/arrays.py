@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchkiln.components.medmnist import medmnist_classes
 from torchkiln.core.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -44,12 +45,15 @@ class ArrayData:
         labels: int64 ``(N,)``, indices into ``classes``.
         classes: class names; ``classes[i]`` is the name of label ``i``.
         splits: ``None``, or a str array ``(N,)`` of "train" / "val" / "test".
+        own_names: the names come with the data (a ``classes`` array, classes.txt, the catalog); False for
+            "0".."K-1" and MedMNIST's documented names, which data.classes may replace.
     """
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     splits: np.ndarray | None = None
+    own_names: bool = True
 
     def __post_init__(self) -> None:
         im, lb = self.images, self.labels
@@ -241,7 +245,11 @@ def _combine(
             f"size. Fix: re-create the data with matching arrays."
         )
     labels = np.concatenate([y for _, _, y in parts])
-    if classes is None:
+    own_names = classes is not None
+    documented = medmnist_classes(where) if classes is None else None
+    if documented is not None and (not len(labels) or labels.max() < len(documented)):
+        classes = documented
+    elif classes is None:
         classes = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     elif len(labels) and labels.max() >= len(classes):
         raise DataError(
@@ -251,15 +259,17 @@ def _combine(
     splits = None
     if parts[0][0] is not None:
         splits = np.concatenate([np.full(len(y), split) for split, _, y in parts])
-    return ArrayData(np.concatenate([x for _, x, _ in parts]), labels, classes, splits)
+    return ArrayData(np.concatenate([x for _, x, _ in parts]), labels, classes, splits, own_names)
 
 
 def load_npz(path: str | Path) -> ArrayData:
     """Load an image classification data set from a NumPy ``.npz`` file.
 
     Accepted keys: ``(x, y)``, ``(images, labels)``, or per split ``x_train, y_train, [x_val, y_val],
-    x_test, y_test`` (Keras) / ``train_images, train_labels, [val_images, ...]`` (MedMNIST), plus an
-    optional ``classes`` array of names (else "0".."K-1"). Pickled (object) arrays are refused.
+    x_test, y_test`` (Keras) / ``train_images, train_labels, [val_images, ...]`` (MedMNIST; labels
+    ``(N, 1)``), plus an optional ``classes`` array of names; without one, a MedMNIST file
+    (``pneumoniamnist[_224].npz``...) gets its documented names, any other "0".."K-1". Pickled (object)
+    arrays are refused.
 
     Args:
         path: the ``.npz`` file.
@@ -273,7 +283,7 @@ def load_npz(path: str | Path) -> ArrayData:
     Example:
         >>> data = load_npz("pneumoniamnist.npz")
         >>> data.classes, data.images.shape
-        (['0', '1'], (5856, 28, 28))
+        (['normal', 'pneumonia'], (5856, 28, 28))
     """
     path = Path(path)
     try:
