@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchkiln.components import classification_report as report
+from torchkiln.components import classification_plots as plots
 from torchkiln.components.classification_metrics import classification_metrics
 from torchkiln.components.classification_report import write_report
 from torchkiln.core.errors import DataError, KilnError
@@ -67,7 +67,7 @@ def test_writes_html_and_json(tmp_path: Path) -> None:
 @pytest.fixture
 def no_drawing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip drawing the plots (the slow part) in tests about the page's content."""
-    monkeypatch.setattr(report, "_png", lambda fig: "data:image/png;base64,iVBORw0KGgo=")
+    monkeypatch.setattr(plots, "_png", lambda fig: "data:image/png;base64,iVBORw0KGgo=")
 
 
 @pytest.mark.usefixtures("no_drawing")
@@ -148,7 +148,8 @@ def test_the_text_mistakes_table_reads_left_to_right(tmp_path: Path) -> None:
         tmp_path / "eval", m, probs, targets, names, texts=lambda i: f"review number {i}", mistakes=3
     ).read_text()
     rows = page.count('<tr class="mistake">')
-    assert rows and '<table class="mistakes">' in page and page.count('<td class="num">') == 2 * rows
+    table = page[page.index('<table class="mistakes">') :]  # the operating point's table has numbers too
+    assert rows and table.count('<td class="num">') == 2 * rows
     assert "table.mistakes th,table.mistakes td{text-align:left" in page  # the CSS is inlined in the page
 
 
@@ -198,3 +199,53 @@ def test_text_mistakes_list_their_text_and_source(tmp_path: Path) -> None:
     assert all(w["text"] == f"review {w['index']}" for w in listed)
     assert all(w["source"] == f"reviews.csv:{w['index'] + 2}" for w in listed)
     assert [w["confidence"] for w in listed] == sorted((w["confidence"] for w in listed), reverse=True)
+
+
+def test_a_two_class_report_is_taken_at_its_operating_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchkiln.components.classification_threshold import Decision
+
+    drawn: list = []  # the figures, not drawn: the marker is read off their axes
+    monkeypatch.setattr(plots, "_png", lambda fig: drawn.append(fig) or "data:image/png;base64,iVBORw0KGgo=")
+    targets = torch.tensor([0, 0, 0, 1, 1])
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.65, 0.35], [0.2, 0.8]])
+    m = classification_metrics(probs, targets, ["a", "b"], decision=Decision(positive=1, threshold=0.3))
+    page = write_report(
+        tmp_path, m, probs, targets, ["a", "b"], chosen_by="recall >= 0.95 on val"
+    ).read_text()
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    b = saved["binary"]
+    assert (b["threshold"], b["chosen_by"], b["tp"], b["fp"], b["tn"], b["fn"]) == (
+        0.3,
+        "recall >= 0.95 on val",
+        2,
+        1,
+        2,
+        0,
+    )
+    assert (
+        b["specificity"]["hits"] == 2
+        and b["specificity"]["total"] == 3
+        and 0 < b["specificity"]["low"] < 2 / 3
+    )
+    # The one mistake at p('b') >= 0.3 is item 1 (p 0.4, a false positive); argmax would miss item 3 instead.
+    assert [(w["index"], w["predicted"], w["confidence"]) for w in saved["mistakes"]] == [(1, "b", 0.4)]
+    assert "<h2>Operating point</h2>" in page and "p(&#39;b&#39;) &gt;= 0.3" in page
+    assert "95% Wilson score interval" in page and "Brier score" in page
+    roc, pr = drawn[1].axes[0], drawn[2].axes[0]  # after the confusion matrix
+    for ax, x, y in ((roc, 1 / 3, 1.0), (pr, 1.0, 2 / 3)):  # (FPR, TPR) and (recall, precision)
+        [marker] = [line for line in ax.get_lines() if line.get_label() == "at p('b') >= 0.3"]
+        assert (marker.get_xdata()[0], marker.get_ydata()[0]) == pytest.approx((x, y))
+
+
+@pytest.mark.usefixtures("no_drawing")
+def test_a_multiclass_report_has_no_operating_point(tmp_path: Path) -> None:
+    probs, targets = noisy_probs(12, 3)
+    m = classification_metrics(probs, targets, ["a", "b", "c"])
+    page = write_report(tmp_path, m, probs, targets, ["a", "b", "c"]).read_text()
+    assert (
+        "Operating point" not in page
+        and json.loads((tmp_path / "metrics.json").read_text())["binary"] is None
+    )
