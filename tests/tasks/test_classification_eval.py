@@ -35,7 +35,21 @@ def test_an_auc_that_is_undefined_says_why_instead_of_nan() -> None:
     assert lines[1] == (
         "ROC AUC is undefined (null in metrics.json) for every class: 'dog' is absent from the test split."
     )
-    assert summary([[0.9, 0.1], [0.2, 0.8]], [0, 1], ["cat", "dog"])[1:] == []
+    assert summary([[0.9, 0.1], [0.2, 0.8]], [0, 1], ["cat", "dog"])[1].startswith("at the operating point")
+
+
+def test_a_two_class_summary_gives_the_operating_point_with_wilson_intervals() -> None:
+    probs = [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.4, 0.6], [0.3, 0.7]]
+    lines = summary(probs, [0, 0, 1, 1, 1], ["NORMAL", "PNEUMONIA"])
+    # argmax: TP 2 (0.6, 0.7), FN 1 (0.3), TN 2; Wilson(2, 3) = [0.2077, 0.9385], Wilson(2, 2) = [0.3424, 1]
+    assert lines[1] == (
+        "at the operating point (argmax): sensitivity 0.667 [0.208, 0.939] (2/3), specificity 1.000 "
+        "[0.342, 1.000] (2/2), PPV 1.000 [0.342, 1.000] (2/2), NPV 0.667 [0.208, 0.939] (2/3); Brier 0.1580; "
+        "95% Wilson intervals"
+    )
+    assert len(lines) == 2
+    # Multiclass summaries have no operating point.
+    assert len(summary([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]], [0, 1, 2], ["a", "b", "c"])) == 1
 
 
 def noise_folder(root: Path, per_class: int = 12) -> Path:

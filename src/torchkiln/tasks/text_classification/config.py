@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from torchkiln.components.classification_threshold import (
+    POSITIVE_CLASS_HELP,
+    THRESHOLD_HELP,
+    ThresholdConfig,
+    check_binary_settings,
+)
 from torchkiln.core.config import DataConfig, RunConfig, SplitConfig, Strict, TaskConfig
 
 
 class TextClassificationTaskConfig(TaskConfig):
     kind: Literal["text-classification"] = "text-classification"
     top_k: Annotated[int, Field(ge=1)] = 2
+    positive_class: str | None = Field(None, description=POSITIVE_CLASS_HELP)
+    threshold: ThresholdConfig | None = Field(None, description=THRESHOLD_HELP)
 
 
 class TokenizerConfig(Strict):
@@ -51,3 +59,9 @@ class TextDataConfig(DataConfig):
 class TextRunConfig(RunConfig):
     task: TextClassificationTaskConfig
     data: TextDataConfig
+
+    @model_validator(mode="after")
+    def _binary_settings(self) -> TextRunConfig:
+        # With data.classes known (given, or filled in by prepare): a threshold needs two classes.
+        check_binary_settings(self.task.positive_class, self.task.threshold, self.data.classes)
+        return self
