@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from torchkiln.components.contrast import clahe
 from torchkiln.components.images import to_model_input
 from torchkiln.core.errors import DataError
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 from torchkiln.tasks.image_classification.data import ImageData, load_image_data
+
+from .chest_files import write_chest_xray, write_pneumoniamnist
 
 CLASSES = ["dot", "hbar", "vbar"]
 
@@ -254,3 +258,164 @@ def test_lazy_cache_keeps_paths(tiny_image_folder: Path) -> None:
     assert train.images is None and train.paths is not None
     assert len(train.paths) == len(train.labels) == 30
     assert all(data.classes[int(y)] == p.parent.name for p, y in zip(train.paths, train.labels, strict=True))
+
+
+# --- chest X-rays: Kaggle's folders, DICOM, MedMNIST, CLAHE, patients ----------------------------
+def resplit_warning(root: Path, n_given: int, n_new: int) -> str:
+    return (
+        f"Data '{root}': the given val split has {n_given} items, fewer than data.split.min_val (50): too "
+        f"few to choose a model or a decision threshold on. It is merged into train and a stratified val of "
+        f"{n_new} items (data.split.val 0.1 of train) is carved from it instead. Set data.split.min_val: 0 "
+        f"to keep the given val split."
+    )
+
+
+def patients_by_split(data: ImageData) -> dict[str, set[str]]:
+    return {name: {group_of(p) for p in split.paths} for name, split in data.splits.items()}
+
+
+def group_of(path: Path) -> str:
+    return re.search(KAGGLE_PATTERN, path.name).group(1)
+
+
+KAGGLE_PATTERN = r"(person\d+|IM-\d+)"
+
+
+def test_kaggle_layout_keeps_test_and_carves_a_new_val_from_a_tiny_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_chest_xray(tmp_path / "chest_xray")  # train 60, val 4, test 12 JPEGs
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        data = load(root)
+    assert data.classes == ["NORMAL", "PNEUMONIA"] and data.channels == 1
+    assert split_sizes(data) == {"train": 58, "val": 6, "test": 12}
+    assert caplog.messages == [resplit_warning(root, 4, 6)]
+    assert all(p.parent.parent.name == "test" for p in data.splits["test"].paths)
+    assert data.splits["val"].labels.bincount().tolist() == [3, 3]  # stratified
+
+
+def test_min_val_zero_keeps_kaggles_val(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_chest_xray(tmp_path / "chest_xray")
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        data = load(root, split={"min_val": 0})
+    assert split_sizes(data) == {"train": 60, "val": 4, "test": 12} and caplog.messages == []
+    assert all(p.parent.parent.name == "val" for p in data.splits["val"].paths)
+
+
+def test_group_pattern_carves_val_by_patient(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_chest_xray(tmp_path / "chest_xray", per_patient=3)  # train 90, val 6, test 18
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        data = load(root, group_pattern=KAGGLE_PATTERN)
+    by_split = patients_by_split(data)
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert split_sizes(data) == {"train": 84, "val": 12, "test": 18}  # whole patients of 3 images
+    assert caplog.messages == [resplit_warning(root, 6, 12)]
+    assert load(root, group_pattern=KAGGLE_PATTERN).splits["val"].paths == data.splits["val"].paths
+
+
+def test_a_patient_in_train_and_test_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_chest_xray(tmp_path / "chest_xray", patients={"train": (6, 6), "test": (2, 2)})
+    leaked = root / "test" / "PNEUMONIA" / "person1_bacteria_9.jpeg"  # person1 is a training patient
+    leaked.write_bytes((root / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg").read_bytes())
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        load(root, group_pattern=KAGGLE_PATTERN)
+    assert (
+        f"Data '{root}': 1 group(s) (patients) have items in more than one of the data's own splits, e.g. "
+        f"'person1' in train and test; a model scored on patients it trained on looks better than it is on "
+        f"new ones." in caplog.messages[0]
+    )
+
+
+def test_group_pattern_splits_a_folder_without_splits_by_patient(tmp_path: Path) -> None:
+    root = write_chest_xray(tmp_path / "flat", patients={"train": (20, 20)}, per_patient=3) / "train"
+    data = load(root, group_pattern=KAGGLE_PATTERN, split={"val": 0.2, "test": 0.2})
+    by_split = patients_by_split(data)
+    assert sum(len(v) for v in by_split.values()) == 40  # every patient in exactly one split
+    assert split_sizes(data) == {"train": 72, "val": 24, "test": 24}
+
+
+def test_group_column_of_a_manifest(tmp_path: Path) -> None:
+    root = write_chest_xray(tmp_path / "x", patients={"train": (10, 10)}, per_patient=3) / "train"
+    files = sorted(root.glob("*/*.jpeg"))
+    rows = [f"{f.relative_to(root)},{f.parent.name},{group_of(f)}" for f in files]
+    (root / "m.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    data = load(root / "m.csv", group_column="patient_id", split={"val": 0.2, "test": 0.2})
+    by_split = patients_by_split(data)
+    assert sum(len(v) for v in by_split.values()) == 20
+    (root / "m.csv").write_text("path,label,patient_id\n" + rows[0].rsplit(",", 1)[0] + ",\n")
+    with pytest.raises(DataError) as info:
+        load(root / "m.csv", group_column="patient_id")
+    assert str(info.value) == (
+        f"Manifest '{root / 'm.csv'}', line 2: the group (column 'patient_id', data.group_column) is empty. "
+        f"Give every row its group, such as the patient id, or set data.on_error: skip."
+    )
+
+
+def test_group_settings_need_files(tmp_path: Path) -> None:
+    folder = write_chest_xray(tmp_path / "x", patients={"train": (2, 2)})
+    with pytest.raises(DataError) as info:
+        load(folder, group_column="patient_id")
+    assert str(info.value) == (
+        f"data.group_column 'patient_id' names a CSV manifest's column, but data.path '{folder}' is an "
+        f"image folder, which has none. Fix: use data.group_pattern, a regex whose first group finds the "
+        f"patient in each file name, or give a manifest."
+    )
+    npz = write_pneumoniamnist(tmp_path / "pneumoniamnist.npz")
+    with pytest.raises(DataError) as info:
+        load(npz, group_pattern=KAGGLE_PATTERN)
+    assert str(info.value) == (
+        f"data.group_pattern names the groups (patients) of image files, but data.path '{npz}' is a npz "
+        f"data set of arrays, which has no file names or columns; expected an image folder or a CSV "
+        f"manifest. Fix: remove data.group_pattern, or give the images as files with a manifest that has a "
+        f"patient column."
+    )
+
+
+def test_dicom_folder_decodes_as_predict_does_and_skips_a_corrupt_file(tmp_path: Path) -> None:
+    root = write_chest_xray(tmp_path / "dcm", dicom=True, patients={"train": (4, 4), "test": (1, 1)})
+    bad = root / "train" / "NORMAL" / "IM-9999-0001.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"not a data set")
+    with pytest.raises(DataError) as info:
+        load(root)
+    assert str(info.value).startswith(f"DICOM file '{bad}' holds no image:")
+    data = load(root, on_error="skip")
+    assert [item for item, _ in data.problems] == [str(bad)]
+    assert (data.size, data.channels) == (16, 1)  # 16-bit DICOM headers read as grayscale ("I;16")
+    train = data.splits["train"]
+    expected = torch.stack([to_model_input(p, size=16, channels=1) for p in train.paths])
+    assert torch.equal(train.images, expected)
+    assert data.profile["modes"] == {"I;16": len(train)}
+
+
+def test_clahe_is_applied_alike_in_memory_on_demand_and_to_arrays(tmp_path: Path) -> None:
+    root = write_chest_xray(tmp_path / "c", patients={"train": (4, 4), "test": (1, 1)})
+    data = load(root, contrast="clahe", clahe_clip_limit=0.02)
+    train = data.splits["train"]
+    expected = torch.stack(
+        [clahe(to_model_input(p, size=16, channels=1), clip_limit=0.02) for p in train.paths]
+    )
+    assert torch.equal(train.images, expected)
+    mean, _ = train_stats(train.images)
+    np.testing.assert_allclose(data.mean, mean, atol=1e-4)  # statistics of what the model sees
+    lazy = load(root, contrast="clahe", clahe_clip_limit=0.02, cache="none").splits["train"]
+    assert lazy.images is None and lazy.clahe == 0.02
+    npz = write_pneumoniamnist(tmp_path / "pneumoniamnist.npz", sizes={"train": 6, "test": 3})
+    arrays = load(npz, contrast="clahe").splits["train"].images
+    assert torch.equal(arrays, clahe(load(npz).splits["train"].images, clip_limit=0.01))
+
+
+def test_pneumoniamnist_keeps_its_splits_and_names_its_classes(tmp_path: Path) -> None:
+    npz = write_pneumoniamnist(tmp_path / "pneumoniamnist.npz")
+    data = load(npz)
+    assert data.classes == ["normal", "pneumonia"] and (data.size, data.channels) == (28, 1)
+    assert split_sizes(data) == {"train": 60, "val": 12, "test": 12}
+    assert load(npz, classes=["NORMAL", "PNEUMONIA"]).classes == ["NORMAL", "PNEUMONIA"]  # renamed by index
+    assert load(npz, classes=["pneumonia", "normal"]).classes == ["pneumonia", "normal"]  # reordered
+    with pytest.raises(DataError) as info:
+        load(npz, classes=["healthy"])
+    assert str(info.value) == (
+        f"Dataset '{npz}' has labels 0..1 but data.classes names 1 (healthy); expected one name per label, "
+        f"label i named by data.classes[i]. Fix: add the missing names to data.classes."
+    )

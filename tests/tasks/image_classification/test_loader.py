@@ -163,6 +163,18 @@ def test_loader_over_lazy_files(tiny_image_folder: Path) -> None:
     assert torch.equal(lazy_x, eager.splits["val"].images)
 
 
+def test_lazy_files_get_the_same_clahe_as_in_memory_ones(tiny_image_folder: Path) -> None:
+    settings = {"path": str(tiny_image_folder), "contrast": "clahe", "channels": 1}
+    data = load_image_data(ImageDataConfig(**settings, cache="none"), seed=0)
+    eager = load_image_data(ImageDataConfig(**settings), seed=0)
+    plain = load_image_data(ImageDataConfig(path=str(tiny_image_folder), channels=1), seed=0)
+    lazy_x = torch.cat(
+        [x for x, _ in make_loader(data.splits["val"], batch_size=2, size=16, channels=1, num_workers=0)]
+    )
+    assert torch.equal(lazy_x, eager.splits["val"].images)
+    assert not torch.equal(lazy_x, plain.splits["val"].images)  # CLAHE did change them
+
+
 def test_a_split_with_neither_images_nor_paths_is_refused() -> None:
     with pytest.raises(DataError) as exc:
         SplitData(torch.arange(3))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from torchkiln.components import arrays, catalog
+from torchkiln.components.contrast import clahe
 from torchkiln.components.images import (
     GRAY_MODES,
     FileItems,
@@ -24,7 +25,7 @@ from torchkiln.components.images import (
     scan_csv,
     scan_folder,
 )
-from torchkiln.components.splits import SPLITS, check_coverage, class_list, make_splits
+from torchkiln.components.splits import SPLITS, check_coverage, class_list, group_ids, make_splits
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.core.io import beside
 from torchkiln.tasks.base import RawItems
@@ -47,6 +48,7 @@ class SplitData:
     labels: torch.Tensor  # (N,) int64
     images: torch.Tensor | None = None  # (N, C, S, S) uint8; None: decode ``paths`` on demand
     paths: tuple[Path, ...] | None = None
+    clahe: float | None = None  # CLAHE's clip limit (data.contrast), for paths decoded on demand
 
     def __post_init__(self) -> None:
         if self.images is None and self.paths is None:
@@ -125,6 +127,12 @@ def load_image_data(
         DataError: with the file and the fix, before any training happens.
     """
     fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt == "folder" and cfg.group_column is not None:
+        raise DataError(
+            f"data.group_column '{cfg.group_column}' names a CSV manifest's column, but data.path "
+            f"'{cfg.path}' is an image folder, which has none. Fix: use data.group_pattern, a regex whose "
+            f"first group finds the patient in each file name, or give a manifest."
+        )
     if fmt in ("folder", "csv"):
         files = (
             scan_folder(Path(cfg.path))
@@ -136,9 +144,17 @@ def load_image_data(
                 label_column=cfg.label_column,
                 split_column=cfg.split_column,
                 split_required="split_column" in cfg.model_fields_set,
+                group_column=cfg.group_column,
             )
         )
         return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
+    if cfg.group_column is not None or cfg.group_pattern is not None:
+        key = "data.group_column" if cfg.group_column is not None else "data.group_pattern"
+        raise DataError(
+            f"{key} names the groups (patients) of image files, but data.path '{cfg.path}' is a {fmt} data "
+            f"set of arrays, which has no file names or columns; expected an image folder or a CSV manifest. "
+            f"Fix: remove {key}, or give the images as files with a manifest that has a patient column."
+        )
     if fmt == "catalog":
         data = catalog.load_image_catalog(cfg.path)
     elif fmt == "npz":
@@ -182,12 +198,13 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     paths = [files.paths[i] for i in keep]
     labels = [files.labels[i] for i in keep]
     splits_in = np.array([files.splits[i] for i in keep]) if files.splits is not None else None
+    groups = _groups(cfg, files, keep, where)
     classes = class_list(cfg, labels, splits_in, where)
     modes = [headers[i][2] for i in keep]  # type: ignore[index]
     channels = _resolve_channels(cfg, modes, need_channels)
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    splits = make_splits(cfg, label_idx, splits_in, seed)
+    splits = make_splits(cfg, label_idx, splits_in, seed, groups=groups, where=where)
     check_coverage(classes, label_idx, splits, where=where, items="images")
     in_memory = cfg.cache == "memory" or (
         cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
@@ -204,12 +221,22 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
         if in_memory:
             out[split] = SplitData(labels_t, images=images[torch.from_numpy(row[sel])], paths=files_of_split)
         else:
-            out[split] = SplitData(labels_t, paths=files_of_split)
+            out[split] = SplitData(labels_t, paths=files_of_split, clahe=cfg.clahe)
     train_rows = row[(splits == "train") & (row >= 0)]
     mean, std = _stats(cfg, stats, images[torch.from_numpy(train_rows)])
     profile = raw_profile(headers[keep[i]] for i in np.flatnonzero(splits == "train"))  # type: ignore[misc]
     problems = files.problems + bad + problems
     return ImageData(classes, size, channels, mean, std, out, problems, str(cfg.path), profile)
+
+
+def _groups(cfg: ImageDataConfig, files: FileItems, keep: list[int], where: str) -> np.ndarray | None:
+    """The group (patient) of each kept file: the manifest's data.group_column, or data.group_pattern's
+    first group in the file name; None without either."""
+    if files.groups is not None:
+        return np.array([files.groups[i] for i in keep], dtype=str)
+    if cfg.group_pattern is not None:
+        return group_ids([files.paths[i].name for i in keep], cfg.group_pattern, where=where)
+    return None
 
 
 SKIP_FIX = "Or set data.on_error: skip to leave such files out."  # training only, not kiln predict
@@ -229,7 +256,7 @@ def _decode_checked(cfg, paths, splits, size, channels, *, keep_all: bool, todo:
     n_kept = 0
     for start in range(0, len(todo), DECODE_CHUNK):
         chunk = todo[start : start + DECODE_CHUNK]
-        imgs, ok, bad = decode_all([paths[i] for i in chunk], size=size, channels=channels)
+        imgs, ok, bad = decode_all([paths[i] for i in chunk], size=size, channels=channels, clahe=cfg.clahe)
         problems += bad
         ok_abs = chunk[np.asarray(ok, dtype=np.int64)]
         ok_mask[ok_abs] = True
@@ -258,6 +285,7 @@ def _from_arrays(
     imgs = torch.from_numpy(np.ascontiguousarray(data.images))
     imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)  # (N, C, H, W)
     raw_shape = imgs.shape[1:]  # (C, H, W) before conversion: what the profile records
+    data = _named_by_config(cfg, data)
     labels = [data.classes[i] for i in data.labels]
     classes = class_list(cfg, labels, data.splits, f"Dataset '{cfg.path}'", order=data.classes)
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
@@ -270,6 +298,8 @@ def _from_arrays(
     used = np.isin(splits, list(only_splits) if only_splits else list(SPLITS))
     imgs, label_idx, splits = imgs[torch.from_numpy(used)], label_idx[used], splits[used]
     imgs = convert_images(imgs, channels=channels, size=size)
+    if cfg.clahe is not None:  # on the model's square, as to_model_input does for a served image
+        imgs = clahe(imgs, clip_limit=cfg.clahe)
     out = {}
     for split in SPLITS:
         sel = torch.from_numpy(np.flatnonzero(splits == split))
@@ -277,6 +307,22 @@ def _from_arrays(
     mean, std = _stats(cfg, stats, out["train"].images)
     profile = array_profile(len(out["train"]), raw_shape[2], raw_shape[1], raw_shape[0])
     return ImageData(classes, size, channels, mean, std, out, [], str(cfg.path), profile)
+
+
+def _named_by_config(cfg: ImageDataConfig, data: arrays.ArrayData) -> arrays.ArrayData:
+    """``data`` with its labels named by data.classes (label i is data.classes[i]) when the file brings no
+    names of its own ("0", "1", ... or MedMNIST's documented ones) and data.classes does not just list
+    those names in another order."""
+    if cfg.classes is None or data.own_names or set(data.classes) <= set(cfg.classes):
+        return data
+    top = int(data.labels.max()) if len(data.labels) else -1
+    if top >= len(cfg.classes):
+        raise DataError(
+            f"Dataset '{cfg.path}' has labels 0..{top} but data.classes names {len(cfg.classes)} "
+            f"({', '.join(cfg.classes)}); expected one name per label, label i named by data.classes[i]. "
+            f"Fix: add the missing names to data.classes."
+        )
+    return replace(data, classes=list(cfg.classes))
 
 
 def _stats(cfg, pretrained, train_images: torch.Tensor | None):

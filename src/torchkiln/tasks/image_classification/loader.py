@@ -58,7 +58,12 @@ class BatchSet(Dataset):
             x = self.images[idx]
         else:  # a SplitData holds images or paths: __post_init__ refuses neither
             paths = cast(tuple[Path, ...], self.split.paths)
-            x = torch.stack([to_model_input(paths[i], size=self.size, channels=self.channels) for i in idx])
+            x = torch.stack(
+                [
+                    to_model_input(paths[i], size=self.size, channels=self.channels, clahe=self.split.clahe)
+                    for i in idx
+                ]
+            )
         if self.augment is not None:
             x = self.augment(x, seed=batch_seed(self.seed, epoch, b))
         return x, self.labels[idx]
