@@ -152,7 +152,7 @@ def lstm_air_passengers() -> None:
     mae = ((prev[n_train:] + pred).exp() - truth).abs().mean().item()
     naive = (prev[n_train:].exp() - truth).abs().mean().item()  # "next month = this month"
     assert mae < naive / 2, (mae, naive)
-    print(f"lstm: AirPassengers 1959-60 one-step MAE {mae:.1f} passengers (k), naive {naive:.1f}")
+    print(f"lstm: AirPassengers 1959-60 one-step MAE {mae:.1f} thousand passengers, naive {naive:.1f}")
 
 
 def main() -> None:

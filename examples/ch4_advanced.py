@@ -93,7 +93,7 @@ def data_parallel_shards(ds: PngDigits) -> None:
     shards = [list(DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 899 and set(shards[0]) | set(shards[1]) == set(range(len(ds)))
     # 1,797 items do not split evenly: the sampler repeats one, so each rank runs the same number of steps.
-    # Validation metrics must not count it twice (torchkiln's sharded loader gives each rank whole items).
+    # A validation metric would count it twice; torchkiln's ShardedBatches slices batches without repeats.
     assert len(set(shards[0]) & set(shards[1])) == 1
 
 
@@ -110,7 +110,9 @@ def train_mlp(loader: DataLoader, epochs: int) -> tuple[nn.Module, list[float], 
         total = 0.0
         for xb, yb in loader:
             with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-                loss = F.cross_entropy(model(xb), yb)  # matmuls in bf16; the loss is kept in fp32
+                logits = model(xb)  # (B, 10), computed in bf16 under autocast
+                loss = F.cross_entropy(logits, yb)  # autocast keeps losses in fp32
+            assert logits.dtype == (amp or torch.float32) and loss.dtype == torch.float32
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -198,10 +198,7 @@ def main() -> None:
         f"serving + monitoring: 200 and 422 as expected; brightness drift KS p-value {same.p_value:.2f} "
         f"(same traffic) vs {drifted.p_value:.0e} (dimmer images)"
     )
-    print(
-        "capstone: the whole system (doctor, transfer learning, recall target, serving, drift, retrain) "
-        "is docs/capstone.md"
-    )
+    print("capstone: make capstone runs the whole system on chest X-rays (examples/capstone/README.md)")
     print("kiln equivalent: kiln train examples/movie-reviews-lstm.yaml")
 
 

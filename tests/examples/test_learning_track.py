@@ -68,3 +68,43 @@ def test_the_script_runs_and_ends_with_its_kiln_command(script: Path, tmp_path: 
     assert match, f"{script.name} must end by printing 'kiln equivalent: kiln ...'; its last line: {last!r}"
     check_kiln_command(match.group(1))
     assert not list(tmp_path.iterdir()), "a script wrote into the folder it was run from"
+
+
+# --- docs/learn.md: its links and the script functions it names --------------------------------------------
+LEARN = ROOT / "docs" / "learn.md"
+LINK = re.compile(r"\]\(([^)#\s]+)?(?:#([^)\s]+))?\)")
+SCRIPT_CELL = re.compile(r"\]\(\.\./examples/(ch\d_\w+\.py)\)([^|[]*)")  # up to the next link or cell
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", ["learn.md", "reproducibility.md"])
+def test_the_pages_links_resolve(page: str) -> None:
+    doc = ROOT / "docs" / page
+    for target, anchor in LINK.findall(doc.read_text()):
+        path = (doc.parent / target).resolve() if target else doc
+        assert path.exists(), f"docs/{page} links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+            assert anchor in {slug(h) for h in headings}, f"docs/{page}: no heading #{anchor} in {target}"
+
+
+def test_learn_md_names_functions_its_scripts_define() -> None:
+    """A `name()` or a `ClassName` in a script's cell is defined (or imported) by that script."""
+    defined = 0
+    for script, cell in SCRIPT_CELL.findall(LEARN.read_text()):
+        source = (ROOT / "examples" / script).read_text()
+        for name, call in re.findall(r"`(\w+)(\(\))?`", cell):
+            if not call and not name[0].isupper():
+                continue  # an attribute or a setting (`fc1`, `detach`), not a function of the script
+            if re.search(rf"^(?:def|class) {name}\b", source, re.M):
+                defined += 1
+            else:
+                imported = re.search(rf"^(?:from|import) .*\b{name}\b", source, re.M)
+                assert imported, (
+                    f"docs/learn.md names {name} for {script}, which neither defines nor imports it"
+                )
+    assert defined >= 30, defined
