@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from torchkiln.artifacts.bundle import load_bundle
-from torchkiln.artifacts.predictor import Predictor, load_predictor
+from torchkiln.artifacts.predictor import Explanation, Predictor, load_predictor
 from torchkiln.components.splits import SPLITS
 from torchkiln.core.config import RunConfig
 from torchkiln.core.config_io import format_errors
-from torchkiln.core.errors import DataError, ExportError
+from torchkiln.core.errors import DataError, ExportError, PredictError
+from torchkiln.core.io import atomic_write
 from torchkiln.engine.precision import resolve_device
 from torchkiln.engine.tracking import log_evaluation
 from torchkiln.exporter import ExportOptions, ExportResult, export_bundle
@@ -27,10 +29,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Evaluation",
+    "ExplainedImage",
     "ExportResult",
     "Predictor",
     "TuneResult",
     "evaluate",
+    "explain",
     "export",
     "load_config",
     "load_predictor",
@@ -195,3 +199,76 @@ def serve(settings: ServeSettings) -> None:
     from torchkiln.serve.server import run
 
     run(settings)
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """One image of :func:`explain`: the file, its explanation (answer, class, heatmap), the PNG written."""
+
+    source: Path
+    explanation: Explanation
+    written: Path
+
+
+def explain(
+    path: str | Path,
+    images: list[str | Path],
+    *,
+    out: str | Path,
+    method: str = "gradcam",
+    target: str | None = None,
+    device: str = "auto",
+    min_side: int = 224,
+) -> list[ExplainedImage]:
+    """Grad-CAM heatmaps of a bundle's answers, drawn over the images and written as PNG files.
+
+    Args:
+        path: a run directory or a bundle of a task that explains (an image classifier, eager weights).
+        images: image files, folders (their images, recursively) or globs (``"xrays/*.png"``).
+        out: with one image, the PNG file to write (``heat.png``); with several, or a name without
+            ``.png``, a folder that gets one ``<image name>.png`` per image.
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        target: the class to explain, by name; None for each image's predicted class.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        min_side: small images are enlarged (crisp pixels) to at least this many pixels a side.
+
+    Returns:
+        Per image (folders and globs expanded), in order: the file, its
+        :class:`~torchkiln.artifacts.predictor.Explanation` (the answer, the explained class, the heatmap)
+        and the PNG written.
+
+    Raises:
+        BundleError: the bundle is an exported (ONNX) variant: explain the trained bundle it came from.
+        PredictError: the task or model cannot explain, the class is unknown, or ``out`` names a file
+            for several images.
+        DataError: an image cannot be read.
+
+    Example:
+        >>> explain("runs/chest-xray/20261201-101500", ["xray.png"], out="heat.png", method="gradcam++")
+    """
+    from torchkiln.components.images import expand_inputs
+
+    files = expand_inputs([Path(p) for p in images])
+    target_path = Path(out)
+    if len(files) > 1 and target_path.suffix.lower() == ".png":
+        raise PredictError(
+            f"With {len(files)} images, --out is a folder; got '{out}', a file name. Pass a folder, e.g. "
+            f"--out heatmaps/."
+        )
+    found = load_predictor(path, device=device).explain([str(f) for f in files], target=target, method=method)
+    if target_path.suffix.lower() == ".png":
+        written = [target_path]
+    else:
+        written, taken = [], set()
+        for f in files:  # image names, made unique: two folders may hold the same name
+            name, n = f"{f.stem}.png", 1
+            while name in taken:
+                n += 1
+                name = f"{f.stem}-{n}.png"
+            taken.add(name)
+            written.append(target_path / name)
+    for e, dest in zip(found, written, strict=True):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        png = e.png(min_side=min_side)
+        atomic_write(dest, lambda fh, data=png: fh.write(data))
+    return [ExplainedImage(*parts) for parts in zip(files, found, written, strict=True)]

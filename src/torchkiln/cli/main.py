@@ -22,6 +22,7 @@ from rich.text import Text
 from torchkiln.cli.dashboard import dashboard_command
 from torchkiln.cli.deploy import containerize_command
 from torchkiln.cli.env import env_command
+from torchkiln.cli.explain import explain_command
 from torchkiln.cli.help import use_cli_help
 from torchkiln.cli.lr_find import lr_find_command
 from torchkiln.cli.monitor import monitor_app
@@ -67,6 +68,7 @@ app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
 app.command("dashboard")(dashboard_command)
 app.command("env")(env_command)
+app.command("explain")(explain_command)
 app.command("lr-find")(lr_find_command)
 app.command("retrain")(retrain_command)
 app.command("tune")(tune_command)

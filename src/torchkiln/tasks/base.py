@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -35,9 +35,14 @@ from torchkiln.tasks.profile import (
     input_profile,
 )
 
+if TYPE_CHECKING:  # the annotation only: kiln's start-up does not import the drawing code
+    from torchkiln.components.gradcam import CamResult
+
 __all__ = [
     "TASKS",
+    "ConfigCalibrator",
     "Evaluation",
+    "Explainer",
     "InputProfiler",
     "InputWarning",
     "ParamGroup",
@@ -50,6 +55,7 @@ __all__ = [
     "TaskAction",
     "TooManyItemsError",
     "TrainModule",
+    "explainer",
     "get_task",
     "input_profile",
     "load_config",
@@ -127,6 +133,54 @@ class TaskAction:
 def task_actions(task: Any) -> tuple[TaskAction, ...]:
     """The task's :class:`TaskAction` routes; ``()`` for a task without an ``actions`` attribute."""
     return tuple(getattr(task, "actions", ()))
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """Optional for a task: heatmaps of where in each input the model found its answer.
+
+    ``kiln explain``, ``Predictor.explain``, the server's ``explain=true`` and the dashboard reach it
+    through :func:`explainer`. The image classifier implements it with Grad-CAM over its last
+    convolutional block (:mod:`torchkiln.components.gradcam`).
+    """
+
+    def explain(
+        self, cfg: RunConfig, model: nn.Module, inputs: Any, *, target: Any = None, method: str = "gradcam"
+    ) -> CamResult:
+        """Heatmaps of ``model`` (eager, in eval mode) on a preprocessed batch ``inputs`` on its device.
+
+        ``target``: None for each input's predicted class, a class index, or one per input; ``method``:
+        one of :data:`~torchkiln.components.gradcam.METHODS`. Raises PredictError for a model it cannot
+        explain (no convolutional layer), saying which models it can.
+        """
+        ...
+
+
+def explainer(task: Any) -> Explainer:
+    """``task`` as an :class:`Explainer`; a task without ``explain`` is a PredictError naming its kind.
+
+    Example:
+        >>> cams = explainer(bundle.task).explain(bundle.config, model, x, method="gradcam++")
+    """
+    if isinstance(task, Explainer):
+        return task
+    able = [entry.name for entry in TASKS if isinstance(entry.obj, Explainer)]
+    raise PredictError(
+        f"Task '{getattr(task, 'kind', type(task).__name__)}' cannot explain its answers: it has no explain "
+        f"method; heatmaps exist for {', '.join(able) or 'no installed task'}. Explain a bundle of "
+        f"{'that task' if len(able) == 1 else 'one of those tasks'} instead."
+    )
+
+
+@runtime_checkable
+class ConfigCalibrator(Protocol):
+    """Optional for a task whose calibration the answers read from the config (see ``Task.calibrate``).
+
+    ``calibrated_config(cfg, calibration)`` returns a resolved copy of ``cfg`` with what ``calibrate``
+    chose filled in (a classifier's ``task.threshold.chosen``); the bundle is saved with that copy.
+    """
+
+    def calibrated_config(self, cfg: RunConfig, calibration: Mapping[str, Any]) -> RunConfig: ...
 
 
 class TooManyItemsError(PredictError):
@@ -284,12 +338,16 @@ class Task(ReferenceProfiler, Protocol):
     def calibrate(
         self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
     ) -> dict[str, Any]:
-        """After training, with the best weights loaded: fit what is calibrated on held-out windows.
+        """After training, with the best weights loaded: fit what is calibrated on held-out data.
 
-        ``loader`` is the val split's (None without one). The result lives in the model's buffers, so the
-        bundle, its exports and the server carry it; the returned JSON-ready summary goes into the
-        bundle's metadata, ``{}`` when there is nothing to calibrate. Forecasting conformalizes its
-        quantile intervals here; the classification tasks return ``{}``.
+        ``loader`` is the val split's (None without one). The result must reach every answer, so it
+        lives where the bundle, its exports and the server all read it: in the model's buffers
+        (forecasting conformalizes its quantile intervals into ``interval_offset``), or in the bundle's
+        config, for a task that also has ``calibrated_config(cfg, calibration) -> RunConfig``
+        (:class:`ConfigCalibrator`): the bundle is saved with that resolved copy.
+        The classification tasks choose a two-class model's threshold for ``task.threshold`` on val and
+        fill in ``task.threshold.chosen``; ``postprocess`` answers at it. The returned JSON-ready summary
+        goes into the bundle's metadata (``calibration``), ``{}`` when there is nothing to calibrate.
         """
         ...
 

@@ -27,7 +27,7 @@ from torchkiln.core.io import atomic_write_text
 from torchkiln.engine import distributed
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, TrainState, fit
-from torchkiln.tasks.base import Task, get_task, input_profile, validate
+from torchkiln.tasks.base import ConfigCalibrator, Task, get_task, input_profile, validate
 from torchkiln.tasks.reference import training_reference
 
 log = logging.getLogger("torchkiln.train")
@@ -214,7 +214,10 @@ def train_task(
     def write_bundle(result: FitResult) -> Path:
         model = result.modules[train.serves]
         calibration = task.calibrate(cfg, model, loaders.val, result.device)
-        reference = training_reference(cfg, task, data, model, result.device)  # after calibration: as served
+        # What calibration chose that the answers read from the config (a classifier's threshold).
+        saved = task.calibrated_config(cfg, calibration) if isinstance(task, ConfigCalibrator) else cfg
+        # After calibration, with its config: the reference records the answers as served.
+        reference = training_reference(saved, task, data, model, result.device)
         s = result.state
         summary = s.history[s.best_epoch] if 0 <= s.best_epoch < len(s.history) else {}
         trained = {
@@ -230,7 +233,7 @@ def train_task(
             run_dir / "bundle",
             modules=result.modules,
             serves=train.serves,
-            cfg=cfg,
+            cfg=saved,
             task=task,
             state_files=task.state_files(data),
             profile={"raw": input_profile(task, data)},

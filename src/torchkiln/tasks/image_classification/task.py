@@ -25,6 +25,9 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
+from torchkiln.components.classification_threshold import check_threshold_split, decision_of
+from torchkiln.components.doctor_data import DoctorData
+from torchkiln.components.gradcam import CamResult, class_activation_maps, last_conv_block
 from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
 from torchkiln.components.images import ImageLike, expand_inputs, to_model_input
 from torchkiln.components.models import Classifier, check_model
@@ -156,7 +159,10 @@ class ImageClassificationTask:
             }
         )
         # Validate again: the filled-in values meet the config's own rules (e.g. one mean per channel).
-        return validate(resolved.model_dump(mode="json")), data
+        checked = validate(resolved.model_dump(mode="json"))
+        if splits is None:  # a training run: its val split must be able to choose task.threshold's value
+            check_threshold_split(checked.task, data.classes, data.splits["val"].labels)
+        return checked, data
 
     def train_module(self, cfg: RunConfig) -> Supervised:
         return Supervised(self, cfg)
@@ -233,7 +239,9 @@ class ImageClassificationTask:
             raise PredictError("No images were given. Pass at least one image path, bytes or array.")
         d = cfg.data
         _check_resolved(d, ("image_size", "channels"), "preprocess")
-        return torch.stack([to_model_input(x, size=d.image_size, channels=d.channels) for x in inputs])
+        return torch.stack(
+            [to_model_input(x, size=d.image_size, channels=d.channels, clahe=d.clahe) for x in inputs]
+        )
 
     def collate_inputs(self, cfg: RunConfig, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(list(parts))
@@ -241,12 +249,23 @@ class ImageClassificationTask:
     def postprocess(
         self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
-        return top_k_answers(cfg.data.classes or [], outputs, top_k)
+        # A two-class model with task.threshold answers at its operating point (chosen on val), not argmax.
+        classes = cfg.data.classes or []
+        return top_k_answers(classes, outputs, top_k, decision_of(cfg.task, classes))
 
     def calibrate(
         self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
     ) -> dict[str, Any]:
-        return {}  # argmax answers; temperature scaling would change scores, not labels
+        """Choose the threshold task.threshold asks for on the val split; ``{}`` without one (argmax)."""
+        from torchkiln.tasks.classification_eval import choose_operating_point
+
+        return choose_operating_point(cfg, self, model, loader, device)
+
+    def calibrated_config(self, cfg: RunConfig, calibration: Mapping[str, Any]) -> RunConfig:
+        """The bundle's config: the chosen threshold filled in, so predict, serve and exports all use it."""
+        from torchkiln.tasks.classification_eval import with_operating_point
+
+        return with_operating_point(cfg, calibration)
 
     def evaluate(self, bundle: Any, *, split: str, out_dir: Path, device: torch.device) -> Any:
         """Per-class metrics, curves, calibration and the worst mistakes on ``split``."""
@@ -280,6 +299,9 @@ class ImageClassificationTask:
                 "channels": d.channels,
                 "color_mode": "L" if d.channels == 1 else "RGB",
                 "resize": "shorter side to image_size (bilinear), then center crop",
+                "contrast": "none"
+                if d.clahe is None
+                else f"CLAHE (scikit-image equalize_adapthist, clip_limit {d.clahe}) on the cropped square",
                 "mean": d.mean,
                 "std": d.std,
             },
@@ -313,8 +335,22 @@ class ImageClassificationTask:
         head = model.net.head if isinstance(model, ImageClassifierModel) else model
         return forward_with_features(model, x, last_linear(head, "the image model's head"))
 
+    def explain(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        *,
+        target: int | Sequence[int] | None = None,
+        method: str = "gradcam",
+    ) -> CamResult:
+        """Grad-CAM (or Grad-CAM++) over the network's last convolutional block; heatmaps at image_size."""
+        net = model.net if isinstance(model, ImageClassifierModel) else model
+        layer = last_conv_block(getattr(net, "blocks", ()), cfg.model.name)
+        return class_activation_maps(model, inputs, layer, target=target, method=method)
+
     def output_signals(self, cfg: RunConfig, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return class_signals(outputs)
+        return class_signals(outputs, decision_of(cfg.task, cfg.data.classes))
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
@@ -343,6 +379,12 @@ class ImageClassificationTask:
 
     def example_request(self) -> dict[str, Any]:
         return {"images": [_example_png()], "top_k": 3}
+
+    def doctor_data(self, cfg: RunConfig, resolved: RunConfig | None, data: ImageData | None) -> DoctorData:
+        """The data as kiln doctor's checks read it (``components.doctor_data.DoctorSource``)."""
+        from torchkiln.tasks.image_classification.doctor import doctor_data
+
+        return doctor_data(cfg, resolved, data)
 
 
 TASK = ImageClassificationTask()  # the ``torchkiln.tasks`` entry point

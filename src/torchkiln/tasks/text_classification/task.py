@@ -30,6 +30,8 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
+from torchkiln.components.classification_threshold import check_threshold_split, decision_of
+from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.models import check_model
 from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.profile import FAR_FACTOR, span, spread
@@ -263,7 +265,10 @@ class TextClassificationTask:
             }
         )
         data = TextData(classes, encoder, out, table.problems, table.source)
-        return validate(resolved.model_dump(mode="json")), data
+        checked = validate(resolved.model_dump(mode="json"))
+        if splits is None:  # a training run: its val split must be able to choose task.threshold's value
+            check_threshold_split(checked.task, classes, out["val"].labels)
+        return checked, data
 
     def state_files(self, data: TextData) -> dict[str, bytes]:
         return {TOKENIZER_FILE: tokenizer_to_json(data.encoder.tokenizer).encode()}
@@ -373,12 +378,23 @@ class TextClassificationTask:
     def postprocess(
         self, cfg: RunConfig, outputs: torch.Tensor, *, top_k: int, raw: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
-        return top_k_answers(_data(cfg).classes or [], outputs, top_k)
+        # A two-class model with task.threshold answers at its operating point (chosen on val), not argmax.
+        classes = _data(cfg).classes or []
+        return top_k_answers(classes, outputs, top_k, decision_of(cfg.task, classes))
 
     def calibrate(
         self, cfg: RunConfig, model: nn.Module, loader: DataLoader | None, device: torch.device
     ) -> dict[str, Any]:
-        return {}  # argmax answers; temperature scaling would change scores, not labels
+        """Choose the threshold task.threshold asks for on the val split; ``{}`` without one (argmax)."""
+        from torchkiln.tasks.classification_eval import choose_operating_point
+
+        return choose_operating_point(cfg, self, model, loader, device)
+
+    def calibrated_config(self, cfg: RunConfig, calibration: Mapping[str, Any]) -> RunConfig:
+        """The bundle's config: the chosen threshold filled in, so predict, serve and exports all use it."""
+        from torchkiln.tasks.classification_eval import with_operating_point
+
+        return with_operating_point(cfg, calibration)
 
     def evaluate(self, bundle: Any, *, split: str, out_dir: Path, device: torch.device) -> Any:
         """Per-class metrics, curves, calibration and the worst mistakes (their texts) on ``split``."""
@@ -449,7 +465,7 @@ class TextClassificationTask:
         return forward_with_features(model, x, last_linear(head, "the text model's head"))
 
     def output_signals(self, cfg: RunConfig, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return class_signals(outputs)
+        return class_signals(outputs, decision_of(cfg.task, _data(cfg).classes))
 
     def summarize_inputs(
         self, cfg: RunConfig, raw: Sequence[Any], model_inputs: torch.Tensor
@@ -469,6 +485,12 @@ class TextClassificationTask:
 
     def example_request(self) -> dict[str, Any]:
         return {"texts": ["A gripping, beautifully acted film.", "Dull, and far too long."], "top_k": 2}
+
+    def doctor_data(self, cfg: RunConfig, resolved: RunConfig | None, data: TextData | None) -> DoctorData:
+        """The data as kiln doctor's checks read it (``components.doctor_data.DoctorSource``)."""
+        from torchkiln.tasks.text_classification.doctor import doctor_data
+
+        return doctor_data(cfg, resolved, data)
 
 
 def read_table(d: TextDataConfig) -> TextTable:
