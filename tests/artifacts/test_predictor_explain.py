@@ -32,7 +32,7 @@ def test_heatmaps_come_with_the_predicted_answer(tiny_bundle: Path, images: list
         assert e.answer["score"] == pytest.approx(a["score"], abs=1e-5)
         assert e.explained == a["label"] and e.method == "gradcam++"
         assert e.heatmap.shape == (16, 16) and e.heatmap.dtype == np.float32  # image_size, not the file's 24
-        assert 0.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0
+        assert e.heatmap.min() >= 0.0 and e.heatmap.max() <= 1.0
         assert e.image.shape == (16, 16, 3) and e.image.dtype == np.uint8
         with Image.open(io.BytesIO(e.png(min_side=64))) as img:
             assert img.size == (64, 64)

@@ -25,7 +25,7 @@ X = torch.tensor(
 
 
 def gap_net() -> nn.Sequential:
-    """conv (A0 = relu(x), A1 = relu(-x)) -> global average pool -> Linear with W = [[1, 0], [0, 1], [2, 1]]."""
+    """conv (A0 = relu(x), A1 = relu(-x)) -> global average pool -> Linear, W = [[1, 0], [0, 1], [2, 1]]."""
     conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
     with torch.no_grad():
         conv.weight.zero_()

@@ -50,9 +50,9 @@ def test_a_model_without_convolutions_is_refused(name: str) -> None:
     with pytest.raises(PredictError) as err:
         task.explain(cfg, model, x)
     assert str(err.value) == (
-        f"Model '{name}' has no convolutional layer, so Grad-CAM has no feature map to weigh. Heatmaps need a "
-        "convolutional network (cnn, a resnet, a mobilenet or efficientnet_lite0; kiln list models): explain "
-        "a bundle trained with one of them."
+        f"Model '{name}' has no convolutional layer, so Grad-CAM has no feature map to weigh. Heatmaps "
+        "need a convolutional network (cnn, a resnet, a mobilenet or efficientnet_lite0; kiln list models): "
+        "explain a bundle trained with one of them."
     )
 
 
