@@ -28,6 +28,7 @@ from torchkiln.core._version import __version__
 from torchkiln.serve.action_routes import router as action_router
 from torchkiln.serve.admin_routes import router as admin_router
 from torchkiln.serve.deployments import ModelManager
+from torchkiln.serve.explaining import documented_params
 from torchkiln.serve.feedback import OTHER_WORKERS_WAIT_S, FeedbackStore
 from torchkiln.serve.feedback_routes import router as feedback_router
 from torchkiln.serve.metrics import ServeMetrics
@@ -260,7 +261,8 @@ def _openapi(app: FastAPI, manager: ModelManager) -> dict[str, Any]:
         name: d.models["champion"].task if "champion" in d.models else None
         for name, d in manager.deployments.items()
     }
-    key = tuple((name, task.kind if task else None) for name, task in served.items())
+    runtimes = {name: d.models["champion"].runtime for name, d in manager.deployments.items() if served[name]}
+    key = tuple((name, task.kind if task else None, runtimes.get(name)) for name, task in served.items())
     if app.openapi_schema and getattr(app.state, "kiln_openapi_key", None) == key:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -278,7 +280,8 @@ def _openapi(app: FastAPI, manager: ModelManager) -> dict[str, Any]:
         if task is None:
             continue
         op = copy.deepcopy(template)
-        op["parameters"] = [p for p in op.get("parameters", []) if p["name"] != "name"]
+        params = [p for p in op.get("parameters", []) if p["name"] != "name"]
+        op["parameters"] = documented_params(params, manager.deployments[name].models["champion"])
         op["operationId"] = f"predict_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"
         op["summary"] = f"Predict with {name} ({task.kind})"
         op["requestBody"] = predict_request_body([task])
