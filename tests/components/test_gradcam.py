@@ -138,6 +138,23 @@ def test_frozen_layers_and_batches_with_one_target_per_input() -> None:
     assert torch.equal(zero.heatmaps, torch.zeros(1, 4, 4))
 
 
+def test_a_target_function_picks_the_class_from_the_outputs() -> None:
+    # A two-class model at an operating point answers the class its threshold picks, not the argmax: the
+    # target function gets the outputs and returns those classes, and the maps explain them.
+    net, x = gap_net(), torch.stack([X, -X]).view(2, 1, 4, 4)
+    seen: list[torch.Tensor] = []
+
+    def answered(outputs: torch.Tensor) -> torch.Tensor:
+        seen.append(outputs)
+        return torch.tensor([0, 1])
+
+    cams = class_activation_maps(net, x, net[0], target=answered)
+    assert cams.targets.tolist() == [0, 1]
+    assert seen[0].shape == (2, 3) and not seen[0].requires_grad
+    assert torch.allclose(cams.heatmaps[0], X.clamp(min=0) / 4, atol=1e-6)
+    assert torch.allclose(cams.heatmaps[1], X.clamp(min=0) / 4, atol=1e-6)  # A1 of -X is relu(X)
+
+
 def test_a_coarse_layer_is_resized_to_the_input() -> None:
     net = gap_net()
     pooled = nn.Sequential(net[0], nn.MaxPool2d(2), *list(net)[1:])

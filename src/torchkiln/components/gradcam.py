@@ -17,7 +17,7 @@ input gives 7 x 7 after five halvings) bounds how precise a heatmap can be.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from torchkiln.core.errors import PredictError
 
 METHODS = ("gradcam", "gradcam++")
-Target = int | Sequence[int] | Tensor | None  # None: each input's predicted class
+# None: each input's predicted class (argmax); a callable maps the outputs (B, K) to the classes (B,)
+Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def class_activation_maps(
         layer: a module inside ``model`` whose output is a ``(B, K, h, w)`` feature map (the last
             convolutional block, for the coarsest and most class-specific maps).
         target: the class to explain: ``None`` for each input's predicted class, an int for all inputs,
-            or one int per input.
+            one int per input, or a function of the outputs ``(B, K)`` that returns the classes ``(B,)``
+            (a two-class model's answers at its operating point).
         method: ``"gradcam"`` or ``"gradcam++"``.
 
     Returns:
@@ -150,6 +152,8 @@ def _targets(target: Target, outputs: Tensor) -> Tensor:
     n, k = outputs.shape[0], outputs.shape[-1]
     if target is None:
         return outputs.detach().argmax(dim=1)
+    if callable(target):
+        target = target(outputs.detach())
     t = torch.as_tensor(target, dtype=torch.long, device=outputs.device).reshape(-1)
     if t.numel() == 1:
         t = t.expand(n)

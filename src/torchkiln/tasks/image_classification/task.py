@@ -27,7 +27,7 @@ from torchkiln.components.classification import (
 )
 from torchkiln.components.classification_threshold import check_threshold_split, decision_of
 from torchkiln.components.doctor_data import DoctorData
-from torchkiln.components.gradcam import CamResult, class_activation_maps, last_conv_block
+from torchkiln.components.gradcam import CamResult, Target, class_activation_maps, last_conv_block
 from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
 from torchkiln.components.images import ImageLike, expand_inputs, to_model_input
 from torchkiln.components.models import Classifier, check_model
@@ -341,10 +341,16 @@ class ImageClassificationTask:
         model: nn.Module,
         inputs: torch.Tensor,
         *,
-        target: int | Sequence[int] | None = None,
+        target: Target = None,
         method: str = "gradcam",
     ) -> CamResult:
-        """Grad-CAM (or Grad-CAM++) over the network's last convolutional block; heatmaps at image_size."""
+        """Grad-CAM (or Grad-CAM++) over the network's last convolutional block; heatmaps at image_size.
+
+        Without a ``target`` it explains the answered class: at ``task.threshold``'s operating point for
+        a two-class model that has one, else the argmax."""
+        decision = decision_of(cfg.task, cfg.data.classes)
+        if target is None and decision is not None:
+            target = lambda outputs: decision.predict(outputs.float().softmax(dim=1))  # noqa: E731
         net = model.net if isinstance(model, ImageClassifierModel) else model
         layer = last_conv_block(getattr(net, "blocks", ()), cfg.model.name)
         return class_activation_maps(model, inputs, layer, target=target, method=method)
