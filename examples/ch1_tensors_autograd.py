@@ -1,6 +1,6 @@
 """Chapter 1: tensors, autograd and the data pipeline, with the real PyTorch primitives.
 
-Run: .venv/bin/python examples/ch1_tensors_autograd.py   (a few seconds on 2 CPU cores)
+Run: .venv/bin/python examples/ch1_tensors_autograd.py  (about 6 s on 2 CPU cores, measured in docs/learn.md)
 Each section asserts what it teaches, so a broken concept fails the script. docs/learn.md maps the book's
 sections to this file and to the kiln feature that does the same for real.
 """

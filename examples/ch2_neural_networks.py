@@ -1,6 +1,6 @@
 """Chapter 2: neurons, forward and backward by hand, nn.Module, the training loop, saving and fine-tuning.
 
-Run: .venv/bin/python examples/ch2_neural_networks.py   (a few seconds on 2 CPU cores)
+Run: .venv/bin/python examples/ch2_neural_networks.py  (about 6 s on 2 CPU cores, measured in docs/learn.md)
 Trains on scikit-learn's real 8x8 digits (bundled, nothing is downloaded). Each section asserts what it
 teaches; docs/learn.md maps the book's sections to this file and to the kiln feature that does it for real.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -114,6 +115,35 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader, epochs: int, lr: f
     return history
 
 
+def save_and_load(model: MLP, x: torch.Tensor) -> None:
+    """Section 2.6: save and load weights (a state_dict: tensors only, never pickled code)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(model.state_dict(), Path(tmp) / "mlp.safetensors")
+        torch.save(model.state_dict(), Path(tmp) / "mlp.pt")
+        a, b = MLP(), MLP()
+        a.load_state_dict(load_file(Path(tmp) / "mlp.safetensors"))
+        b.load_state_dict(torch.load(Path(tmp) / "mlp.pt", weights_only=True))  # refuses pickled objects
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x), model.eval()(x)) and torch.equal(b.eval()(x), a(x))
+
+
+def fine_tune(model: MLP, x: torch.Tensor, y: torch.Tensor, splits: tuple[np.ndarray, ...]) -> float:
+    """Section 2.6: a new task (is the digit >= 5?): freeze fc1, replace the output layer, train the rest."""
+    for p in model.fc1.parameters():
+        p.requires_grad = False
+    model.fc2 = nn.Linear(model.fc2.in_features, 2)
+    frozen, big = model.fc1.weight.clone(), (y >= 5).long()
+
+    def loader(part: np.ndarray, shuffle: bool = False) -> DataLoader:
+        return DataLoader(TensorDataset(x[part], big[part]), batch_size=64, shuffle=shuffle)
+
+    train, val, test = splits
+    fit(model, loader(train, shuffle=True), loader(val), epochs=10, lr=1e-2)
+    tuned = run_epoch(model, loader(test), None)[1]
+    assert torch.equal(model.fc1.weight, frozen) and tuned > 0.9, tuned
+    return tuned
+
+
 def main() -> None:
     activations()
     losses()
@@ -127,7 +157,7 @@ def main() -> None:
     x = (x - mean) / std
     backprop_by_hand(x[train[:64]], y[train[:64]])
 
-    def loader(part, shuffle=False):
+    def loader(part: np.ndarray, shuffle: bool = False) -> DataLoader:
         return DataLoader(TensorDataset(x[part], y[part]), batch_size=64, shuffle=shuffle)
 
     model = MLP()
@@ -140,31 +170,8 @@ def main() -> None:
         f"{val_acc:.3f}, test accuracy {test_acc:.3f} (measured once, at the end)"
     )
 
-    # Section 2.6: save and load weights (a state_dict: tensors only, never pickled code).
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file(model.state_dict(), Path(tmp) / "mlp.safetensors")
-        torch.save(model.state_dict(), Path(tmp) / "mlp.pt")
-        a, b = MLP(), MLP()
-        a.load_state_dict(load_file(Path(tmp) / "mlp.safetensors"))
-        b.load_state_dict(torch.load(Path(tmp) / "mlp.pt", weights_only=True))  # refuses pickled objects
-    with torch.no_grad():
-        assert torch.equal(a.eval()(x[test]), model.eval()(x[test])) and torch.equal(b(x[test]), a(x[test]))
-
-    # Fine-tune for a new task (is the digit >= 5?): freeze fc1, replace the output layer.
-    for p in model.fc1.parameters():
-        p.requires_grad = False
-    model.fc2 = nn.Linear(model.fc2.in_features, 2)
-    frozen = model.fc1.weight.clone()
-    big = (y >= 5).long()
-    fit(
-        model,
-        DataLoader(TensorDataset(x[train], big[train]), batch_size=64, shuffle=True),
-        DataLoader(TensorDataset(x[val], big[val]), batch_size=64),
-        epochs=10,
-        lr=1e-2,
-    )
-    tuned = run_epoch(model, DataLoader(TensorDataset(x[test], big[test]), batch_size=64), None)[1]
-    assert torch.equal(model.fc1.weight, frozen) and tuned > 0.9, tuned
+    save_and_load(model, x[test])
+    tuned = fine_tune(model, x, y, (train, val, test))
     print(f"fine-tune: fc1 frozen (unchanged), new 2-class head: test accuracy {tuned:.3f}")
     print("kiln equivalent: kiln train examples/fashion-mnist.yaml")
 

