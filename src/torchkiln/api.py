@@ -25,6 +25,7 @@ from torchkiln.tasks.training import resume_run, train_new_run
 from torchkiln.tune import TuneResult, tune
 
 if TYPE_CHECKING:
+    from torchkiln.doctor import DoctorReport
     from torchkiln.serve.settings import ServeSettings
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ExportResult",
     "Predictor",
     "TuneResult",
+    "doctor",
     "evaluate",
     "explain",
     "export",
@@ -272,3 +274,40 @@ def explain(
         png = e.png(min_side=min_side)
         atomic_write(dest, lambda fh, data=png: fh.write(data))
     return [ExplainedImage(*parts) for parts in zip(files, found, written, strict=True)]
+
+
+def doctor(
+    cfg: RunConfig | str | Path,
+    *,
+    quick: bool = False,
+    label_noise: bool = False,
+    noise_epochs: int = 2,
+) -> DoctorReport:
+    """Check the data and the config before any compute (``kiln doctor``): each finding has its severity,
+    what was found (counts and an example item) and the fix.
+
+    Args:
+        cfg: a config as loaded (``load_config``: what the user set must be known), or a YAML path.
+        quick: only the cheap checks, as ``kiln train`` runs them before training (seconds).
+        label_noise: also fit the task's model on 2 folds of train and flag the training labels it
+            confidently contradicts (confident learning): it trains, so it takes longer.
+        noise_epochs: epochs of each fold's fit.
+
+    Returns:
+        A :class:`~torchkiln.doctor.DoctorReport`: the findings, errors first, and each check's seconds.
+
+    Raises:
+        ConfigError: the config is invalid (a refused data set is a finding, not an exception).
+
+    Example:
+        >>> report = doctor("examples/fashion-mnist.yaml")
+        >>> [(f.severity, f.check) for f in report.findings]
+    """
+    from torchkiln.doctor import DoctorOptions, run_checks
+
+    return run_checks(
+        cfg if isinstance(cfg, RunConfig) else load_config(cfg),
+        cheap_only=quick,
+        opt_in=("label-noise",) if label_noise else (),
+        options=DoctorOptions(noise_epochs=noise_epochs),
+    )

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from torchkiln.cli.dashboard import dashboard_command
 from torchkiln.cli.deploy import containerize_command
+from torchkiln.cli.doctor import check_before_training, doctor_command
 from torchkiln.cli.env import env_command
 from torchkiln.cli.explain import explain_command
 from torchkiln.cli.help import use_cli_help
@@ -67,6 +68,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(monitor_app, name="monitor")
 app.command("containerize")(containerize_command)
 app.command("dashboard")(dashboard_command)
+app.command("doctor")(doctor_command)
 app.command("env")(env_command)
 app.command("explain")(explain_command)
 app.command("lr-find")(lr_find_command)
@@ -113,6 +115,14 @@ def train(
             "the CPU. train.batch_size is the batch of all N together. Several machines: docs/scale.md.",
         ),
     ] = None,
+    doctor: Annotated[
+        bool,
+        typer.Option(
+            "--doctor/--no-doctor",
+            help="First run kiln doctor's quick checks of the data and config: print their warnings, stop "
+            "at an error.",
+        ),
+    ] = True,
 ) -> None:
     """Train a model. The last line printed is the run directory.
 
@@ -129,6 +139,8 @@ def train(
         )  # fmt: skip
     except KilnError as exc:
         fail(exc)
+    if doctor and config is not None and resume is None and "WORLD_SIZE" not in os.environ:
+        check_before_training(config, overrides)  # kiln doctor --quick, once (not in each torchrun rank)
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         args = [str(config)] if config is not None else []
         args += [f"--set={o}" for o in overrides] + (["--resume", str(resume)] if resume is not None else [])

@@ -255,6 +255,12 @@ class Task(ReferenceProfiler, Protocol):
 
     The members of the reference profile (``reference_inputs``, ``forward_features``,
     ``output_signals``) are declared in :class:`~torchkiln.tasks.profile.ReferenceProfiler`.
+
+    Optional: ``doctor_data(cfg, resolved, data) -> DoctorData`` gives ``kiln doctor``'s data checks each
+    split's images, texts or series and labels, who chose the normalization, and how to refit on part of
+    train (:class:`~torchkiln.components.doctor_data.DoctorSource`). ``cfg`` is the config as written,
+    ``resolved`` and ``data`` what ``prepare`` returned (None when it refused the data). Without it, only
+    the config is checked. The families implement it in their ``doctor.py``.
     """
 
     kind: str

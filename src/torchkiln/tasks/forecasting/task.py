@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from torchkiln.components.batches import EpochBatchSampler
+from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.metric import Metric
 from torchkiln.components.penultimate import forward_with_features, last_linear
 from torchkiln.components.splits import SPLITS
@@ -515,6 +516,12 @@ class ForecastingTask:
         history += [170, 170, 158, 133, 114, 140, 145, 150, 178, 163, 172, 178, 199, 199, 184, 162, 146, 166]
         times = [f"{1949 + i // 12}-{i % 12 + 1:02d}-01" for i in range(len(history))]
         return {"history": [float(v) for v in history], "timestamps": times}
+
+    def doctor_data(self, cfg: RunConfig, resolved: RunConfig | None, data: SeriesData | None) -> DoctorData:
+        """The data as kiln doctor's checks read it (``components.doctor_data.DoctorSource``)."""
+        from torchkiln.tasks.forecasting.doctor import doctor_data
+
+        return doctor_data(cfg, resolved, data)
 
 
 TASK = ForecastingTask()  # the ``torchkiln.tasks`` entry point

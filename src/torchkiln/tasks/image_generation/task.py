@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.metric import Metric
 from torchkiln.components.models import check_model
 from torchkiln.core.config import RunConfig
@@ -299,6 +300,12 @@ class ImageGenerationTask:
 
     def example_request(self) -> dict[str, Any]:
         return {"n": 2, "seed": 7}
+
+    def doctor_data(self, cfg: RunConfig, resolved: RunConfig | None, data: Any) -> DoctorData:
+        """The data as kiln doctor's checks read it (``components.doctor_data.DoctorSource``)."""
+        from torchkiln.tasks.image_generation.doctor import doctor_data
+
+        return doctor_data(cfg, resolved, data)
 
     @property
     def actions(self) -> tuple[TaskAction, ...]:

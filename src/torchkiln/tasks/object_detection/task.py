@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
 from torchkiln.components.images import ImageLike, image_tensor, peek_image
 from torchkiln.components.models import check_model
@@ -415,6 +416,12 @@ class ObjectDetectionTask:
 
     def example_request(self) -> dict[str, Any]:
         return {"images": [_example_png()], "score_threshold": 0.05}
+
+    def doctor_data(self, cfg: RunConfig, resolved: RunConfig | None, data: Any) -> DoctorData:
+        """The data as kiln doctor's checks read it (``components.doctor_data.DoctorSource``)."""
+        from torchkiln.tasks.object_detection.doctor import doctor_data
+
+        return doctor_data(cfg, resolved, data)
 
 
 TASK = ObjectDetectionTask()  # the ``torchkiln.tasks`` entry point
