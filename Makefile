@@ -67,5 +67,13 @@ CLOSED_LOOP_DIR ?= runs/closed-loop
 closed-loop: $(STAMP) fashion-mnist
 	$(PY) examples/closed_loop.py --work $(CLOSED_LOOP_DIR)
 
+# The capstone (examples/capstone/README.md, docs/capstone.md): pneumonia from chest X-rays, from kiln doctor to a
+# retrained, promoted service and the dashboard. Without DATA it runs on the labelled stand-in; with
+# DATA=/path/to/chest_xray (Kaggle's train/val/test folders) on the real radiographs.
+CAPSTONE_DIR ?= runs/capstone
+.PHONY: capstone
+capstone: $(STAMP) fashion-mnist
+	$(PY) examples/capstone/run.py --work $(CAPSTONE_DIR) $(if $(DATA),--data $(DATA))
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
