@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchkiln.components.classification import class_signals, top_k_answers
+from torchkiln.components.classification import MulticlassMetrics, class_signals, top_k_answers
 from torchkiln.components.classification_threshold import (
     Decision,
     ThresholdConfig,
     choose_threshold,
     decision_of,
+    scoring_decision,
 )
 from torchkiln.core.config_io import RUN_CONFIG_FIX
 from torchkiln.core.errors import ConfigError, DataError
@@ -179,3 +180,18 @@ def test_a_score_exactly_at_the_threshold_is_positive() -> None:
     threshold = float(probs[0, 1])  # a chosen threshold is a val item's own float32 score
     assert Decision(1, threshold).predict(probs).tolist() == [1, 1, 0]
     assert Decision(0, 0.6).predict(probs).tolist() == [0, 1, 0]  # p(class 0) >= 0.6
+
+
+def test_accuracy_is_scored_at_the_operating_point_once_it_is_chosen() -> None:
+    # The export gate and the engine score through the task's metrics: a trained bundle with a threshold
+    # is judged on the labels it answers, not on argmax. While training, the threshold is still to be
+    # chosen (on val, at the end), so the epochs are scored by argmax.
+    outputs, targets = logits_for([0.31, 0.29, 0.9, 0.2]), torch.tensor([1, 0, 1, 1])
+    cfg = load_config(raw_config({"threshold": {"recall": 0.95}}, ["NORMAL", "PNEUMONIA"]))
+    assert scoring_decision(cfg.task, cfg.data.classes) is None
+    chosen = cfg.task.model_copy(update={"threshold": cfg.task.threshold.model_copy(update={"chosen": 0.3})})
+    decision = scoring_decision(chosen, cfg.data.classes)
+    assert decision == Decision(positive=1, threshold=0.3)
+    for metric, expected in ((MulticlassMetrics(), 0.5), (MulticlassMetrics(decision), 0.75)):
+        metric.update(outputs, targets)  # argmax: 0, 0, 1, 0; at 0.3: 1, 0, 1, 0
+        assert metric.compute() == {"accuracy": expected}

@@ -20,15 +20,23 @@ class MulticlassMetrics(Metric):
 
     The loss is the engine's to track; this set holds what only the task knows how to score. The
     counts are :class:`~torchkiln.components.metric.Metric` states: they go into mid-epoch checkpoints.
+    With a ``decision`` (a two-class model's operating point) the answers are scored as they are served,
+    at its threshold, not by argmax: the export gate of a bundle with ``task.threshold`` judges them so.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decision: Decision | None = None) -> None:
         super().__init__()
+        self.decision = decision
         self.add_state("correct", torch.zeros((), dtype=torch.long))
         self.add_state("count", torch.zeros((), dtype=torch.long))
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.correct += (outputs.detach().argmax(1) == targets).sum()
+        outputs = outputs.detach()
+        if self.decision is None:
+            answered = outputs.argmax(1)
+        else:
+            answered = self.decision.predict(outputs.float().softmax(1))
+        self.correct += (answered == targets).sum()
         self.count += targets.numel()
 
     def compute(self) -> dict[str, float]:

@@ -156,6 +156,20 @@ def decision_of(task: Any, classes: Sequence[str] | None) -> Decision | None:
     return Decision(positive, t.chosen)
 
 
+def scoring_decision(task: Any, classes: Sequence[str] | None) -> Decision | None:
+    """The operating point to score answers at: :func:`decision_of`'s, or ``None`` (argmax) while a target
+    threshold is still to be chosen, as during training, whose val split chooses it at the end.
+
+    Example:
+        >>> scoring_decision(bundle.config.task, bundle.config.data.classes)  # a trained bundle's
+        Decision(positive=1, threshold=0.372)
+    """
+    t: ThresholdConfig | None = getattr(task, "threshold", None)
+    if t is None or (t.value is None and t.chosen is None):
+        return None
+    return decision_of(task, classes)
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
     """What :func:`choose_threshold` found on the val split (``bundle.json``'s ``calibration.threshold``)."""

@@ -25,7 +25,11 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
-from torchkiln.components.classification_threshold import check_threshold_split, decision_of
+from torchkiln.components.classification_threshold import (
+    check_threshold_split,
+    decision_of,
+    scoring_decision,
+)
 from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.gradcam import CamResult, Target, class_activation_maps, last_conv_block
 from torchkiln.components.image_requests import ImagesRequest, check_image, decode_base64
@@ -220,7 +224,8 @@ class ImageClassificationTask:
         return classification_loss(cfg)
 
     def metrics(self, cfg: RunConfig) -> MulticlassMetrics:
-        return MulticlassMetrics()
+        # A trained bundle with task.threshold is scored at its operating point, as it answers.
+        return MulticlassMetrics(scoring_decision(cfg.task, cfg.data.classes))
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]:
         model = cast(ImageClassifierModel, model)  # build_model wraps every network in one

@@ -30,7 +30,11 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
-from torchkiln.components.classification_threshold import check_threshold_split, decision_of
+from torchkiln.components.classification_threshold import (
+    check_threshold_split,
+    decision_of,
+    scoring_decision,
+)
 from torchkiln.components.doctor_data import DoctorData
 from torchkiln.components.models import check_model
 from torchkiln.components.penultimate import forward_with_features, last_linear
@@ -337,7 +341,8 @@ class TextClassificationTask:
         return classification_loss(cfg)
 
     def metrics(self, cfg: RunConfig) -> MulticlassMetrics:
-        return MulticlassMetrics()
+        # A trained bundle with task.threshold is scored at its operating point, as it answers.
+        return MulticlassMetrics(scoring_decision(cfg.task, _data(cfg).classes))
 
     def param_groups(self, cfg: RunConfig, model: nn.Module) -> list[ParamGroup]:
         m = cfg.model
