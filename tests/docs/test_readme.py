@@ -9,8 +9,11 @@ A fenced block runs when an HTML comment right above it says so (GitHub does not
   exit code may be non-zero: the errors shown are part of what is checked.
 - ``with "OLD" -> "NEW"`` in a run comment replaces text before running, to run on less data or fewer
   epochs than the README shows (for instance ``with "train.epochs=10" -> "train.epochs=2"``).
+- ``alone`` in a run comment (``<!-- docs-test: run alone with ... -->``) marks a side trip that needs
+  nothing the tour made: it runs as its own test, in its own empty folder, so the test processes share
+  the README's minutes.
 
-All marked blocks run in order, in one bash session, in an empty folder: a later block uses what an
+The other marked blocks run in order, in one bash session, in an empty folder: a later block uses what an
 earlier one made (``$RUN``, ``data/digits``), as a reader following the tour would. ``kiln serve``
 blocks a terminal, so here it runs in the background on a free port and each serve command waits
 until ``/readyz`` answers; the next ``kiln serve``, or the end, stops it. ``curl`` fails on an HTTP error.
@@ -32,6 +35,7 @@ ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 
 MARK = re.compile(r"<!--\s*docs-test:\s*(run|check)\b(.*?)-->\s*\n```(\w*)[^\n]*\n(.*?)\n```", re.S)
+ALONE = re.compile(r"^\s*alone\b")
 WITH = re.compile(r'"((?:[^"\\]|\\.)*)"\s*->\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -41,6 +45,7 @@ class Block:
     lang: str  # "bash", "python" or "" (a transcript of "$ command" lines)
     body: str
     line: int  # where the block starts in README.md
+    alone: bool = False  # a side trip: its own test in its own folder
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -52,7 +57,8 @@ def readme_blocks(text: str) -> list[Block]:
                 f"README line {text[: m.start()].count(chr(10)) + 1}: {old!r} is not in its block"
             )
             body = body.replace(old, new)
-        blocks.append(Block(mode, lang, body, text[: m.start()].count("\n") + 1))
+        line = text[: m.start()].count("\n") + 1
+        blocks.append(Block(mode, lang, body, line, alone=bool(ALONE.match(opts))))
     return blocks
 
 
@@ -137,13 +143,22 @@ def test_transcript_matching() -> None:
     assert appears_in_order(["error: worse"], out) == "error: worse"
 
 
+def chains() -> dict[str, list[tuple[int, Block]]]:
+    """The tour (every block not marked ``alone``, in order) and each side trip, by README line."""
+    blocks = list(enumerate(readme_blocks(README.read_text())))
+    out = {"tour": [(i, b) for i, b in blocks if not b.alone]}
+    out |= {f"line-{b.line}": [(i, b)] for i, b in blocks if b.alone}
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_readme_commands_run(tmp_path: Path) -> None:
-    blocks = readme_blocks(README.read_text())
+@pytest.mark.parametrize("chain", list(chains()))
+def test_readme_commands_run(chain: str, tmp_path: Path) -> None:
+    blocks = chains()[chain]
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # the README's "source .venv/bin/activate"
-    script = PRELUDE + "".join(as_bash(b, i) for i, b in enumerate(blocks))
+    script = PRELUDE + "".join(as_bash(b, i) for i, b in blocks)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -155,7 +170,7 @@ def test_readme_commands_run(tmp_path: Path) -> None:
         ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840
     )
     assert proc.returncode == 0, f"a README command failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-    for i, block in enumerate(blocks):
+    for i, block in blocks:
         if block.mode != "check":
             continue
         for j, (cmd, expected) in enumerate(transcript(block.body)):
