@@ -63,16 +63,19 @@ def train_new_run(cfg: RunConfig, *, on_epoch: EpochHook | None = None) -> Path:
         state = task.load_state(cfg, files) if files else None
     resolved, data = task.prepare(cfg, state=state)
     main = distributed.is_main()  # in a process group rank 0 makes the run directory and writes its files
-    run_dir = Path(distributed.broadcast_text(str(new_run_dir(resolved)) if main else ""))
-    if main:
-        _write_run_files(run_dir, resolved, task, data)
-    try:
+    made: Path | None = None  # what this process created, from the moment it exists
+    try:  # everything after the directory exists: torchrun's SIGTERM (another rank failed) may come anywhere
+        if main:
+            made = new_run_dir(resolved)
+        run_dir = Path(distributed.broadcast_text(str(made) if main else ""))
+        if main:
+            _write_run_files(run_dir, resolved, task, data)
         train_task(resolved, task, data, run_dir, on_epoch=on_epoch)
     except BaseException:
-        if main and not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any progress: leave nothing behind
+        if made is not None and not any((made / "checkpoints").glob("*.pt")):
+            shutil.rmtree(made, ignore_errors=True)  # failed before any progress: leave nothing behind
             with contextlib.suppress(OSError):  # <runs_dir>/<name> too, unless other runs live there
-                run_dir.parent.rmdir()
+                made.parent.rmdir()
         raise
     return run_dir
 
