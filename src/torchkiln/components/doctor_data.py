@@ -7,6 +7,7 @@ A task family gives it through its optional ``doctor_data`` hook (:class:`Doctor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,25 @@ class SeriesView:
 # ``fold(fit, held)``: train indices -> a data handle like ``prepare``'s whose train split is ``fit`` and
 # whose val split is ``held`` (the label-noise check trains on one and predicts the other).
 Fold = Callable[[np.ndarray, np.ndarray], Any]
+
+
+def train_folds(data: Any, subset: Callable[[Any, np.ndarray], Any]) -> Fold:
+    """The :data:`Fold` of a data handle whose ``splits`` map names to split objects (a dataclass):
+    ``subset(split, indices)`` cuts one split; the fold's train and val are cut from ``data``'s train, its
+    test is empty.
+
+    Example:
+        >>> fold = train_folds(image_data, _subset)
+        >>> fold(np.arange(0, 50), np.arange(50, 100)).splits["val"]  # train items 50..99
+    """
+    train = data.splits["train"]
+    empty = subset(train, np.zeros(0, dtype=np.int64))
+
+    def fold(fit: np.ndarray, held: np.ndarray) -> Any:
+        splits = {"train": subset(train, fit), "val": subset(train, held), "test": empty}
+        return dataclasses.replace(data, splits=splits)
+
+    return fold
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
-from torchkiln.components.doctor_data import ArrayImages, DoctorData, FileImages, Normalization, SplitItems
+from torchkiln.components.doctor_data import (
+    ArrayImages,
+    DoctorData,
+    FileImages,
+    Normalization,
+    SplitItems,
+    train_folds,
+)
 from torchkiln.core.config import RunConfig
 from torchkiln.tasks.image_classification.config import ImageDataConfig
 from torchkiln.tasks.image_classification.data import ImageData, SplitData
@@ -53,17 +58,10 @@ def doctor_data(cfg: RunConfig, resolved: RunConfig | None, data: ImageData | No
     d = cfg.data
     if data is None or not isinstance(d, ImageDataConfig):
         return DoctorData()  # prepare refused the data: its error is the finding
-    train = data.splits["train"]
-    empty = _subset(train, np.zeros(0, dtype=np.int64))
-
-    def fold(fit: np.ndarray, held: np.ndarray) -> ImageData:
-        splits = {"train": _subset(train, fit), "val": _subset(train, held), "test": empty}
-        return dataclasses.replace(data, splits=splits)
-
     return DoctorData(
         splits={name: _items(part, data) for name, part in data.splits.items()},
         classes=data.classes,
         normalization=_normalization(cfg, d, data),
         balancing="data.sampler: balanced" if d.sampler == "balanced" else "",
-        fold=fold,
+        fold=train_folds(data, _subset),
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from torchkiln.components.doctor_data import DoctorData, SplitItems
+from torchkiln.components.doctor_data import DoctorData, SplitItems, train_folds
 from torchkiln.core.config import RunConfig
 from torchkiln.tasks.text_classification.config import TextDataConfig
 
@@ -44,13 +44,6 @@ def doctor_data(cfg: RunConfig, resolved: RunConfig | None, data: Any) -> Doctor
     d = cfg.data
     if data is None or not isinstance(d, TextDataConfig):
         return DoctorData()  # prepare refused the data: its error is the finding
-    train = data.splits["train"]
-    empty = _subset(train, np.zeros(0, dtype=np.int64))
-
-    def fold(fit: np.ndarray, held: np.ndarray) -> Any:
-        splits = {"train": _subset(train, fit), "val": _subset(train, held), "test": empty}
-        return dataclasses.replace(data, splits=splits)
-
     return DoctorData(
         splits={
             name: SplitItems(name=_name(part), labels=part.labels.numpy(), texts=part.texts)
@@ -58,5 +51,5 @@ def doctor_data(cfg: RunConfig, resolved: RunConfig | None, data: Any) -> Doctor
         },
         classes=data.classes,
         balancing="data.sampler: balanced" if d.sampler == "balanced" else "",
-        fold=fold,
+        fold=train_folds(data, _subset),
     )
