@@ -449,7 +449,8 @@ def fit(
     loop = setup(cfg, train, loaders, modules)
     check_monitor(loop)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # only rank 0 writes: a slower rank must not bring back a run rank 0 removed
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     tally = EpochTally(train.metrics(cfg).to(loop.precision.device), loop.precision.device)
     state = restore(loop, load_checkpoint(ckpt_dir / "last.pt"), tally) if resume else TrainState()
     state.epochs = cfg.train.epochs
