@@ -62,6 +62,7 @@ SMALL_ARGS: dict[str, dict[str, Any]] = {
     "gru": {"embed_dim": 16, "hidden_size": 16, "pool": "max"},
     "textcnn": {"embed_dim": 16, "filters": 8},
     "transformer": {"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32},
+    "fasttext": {"embed_dim": 16, "buckets": 1000},
     "lstm-forecaster": {"hidden_size": 8},
     "seq2seq-forecaster": {"hidden_size": 8},
     "mlp-forecaster": {"width": 16, "blocks": 2},

@@ -22,6 +22,7 @@ SMALL = {  # small widths keep the suite fast; the architecture is the registere
     "textcnn": {"embed_dim": 16, "filters": 8},
     "transformer": {"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32},
     "minilm": {},
+    "fasttext": {"embed_dim": 16, "buckets": 1000},
 }
 
 

@@ -60,8 +60,24 @@ def check_ranges(model: str, *, rates: dict[str, float], sizes: dict[str, int]) 
             )
 
 
-def _load_weights(model: TextClassifier, name: str, pretrained: bool | str) -> TextClassifier:
-    """Load a weights file saved from the same architecture, leaving out its head."""
+def load_weights(model: TextClassifier, name: str, pretrained: bool | str) -> TextClassifier:
+    """Load a weights file saved from the same architecture into ``model``, leaving out its head.
+
+    Args:
+        model: the freshly built model.
+        name: its registered name, for messages.
+        pretrained: the path of a ``.safetensors`` or ``.pth`` file, or ``False`` (nothing to load).
+
+    Returns:
+        ``model``, with the file's backbone weights.
+
+    Raises:
+        ConfigError: ``pretrained`` is ``True`` (a from-scratch model has no packaged weights), or the file
+            does not fit the architecture.
+
+    Example:
+        >>> model = load_weights(model, "lstm", "lstm.safetensors")
+    """
     if pretrained is True:
         raise ConfigError(
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
@@ -219,7 +235,7 @@ def _rnn(
     width = (2 if bidirectional else 1) * hidden_size
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
     model = RNNClassifier(blocks, head, pad_id=pad_id, pool=pool, embed_dropout=embed_dropout)
-    return _load_weights(model, name, pretrained)
+    return load_weights(model, name, pretrained)
 
 
 @register_model("lstm", summary="Bidirectional LSTM over packed sequences", task=TASK)
@@ -382,7 +398,7 @@ def textcnn(
     convs = nn.ModuleList(nn.Conv1d(embed_dim, filters, k) for k in kernel_sizes)
     blocks = [nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id), convs]
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(filters * len(kernel_sizes), num_classes))
-    return _load_weights(TextCNN(blocks, head, pad_id=pad_id), "textcnn", pretrained)
+    return load_weights(TextCNN(blocks, head, pad_id=pad_id), "textcnn", pretrained)
 
 
 # --- Transformer --------------------------------------------------------------------------------------------
@@ -480,7 +496,7 @@ def transformer(
     ]
     blocks = [PositionalEmbedding(vocab_size, d_model, pad_id, max_length, dropout), *layers]
     head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, num_classes))
-    return _load_weights(TransformerClassifier(blocks, head, pad_id=pad_id), "transformer", pretrained)
+    return load_weights(TransformerClassifier(blocks, head, pad_id=pad_id), "transformer", pretrained)
 
 
 def create_text_model(

@@ -63,6 +63,7 @@ from torchkiln.tasks.base import (
     checked_request,
     validate,
 )
+from torchkiln.tasks.text_classification import models_bag  # noqa: F401  (registers fasttext)
 from torchkiln.tasks.text_classification.config import TextDataConfig, TextRunConfig
 from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
 from torchkiln.tasks.text_classification.models_hf import hf_config, pretrained_dir
