@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     device: str = "auto",
     mlflow: bool = True,
+    baseline: bool | None = None,
 ) -> Evaluation:
     """Evaluate a run directory or bundle on a split; writes ``metrics.json`` and ``report.html``.
 
@@ -112,6 +113,8 @@ def evaluate(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         mlflow: log to the run's MLflow run (only the bundle of a run directory has one, and only when
             the run was trained with ``tracking.mlflow`` on); ``False`` never touches MLflow.
+        baseline: a classifier beside its linear baseline (TF-IDF or pixels + logistic regression) on the
+            same split; default: the config's ``evaluate.baseline`` (on unless the run turned it off).
 
     Returns:
         The task's :class:`~torchkiln.tasks.base.Evaluation`: its figures (a classifier's accuracy, ECE...;
@@ -126,6 +129,10 @@ def evaluate(
         >>> evaluate("runs/air-passengers-lstm-forecaster/20261124-201525").metrics["model"]["mase"]
     """
     bundle = load_bundle(path)
+    if baseline is not None:
+        cfg = bundle.config
+        evaluate = cfg.evaluate.model_copy(update={"baseline": baseline})
+        bundle = replace(bundle, config=cfg.model_copy(update={"evaluate": evaluate}))
     split = split or bundle.config.evaluate.split
     if split not in SPLITS:
         raise DataError(f"Unknown split '{split}'. Expected one of {', '.join(SPLITS)}.")

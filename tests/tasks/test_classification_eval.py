@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -78,6 +80,50 @@ def test_evaluate_names_image_mistakes_by_their_files(tmp_path: Path, make_confi
     page = result.report.read_text()
     shown = re.findall(r'<span class="source">([^<]+)</span>', page)
     assert shown == [html.escape(w["source"]) for w in listed[: len(shown)]] and shown
+    # The pixel baseline on the same test items, in metrics.json and on the page.
+    base = json.loads(result.metrics_file.read_text())["baseline"]
+    assert base["name"] == "logistic regression on the pixels" and base["resamples"] == 2000
+    assert base["model_accuracy"] == pytest.approx(result.metrics.accuracy)
+    assert base["verdict"] in ("better", "not clearly better", "not better")
+    assert "<h2>Baseline</h2>" in page and html.escape(base["detail"]) in page
+    assert result.summary()[-1].startswith("baseline (logistic regression on the pixels): accuracy ")
+
+
+def test_a_text_run_is_put_beside_tf_idf_and_warned_when_below(
+    tmp_path: Path, make_sentiment_csv, make_text_config, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_text_config(make_sentiment_csv(tmp_path / "reviews.csv", 160), tmp_path / "runs")
+    cfg["train"] |= {"epochs": 1, "optimizer": {"lr": 1e-6}}  # an untrained network: at chance
+    with caplog.at_level(logging.WARNING, logger="torchkiln.train"):
+        run = api.train(api.load_config(cfg))
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())["baseline"]
+    assert meta["name"] == "TF-IDF (1-2-grams) + logistic regression" and meta["below"] is True
+    assert meta["val_accuracy"] > meta["model_val_accuracy"]
+    (warning,) = [r.getMessage() for r in caplog.records if "linear baseline" in r.getMessage()]
+    assert warning.startswith(
+        f"The model's best val accuracy, {meta['model_val_accuracy']:.4f}, is below the "
+    )
+    assert warning.endswith("or a pretrained encoder (minilm).")
+
+    result = api.evaluate(run, split="test", out_dir=tmp_path / "eval")
+    base = json.loads(result.metrics_file.read_text())["baseline"]
+    assert base["accuracy"] > base["model_accuracy"] and base["verdict"] == "not better"
+    assert "the model does NOT beat the baseline" in result.summary()[-1]
+    assert "<h2>Baseline</h2>" in result.report.read_text()
+
+    off = api.evaluate(run, split="test", out_dir=tmp_path / "off", baseline=False)
+    assert "baseline" not in json.loads(off.metrics_file.read_text())
+    assert "<h2>Baseline</h2>" not in off.report.read_text()
+    assert not any(line.startswith("baseline") for line in off.summary())
+
+
+def test_evaluate_baseline_false_turns_it_off_in_training(tmp_path: Path, make_config) -> None:
+    cfg = make_config(noise_folder(tmp_path / "images", per_class=6), tmp_path / "runs")
+    cfg["evaluate"] = {"baseline": False}
+    run = api.train(api.load_config(cfg))
+    assert "baseline" not in json.loads((run / "bundle" / "bundle.json").read_text())
+    result = api.evaluate(run, split="test", out_dir=tmp_path / "eval")
+    assert "baseline" not in json.loads(result.metrics_file.read_text())
 
 
 def test_items_without_a_file_are_named_by_their_place_in_the_split(tmp_path: Path) -> None:

@@ -186,7 +186,8 @@ def train(
         fail(exc)
     if rank != "0":
         return  # rank 0 reports and writes the bundle
-    summary = json.loads((run_dir / "bundle" / "bundle.json").read_text())["trained"]
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    summary = meta["trained"]
     if not summary["metrics"]:
         err.print(
             f"stopped before the first epoch ended ({summary['stopped']}); resume with --resume {run_dir}"
@@ -195,6 +196,13 @@ def train(
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
         best = f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)"
         err.print(best, soft_wrap=True)
+    if base := meta.get("baseline"):  # a classifier beside its linear baseline on val (evaluate.baseline)
+        verdict = "BELOW it (see the warning above)" if base["below"] else "above it"
+        err.print(
+            f"baseline on val: {base['name']} {base['val_accuracy']:.4f}; the model's "
+            f"{base['model_val_accuracy']:.4f} is {verdict}",
+            soft_wrap=True,
+        )
     err.print(f"bundle: {run_dir / 'bundle'}")
     print(run_dir)
 
@@ -285,14 +293,24 @@ def evaluate(
             "tracking.mlflow on."
         ),
     ] = True,
+    baseline: Annotated[
+        bool | None,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Classifiers: put the model beside a linear baseline (TF-IDF or pixels + logistic "
+            "regression) on the same split (default: the config's evaluate.baseline, on).",
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate on a split: metrics.json and an HTML report with plots (classifiers: the worst mistakes;
-    forecasters: beside naive, seasonal naive, ETS and ARIMA on the same windows)."""
+    """Evaluate on a split: metrics.json and an HTML report with plots (classifiers: beside a linear
+    baseline, and the worst mistakes; forecasters: beside naive, seasonal naive, ETS and ARIMA)."""
     from torchkiln import api
 
     show_warnings(("torchkiln.tracking",))  # what became of the MLflow logging
     try:
-        result = api.evaluate(path, split=split, out_dir=out_dir, device=device, mlflow=mlflow)
+        result = api.evaluate(
+            path, split=split, out_dir=out_dir, device=device, mlflow=mlflow, baseline=baseline
+        )
     except KilnError as exc:
         _fail(exc)
     for part in result.summary():

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from torchkiln.components.classification_baseline import BaselineComparison, Difference
 from torchkiln.components.classification_metrics import (
     ECE_BINS,
     BinaryMetrics,
@@ -65,6 +66,7 @@ def write_report(
     title: str = "Evaluation report",
     extra: dict[str, str] | None = None,
     chosen_by: str = "",
+    baseline: BaselineComparison | None = None,
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html``.
 
@@ -97,6 +99,9 @@ def write_report(
         extra: small key/value table shown under the title (model, bundle, split, ...).
         chosen_by: where a two-class task's threshold comes from (``recall >= 0.95 on val (val recall
             0.955)``), shown with the operating point and saved as ``binary.chosen_by``.
+        baseline: the model beside a linear baseline on the same items
+            (:func:`~torchkiln.components.classification_baseline.compare`): a section near the top, and
+            ``baseline`` in ``metrics.json``; None: neither.
 
     Returns:
         The path of ``report.html``.
@@ -129,6 +134,8 @@ def write_report(
     payload = {"title": title, **metrics.to_dict(), "extra": extra, "mistakes": wrong}
     if payload["binary"] is not None:
         payload["binary"]["chosen_by"] = chosen_by or _rule(metrics.binary)
+    if baseline is not None:
+        payload["baseline"] = baseline.to_dict()
     atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
     page = render(
         "classification_report.html.j2",
@@ -138,6 +145,7 @@ def write_report(
         notes=_notes(metrics),
         classes=_class_rows(metrics),
         operating=_operating(metrics.binary, chosen_by),
+        baseline=_baseline(baseline),
         plots=report_plots(metrics, probs, targets, _rule(metrics.binary)),
         wrong=f"{len(wrong):,}",
         **gallery,
@@ -205,6 +213,41 @@ def _operating(b: BinaryMetrics | None, chosen_by: str) -> dict[str, Any] | None
         "rates": [{"name": n, "formula": f} | _rate(r) for n, f, r in rates],
         "counts": f"TP {b.tp:,}  FP {b.fp:,}  TN {b.tn:,}  FN {b.fn:,}",
         "brier": format_score(b.brier),
+    }
+
+
+def _baseline(c: BaselineComparison | None) -> dict[str, Any] | None:
+    """The baseline section: both classifiers' scores, the differences with their intervals, the verdict."""
+    if c is None:
+        return None
+
+    def diff(d: Difference) -> dict[str, str]:
+        return {
+            "value": f"{100 * d.value:+.2f}",
+            "interval": f"{100 * d.low:+.2f} – {100 * d.high:+.2f}",
+            "p": f"{d.p_not_better:.3f}",
+        }
+
+    return {
+        "name": c.name,
+        "detail": c.detail,
+        "verdict": c.verdict,
+        "line": c.line(),
+        "resamples": f"{c.resamples:,}",
+        "rows": [
+            {
+                "metric": "Accuracy",
+                "model": format_score(c.model_accuracy),
+                "baseline": format_score(c.accuracy),
+            }
+            | diff(c.accuracy_difference),
+            {
+                "metric": "Macro F1",
+                "model": format_score(c.model_macro_f1),
+                "baseline": format_score(c.macro_f1),
+            }
+            | diff(c.macro_f1_difference),
+        ],
     }
 
 

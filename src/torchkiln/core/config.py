@@ -187,6 +187,11 @@ class EvaluateConfig(Strict):
     batch_size: Annotated[int, Field(ge=1)] = 256
     mistakes: Annotated[int, Field(ge=0, le=200)] = 24
     reference: ReferenceConfig = ReferenceConfig()
+    baseline: bool = Field(
+        default=True,
+        description="Classifiers: fit a linear baseline (TF-IDF or pixels + logistic regression) on the same "
+        "splits; kiln evaluate reports the model beside it, training warns when val is below it.",
+    )
 
 
 # --- tuning (kiln tune) -------------------------------------------------------------------------

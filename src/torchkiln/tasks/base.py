@@ -36,6 +36,7 @@ from torchkiln.tasks.profile import (
 )
 
 if TYPE_CHECKING:  # the annotation only: kiln's start-up does not import the drawing code
+    from torchkiln.components.classification_baseline import BaselineInputs, Kind
     from torchkiln.components.gradcam import CamResult
 
 __all__ = [
@@ -170,6 +171,23 @@ def explainer(task: Any) -> Explainer:
         f"method; heatmaps exist for {', '.join(able) or 'no installed task'}. Explain a bundle of "
         f"{'that task' if len(able) == 1 else 'one of those tasks'} instead."
     )
+
+
+@runtime_checkable
+class Baselined(Protocol):
+    """Optional for a classifier family: the honest linear baseline its models must beat.
+
+    ``kiln evaluate`` puts the baseline beside the model on the same split, and the training summary warns
+    when the model is below it on val (:mod:`torchkiln.tasks.classification_baseline`). ``baseline_kind``
+    is ``"text"`` (TF-IDF + logistic regression) or ``"pixels"`` (logistic regression on the images); see
+    :mod:`torchkiln.components.classification_baseline`.
+    """
+
+    baseline_kind: Kind
+
+    def baseline_inputs(self, cfg: RunConfig, data: Any, split: str) -> BaselineInputs:
+        """The items of ``split`` of ``data`` (from ``prepare``) as the baseline reads them, in order."""
+        ...
 
 
 @runtime_checkable

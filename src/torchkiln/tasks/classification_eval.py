@@ -19,16 +19,19 @@ import torch
 from torch import nn
 
 from torchkiln.artifacts.bundle import Bundle, without_pretrained
+from torchkiln.components.classification_baseline import BaselineComparison
 from torchkiln.components.classification_metrics import (
     BinaryMetrics,
     ClassificationMetrics,
     classification_metrics,
+    predictions,
 )
 from torchkiln.components.classification_report import write_report
 from torchkiln.components.classification_threshold import choose_threshold, decision_of, positive_index
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import DataError, PredictError
 from torchkiln.tasks.base import Explainer, Task, validate
+from torchkiln.tasks.classification_baseline import compare_on_split, wanted
 
 log = logging.getLogger("torchkiln.train")
 
@@ -43,6 +46,7 @@ class EvalResult:
     split: str
     notes: tuple[str, ...] = ()
     chosen_by: str = ""  # where a two-class task's threshold came from
+    baseline: BaselineComparison | None = None  # the linear baseline on the same split (evaluate.baseline)
 
     def summary(self) -> list[Any]:
         m = self.metrics
@@ -69,6 +73,8 @@ class EvalResult:
             )
         if m.binary is not None:
             lines += operating_lines(m.binary, self.chosen_by)
+        if self.baseline is not None:
+            lines.append(self.baseline.line())
         return lines
 
 
@@ -231,8 +237,10 @@ def evaluate_classifier(
         DataError: the split is empty.
     """
     cfg, task = bundle.config, bundle.task
+    # The baseline is fit on train (C chosen on val): those splits are read too when it is wanted.
+    splits = {split, "train", "val"} if wanted(cfg, task) else {split}
     # Resolved already: channels, stats; the bundle's own state (a tokenizer) is reused, not refit.
-    _, data = task.prepare(without_pretrained(cfg), splits={split}, state=bundle.state)
+    _, data = task.prepare(without_pretrained(cfg), splits=splits, state=bundle.state)
     part = data.splits[split]
     if len(part) == 0:
         raise DataError(
@@ -250,9 +258,9 @@ def evaluate_classifier(
     texts = getattr(part, "texts", None)  # text tasks keep the texts for the report
     classes = list(cfg.data.classes or [])
     positive = positive_index(classes, getattr(cfg.task, "positive_class", None))
-    metrics = classification_metrics(
-        probs, targets, classes, decision=decision_of(cfg.task, classes), positive=positive
-    )
+    decision = decision_of(cfg.task, classes)
+    metrics = classification_metrics(probs, targets, classes, decision=decision, positive=positive)
+    baseline = compare_on_split(cfg, task, data, split, predictions(probs, decision).numpy(), targets.numpy())
     why = chosen_by(bundle)
     report = write_report(
         out_dir,
@@ -274,5 +282,6 @@ def evaluate_classifier(
             "trained": str(bundle.meta.get("trained", {}).get("epochs", "?")) + " epochs",
         },
         chosen_by=why,
+        baseline=baseline,
     )
-    return EvalResult(metrics, report, out_dir / "metrics.json", split, chosen_by=why)
+    return EvalResult(metrics, report, out_dir / "metrics.json", split, chosen_by=why, baseline=baseline)

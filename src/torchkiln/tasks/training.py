@@ -28,6 +28,7 @@ from torchkiln.engine import distributed
 from torchkiln.engine.checkpoint import load_checkpoint
 from torchkiln.engine.trainer import FitResult, Loaders, TrainState, fit
 from torchkiln.tasks.base import ConfigCalibrator, Task, get_task, input_profile, validate
+from torchkiln.tasks.classification_baseline import val_summary
 from torchkiln.tasks.reference import training_reference
 
 log = logging.getLogger("torchkiln.train")
@@ -232,6 +233,8 @@ def train_task(
             "stopped": s.stopped,
             "metrics": summary,
         }
+        # Beside a linear baseline on the same val split; a warning when the model is below it.
+        baseline = val_summary(cfg, task, data, summary)
         return save_bundle(
             run_dir / "bundle",
             modules=result.modules,
@@ -241,7 +244,11 @@ def train_task(
             state_files=task.state_files(data),
             profile={"raw": input_profile(task, data)},
             reference=reference,
-            extra={"trained": trained, **({"calibration": calibration} if calibration else {})},
+            extra={
+                "trained": trained,
+                **({"calibration": calibration} if calibration else {}),
+                **({"baseline": baseline} if baseline else {}),
+            },
         )
 
     return fit(

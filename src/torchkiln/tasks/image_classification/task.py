@@ -25,6 +25,12 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
+from torchkiln.components.classification_baseline import (
+    MAX_TRAIN,
+    MAX_VAL,
+    BaselineInputs,
+    sample_indices,
+)
 from torchkiln.components.classification_threshold import (
     check_threshold_split,
     decision_of,
@@ -127,6 +133,7 @@ class ImageClassificationTask:
     cli_options = frozenset({"paths", "top_k"})
     request_only_fields = frozenset()
     input_dynamic_axes = (0,)  # (B, C, H, W): only the batch varies
+    baseline_kind = "pixels"  # logistic regression on the images (tasks.base.Baselined)
 
     def prepare(
         self, cfg: RunConfig, *, splits: Collection[str] | None = None, state: Any = None
@@ -277,6 +284,21 @@ class ImageClassificationTask:
         from torchkiln.tasks.classification_eval import evaluate_classifier
 
         return evaluate_classifier(bundle, split=split, out_dir=out_dir, device=device)
+
+    def baseline_inputs(self, cfg: RunConfig, data: ImageData, split: str) -> BaselineInputs:
+        """The split's images as the model sees them, uint8 ``(N, C, S, S)``. Images read from files are
+        decoded here: for train and val only the stratified sample the baseline fits on."""
+        part = data.splits[split]
+        labels = part.labels.numpy()
+        if part.images is not None:
+            return BaselineInputs(part.images.numpy(), labels)
+        limit = {"train": MAX_TRAIN, "val": MAX_VAL}.get(split, len(labels))
+        keep = sample_indices(labels, limit, cfg.seed)
+        paths = part.paths or ()
+        images = [
+            self.preprocess(cfg, [paths[i] for i in keep[j : j + 256]]) for j in range(0, len(keep), 256)
+        ]
+        return BaselineInputs(torch.cat(images).numpy() if images else np.zeros((0,)), labels[keep])
 
     def example_config(self, root: Path) -> dict[str, Any]:
         from torchkiln.tasks.image_classification.example import example_config

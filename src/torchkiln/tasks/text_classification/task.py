@@ -30,6 +30,7 @@ from torchkiln.components.classification import (
     classification_loss,
     top_k_answers,
 )
+from torchkiln.components.classification_baseline import BaselineInputs
 from torchkiln.components.classification_threshold import (
     check_threshold_split,
     decision_of,
@@ -194,6 +195,7 @@ class TextClassificationTask:
     cli_options = frozenset({"texts", "file", "top_k"})
     request_only_fields = frozenset()
     input_dynamic_axes = (0, 1)  # (B, L) token ids, padded to the longest row of each batch
+    baseline_kind = "text"  # TF-IDF + logistic regression on the raw texts (tasks.base.Baselined)
 
     # Data ------------------------------------------------------------------------------------------
     def prepare(
@@ -407,6 +409,11 @@ class TextClassificationTask:
         from torchkiln.tasks.classification_eval import evaluate_classifier
 
         return evaluate_classifier(bundle, split=split, out_dir=out_dir, device=device)
+
+    def baseline_inputs(self, cfg: RunConfig, data: TextData, split: str) -> BaselineInputs:
+        """The split's raw texts (the baseline has its own TF-IDF features) and labels."""
+        part = data.splits[split]
+        return BaselineInputs(part.texts, part.labels.numpy())
 
     def example_config(self, root: Path) -> dict[str, Any]:
         from torchkiln.tasks.text_classification.example import example_config
