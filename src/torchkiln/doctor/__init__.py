@@ -16,7 +16,14 @@ from typing import Any
 
 from torchkiln.core.config import RunConfig
 from torchkiln.core.errors import ConfigError, did_you_mean
-from torchkiln.doctor import config_checks, data_checks, duplicate_checks, label_noise, series_checks  # noqa: F401
+from torchkiln.doctor import (  # noqa: F401  (each registers its checks)
+    baseline_check,
+    config_checks,
+    data_checks,
+    duplicate_checks,
+    label_noise,
+    series_checks,
+)
 from torchkiln.doctor.findings import SEVERITIES, Finding
 from torchkiln.doctor.registry import CHECKS, ORDER, Check, check
 from torchkiln.doctor.subject import DoctorOptions, Subject, examine
