@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,6 +276,30 @@ def scan_folder(root: Path) -> FileItems:
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally inside train/, val/ and test/."
         )
     return FileItems(paths, labels, splits if split_dirs else None)
+
+
+def scan_data_files(path: Path, d: Any) -> FileItems:
+    """The image files a data section names: a folder (``scan_folder``) or a CSV manifest (``scan_csv``).
+
+    Args:
+        path: the folder or the ``.csv`` file.
+        d: the image ``data`` section: its ``on_error``, ``path_column``, ``label_column``, ``split_column``
+            (required in the file when the config set it) and ``group_column``.
+
+    Example:
+        >>> scan_data_files(Path(cfg.data.path), cfg.data).paths[:1]
+    """
+    if path.is_dir():
+        return scan_folder(path)
+    return scan_csv(
+        path,
+        on_error=d.on_error,
+        path_column=d.path_column,
+        label_column=d.label_column,
+        split_column=d.split_column,
+        split_required="split_column" in d.model_fields_set,
+        group_column=d.group_column,
+    )
 
 
 def scan_csv(

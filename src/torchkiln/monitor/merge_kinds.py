@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from torchkiln.components.images import FileItems, image_header, scan_csv, scan_folder
+from torchkiln.components.images import FileItems, image_header, scan_csv, scan_data_files, scan_folder
 from torchkiln.components.splits import group_ids
 from torchkiln.components.text_table import read_text_table
 from torchkiln.core.config import RunConfig
@@ -100,18 +100,7 @@ class Images:
                 f"config's data.path is '{path}' ({cfg.task.kind}). Write the data out as a folder "
                 f"(kiln datasets fetch NAME --out DIR) and point data.path at it."
             )
-        if path.is_dir():
-            files = scan_folder(path)
-        else:
-            files = scan_csv(
-                path,
-                on_error=d.on_error,
-                path_column=d.path_column,
-                label_column=d.label_column,
-                split_column=d.split_column,
-                split_required="split_column" in d.model_fields_set,
-                group_column=d.group_column,
-            )
+        files = scan_data_files(path, d)
         files = _readable(files) if d.on_error == "skip" else files
         where = f"The original data '{path}'"
         groups = files.groups

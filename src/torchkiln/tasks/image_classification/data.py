@@ -22,7 +22,7 @@ from torchkiln.components.images import (
     convert_images,
     decode_all,
     image_header,
-    scan_csv,
+    scan_data_files,
     scan_folder,
 )
 from torchkiln.components.splits import SPLITS, check_coverage, class_list, group_ids, make_splits
@@ -134,19 +134,7 @@ def load_image_data(
             f"first group finds the patient in each file name, or give a manifest."
         )
     if fmt in ("folder", "csv"):
-        files = (
-            scan_folder(Path(cfg.path))
-            if fmt == "folder"
-            else scan_csv(
-                Path(cfg.path),
-                on_error=cfg.on_error,
-                path_column=cfg.path_column,
-                label_column=cfg.label_column,
-                split_column=cfg.split_column,
-                split_required="split_column" in cfg.model_fields_set,
-                group_column=cfg.group_column,
-            )
-        )
+        files = scan_folder(Path(cfg.path)) if fmt == "folder" else scan_data_files(Path(cfg.path), cfg)
         return _from_files(cfg, files, seed, default_size, need_channels, stats, only_splits)
     if cfg.group_column is not None or cfg.group_pattern is not None:
         key = "data.group_column" if cfg.group_column is not None else "data.group_pattern"
