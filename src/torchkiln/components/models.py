@@ -6,7 +6,7 @@ freeze the backbone, unfreeze the last N blocks, give the backbone a smaller lea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class ModelSpec:
         in_channels: channel count the architecture needs (3 for ImageNet models), or None if any.
         task: the task kind whose inputs the model takes.
         own_tokenizer: a pretrained text model that only reads its own tokenizer's ids (BERT family).
+        packaged_weights_if: for a model whose ``pretrained: true`` depends on its ``model.args`` (a text
+            model with ``embeddings: minilm``): whether these args have packaged weights to give.
     """
 
     builder: ModelBuilder
@@ -66,6 +68,13 @@ class ModelSpec:
     in_channels: int | None = None
     task: str = ""
     own_tokenizer: bool = False
+    packaged_weights_if: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def has_packaged_weights(self, args: Mapping[str, Any]) -> bool:
+        """Whether ``pretrained: true`` means something for a model built with ``args``."""
+        return self.packaged_weights or (
+            self.packaged_weights_if is not None and self.packaged_weights_if(args)
+        )
 
 
 class ModelRegistry:
@@ -120,6 +129,7 @@ def register_model(
     in_channels: int | None = None,
     task: str,
     own_tokenizer: bool = False,
+    packaged_weights_if: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register a builder under ``name`` in :data:`MODELS`."""
 
@@ -133,6 +143,7 @@ def register_model(
             in_channels,
             task,
             own_tokenizer,
+            packaged_weights_if,
         )
         MODELS.add(name, spec)
         return builder
@@ -162,7 +173,7 @@ def check_model(name: str, *, args: dict[str, Any], pretrained: bool | str, task
             f"data.lookback / data.horizon / model.pretrained instead)."
         )
     check_kwargs(spec.builder, args, what=f"Model '{name}'", exclude=RESERVED_ARGS)
-    if pretrained is True and not spec.packaged_weights:
+    if pretrained is True and not spec.has_packaged_weights(args):
         raise ConfigError(
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
             f"local .safetensors or .pth file, or to false to train from scratch."

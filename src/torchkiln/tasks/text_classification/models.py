@@ -20,6 +20,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from torchkiln.components.models import check_model, load_backbone_weights, load_state_file, register_model
 from torchkiln.core.errors import ConfigError, DataError
+from torchkiln.tasks.text_classification.embeddings import (
+    Embeddings,
+    embedding_width,
+    init_embedding,
+    uses_minilm,
+)
 
 TASK = "text-classification"
 INSTALL_HINT = "pip install 'torchkiln[text]'"
@@ -60,13 +66,17 @@ def check_ranges(model: str, *, rates: dict[str, float], sizes: dict[str, int]) 
             )
 
 
-def load_weights(model: TextClassifier, name: str, pretrained: bool | str) -> TextClassifier:
+def load_weights(
+    model: TextClassifier, name: str, pretrained: bool | str, *, packaged: bool = False
+) -> TextClassifier:
     """Load a weights file saved from the same architecture into ``model``, leaving out its head.
 
     Args:
         model: the freshly built model.
         name: its registered name, for messages.
         pretrained: the path of a ``.safetensors`` or ``.pth`` file, or ``False`` (nothing to load).
+            ``True`` only with ``packaged``.
+        packaged: the builder has already given ``pretrained=True`` its meaning (MiniLM's embeddings).
 
     Returns:
         ``model``, with the file's backbone weights.
@@ -78,7 +88,7 @@ def load_weights(model: TextClassifier, name: str, pretrained: bool | str) -> Te
     Example:
         >>> model = load_weights(model, "lstm", "lstm.safetensors")
     """
-    if pretrained is True:
+    if pretrained is True and not packaged:
         raise ConfigError(
             f"Model '{name}' has no packaged pretrained weights. Set model.pretrained to the path of a "
             f".safetensors or .pth file saved from '{name}', or to false."
@@ -211,14 +221,17 @@ def _rnn(
     vocab_size: int,
     pad_id: int,
     pretrained: bool | str,
-    embed_dim: int,
+    embed_dim: int | None,
     hidden_size: int,
     num_layers: int,
     bidirectional: bool,
     dropout: float,
     pool: Literal["last", "max"],
     embed_dropout: float,
+    embeddings: Embeddings,
+    freeze_embeddings: bool,
 ) -> RNNClassifier:
+    embed_dim = embedding_width(name, "embed_dim", embed_dim, embeddings=embeddings, default=128)
     sizes = {"embed_dim": embed_dim, "hidden_size": hidden_size, "num_layers": num_layers}
     check_ranges(name, rates={"dropout": dropout, "embed_dropout": embed_dropout}, sizes=sizes)
     if pool not in ("last", "max"):
@@ -235,10 +248,13 @@ def _rnn(
     width = (2 if bidirectional else 1) * hidden_size
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
     model = RNNClassifier(blocks, head, pad_id=pad_id, pool=pool, embed_dropout=embed_dropout)
-    return load_weights(model, name, pretrained)
+    init_embedding(blocks[0], name, embeddings=embeddings, pretrained=pretrained, freeze=freeze_embeddings)
+    return load_weights(model, name, pretrained, packaged=embeddings == "minilm")
 
 
-@register_model("lstm", summary="Bidirectional LSTM over packed sequences", task=TASK)
+@register_model(
+    "lstm", summary="Bidirectional LSTM over packed sequences", task=TASK, packaged_weights_if=uses_minilm
+)
 def lstm(
     *,
     num_classes: int,
@@ -246,13 +262,15 @@ def lstm(
     pad_id: int,
     max_length: int,
     pretrained: bool | str = False,
-    embed_dim: int = 128,
+    embed_dim: int | None = None,
     hidden_size: int = 128,
     num_layers: int = 1,
     bidirectional: bool = True,
     dropout: float = 0.3,
     pool: Literal["last", "max"] = "last",
     embed_dropout: float = 0.0,
+    embeddings: Embeddings = "random",
+    freeze_embeddings: bool = False,
 ) -> RNNClassifier:
     """LSTM classifier: blocks ``[embedding, lstm]``, head ``dropout -> Linear``.
 
@@ -261,20 +279,27 @@ def lstm(
         vocab_size: rows of the embedding; ``pad_id`` is its padding row.
         pad_id: the id that right-pads each row; padded steps are skipped (packed sequences).
         max_length: unused; an LSTM takes any length.
-        pretrained: path to a weights file saved from ``lstm`` (its head is dropped), or ``False``.
-        embed_dim: width of the token embeddings.
+        pretrained: path to a weights file saved from ``lstm`` (its head is dropped), ``False``, or, with
+            ``embeddings: minilm``, ``True``: copy MiniLM's word embeddings (the text task sets this).
+        embed_dim: width of the token embeddings: 128 by default, 384 (MiniLM's) with ``minilm``.
         hidden_size: LSTM width per direction.
         num_layers: stacked LSTM layers; ``dropout`` also applies between them.
         bidirectional: read both ways; features are the final forward and backward hidden states.
         dropout: before the Linear head.
         pool: ``last`` (final hidden states) or ``max`` (max over the outputs of the text's time steps).
         embed_dropout: dropout on the token embeddings.
+        embeddings: ``random`` (learned from scratch) or ``minilm``: MiniLM's word embeddings, which
+            need MiniLM's tokenizer (vocab_size 30522; the text task picks it).
+        freeze_embeddings: keep the token embeddings as they start (MiniLM's vectors stay as they are).
 
     Raises:
-        ConfigError: an argument is out of range, or ``pretrained`` is ``True`` or does not fit.
+        ConfigError: an argument is out of range, ``pretrained`` is ``True`` with random embeddings or a
+            file that does not fit, or ``minilm`` with another width or tokenizer, or MiniLM not installed.
 
     Example:
         >>> model = lstm(num_classes=2, vocab_size=1000, pad_id=0, max_length=128)
+        >>> tuned = lstm(num_classes=2, vocab_size=30522, pad_id=0, max_length=64, pretrained=True,
+        ...              embeddings="minilm")
     """
     return _rnn(
         nn.LSTM,
@@ -290,10 +315,14 @@ def lstm(
         dropout=dropout,
         pool=pool,
         embed_dropout=embed_dropout,
+        embeddings=embeddings,
+        freeze_embeddings=freeze_embeddings,
     )
 
 
-@register_model("gru", summary="Bidirectional GRU over packed sequences", task=TASK)
+@register_model(
+    "gru", summary="Bidirectional GRU over packed sequences", task=TASK, packaged_weights_if=uses_minilm
+)
 def gru(
     *,
     num_classes: int,
@@ -301,15 +330,18 @@ def gru(
     pad_id: int,
     max_length: int,
     pretrained: bool | str = False,
-    embed_dim: int = 128,
+    embed_dim: int | None = None,
     hidden_size: int = 128,
     num_layers: int = 1,
     bidirectional: bool = True,
     dropout: float = 0.3,
     pool: Literal["last", "max"] = "last",
     embed_dropout: float = 0.0,
+    embeddings: Embeddings = "random",
+    freeze_embeddings: bool = False,
 ) -> RNNClassifier:
-    """GRU classifier: blocks ``[embedding, gru]``; same head and arguments as :func:`lstm`.
+    """GRU classifier: blocks ``[embedding, gru]``; same head and arguments (embeddings included) as
+    :func:`lstm`.
 
     Example:
         >>> model = gru(num_classes=2, vocab_size=1000, pad_id=0, max_length=128, hidden_size=64)
@@ -328,6 +360,8 @@ def gru(
         dropout=dropout,
         pool=pool,
         embed_dropout=embed_dropout,
+        embeddings=embeddings,
+        freeze_embeddings=freeze_embeddings,
     )
 
 
@@ -357,7 +391,12 @@ class TextCNN(TextClassifier):
         return self.head(torch.cat(pooled, dim=-1))
 
 
-@register_model("textcnn", summary="TextCNN (Kim 2014): parallel 1-D convolutions, max over time", task=TASK)
+@register_model(
+    "textcnn",
+    summary="TextCNN (Kim 2014): parallel 1-D convolutions, max over time",
+    task=TASK,
+    packaged_weights_if=uses_minilm,
+)
 def textcnn(
     *,
     num_classes: int,
@@ -365,40 +404,49 @@ def textcnn(
     pad_id: int,
     max_length: int,
     pretrained: bool | str = False,
-    embed_dim: int = 128,
+    embed_dim: int | None = None,
     filters: int = 100,
     kernel_sizes: Sequence[int] = (3, 4, 5),
     dropout: float = 0.5,
+    embeddings: Embeddings = "random",
+    freeze_embeddings: bool = False,
 ) -> TextCNN:
-    """TextCNN with random embeddings: blocks ``[embedding, convs]``, head ``dropout -> Linear``.
+    """TextCNN: blocks ``[embedding, convs]``, head ``dropout -> Linear``.
 
     Args:
         num_classes: size of the output layer.
         vocab_size: rows of the embedding; ``pad_id`` is its padding row.
         pad_id: the id that right-pads each row; windows over padding are left out of the max.
         max_length: unused; inputs shorter than the widest kernel are padded inside the model.
-        pretrained: path to a weights file saved from ``textcnn`` (its head is dropped), or ``False``.
-        embed_dim: width of the token embeddings.
+        pretrained: path to a weights file saved from ``textcnn`` (its head is dropped), ``False``, or,
+            with ``embeddings: minilm``, ``True``: copy MiniLM's word embeddings.
+        embed_dim: width of the token embeddings: 128 by default, 384 (MiniLM's) with ``minilm``.
         filters: output channels of each convolution.
         kernel_sizes: one convolution per window width.
         dropout: before the Linear head.
-        pool: ``last`` (final hidden states) or ``max`` (max over the outputs of the text's time steps).
-        embed_dropout: dropout on the token embeddings.
+        embeddings: ``random`` or ``minilm`` (MiniLM's word embeddings and tokenizer), as for :func:`lstm`.
+        freeze_embeddings: keep the token embeddings as they start.
 
     Raises:
-        ConfigError: an argument is out of range, or ``pretrained`` is ``True`` or does not fit.
+        ConfigError: an argument is out of range, ``pretrained`` is ``True`` with random embeddings or a
+            file that does not fit, or ``minilm`` with another width or tokenizer, or MiniLM not installed.
 
     Example:
         >>> model = textcnn(num_classes=2, vocab_size=1000, pad_id=0, max_length=128)
     """
     if not kernel_sizes:
         raise ConfigError("textcnn needs at least one kernel size. Set model.args.kernel_sizes: [3, 4, 5].")
+    embed_dim = embedding_width("textcnn", "embed_dim", embed_dim, embeddings=embeddings, default=128)
     sizes = {"embed_dim": embed_dim, "filters": filters} | {"kernel_sizes": min(kernel_sizes)}
     check_ranges("textcnn", rates={"dropout": dropout}, sizes=sizes)
     convs = nn.ModuleList(nn.Conv1d(embed_dim, filters, k) for k in kernel_sizes)
-    blocks = [nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id), convs]
+    embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+    init_embedding(
+        embedding, "textcnn", embeddings=embeddings, pretrained=pretrained, freeze=freeze_embeddings
+    )
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(filters * len(kernel_sizes), num_classes))
-    return load_weights(TextCNN(blocks, head, pad_id=pad_id), "textcnn", pretrained)
+    model = TextCNN([embedding, convs], head, pad_id=pad_id)
+    return load_weights(model, "textcnn", pretrained, packaged=embeddings == "minilm")
 
 
 # --- Transformer --------------------------------------------------------------------------------------------
@@ -445,7 +493,10 @@ class TransformerClassifier(TextClassifier):
 
 
 @register_model(
-    "transformer", summary="Small Transformer encoder trained from scratch, mean-pooled", task=TASK
+    "transformer",
+    summary="Small Transformer encoder trained from scratch, mean-pooled",
+    task=TASK,
+    packaged_weights_if=uses_minilm,
 )
 def transformer(
     *,
@@ -454,11 +505,13 @@ def transformer(
     pad_id: int,
     max_length: int,
     pretrained: bool | str = False,
-    d_model: int = 128,
+    d_model: int | None = None,
     nhead: int = 4,
     num_layers: int = 2,
     dim_feedforward: int = 256,
     dropout: float = 0.1,
+    embeddings: Embeddings = "random",
+    freeze_embeddings: bool = False,
 ) -> TransformerClassifier:
     """Transformer encoder: blocks ``[embedding + positions, layer 1, ..., layer N]``, head
     ``LayerNorm -> dropout -> Linear`` on the mean of the token states.
@@ -468,19 +521,27 @@ def transformer(
         vocab_size: rows of the embedding; ``pad_id`` is its padding row.
         pad_id: the id that right-pads each row; attention and pooling skip it.
         max_length: the longest input (size of the positional encoding).
-        pretrained: path to a weights file saved from ``transformer`` (its head is dropped), or ``False``.
-        d_model: width of the token states; a multiple of ``nhead``.
+        pretrained: path to a weights file saved from ``transformer`` (its head is dropped), ``False``,
+            or, with ``embeddings: minilm``, ``True``: copy MiniLM's word embeddings.
+        d_model: width of the token states; a multiple of ``nhead``. 128 by default, 384 (MiniLM's) with
+            ``minilm``.
         nhead: attention heads per layer.
         num_layers: encoder layers (pre-norm, GELU).
         dim_feedforward: hidden width of each layer's MLP.
         dropout: on the embeddings, inside each layer, and before the Linear head.
+        embeddings: ``random`` or ``minilm`` (MiniLM's word embeddings and tokenizer), as for :func:`lstm`;
+            MiniLM's vectors are scaled by ``sqrt(d_model)`` like random ones (their std, 0.056, becomes
+            about 1).
+        freeze_embeddings: keep the token embeddings as they start.
 
     Raises:
-        ConfigError: an argument is out of range, or ``pretrained`` is ``True`` or does not fit.
+        ConfigError: an argument is out of range, ``pretrained`` is ``True`` with random embeddings or a
+            file that does not fit, or ``minilm`` with another width or tokenizer, or MiniLM not installed.
 
     Example:
         >>> model = transformer(num_classes=2, vocab_size=1000, pad_id=0, max_length=256)
     """
+    d_model = embedding_width("transformer", "d_model", d_model, embeddings=embeddings, default=128)
     sizes = {"d_model": d_model, "nhead": nhead, "num_layers": num_layers, "dim_feedforward": dim_feedforward}
     check_ranges("transformer", rates={"dropout": dropout}, sizes=sizes | {"max_length": max_length})
     if d_model % nhead:
@@ -494,9 +555,18 @@ def transformer(
         )
         for _ in range(num_layers)
     ]
-    blocks = [PositionalEmbedding(vocab_size, d_model, pad_id, max_length, dropout), *layers]
+    positions = PositionalEmbedding(vocab_size, d_model, pad_id, max_length, dropout)
+    # After PositionalEmbedding's own initialisation, so MiniLM's vectors are the ones kept.
+    init_embedding(
+        positions.embedding,
+        "transformer",
+        embeddings=embeddings,
+        pretrained=pretrained,
+        freeze=freeze_embeddings,
+    )
     head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, num_classes))
-    return load_weights(TransformerClassifier(blocks, head, pad_id=pad_id), "transformer", pretrained)
+    model = TransformerClassifier([positions, *layers], head, pad_id=pad_id)
+    return load_weights(model, "transformer", pretrained, packaged=embeddings == "minilm")
 
 
 def create_text_model(

@@ -66,6 +66,7 @@ from torchkiln.tasks.base import (
 )
 from torchkiln.tasks.text_classification import models_bag  # noqa: F401  (registers fasttext)
 from torchkiln.tasks.text_classification.config import TextDataConfig, TextRunConfig
+from torchkiln.tasks.text_classification.embeddings import uses_minilm
 from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
 from torchkiln.tasks.text_classification.models_hf import hf_config, pretrained_dir
 
@@ -203,11 +204,16 @@ class TextClassificationTask:
     ) -> tuple[RunConfig, TextData]:
         d, m = _data(cfg), cfg.model
         hf = check_model(m.name, args=m.args, pretrained=m.pretrained, task=self.kind).own_tokenizer
-        if hf and d.tokenizer.kind in ("wordpiece", "bpe"):
+        vectors = uses_minilm(m.args)  # MiniLM's word embeddings in a from-scratch model: MiniLM's ids
+        if (hf or vectors) and d.tokenizer.kind in ("wordpiece", "bpe"):
             raise ConfigError(
-                f"Model '{m.name}' is pretrained with its own tokenizer; data.tokenizer.kind "
-                f"'{d.tokenizer.kind}' would give it ids it never learned. Remove data.tokenizer.kind "
-                f"(or set it to auto)."
+                (
+                    f"Model '{m.name}' with model.args.embeddings: minilm reads MiniLM's word embeddings"
+                    if vectors
+                    else f"Model '{m.name}' is pretrained with its own tokenizer"
+                )
+                + f"; data.tokenizer.kind '{d.tokenizer.kind}' would give it ids it never learned. Remove "
+                f"data.tokenizer.kind (or set it to auto)."
             )
         if hf and not m.pretrained and "config" not in m.args:
             raise ConfigError(
@@ -224,10 +230,9 @@ class TextClassificationTask:
             raise DataError(f"'{d.path}' has no training texts. Add texts, or lower data.split.val/test.")
         if state is not None:
             encoder = state
-        elif hf:
-            encoder = TextEncoder.create(
-                load_pretrained_tokenizer(pretrained_dir(m.pretrained)), d.max_length
-            )
+        elif hf or vectors:
+            folder = pretrained_dir(True if vectors else m.pretrained)  # with vectors: always MiniLM's
+            encoder = TextEncoder.create(load_pretrained_tokenizer(folder), d.max_length)
         else:
             kind = "wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind
             tok = train_tokenizer(
@@ -252,7 +257,7 @@ class TextClassificationTask:
         resolved_tok = d.tokenizer.model_copy(
             update={
                 "kind": "pretrained"
-                if hf
+                if hf or vectors
                 else ("wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind),
                 "vocab_size": encoder.vocab_size(),
                 "pad_id": encoder.pad_id,
@@ -261,6 +266,9 @@ class TextClassificationTask:
         args = dict(m.args)
         if hf and "config" not in args:
             args["config"] = hf_config(m.pretrained)  # so a bundle rebuilds the encoder without its folder
+        # embeddings: minilm is resolved to pretrained: true, which copies MiniLM's vectors in training;
+        # a bundle is rebuilt with pretrained: false, and its trained embeddings are loaded over it.
+        pretrained = True if vectors and m.pretrained is False else m.pretrained
         weights = resolve_class_weights(cfg.train.class_weights, classes, label_idx[assign == "train"])
         resolved = cfg.model_copy(
             update={
@@ -268,7 +276,7 @@ class TextClassificationTask:
                 "data": d.model_copy(
                     update={"path": absolute_if_exists(d.path), "classes": classes, "tokenizer": resolved_tok}
                 ),
-                "model": m.model_copy(update={"args": args}),
+                "model": m.model_copy(update={"args": args, "pretrained": pretrained}),
             }
         )
         data = TextData(classes, encoder, out, table.problems, table.source)
