@@ -77,7 +77,12 @@ def backtest(
     runs_dir: RunsDirOpt = None,
     folds: Annotated[int, typer.Option(min=2, help="How many successive forecast origins.")] = 3,
     step: Annotated[
-        int | None, typer.Option(min=1, help="Steps between the folds' ends (default: data.horizon).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Steps between the folds' ends (default: the test length, data.split.test of the whole "
+            "series, so the test periods do not overlap; a smaller step makes them overlap, with a warning).",
+        ),
     ] = None,
     seeds: Annotated[
         int, typer.Option(min=1, help="Train every fold with this many seeds, from the config's seed up.")
@@ -105,7 +110,12 @@ def backtest(
             f"({f.train_seconds:.1f} s of training)"
         )
     runs = f"{folds} folds" + (f" x {seeds} seeds" if seeds > 1 else "")
-    out.print(forecast_table(f"mean over {runs}", result.mean))
+    shared = sum(o.steps for o in result.plan.overlaps)
+    overlap = f" (test periods overlap: {shared} shared steps counted more than once)" if shared else ""
+    out.print(forecast_table(f"mean over {runs}{overlap}", result.mean))
+    out.print(
+        forecast_table(f"pooled: each of the {result.windows} distinct test windows once", result.pooled)
+    )
     if result.seed_std:
         for seed, m in result.per_seed.items():
             n = m["model"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +75,8 @@ class ForecastEvalResult:
         span: the first and last timestamp of the split's targets (ISO 8601).
         interval: the network's outermost quantile levels, e.g. ``(0.1, 0.9)``; None with the median alone.
         notes: what was skipped and why (ETS and ARIMA without statsmodels, ...).
+        forecasts: every model's forecasts of the split's windows, and the targets (kiln backtest pools
+            them over its folds).
     """
 
     metrics: dict[str, dict[str, float]]
@@ -87,6 +89,7 @@ class ForecastEvalResult:
     span: tuple[str, str]
     interval: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
+    forecasts: SplitForecasts | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> list[Any]:
         """The models x metrics table, what rel. MAE means, and the interval's coverage."""
@@ -170,6 +173,7 @@ def evaluate_forecast(
         span,
         fc.interval,
         fc.notes,
+        fc,
     )
 
 
