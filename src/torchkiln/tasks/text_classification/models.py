@@ -3,7 +3,10 @@
 Every model takes right-padded token ids ``(B, L)`` and returns logits ``(B, num_classes)``; padding never
 changes a row's logits. Like the image models, each keeps its backbone in ``blocks`` (ordered from input to
 output) and its classifier in ``head``, so freezing, gradual unfreezing and layer-wise learning rates work the
-same way. MiniLM (Hugging Face ``transformers``) is in :mod:`torchkiln.tasks.text_classification.models_hf`.
+same way. Their embeddings start random or from MiniLM's word vectors (``embeddings: minilm``, see
+:mod:`~torchkiln.tasks.text_classification.embeddings`). fastText is in
+:mod:`~torchkiln.tasks.text_classification.models_bag`; MiniLM itself (Hugging Face ``transformers``) in
+:mod:`torchkiln.tasks.text_classification.models_hf`.
 """
 
 from __future__ import annotations
