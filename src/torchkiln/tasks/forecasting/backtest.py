@@ -40,10 +40,10 @@ from torchkiln.core.io import atomic_write_text
 from torchkiln.tasks.base import validate
 from torchkiln.tasks.forecasting.config import TimeSeriesDataConfig
 from torchkiln.tasks.forecasting.data import iso_time, read_series
+from torchkiln.tasks.forecasting.evaluate import MODEL, REFERENCE, evaluate_forecast
 from torchkiln.tasks.forecasting.windows import split_bounds
 
 log = logging.getLogger("torchkiln.train")  # kiln prints it as warning: lines
-MODEL, REFERENCE = "model", "seasonal_naive"  # the network's key; rel. MAE divides by the reference's MAE
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,10 @@ def pooled_metrics(runs: Sequence[FoldForecasts]) -> Metrics:
         >>> b = FoldForecasts(days[1:], y[1:], {"model": p[1:], "seasonal_naive": s[1:]}, np.ones(1))
         >>> pooled_metrics([a, b])["model"]["mae"]  # the window at days[1] counts once, not twice
     """
-    _, where, counts = np.unique(
+    _, window, counts = np.unique(
         np.concatenate([r.origins for r in runs]), return_inverse=True, return_counts=True
     )
-    weight = (1.0 / counts[where])[:, None, None]  # (W, 1, 1) over all runs' windows
+    weight = (1.0 / counts[window])[:, None, None]  # (W, 1, 1) over all runs' windows
     target = np.concatenate([r.target for r in runs])  # (W, H, C)
 
     def mean(x: np.ndarray, where: np.ndarray | None = None) -> float:
@@ -332,7 +332,6 @@ def _run_fold(
 ) -> tuple[Fold, FoldForecasts]:
     """Train ``cfg`` on the data up to ``end`` into ``root/name`` and evaluate its test split."""
     from torchkiln.artifacts.bundle import load_bundle
-    from torchkiln.tasks.forecasting.evaluate import evaluate_forecast
     from torchkiln.tasks.training import train_new_run
 
     raw = cfg.model_dump(mode="json")
