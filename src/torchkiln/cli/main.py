@@ -196,6 +196,12 @@ def train(
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k != "epoch")
         best = f"best epoch {summary['best_epoch'] + 1}: {metrics}  ({summary['seconds']} s of training)"
         err.print(best, soft_wrap=True)
+    from torchkiln.tasks.training import late_epochs_note
+
+    train_cfg = api.load_config(run_dir / "config.yaml").train
+    note = late_epochs_note(summary, train_cfg.monitor, train_cfg.early_stopping.patience)
+    if summary["metrics"] and note:
+        err.print(f"note: {note}", soft_wrap=True)
     if base := meta.get("baseline"):  # a classifier beside its linear baseline on val (evaluate.baseline)
         verdict = "BELOW it (see the warning above)" if base["below"] else "above it"
         err.print(

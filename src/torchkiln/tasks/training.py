@@ -92,6 +92,29 @@ def _write_run_files(run_dir: Path, resolved: RunConfig, task: Task, data: Any) 
         (run_dir / "skipped.tsv").write_text("item\treason\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
+def late_epochs_note(trained: dict[str, Any], monitor: str, patience: int | None) -> str | None:
+    """What the end of ``kiln train`` says when the best epoch came early and the rest trained for nothing.
+
+    ``trained`` is ``bundle.json``'s ``trained``. None when early stopping is on (``patience``), the run
+    stopped early anyway, or fewer than max(2, a quarter of the epochs) came after the best one.
+
+    Example:
+        >>> late_epochs_note({"epochs": 10, "best_epoch": 3, "seconds": 100.0}, "val/loss", None)[:46]
+        'the best epoch was 4 of 10: the 6 after it (ab'
+    """
+    epochs, best = int(trained.get("epochs", 0)), int(trained.get("best_epoch", -1))
+    after = epochs - best - 1
+    if patience is not None or trained.get("stopped") or best < 0 or after < max(2, epochs // 4):
+        return None
+    share = after / epochs
+    spent = f"about {share:.0%} of the training, about {share * float(trained.get('seconds', 0.0)):.0f} s"
+    return (
+        f"the best epoch was {best + 1} of {epochs}: the {after} after it ({spent}) did not improve "
+        f"{monitor}. The bundle keeps the best epoch; set train.early_stopping.patience (e.g. 2) to stop "
+        f"once {monitor} stops improving."
+    )
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a run's last checkpoint left it: what ``kiln train --resume`` says before it continues."""
