@@ -16,6 +16,7 @@ from torchkiln.components.splits import (
     shared_groups,
     stratified_group_split,
     stratified_split,
+    unused_fractions,
     val_too_small,
 )
 from torchkiln.core.config import SplitConfig
@@ -249,3 +250,28 @@ def test_make_splits_by_group_from_scratch_and_after_a_resplit() -> None:
     given[:4] = "val"
     splits = make_splits(section(), labels, given.astype(str), seed=0, groups=groups)
     assert all(len(s) == 1 for s in splits_of_each_group(groups, splits).values())
+
+
+# --- data.split fractions that the data's own split leaves unused ------------------------------------
+def test_fractions_the_data_split_overrides_are_named() -> None:
+    given = np.array(["train"] * 60 + ["val"] * 60 + ["test"] * 20)
+    assert unused_fractions(SplitConfig(), given, given) == []  # nothing written: nothing to say
+    written = SplitConfig(val=0.2, test=0.3)
+    assert unused_fractions(written, given, given) == ["data.split.val (0.2)", "data.split.test (0.3)"]
+    carved = np.where(given == "val", "train", given)  # no val given: data.split.val carves one, so used
+    assert unused_fractions(written, carved, carved) == ["data.split.test (0.3)"]
+    assert unused_fractions(written, None, given) == []  # no split of its own: the fractions split it
+
+
+def test_training_warns_which_split_wins(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.array([0, 1] * 70)
+    given = np.array(["train"] * 80 + ["val"] * 40 + ["test"] * 20)
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        make_splits(section(test=0.25), labels, given, seed=0, where="'reviews.csv'")  # evaluation: quiet
+        assert caplog.messages == []
+        make_splits(section(test=0.25), labels, given, seed=0, where="'reviews.csv'", explain=True)
+    assert caplog.messages == [
+        "'reviews.csv' brings its own split (a split column or train/val/test parts), which wins over "
+        "data.split.test (0.25): it is not used. Remove data.split.test from data.split to silence this, or "
+        "drop the data's own split to split by fraction."
+    ]

@@ -237,6 +237,30 @@ def check_coverage(
     return out
 
 
+def unused_fractions(s: SplitConfig, given: np.ndarray | None, final: np.ndarray) -> list[str]:
+    """The ``data.split`` fractions the config sets (as written) that the data's own split leaves unused.
+
+    ``test`` is unused when the data brings test items; ``val`` when it brings a val split that is kept as
+    it is (not carved from train, not merged for being under ``min_val``).
+
+    Example:
+        >>> unused_fractions(SplitConfig(test=0.2), np.array(["train", "test"]), np.array(["train", "test"]))
+        ['data.split.test (0.2)']
+    """
+    if given is None or not (given == "train").any():
+        return []
+    out = []
+    if (
+        "val" in s.model_fields_set
+        and (given == "val").any()
+        and np.array_equal(final == "val", given == "val")
+    ):
+        out.append(f"data.split.val ({s.val:g})")
+    if "test" in s.model_fields_set and (given == "test").any():
+        out.append(f"data.split.test ({s.test:g})")
+    return out
+
+
 def make_splits(
     cfg: LabelledData,
     labels: np.ndarray,
@@ -245,9 +269,13 @@ def make_splits(
     *,
     groups: np.ndarray | None = None,
     where: str = "The data",
+    explain: bool = False,
 ) -> np.ndarray:
     """train/val/test per item: the data's own split or a stratified one; with ``limit_per_class`` the
     left-out training items are marked ``unused``.
+
+    ``explain`` (a training run, whose ``cfg`` is the config as written): warn when ``data.split`` sets a
+    fraction that the data's own split makes unused (:func:`unused_fractions`).
 
     The data's own split is kept, except that val is carved from train when the data has none, and a val
     too small to judge by (:func:`val_too_small`) is merged into train and carved again, with a warning.
@@ -277,6 +305,16 @@ def make_splits(
         splits = given.astype(str)
     if groups is not None:
         shared_groups(splits, groups, where=where)
+    if explain and (unused := unused_fractions(s, given, splits)):
+        log.warning(
+            "%s brings its own split (a split column or train/val/test parts), which wins over %s: %s not "
+            "used. Remove %s from data.split to silence this, or drop the data's own split to split by "
+            "fraction.",
+            where,
+            " and ".join(unused),
+            "it is" if len(unused) == 1 else "they are",
+            " and ".join(u.split(" ")[0] for u in unused),
+        )
     if cfg.limit_per_class is not None:
         keep = limit_per_class(labels, splits, limit=cfg.limit_per_class, seed=seed)
         splits = np.where(keep, splits, "unused")

@@ -337,3 +337,16 @@ def test_a_balanced_sampler_draws_each_class_about_equally(
         )
     )
     assert plain == pytest.approx(0.1, abs=0.03)
+
+
+def test_a_split_column_says_it_wins_over_data_split(
+    tmp_path: Path, config, make_sentiment_rows, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_split_csv(tmp_path / "split.csv", make_sentiment_rows(120, seed=1))
+    cfg = config(path=str(path), split_column="part", split={"test": 0.3})
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        _, data = TASK.prepare(validate(cfg))
+    assert len(data.splits["test"]) == 20  # the file's 20 test rows, not 30 % of the texts
+    (said,) = [m for m in caplog.messages if "brings its own split" in m]
+    assert said.startswith(f"'{path}' brings its own split (a split column or train/val/test parts), which ")
+    assert "wins over data.split.test (0.3): it is not used." in said

@@ -192,7 +192,8 @@ def _from_files(cfg, files: FileItems, seed, default_size, need_channels, stats,
     channels = _resolve_channels(cfg, modes, need_channels)
     size = _resolve_size(cfg, [headers[i][:2] for i in keep], default_size)  # type: ignore[misc]
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    splits = make_splits(cfg, label_idx, splits_in, seed, groups=groups, where=where)
+    explain = only_splits is None  # training: say when data.split's fractions go unused
+    splits = make_splits(cfg, label_idx, splits_in, seed, groups=groups, where=where, explain=explain)
     check_coverage(classes, label_idx, splits, where=where, items="images")
     in_memory = cfg.cache == "memory" or (
         cfg.cache == "auto" and len(paths) * channels * size * size < MEMORY_BUDGET
@@ -279,7 +280,8 @@ def _from_arrays(
     label_idx = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
     channels = _resolve_channels(cfg, imgs.shape[1], need_channels)
     size = _resolve_size(cfg, [(imgs.shape[3], imgs.shape[2])], default_size)
-    splits = make_splits(cfg, label_idx, data.splits, seed)
+    where = f"Dataset '{cfg.path}'"
+    splits = make_splits(cfg, label_idx, data.splits, seed, where=where, explain=only_splits is None)
     check_coverage(classes, label_idx, splits, where=f"Dataset '{cfg.path}'", items="images")
     # Convert and resize only what this run uses (limit_per_class, only_splits): upscaling all
     # 70,000 Fashion-MNIST images to 96x96 RGB would take minutes and 2 GB for 1,000 used ones.

@@ -223,7 +223,8 @@ class TextClassificationTask:
         table = read_table(d)
         classes = class_list(d, table.labels, split_array(table), f"'{d.path}'", items="texts")
         label_idx = np.array([classes.index(lab) for lab in table.labels], dtype=np.int64)
-        assign = make_splits(d, label_idx, split_array(table), cfg.seed)
+        where = f"'{d.path}'"
+        assign = make_splits(d, label_idx, split_array(table), cfg.seed, where=where, explain=splits is None)
         check_coverage(classes, label_idx, assign, where=f"'{d.path}'", items="texts")
         train_texts = [t for t, s in zip(table.texts, assign, strict=True) if s == "train"]
         if not train_texts:
