@@ -1,9 +1,12 @@
-"""The config's checks: the device, what picks the best epoch, what kiln tune optimizes, the seed, the loss.
+"""The config's checks: the device, what picks the best epoch, what kiln tune optimizes, the seed, the loss,
+flips on digit or character data.
 
 They read only the run config and the task (``tasks.base``), never a family.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -263,3 +266,57 @@ def init_from(s: Subject) -> list[Finding]:
     except KilnError as exc:
         return [Finding("init-from", "error", str(exc))]
     return [Finding("init-from", "info", note) for note in notes]
+
+
+# Data whose orientation is the label: a mirrored "2" or "b" is not a "2" or a "b" any more.
+DIGIT_WORDS = frozenset(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+# catalog names and file stems of digit and character data sets ("fashion-mnist" is clothes: not one)
+GLYPH_DATA = frozenset({"digits", "mnist", "emnist", "kmnist", "qmnist", "usps", "svhn"})
+BIG_ROTATION = 45.0  # degrees: past this a "6" can turn into a "9" (10 to 15 is the usual range for digits)
+
+
+def _glyph_data(s: Subject) -> str | None:
+    """Why the data looks like digits or characters, from its names alone (no pixel is read); None if not."""
+    data = s.cfg.data
+    stem = Path(str(getattr(data, "path", ""))).name.lower().removesuffix(".npz").removesuffix(".idx")
+    if stem in GLYPH_DATA:
+        return f"the data is '{stem}', a digit or character data set"
+    named = s.view.classes if s.view is not None else getattr(data, "classes", None) or ()
+    classes = [str(c) for c in named]
+    glyphs = [c for c in classes if (len(c) == 1 and c.isalnum()) or c.lower() in DIGIT_WORDS]
+    if len(classes) >= 2 and len(glyphs) == len(classes):
+        shown = ", ".join(f"'{c}'" for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
+        return f"its classes are digits or characters ({shown})"
+    return None
+
+
+def _turns(step: object) -> str | None:
+    """What an augment step does that changes a glyph's identity, None if nothing."""
+    name = getattr(step, "name", "")
+    if name in ("horizontal_flip", "vertical_flip") and getattr(step, "p", 0.0) > 0:
+        return f"{name} (p={step.p:g})"  # type: ignore[attr-defined]
+    if name == "rotation" and getattr(step, "degrees", 0.0) > BIG_ROTATION:
+        return f"rotation (up to {step.degrees:g} degrees)"  # type: ignore[attr-defined]
+    return None
+
+
+@check("orientation")
+def orientation(s: Subject) -> list[Finding]:
+    """data.augment flips (or turns far) digit or character images, whose orientation is the label."""
+    steps = getattr(s.cfg.data, "augment", None) or []
+    turns = [t for t in map(_turns, steps) if t is not None]
+    why = _glyph_data(s) if turns else None
+    if why is None:
+        return []
+    return [
+        Finding(
+            "orientation",
+            "warning",
+            f"data.augment has {', '.join(turns)}, but {why}: the images' orientation is the "
+            f"label (a mirrored '2' or 'b' is not a '2' or a 'b', a '6' turned over is a '9'), so "
+            f"training would learn from images whose label is wrong.",
+            f"Remove the flips from data.augment and keep rotations to {BIG_ROTATION:g} degrees or less "
+            f"(translate or random_crop keep the label); flips suit data whose mirror image is the same "
+            f"class, such as clothes or photos.",
+        )
+    ]
