@@ -205,6 +205,33 @@ def test_scan_csv_missing_column(manifest_dir: Path) -> None:
     )  # the file has a header: no advice to add one
 
 
+def test_scan_csv_matches_columns_by_case_with_a_warning(
+    manifest_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    csv = manifest_dir / "labels.csv"
+    csv.write_text("Path,LABEL,Split\nimg/a0.png,a,train\nimg/b0.png,b,test\n")
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        items = scan_csv(csv, on_error="raise")
+    assert items.labels == ["a", "b"] and items.splits == ["train", "test"]
+    assert caplog.messages == [
+        "data.path_column 'path' matched the column 'Path'; write that name to silence this",
+        "data.label_column 'label' matched the column 'LABEL'; write that name to silence this",
+        "data.split_column 'split' matched the column 'Split'; write that name to silence this",
+    ]
+
+
+def test_scan_csv_columns_that_differ_only_in_case_are_ambiguous(manifest_dir: Path) -> None:
+    csv = manifest_dir / "labels.csv"
+    csv.write_text("path,Label,LABEL\nimg/a0.png,a,b\n")
+    with pytest.raises(DataError) as info:
+        scan_csv(csv, on_error="raise")
+    assert str(info.value) == (
+        f"Manifest '{csv}' has no column 'label', and 2 columns differ from it only in case: 'Label' and "
+        "'LABEL'; expected one column that data.label_column names. Fix: set `data.label_column` to one of "
+        "them exactly, or rename the others."
+    )
+
+
 def test_scan_csv_reads_a_group_column_and_needs_it_when_named(manifest_dir: Path) -> None:
     csv = manifest_dir / "labels.csv"
     csv.write_text("path,label,patient_id\nimg/a0.png,a,p1\nimg/a1.png,a,\nimg/b0.png,b,p2\n")

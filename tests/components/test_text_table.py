@@ -247,3 +247,36 @@ def test_select_text_split(tmp_path):
     assert part.texts == ["b", "c"] and part.rows == [3, 4] and part.splits == ["test", "test"]
     with raises("This data set has no 'val' split (it has ['test', 'train']). Leave out --split"):
         select_text_split(table, "val")
+
+
+# ---- column names that differ in case --------------------------------------------------------------------
+
+
+def test_columns_match_by_case_with_a_warning(tmp_path, caplog):
+    path = write(tmp_path / "r.csv", "Review,Sentiment,Part\nfine,pos,train\n")
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        table = read_text_table(path, text_column="review", label_column="sentiment", split_column="part")
+    assert (table.texts, table.labels, table.splits) == (["fine"], ["pos"], ["train"])
+    assert caplog.messages == [
+        "data.text_column 'review' matched the column 'Review'; write that name to silence this",
+        "data.label_column 'sentiment' matched the column 'Sentiment'; write that name to silence this",
+        "data.split_column 'part' matched the column 'Part'; write that name to silence this",
+    ]
+
+
+def test_an_exact_column_beats_one_that_differs_in_case(tmp_path, caplog):
+    path = write(tmp_path / "r.csv", "Text,text,label\nloud,quiet,pos\n")
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        assert read_text_table(path).texts == ["quiet"]
+    assert caplog.messages == []
+
+
+def test_two_columns_that_differ_only_in_case_are_ambiguous(tmp_path):
+    path = write(tmp_path / "r.csv", "Text,TEXT,label\nloud,louder,pos\n")
+    with pytest.raises(DataError) as info:
+        read_text_table(path)
+    assert str(info.value) == (
+        f"Text file '{path}' has no column 'text', and 2 columns differ from it only in case: 'Text' and "
+        f"'TEXT'; expected one column that data.text_column names. Fix: set `data.text_column` to one of "
+        f"them exactly, or rename the others."
+    )

@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from torchkiln.components import dicom
+from torchkiln.components.columns import match_column
 from torchkiln.components.contrast import clahe as apply_clahe
 from torchkiln.core.errors import DataError, did_you_mean
 
@@ -317,7 +318,8 @@ def scan_csv(
     Args:
         path: the CSV file; relative image paths are relative to its folder.
         on_error: ``raise`` at the first bad row, or ``skip`` it and report it.
-        path_column, label_column: the header names of the image path and the label.
+        path_column, label_column: the header names of the image path and the label; each column name
+            may differ in case from the header's when one column matches (a warning says which).
         split_column: a column with train/val/test per row, used when the file has it (None: never).
         split_required: the config named ``split_column``, so the file must have it.
         group_column: a column the file must have, of a group id (a patient) per row; None: no groups.
@@ -333,13 +335,22 @@ def scan_csv(
     except UnicodeDecodeError as exc:
         raise DataError(f"Manifest '{path}' is not valid UTF-8 ({exc}). Save it as UTF-8.") from None
     wanted = {"data.path_column": path_column, "data.label_column": label_column}
-    if split_required and split_column is not None:
+    if split_column is not None:
         wanted["data.split_column"] = split_column
     if group_column is not None:
         wanted["data.group_column"] = group_column
-    missing = {key: col for key, col in wanted.items() if col not in fields}
+    found = {
+        key: match_column(col, fields, setting=key, source=f"Manifest '{path}'")
+        for key, col in wanted.items()
+    }
+    missing = {key: col for key, col in wanted.items() if found[key] is None}
+    if not split_required:  # an optional split column is used when the file has it
+        missing.pop("data.split_column", None)
     if missing:
         raise DataError(_missing_columns(path, fields, missing))
+    path_column, label_column = cast(str, found["data.path_column"]), cast(str, found["data.label_column"])
+    split_column = found.get("data.split_column")
+    group_column = found.get("data.group_column")
     if not rows:
         raise DataError(
             f"Manifest '{path}' has a header but no rows. Add one line per image: "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from torchkiln.components.columns import match_column
 from torchkiln.components.splits import SPLITS
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.core.io import new_text_file
@@ -246,13 +247,15 @@ def _delimited_records(
 def _column_index(
     header: list[str], path: Path, delimiter: str, columns: tuple[str, str, str | None], require_labels: bool
 ) -> tuple[int, int | None, int | None]:
-    """Where the text, label and split columns are; a missing column stops the whole read."""
+    """Where the text, label and split columns are (a unique case-insensitive match counts, with a
+    warning); a missing column stops the whole read."""
     roles = (("text", "data.text_column", True), ("label", "data.label_column", require_labels))
     roles += (("split", "data.split_column", True),)
     index: list[int | None] = []
     for name, (role, setting, required) in zip(columns, roles, strict=True):
-        if name is not None and name in header:
-            index.append(header.index(name))
+        found = match_column(name, header, setting=setting, source=f"Text file '{path}'") if name else None
+        if found is not None:
+            index.append(header.index(found))
             continue
         if name is not None and required:
             hint = ""

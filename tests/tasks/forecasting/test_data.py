@@ -153,14 +153,57 @@ def test_missing_file_and_unknown_name(tmp_path):
     )
 
 
-def test_missing_time_column(tmp_path):
+def test_the_one_date_column_is_the_time_when_time_column_is_absent(tmp_path, caplog):
     path = write(tmp_path / "x.csv", MONTHS.replace("time,", "timestamp,"))
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        s = read_series(cfg(path))
+    assert len(s.time) == 4 and s.target_names == ["value"]  # the time column is not a target
+    assert caplog.messages == [
+        f"Time-series file '{path}' has no time column 'time'; using 'timestamp', its one column of dates. "
+        f"Write `data.time_column: timestamp` to silence this"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        assert len(read_series(cfg(path, time_column="timestamp")).time) == 4
+    assert caplog.messages == []
+
+
+def test_missing_time_column_with_no_or_several_date_columns(tmp_path):
+    path = write(tmp_path / "x.csv", "n,value\n1,1\n2,2\n")  # numbers are not dates
     assert message(read_series, cfg(path)) == (
-        f"Time-series file '{path}' has no time column 'time' (columns found: timestamp, value); expected "
-        f"the timestamps in a column of that name. Did you mean 'timestamp'? Fix: set `data.time_column: "
+        f"Time-series file '{path}' has no time column 'time' (columns found: n, value); expected "
+        f"the timestamps in a column of that name. Fix: set `data.time_column: "
         f"<name>` to the column that holds the timestamps, or rename it."
     )
-    assert len(read_series(cfg(path, time_column="timestamp")).time) == 4
+    two = "start,value,end\n2014-01-01,1,2014-01-31\n2014-02-01,2,2014-02-28\n"
+    path = write(tmp_path / "y.csv", two)
+    assert message(read_series, cfg(path)) == (
+        f"Time-series file '{path}' has no time column 'time' (columns found: start, value, end); expected "
+        f"the timestamps in a column of that name. Several columns hold dates: start, end. Fix: set "
+        f"`data.time_column: <name>` to the column that holds the timestamps, or rename it."
+    )
+
+
+def test_columns_match_by_case_with_a_warning(tmp_path, caplog):
+    path = write(tmp_path / "x.csv", "Time,Load,Temp\n2014-01-01,1,5\n2014-02-01,2,6\n2014-03-01,3,7\n")
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        s = read_series(cfg(path, targets=["load"], covariates=["TEMP"]))
+    assert s.target_names == ["Load"] and s.covariate_names == ["Temp"]
+    assert s.targets[:, 0].tolist() == [1, 2, 3] and s.covariates[:, 0].tolist() == [5, 6, 7]
+    assert caplog.messages == [
+        "data.time_column 'time' matched the column 'Time'; write that name to silence this",
+        "data.targets 'load' matched the column 'Load'; write that name to silence this",
+        "data.covariates 'TEMP' matched the column 'Temp'; write that name to silence this",
+    ]
+
+
+def test_columns_that_differ_only_in_case_are_ambiguous(tmp_path):
+    path = write(tmp_path / "x.csv", "time,Load,LOAD\n2014-01-01,1,2\n2014-02-01,2,3\n")
+    assert message(read_series, cfg(path, targets=["load"])) == (
+        f"Time-series file '{path}' has no column 'load', and 2 columns differ from it only in case: 'Load' "
+        f"and 'LOAD'; expected one column that data.targets names. Fix: set `data.targets` to one of them "
+        f"exactly, or rename the others."
+    )
 
 
 def test_bad_timestamp_names_the_line(tmp_path):

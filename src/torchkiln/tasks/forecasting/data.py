@@ -7,21 +7,25 @@ Reading needs pandas (the ``forecast`` extra); it is imported inside the functio
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from torchkiln.components.catalog import DATASETS, load_series_catalog
+from torchkiln.components.columns import match_column
 from torchkiln.core.errors import DataError, did_you_mean
 from torchkiln.tasks.forecasting.config import TimeSeriesDataConfig
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger("torchkiln.data")
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def read_series(d: TimeSeriesDataConfig) -> SeriesFrame:
         ((144, 1), ['calendar:month'], 'MS', 12)
     """
     pd = _pandas()
-    src = _load_source(d, pd)
+    src = _find_time_column(_load_source(d, pd), pd)
     times = _parse_times(src, pd)  # (N,) datetime64[ns]
     targets, covariates = _value_columns(src, d)
     values = _parse_values(src, [*targets, *covariates], pd)  # (N, C+K), NaN where a cell is empty
@@ -178,14 +182,55 @@ def _load_source(d: TimeSeriesDataConfig, pd: Any) -> _Source:
     return _Source(frame, f"Time-series file '{path}'", lines, "line", d.time_column)
 
 
-def _parse_times(src: _Source, pd: Any) -> np.ndarray:
+def _find_time_column(src: _Source, pd: Any) -> _Source:
+    """The source with its time column found: as named, else by case (:func:`match_column`), else the
+    file's one date-like column, with a warning that names the setting to write."""
     columns = list(src.frame.columns)
-    if src.time_column not in columns:
-        raise DataError(
-            f"{src.name} has no time column '{src.time_column}' (columns found: {', '.join(columns)}); "
-            f"expected the timestamps in a column of that name.{did_you_mean(src.time_column, columns)} "
-            f"Fix: set `data.time_column: <name>` to the column that holds the timestamps, or rename it."
+    found = match_column(src.time_column, columns, setting="data.time_column", source=src.name)
+    if found is not None:
+        return replace(src, time_column=found)
+    dated = [c for c in columns if _date_like(src.frame[c], pd)]
+    if len(dated) == 1:
+        log.warning(
+            "%s has no time column '%s'; using '%s', its one column of dates. Write `data.time_column: %s` "
+            "to silence this",
+            src.name,
+            src.time_column,
+            dated[0],
+            dated[0],
         )
+        return replace(src, time_column=dated[0])
+    several = f" Several columns hold dates: {', '.join(dated)}." if dated else ""
+    raise DataError(
+        f"{src.name} has no time column '{src.time_column}' (columns found: {', '.join(columns)}); "
+        f"expected the timestamps in a column of that name.{did_you_mean(src.time_column, columns)}{several} "
+        f"Fix: set `data.time_column: <name>` to the column that holds the timestamps, or rename it."
+    )
+
+
+def _date_like(col: pd.Series, pd: Any) -> bool:
+    """The column's first non-empty cells (up to 20) are all dates, and it is not a number column
+    (a year alone such as 2014 parses as a date too)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return True
+    if pd.api.types.is_numeric_dtype(col) or _mostly_numeric(col):
+        return False
+    sample = col.dropna().astype(str).str.strip()
+    sample = sample[sample != ""].head(20)
+    if sample.empty:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "could not infer format"
+        try:
+            parsed = pd.to_datetime(sample, errors="coerce", format="ISO8601")
+            if parsed.isna().any():
+                parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+        except (ValueError, TypeError):  # e.g. mixed time zones: still dates, but say nothing here
+            return False
+    return bool(parsed.notna().all())
+
+
+def _parse_times(src: _Source, pd: Any) -> np.ndarray:
     col = src.frame[src.time_column]
     if pd.api.types.is_datetime64_any_dtype(col):
         parsed = col
@@ -216,31 +261,40 @@ def _parse_times(src: _Source, pd: Any) -> np.ndarray:
 
 
 def _value_columns(src: _Source, d: TimeSeriesDataConfig) -> tuple[list[str], list[str]]:
+    """The target and covariate columns as the file names them (a unique match by case counts)."""
     columns = list(src.frame.columns)
-    roles = [(c, "target", "data.targets") for c in d.targets or []]
-    roles += [(c, "covariate", "data.covariates") for c in d.covariates]
-    for name, role, setting in roles:
-        if name not in columns:
-            raise DataError(
-                f"{src.name} has no {role} column '{name}' (columns found: {', '.join(columns)}); "
-                f"expected every name in {setting} to be a column.{did_you_mean(name, columns)} "
-                f"Fix: correct {setting}, or add the column."
-            )
-        if name == src.time_column or (role == "covariate" and name in (d.targets or [])):
+    given_targets = [_named_column(src, c, "target", "data.targets") for c in d.targets or []]
+    covariates = [_named_column(src, c, "covariate", "data.covariates") for c in d.covariates]
+    for name, role, setting in [(c, "target", "data.targets") for c in given_targets] + [
+        (c, "covariate", "data.covariates") for c in covariates
+    ]:
+        if name == src.time_column or (role == "covariate" and name in given_targets):
             raise DataError(
                 f"The column '{name}' is given twice (as a {role} and as the time or a target); expected "
                 f"each column in one role. Fix: remove it from {setting}."
             )
     if d.targets is not None:
-        return list(d.targets), list(d.covariates)
-    rest = [c for c in columns if c != src.time_column and c not in d.covariates]
+        return given_targets, covariates
+    rest = [c for c in columns if c != src.time_column and c not in covariates]
     targets = [c for c in rest if _mostly_numeric(src.frame[c])]
     if not targets:
         raise DataError(
             f"{src.name} has no numeric column to forecast (columns found: {', '.join(columns)}); expected "
             f"at least one value column besides the time and the covariates. Fix: set data.targets."
         )
-    return targets, list(d.covariates)
+    return targets, covariates
+
+
+def _named_column(src: _Source, name: str, role: str, setting: str) -> str:
+    columns = list(src.frame.columns)
+    found = match_column(name, columns, setting=setting, source=src.name)
+    if found is None:
+        raise DataError(
+            f"{src.name} has no {role} column '{name}' (columns found: {', '.join(columns)}); "
+            f"expected every name in {setting} to be a column.{did_you_mean(name, columns)} "
+            f"Fix: correct {setting}, or add the column."
+        )
+    return found
 
 
 def _mostly_numeric(col: pd.Series) -> bool:
