@@ -158,6 +158,7 @@ def test_the_one_date_column_is_the_time_when_time_column_is_absent(tmp_path, ca
     with caplog.at_level("WARNING", logger="torchkiln.data"):
         s = read_series(cfg(path))
     assert len(s.time) == 4 and s.target_names == ["value"]  # the time column is not a target
+    assert s.time_column == "timestamp"  # prepare writes it into the resolved config
     assert caplog.messages == [
         f"Time-series file '{path}' has no time column 'time'; using 'timestamp', its one column of dates. "
         f"Write `data.time_column: timestamp` to silence this"

@@ -332,3 +332,16 @@ def test_read_history_with_covariates_needs_a_resolved_config(tmp_path: Path, ma
     with pytest.raises(ConfigError) as exc:
         read_history(cfg, tmp_path / "history.csv")
     assert str(exc.value) == unresolved_message("read_history", "targets")
+
+
+def test_an_inferred_time_column_is_written_into_the_resolved_config(
+    tmp_path: Path, make_series_csv, make_forecast_config, series_values, caplog: pytest.LogCaptureFixture
+) -> None:
+    csv = make_series_csv(tmp_path / "s.csv", series_values(96))
+    csv.write_text(csv.read_text().replace("time,", "Date,", 1))  # the one column of dates, another name
+    resolved, _ = TASK.prepare(validate(make_forecast_config(csv, tmp_path)))
+    assert resolved.data.time_column == "Date"  # a bundle, kiln predict's history files read it by name
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="torchkiln.data"):
+        TASK.prepare(resolved)  # evaluating the bundle later: nothing to infer, nothing to say
+    assert caplog.messages == []

@@ -40,6 +40,7 @@ class SeriesFrame:
         covariate_names: the K covariate names: file columns, then e.g. "calendar:month".
         freq: a pandas offset alias, e.g. "MS", "D", "h".
         season: steps per season (12 for monthly data).
+        time_column: the file's time column as it spells it; the resolved config keeps it.
     """
 
     time: np.ndarray
@@ -49,6 +50,7 @@ class SeriesFrame:
     covariate_names: list[str]
     freq: str
     season: int
+    time_column: str = "time"  # as the file spells it (inferred, or matched ignoring case)
 
 
 def _pandas() -> Any:
@@ -117,6 +119,7 @@ def read_series(d: TimeSeriesDataConfig) -> SeriesFrame:
         covariate_names=[*covariates, *(f"calendar:{c}" for c in d.calendar)],
         freq=freq,
         season=d.season or infer_season(freq),
+        time_column=src.time_column,
     )
 
 

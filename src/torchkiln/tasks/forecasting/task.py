@@ -203,7 +203,10 @@ class ForecastingTask:
                 "data": d.model_copy(
                     update={
                         "path": absolute_if_exists(d.path),
+                        # As the file spells them: an inferred or case-matched column is written down.
+                        "time_column": frame.time_column,
                         "targets": frame.target_names,
+                        "covariates": frame.covariate_names[: len(d.covariates)],
                         "freq": frame.freq,
                         "season": frame.season,
                         "scaler_stats": stats,
