@@ -17,6 +17,7 @@ from torchkiln.components.tokenize import (
     load_pretrained_tokenizer,
     pad_batch,
     padding_ratio,
+    token_counts,
     tokenizer_from_json,
     tokenizer_to_json,
     train_tokenizer,
@@ -179,6 +180,18 @@ def test_encoder_leaves_the_callers_tokenizer_alone(minilm: tokenizers.Tokenizer
     enc(["hello world " * 100, "hi"])
     assert (minilm.truncation, minilm.padding) == before
     assert len(minilm.encode("hello world " * 100).ids) == 128  # its own max_length and padding still apply
+
+
+def test_token_counts_are_before_truncation(minilm: tokenizers.Tokenizer, wordpiece) -> None:
+    texts = ["hello world", "hello world " * 100, ""]
+    assert token_counts(minilm, texts) == [4, 202, 2]  # [CLS] ... [SEP], past minilm's own 128
+    assert len(minilm.encode("hello world " * 100).ids) == 128  # the caller's truncation is left alone
+    enc = TextEncoder.create(wordpiece, max_length=512)
+    assert token_counts(wordpiece, ["a b c", "the film"]) == [
+        len(r) for r in enc.encode(["a b c", "the film"])
+    ]
+    with pytest.raises(TypeError, match=r"wrap it: token_counts\(tok, \[text\]\)"):
+        token_counts(minilm, "a")  # type: ignore[arg-type]
 
 
 def test_encoder_rejects_bad_settings(minilm: tokenizers.Tokenizer) -> None:

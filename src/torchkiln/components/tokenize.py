@@ -204,6 +204,26 @@ def _parse(data: str | bytes, where: str, fix: str) -> tokenizers.Tokenizer:
     )
 
 
+def token_counts(tokenizer: tokenizers.Tokenizer, texts: Sequence[str]) -> list[int]:
+    """Each text's token count before any truncation, special tokens (``[CLS]``, ``[SEP]``) included.
+
+    :class:`TextEncoder` truncates at ``max_length``; these are the counts it would have to fit. A text
+    without tokens counts 1, the ``[unk_id]`` that ``TextEncoder.encode`` puts in its place.
+
+    Example:
+        >>> token_counts(minilm, ["hello world"])  # [CLS] hello world [SEP]
+        [4]
+    """
+    if isinstance(texts, str):
+        raise TypeError(
+            "token_counts takes a list of texts, not one str; wrap it: token_counts(tok, [text])."
+        )
+    tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # the caller's keeps its own settings
+    tok.no_truncation()
+    tok.no_padding()
+    return [max(1, len(e.ids)) for e in tok.encode_batch_fast(list(texts))]
+
+
 @dataclass(frozen=True)
 class TextEncoder:
     """Wraps a ``tokenizers.Tokenizer`` with our truncation and padding rules.

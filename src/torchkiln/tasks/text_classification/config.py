@@ -46,7 +46,11 @@ class TextDataConfig(DataConfig):
     )
     split: SplitConfig = SplitConfig()
     classes: list[str] | None = None
-    max_length: Annotated[int, Field(ge=4, le=8192)] = 128
+    max_length: Annotated[int, Field(ge=4, le=8192)] | Literal["auto"] = Field(
+        default=128,
+        description="Tokens per text; longer texts are truncated. auto: the train split's 95th percentile, "
+        "rounded up to a multiple of 8, at most 512 (or the model's positions); a run saves the number.",
+    )
     tokenizer: TokenizerConfig = TokenizerConfig()
     bucket: bool = Field(default=True, description="Batch texts of similar length (less padding).")
     sampler: Literal["shuffle", "balanced"] = Field(

@@ -47,6 +47,7 @@ from torchkiln.components.tokenize import (
     TextEncoder,
     load_pretrained_tokenizer,
     pad_batch,
+    token_counts,
     tokenizer_from_json,
     tokenizer_to_json,
     train_tokenizer,
@@ -67,6 +68,12 @@ from torchkiln.tasks.base import (
 from torchkiln.tasks.text_classification import models_bag  # noqa: F401  (registers fasttext)
 from torchkiln.tasks.text_classification.config import TextDataConfig, TextRunConfig
 from torchkiln.tasks.text_classification.embeddings import uses_minilm
+from torchkiln.tasks.text_classification.lengths import (
+    AUTO_CAP,
+    auto_max_length,
+    log_token_lengths,
+    token_lengths,
+)
 from torchkiln.tasks.text_classification.models import TextClassifier, create_text_model
 from torchkiln.tasks.text_classification.models_hf import hf_config, pretrained_dir
 
@@ -166,6 +173,17 @@ def _pad_id(d: TextDataConfig, what: str) -> int:
     return d.tokenizer.pad_id
 
 
+def _max_length(d: TextDataConfig, what: str) -> int:
+    """``data.max_length`` as the number ``prepare`` resolves ``auto`` to; ``auto`` is a ConfigError."""
+    if not isinstance(d.max_length, int):
+        raise ConfigError(
+            f"{what} needs a resolved config, but data.max_length is '{d.max_length}', not a number; "
+            f"expected the config that task.prepare returns, which picks the number from the train texts "
+            f"(a bundle's config is resolved too). Fix: pass the config from `cfg, data = task.prepare(cfg)`."
+        )
+    return d.max_length
+
+
 def _unresolved(what: str, field: str) -> ConfigError:
     return ConfigError(
         f"{what} needs a resolved config, but {field} is not set; expected the config that task.prepare "
@@ -229,21 +247,18 @@ class TextClassificationTask:
         train_texts = [t for t, s in zip(table.texts, assign, strict=True) if s == "train"]
         if not train_texts:
             raise DataError(f"'{d.path}' has no training texts. Add texts, or lower data.split.val/test.")
-        if state is not None:
-            encoder = state
-        elif hf or vectors:
-            folder = pretrained_dir(True if vectors else m.pretrained)  # with vectors: always MiniLM's
-            encoder = TextEncoder.create(load_pretrained_tokenizer(folder), d.max_length)
-        else:
-            kind = "wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind
-            tok = train_tokenizer(
-                train_texts,  # the train split only: val/test words must not shape the vocabulary
-                kind=kind,  # type: ignore[arg-type]
-                vocab_size=d.tokenizer.vocab_size,
-                lowercase=d.tokenizer.lowercase,
-                min_frequency=d.tokenizer.min_frequency,
+        args = dict(m.args)
+        if hf and "config" not in args:
+            args["config"] = hf_config(m.pretrained)  # so a bundle rebuilds the encoder without its folder
+        encoder = _encoder(d, m, state, train_texts, hf=hf, vectors=vectors)
+        if splits is None or d.max_length == "auto":  # a training run (or config show) reports the lengths
+            # minilm's position table is max_position_embeddings long; the transformer's is max_length long.
+            cap = (
+                min(AUTO_CAP, int(args["config"].get("max_position_embeddings", AUTO_CAP)))
+                if hf
+                else AUTO_CAP
             )
-            encoder = TextEncoder.create(tok, d.max_length)
+            encoder = _fit_length(encoder, d, train_texts, cap=cap, report=splits is None)
         out: dict[str, TextSplit] = {}
         for split in SPLITS:
             sel = [i for i, s in enumerate(assign) if s == split]
@@ -264,9 +279,6 @@ class TextClassificationTask:
                 "pad_id": encoder.pad_id,
             }
         )
-        args = dict(m.args)
-        if hf and "config" not in args:
-            args["config"] = hf_config(m.pretrained)  # so a bundle rebuilds the encoder without its folder
         # embeddings: minilm is resolved to pretrained: true, which copies MiniLM's vectors in training;
         # a bundle is rebuilt with pretrained: false, and its trained embeddings are loaded over it.
         pretrained = True if vectors and m.pretrained is False else m.pretrained
@@ -275,7 +287,12 @@ class TextClassificationTask:
             update={
                 "train": cfg.train.model_copy(update={"class_weights": weights}),
                 "data": d.model_copy(
-                    update={"path": absolute_if_exists(d.path), "classes": classes, "tokenizer": resolved_tok}
+                    update={
+                        "path": absolute_if_exists(d.path),
+                        "classes": classes,
+                        "tokenizer": resolved_tok,
+                        "max_length": encoder.max_length,  # auto becomes the number it chose
+                    }
                 ),
                 "model": m.model_copy(update={"args": args, "pretrained": pretrained}),
             }
@@ -296,7 +313,9 @@ class TextClassificationTask:
                 f"This text model's bundle has no state/{TOKENIZER_FILE}, the tokenizer it was trained "
                 f"with. Retrain to rewrite the bundle."
             )
-        return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), d.max_length)
+        # max_length: auto (a config as written, starting from a bundle) is resolved by prepare.
+        length = d.max_length if isinstance(d.max_length, int) else AUTO_CAP
+        return TextEncoder.create(tokenizer_from_json(files[TOKENIZER_FILE]), length)
 
     # Model -----------------------------------------------------------------------------------------
     def train_module(self, cfg: RunConfig) -> Supervised:
@@ -311,7 +330,7 @@ class TextClassificationTask:
             num_classes=len(d.classes),
             vocab_size=d.tokenizer.vocab_size,
             pad_id=_pad_id(d, "build_model"),
-            max_length=d.max_length,
+            max_length=_max_length(d, "build_model"),
             pretrained=m.pretrained,
             args=m.args,
         )
@@ -447,7 +466,7 @@ class TextClassificationTask:
                 "tokenizer_kind": d.tokenizer.kind,
                 "vocab_size": d.tokenizer.vocab_size,
                 "pad_id": d.tokenizer.pad_id,
-                "max_length": d.max_length,
+                "max_length": _max_length(d, "bundle_meta"),
                 "lowercase": d.tokenizer.lowercase,
             },
         }
@@ -494,12 +513,13 @@ class TextClassificationTask:
     ) -> list[dict[str, Any]]:
         d = _data(cfg)
         tokens = (model_inputs != d.tokenizer.pad_id).sum(dim=1).tolist()
+        limit = _max_length(d, "summarize_inputs")
         return [
             {
                 "chars": len(text),
                 "words": len(text.split()),
                 "tokens": n,
-                "truncated": n >= d.max_length,
+                "truncated": n >= limit,
                 "sha256": hashlib.sha256(text.encode()).hexdigest(),
             }
             for text, n in zip(raw, tokens, strict=True)
@@ -513,6 +533,41 @@ class TextClassificationTask:
         from torchkiln.tasks.text_classification.doctor import doctor_data
 
         return doctor_data(cfg, resolved, data)
+
+
+def _encoder(
+    d: TextDataConfig, m: Any, state: Any, train_texts: list[str], *, hf: bool, vectors: bool
+) -> TextEncoder:
+    """The bundle's encoder (``state``), the pretrained model's tokenizer, or one trained on ``train_texts``;
+    with ``max_length: auto`` it truncates at AUTO_CAP until :func:`_fit_length` picks the number."""
+    length = d.max_length if isinstance(d.max_length, int) else AUTO_CAP
+    if state is not None:
+        return state if state.max_length == length else TextEncoder.create(state.tokenizer, length)
+    if hf or vectors:
+        folder = pretrained_dir(True if vectors else m.pretrained)  # with vectors: always MiniLM's
+        return TextEncoder.create(load_pretrained_tokenizer(folder), length)
+    kind = "wordpiece" if d.tokenizer.kind == "auto" else d.tokenizer.kind
+    tok = train_tokenizer(
+        train_texts,  # the train split only: val/test words must not shape the vocabulary
+        kind=kind,  # type: ignore[arg-type]
+        vocab_size=d.tokenizer.vocab_size,
+        lowercase=d.tokenizer.lowercase,
+        min_frequency=d.tokenizer.min_frequency,
+    )
+    return TextEncoder.create(tok, length)
+
+
+def _fit_length(
+    encoder: TextEncoder, d: TextDataConfig, train_texts: list[str], *, cap: int, report: bool
+) -> TextEncoder:
+    """Resolve ``max_length: auto`` from the train texts' token counts; on a training run, log them."""
+    counts = token_counts(encoder.tokenizer, train_texts)
+    length = d.max_length if isinstance(d.max_length, int) else auto_max_length(counts, cap=cap)
+    if length != encoder.max_length:
+        encoder = TextEncoder.create(encoder.tokenizer, length)
+    if report:
+        log_token_lengths(token_lengths(counts, length), auto=d.max_length == "auto")
+    return encoder
 
 
 def read_table(d: TextDataConfig) -> TextTable:
