@@ -23,7 +23,8 @@ def test_every_task_has_the_hook_and_its_example_has_no_error(kind: str, tmp_pat
     assert isinstance(task, DoctorSource)
     raw = task.example_config(tmp_path)
     subject = examine(load_config(raw), DoctorOptions(quick=True))
-    assert subject.view is not None and subject.loading == []
+    # What loading says as info (a text split's token lengths) is no problem.
+    assert subject.view is not None and [f for f in subject.loading if f.severity != "info"] == []
     items = subject.view.series is not None or any(len(p) for p in subject.view.splits.values())
     assert items, "the view holds no item"
     assert [f.message for f in report_on(raw, cheap_only=True).errors] == []

