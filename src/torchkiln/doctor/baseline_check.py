@@ -13,15 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from torchkiln.components.classification_baseline import BELOW_BASELINE_FIXES
 from torchkiln.core.errors import KilnError
 from torchkiln.doctor.findings import Finding
 from torchkiln.doctor.registry import check
 from torchkiln.doctor.subject import Subject
-from torchkiln.tasks.base import Baselined
-from torchkiln.tasks.classification_baseline import baseline_on, wanted
+from torchkiln.tasks.classification_baseline import val_accuracy
 
 
 def latest_run(runs_dir: str, run_name: str) -> tuple[Path, dict[str, Any]] | None:
@@ -39,18 +36,15 @@ def latest_run(runs_dir: str, run_name: str) -> tuple[Path, dict[str, Any]] | No
 def baseline(s: Subject) -> list[Finding]:
     """What a linear baseline reaches on val, and whether this config's latest run beats it."""
     cfg, data = s.resolved, s.data
-    if cfg is None or data is None or not isinstance(s.task, Baselined) or not wanted(cfg, s.task):
-        return []
-    if not len(data.splits["val"]):
+    if cfg is None or data is None:
         return []
     try:
-        result = baseline_on(cfg, s.task, data, "val")
+        found = val_accuracy(cfg, s.task, data)
     except KilnError as exc:  # one class in train, scikit-learn missing
         return [Finding("baseline", "info", f"No baseline was fit: {exc}")]
-    if result is None:
+    if found is None:  # no baseline for this task, turned off, or no val split
         return []
-    labels = np.asarray(s.task.baseline_inputs(cfg, data, "val").labels)
-    accuracy = float((result.probs.argmax(1) == labels).mean())
+    result, accuracy = found
     said = f"A linear baseline reaches {accuracy:.4f} accuracy on val ({result.describe()})"
     run = latest_run(cfg.runs_dir, cfg.run_name)
     model = (run[1].get("trained") or {}).get("metrics", {}).get("val/accuracy") if run else None

@@ -30,8 +30,11 @@ def wanted(cfg: RunConfig, task: Task) -> bool:
     return bool(getattr(cfg.evaluate, "baseline", False)) and isinstance(task, Baselined)
 
 
-def baseline_on(cfg: RunConfig, task: Task, data: Any, split: str) -> BaselineResult | None:
-    """The baseline fit on ``data``'s train split (C chosen on val) and its predictions on ``split``.
+def baseline_on(
+    cfg: RunConfig, task: Task, data: Any, split: str
+) -> tuple[BaselineResult, np.ndarray] | None:
+    """The baseline fit on ``data``'s train split (C chosen on val), its predictions on ``split`` and the
+    labels of ``split``'s items; each split's inputs are read once.
 
     ``data`` must hold the train and val splits (``task.prepare`` with them) and ``split``. None when the
     config turns the baseline off or the task has none.
@@ -46,17 +49,27 @@ def baseline_on(cfg: RunConfig, task: Task, data: Any, split: str) -> BaselineRe
     val = task.baseline_inputs(cfg, data, "val") if len(data.splits["val"]) else None
     target = val if split == "val" and val is not None else task.baseline_inputs(cfg, data, split)
     classes = list(cfg.data.classes or [])
-    return run_baseline(task.baseline_kind, train, val, target, num_classes=len(classes), seed=cfg.seed)
+    result = run_baseline(task.baseline_kind, train, val, target, num_classes=len(classes), seed=cfg.seed)
+    return result, np.asarray(target.labels)
+
+
+def val_accuracy(cfg: RunConfig, task: Task, data: Any) -> tuple[BaselineResult, float] | None:
+    """The baseline and its accuracy on the whole val split; None without a baseline or a val split."""
+    found = baseline_on(cfg, task, data, "val") if len(data.splits["val"]) else None
+    if found is None:
+        return None
+    result, labels = found
+    return result, float((result.probs.argmax(1) == labels).mean())
 
 
 def compare_on_split(
     cfg: RunConfig, task: Task, data: Any, split: str, model_preds: np.ndarray, targets: np.ndarray
 ) -> BaselineComparison | None:
     """``kiln evaluate``'s comparison: the model's answers beside the baseline's on the same ``split``."""
-    result = baseline_on(cfg, task, data, split)
-    if result is None:
+    found = baseline_on(cfg, task, data, split)
+    if found is None:
         return None
-    return compare(model_preds, targets, result, num_classes=len(cfg.data.classes or []), seed=cfg.seed)
+    return compare(model_preds, targets, found[0], num_classes=len(cfg.data.classes or []), seed=cfg.seed)
 
 
 def val_summary(cfg: RunConfig, task: Task, data: Any, metrics: dict[str, float]) -> dict[str, Any] | None:
@@ -66,13 +79,10 @@ def val_summary(cfg: RunConfig, task: Task, data: Any, metrics: dict[str, float]
     (no baseline, no val split, or no ``val/accuracy`` in ``metrics``).
     """
     model_acc = metrics.get("val/accuracy")
-    if model_acc is None or not wanted(cfg, task) or not len(data.splits["val"]):
+    found = val_accuracy(cfg, task, data) if model_acc is not None else None
+    if found is None:
         return None
-    result = baseline_on(cfg, task, data, "val")
-    if result is None or result.val_accuracy is None:
-        return None
-    val_labels = np.asarray(task.baseline_inputs(cfg, data, "val").labels)  # type: ignore[attr-defined]
-    base_acc = float((result.probs.argmax(1) == val_labels).mean())
+    result, base_acc = found
     below = float(model_acc) < base_acc
     if below:
         log.warning(
